@@ -1,0 +1,269 @@
+//! The agent's main task: connect, recover, listen, dispatch runs, shut down cleanly.
+//!
+//! Ownership: [`run_agent`] owns every task it starts. The listener and the heartbeat stop on the
+//! shutdown token; run tasks are tracked by a `TaskTracker` and get `shutdown_grace` to finish before
+//! their steps are killed (their queue entries stay pending and run again on the next start). A
+//! `Semaphore` with `concurrency` permits keeps runs in FIFO order when it is 1.
+
+use std::sync::Arc;
+
+use core_events::QueueEntry;
+use tokio::sync::{oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::EngineConfig;
+use crate::error::{Error, Result};
+use crate::listener::{listen, Running};
+use crate::queue::{InFlight, QueueReader};
+use crate::redis_conn::{self, is_transient, Backoff};
+use crate::runner::{execute, RunRequest, StepEnv};
+use crate::scrub::Scrubber;
+use crate::store::Store;
+use crate::time::now_rfc3339;
+
+/// Runs an agent until `shutdown` is cancelled. Returns an error only for failures that retrying
+/// cannot fix (bad configuration, refused credentials, permission errors).
+pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result<()> {
+    cfg.validate()?;
+    let cfg = Arc::new(cfg);
+    let scrubber = Scrubber::new();
+    if let Some(p) = redis_conn::password_of(&cfg.redis_url, cfg.credentials.as_ref()) {
+        scrubber.add(p);
+    }
+    let client = redis_conn::client(&cfg.redis_url, cfg.credentials.as_ref(), false)?;
+    let client_resp3 = redis_conn::client(&cfg.redis_url, cfg.credentials.as_ref(), true)?;
+
+    let conn = connect(&client, &shutdown).await?;
+    let store = Store::new(conn, cfg.clone(), shutdown.clone(), scrubber);
+    store.ensure_group().await?;
+    store.heartbeat(&heartbeat_value()).await?;
+
+    let running: Running = Default::default();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let listener = tokio::spawn(listen(
+        client_resp3,
+        store.clone(),
+        running.clone(),
+        ready_tx,
+    ));
+    let heartbeat = tokio::spawn(heartbeat_loop(store.clone()));
+    tokio::select! {
+        _ = ready_rx => {}
+        _ = shutdown.cancelled() => {}
+    }
+    if let Some(event) = &cfg.startup_event {
+        if store.enqueue_startup(event).await? {
+            tracing::info!(%event, "startup event queued");
+        }
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!(agent = %cfg.name, prefix = %store.prefix.as_str(), "agent ready");
+
+    let step_env = StepEnv {
+        redis_url: redis_conn::url_for_steps(&cfg.redis_url, cfg.credentials.as_ref()),
+    };
+    let tracker = TaskTracker::new();
+    let kill_now = CancellationToken::new();
+    let result = dispatch_loop(&store, &client, &step_env, &running, &tracker, &kill_now).await;
+
+    // Shutdown: stop taking work, let runs finish within the grace period, then kill their steps.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    tracker.close();
+    if tokio::time::timeout(cfg.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("runs still going after the shutdown grace period; killing their steps");
+        kill_now.cancel();
+        tracker.wait().await;
+    }
+    shutdown.cancel();
+    let _ = heartbeat.await;
+    match listener.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "listener failed"),
+        Err(e) => tracing::error!(error = %e, "listener panicked"),
+        Ok(Ok(())) => {}
+    }
+    tracing::info!("agent stopped");
+    result
+}
+
+async fn connect(
+    client: &redis::Client,
+    shutdown: &CancellationToken,
+) -> Result<redis::aio::ConnectionManager> {
+    let mut backoff = Backoff::default();
+    loop {
+        match redis_conn::manager(client).await {
+            Ok(c) => return Ok(c),
+            Err(Error::Redis(e)) if is_transient(&e) => {
+                tracing::warn!(error = %e, "cannot reach Redis yet, retrying");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = shutdown.cancelled() => return Err(Error::Shutdown),
+        }
+    }
+}
+
+fn heartbeat_value() -> String {
+    serde_json::json!({ "pid": std::process::id(), "time": now_rfc3339(), "version": env!("CARGO_PKG_VERSION") })
+        .to_string()
+}
+
+/// Refreshes the liveness key and pings the systemd watchdog when one is configured.
+async fn heartbeat_loop(store: Store) {
+    let mut every = store.cfg.heartbeat_interval;
+    let mut watchdog = false;
+    if let Some(wd) = sd_notify::watchdog_enabled() {
+        every = every.min(wd / 2);
+        watchdog = true;
+    }
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = store.shutdown.cancelled() => return,
+        }
+        if let Err(e) = store.heartbeat(&heartbeat_value()).await {
+            tracing::debug!(error = %e, "heartbeat not written");
+        }
+        if watchdog {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+    }
+}
+
+async fn dispatch_loop(
+    store: &Store,
+    client: &redis::Client,
+    step_env: &StepEnv,
+    running: &Running,
+    tracker: &TaskTracker,
+    kill_now: &CancellationToken,
+) -> Result<()> {
+    let cfg = &store.cfg;
+    let shutdown = &store.shutdown;
+    let permits = Arc::new(Semaphore::new(cfg.concurrency));
+    let in_flight: InFlight = Default::default();
+    let mut reader = QueueReader::new(client.clone(), store.prefix.queue(), &cfg.name);
+    let mut backoff = Backoff::default();
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let next = tokio::select! {
+            n = reader.next(&in_flight) => n,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let (stream_id, fields) = match next {
+            Ok(Some(entry)) => {
+                backoff.reset();
+                entry
+            }
+            Ok(None) => continue,
+            Err(Error::Redis(e)) if e.code() == Some("NOGROUP") => {
+                tracing::warn!("queue or consumer group vanished; creating it again");
+                reader.reset();
+                store.ensure_group().await?;
+                continue;
+            }
+            Err(Error::Redis(e)) if is_transient(&e) => {
+                tracing::warn!(error = %e, "queue read failed; reconnecting");
+                reader.reset();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+
+        let entry = match QueueEntry::parse(&stream_id, &fields, cfg.max_payload) {
+            Ok(e) => e,
+            Err((run, err)) => {
+                refuse_entry(store, &stream_id, &run, &fields, &err.to_string()).await?;
+                continue;
+            }
+        };
+        let cancel = CancellationToken::new();
+        running
+            .lock()
+            .expect("running lock")
+            .insert(entry.run.to_string(), cancel.clone());
+        in_flight
+            .lock()
+            .expect("in-flight lock")
+            .insert(stream_id.clone());
+        let req = RunRequest {
+            stream_id: stream_id.clone(),
+            entry,
+            cancel,
+            kill_now: kill_now.clone(),
+        };
+        let (store, step_env, running, in_flight) = (
+            store.clone(),
+            step_env.clone(),
+            running.clone(),
+            in_flight.clone(),
+        );
+        tracker.spawn(async move {
+            let run = req.entry.run.to_string();
+            match execute(&store, &step_env, req).await {
+                Ok(()) | Err(Error::Shutdown) => {}
+                Err(e) => {
+                    tracing::error!(%run, error = %e, "run could not be recorded; it stays queued")
+                }
+            }
+            running.lock().expect("running lock").remove(&run);
+            in_flight.lock().expect("in-flight lock").remove(&stream_id);
+            drop(permit);
+        });
+    }
+}
+
+/// A malformed queue entry becomes a failed run with a clear error, and leaves the queue.
+async fn refuse_entry(
+    store: &Store,
+    stream_id: &str,
+    run: &core_events::RunId,
+    fields: &std::collections::HashMap<String, Vec<u8>>,
+    why: &str,
+) -> Result<()> {
+    let show = |k: &str| {
+        fields
+            .get(k)
+            .map(|v| {
+                String::from_utf8_lossy(v)
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
+            })
+            .unwrap_or_default()
+    };
+    let now = now_rfc3339();
+    let record = core_events::RunRecord {
+        event: show(core_events::record::QUEUE_FIELD_EVENT),
+        status: Some(core_events::RunStatus::Failed),
+        exit_code: Some(core_events::exit::INVALID),
+        ended: Some(now.clone()),
+        error: Some(format!("refused: {why}")),
+        ..Default::default()
+    };
+    let journal = core_events::JournalEntry {
+        run: run.to_string(),
+        event: record.event.clone(),
+        status: core_events::RunStatus::Failed.as_str().into(),
+        attempt: 0,
+        time: now,
+        exit_code: record.exit_code,
+        step: None,
+        message: record.error.clone(),
+    };
+    tracing::warn!(%run, "queue entry {stream_id} refused: {why}");
+    store.finish_run(run, stream_id, &record, &journal).await
+}

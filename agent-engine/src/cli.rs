@@ -1,0 +1,212 @@
+//! Command line of the agent binaries: the flags and environment both agents share.
+//!
+//! `node-agent` and `module-agent` are the same engine with different defaults, so their flags are
+//! defined once here. These names are a contract used by unit files, docs and outside tests.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use core_events::{AgentKind, AgentName, EventName};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{EngineConfig, RedisCredentials};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Parser)]
+pub struct AgentArgs {
+    /// Agent name. Node default: the short hostname. Module default: the Unix user name.
+    #[arg(long, env = "AGENT_NAME")]
+    pub name: Option<String>,
+
+    /// Redis server: redis://[user:pass@]host:port[/db] or unix:///path/to/redis.sock.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
+    /// File with REDIS_USER= and REDIS_PASSWORD= lines; overrides credentials in the URL.
+    /// Node default: /etc/agent/redis.env. Module default: $HOME/.config/agent/redis.env.
+    /// A default file that does not exist is ignored; a given one must exist.
+    #[arg(long, env = "AGENT_REDIS_CREDENTIALS")]
+    pub redis_credentials: Option<PathBuf>,
+
+    /// Event directory; repeat the flag (or separate with ':' in the variable) for several. Later
+    /// directories override earlier ones by step name. Node default:
+    /// /usr/local/share/agent/node-events:/var/local/node-events. Module default:
+    /// $HOME/.config/module-events:$HOME/module-events.
+    #[arg(long = "events-dir", env = "AGENT_EVENTS_DIRS", value_delimiter = ':')]
+    pub events_dirs: Vec<PathBuf>,
+
+    /// How many runs may execute at once (1 = one at a time, in queue order).
+    #[arg(long, env = "AGENT_CONCURRENCY", default_value_t = 1)]
+    pub concurrency: usize,
+
+    /// Timeout of a run in seconds, unless the event has a `.timeout` file.
+    #[arg(long, env = "AGENT_TIMEOUT", default_value_t = 3600)]
+    pub timeout: u64,
+
+    /// Seconds between SIGTERM and SIGKILL when a step is cancelled or times out.
+    #[arg(long, env = "AGENT_KILL_GRACE", default_value_t = 5)]
+    pub kill_grace: u64,
+
+    /// Largest accepted event payload in bytes.
+    #[arg(long, env = "AGENT_MAX_PAYLOAD", default_value_t = 1 << 20)]
+    pub max_payload: usize,
+
+    /// Largest number of queued entries; PUBLISHed events beyond it are refused (journaled).
+    #[arg(long, env = "AGENT_MAX_QUEUE", default_value_t = 10_000)]
+    pub max_queue: usize,
+
+    /// How many times a run may be started (runs interrupted by an agent crash are started again),
+    /// unless the event has a `.retries` file. Beyond it the run is abandoned.
+    #[arg(long, env = "AGENT_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+
+    /// Seconds run records and outputs are kept.
+    #[arg(long, env = "AGENT_RUN_TTL", default_value_t = 7 * 24 * 3600)]
+    pub run_ttl: u64,
+
+    /// Largest captured output of one run, in bytes.
+    #[arg(long, env = "AGENT_OUTPUT_CAP", default_value_t = 256 * 1024)]
+    pub output_cap: usize,
+
+    /// Event to queue on the agent's very first start (a module agent's `module.init`).
+    #[arg(long, env = "AGENT_STARTUP_EVENT")]
+    pub startup_event: Option<String>,
+
+    /// Seconds running steps may go on after SIGTERM before they are killed; killed runs start
+    /// again on the next start.
+    #[arg(long, env = "AGENT_SHUTDOWN_GRACE", default_value_t = 30)]
+    pub shutdown_grace: u64,
+}
+
+impl AgentArgs {
+    pub fn into_config(self, kind: AgentKind) -> Result<EngineConfig> {
+        let name = match self.name {
+            Some(n) => AgentName::new(n)?,
+            None => default_name(kind)?,
+        };
+        let mut cfg = EngineConfig::new(kind, name);
+        cfg.redis_url = self.redis_url;
+        cfg.credentials = match self.redis_credentials {
+            Some(path) => Some(RedisCredentials::from_file(&path)?),
+            None => {
+                let path = default_credentials_path(kind);
+                if path.exists() {
+                    Some(RedisCredentials::from_file(&path)?)
+                } else {
+                    None
+                }
+            }
+        };
+        if !self.events_dirs.is_empty() {
+            cfg.events_dirs = self
+                .events_dirs
+                .into_iter()
+                .filter(|d| !d.as_os_str().is_empty())
+                .collect();
+        }
+        cfg.concurrency = self.concurrency;
+        cfg.default_timeout = Duration::from_secs(self.timeout.max(1));
+        cfg.kill_grace = Duration::from_secs(self.kill_grace);
+        cfg.max_payload = self.max_payload;
+        cfg.max_queue = self.max_queue;
+        cfg.max_attempts = self.max_attempts;
+        cfg.run_ttl = Duration::from_secs(self.run_ttl.max(1));
+        cfg.output_cap = self.output_cap;
+        cfg.startup_event = self.startup_event.map(EventName::new).transpose()?;
+        cfg.shutdown_grace = Duration::from_secs(self.shutdown_grace);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn default_name(kind: AgentKind) -> Result<AgentName> {
+    let raw = match kind {
+        AgentKind::Node => {
+            let host =
+                nix::unistd::gethostname().map_err(|e| Error::Config(format!("hostname: {e}")))?;
+            let host = host.to_string_lossy().into_owned();
+            host.split('.').next().unwrap_or_default().to_string()
+        }
+        AgentKind::Module => nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .ok_or_else(|| {
+                Error::Config("cannot find the current user's name; pass --name".into())
+            })?,
+    };
+    Ok(AgentName::new(raw)?)
+}
+
+fn default_credentials_path(kind: AgentKind) -> PathBuf {
+    match kind {
+        AgentKind::Node => PathBuf::from("/etc/agent/redis.env"),
+        AgentKind::Module => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(".config/agent/redis.env"),
+    }
+}
+
+/// Logs to the journal when started by systemd with a journal stream, else to stderr.
+/// `RUST_LOG` sets the filter (default `info`).
+pub fn init_logging() {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        match tracing_journald::layer() {
+            Ok(layer) => return registry.with(layer).init(),
+            Err(e) => eprintln!("journald logging unavailable ({e}); logging to stderr"),
+        }
+    }
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
+    registry
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi),
+        )
+        .init();
+}
+
+/// The whole life of an agent binary: parse flags, log, run until SIGTERM/SIGINT.
+pub fn main(kind: AgentKind, args: AgentArgs) -> Result<()> {
+    init_logging();
+    let cfg = args.into_config(kind)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Config(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("signal received, shutting down");
+            signals.cancel();
+        });
+        match crate::run_agent(cfg, shutdown).await {
+            Err(Error::Shutdown) => Ok(()),
+            other => other,
+        }
+    })
+}

@@ -1,0 +1,172 @@
+//! Engine configuration: what the binaries fill in from flags and environment.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use core_events::{AgentKind, AgentName, EventName, Prefix};
+
+use crate::error::{Error, Result};
+
+/// Everything one agent needs to run. Built by the binaries; defaults are those of SYSTEM.md.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub kind: AgentKind,
+    pub name: AgentName,
+    /// `redis://[user:pass@]host:port[/db]` or `unix:///path/to/socket`.
+    pub redis_url: String,
+    /// Credentials that override those in the URL (from the agent's credentials file).
+    pub credentials: Option<RedisCredentials>,
+    /// Event directories, searched in order; a later directory wins by entry name.
+    pub events_dirs: Vec<PathBuf>,
+    /// How many runs may execute at once. 1 = strictly FIFO.
+    pub concurrency: usize,
+    /// Timeout of a whole run unless the event sets its own (`.timeout` file).
+    pub default_timeout: Duration,
+    /// Time between SIGTERM and SIGKILL when a step is cancelled or times out.
+    pub kill_grace: Duration,
+    /// Largest accepted event payload, in bytes.
+    pub max_payload: usize,
+    /// Largest number of entries the queue may hold before PUBLISHed events are refused.
+    pub max_queue: usize,
+    /// How many times a run may be started before it is abandoned (interrupted runs are retried).
+    pub max_attempts: u32,
+    /// How long run records and outputs are kept.
+    pub run_ttl: Duration,
+    /// Largest captured output of one run, in bytes.
+    pub output_cap: usize,
+    /// Approximate length the journal stream is trimmed to.
+    pub journal_maxlen: usize,
+    /// Event queued on the agent's very first start (the module-agent's `module.init`).
+    pub startup_event: Option<EventName>,
+    /// On SIGTERM, how long running steps may go on before they are killed (and re-run on next start).
+    pub shutdown_grace: Duration,
+    /// Heartbeat key refresh interval; the key lives three intervals.
+    pub heartbeat_interval: Duration,
+}
+
+impl EngineConfig {
+    /// A configuration with the documented defaults.
+    pub fn new(kind: AgentKind, name: AgentName) -> Self {
+        let events_dirs = match kind {
+            AgentKind::Node => vec![
+                PathBuf::from("/usr/local/share/agent/node-events"),
+                PathBuf::from("/var/local/node-events"),
+            ],
+            AgentKind::Module => {
+                let home = std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| "/".into());
+                vec![
+                    home.join(".config/module-events"),
+                    home.join("module-events"),
+                ]
+            }
+        };
+        EngineConfig {
+            kind,
+            name,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            credentials: None,
+            events_dirs,
+            concurrency: 1,
+            default_timeout: Duration::from_secs(3600),
+            kill_grace: Duration::from_secs(5),
+            max_payload: 1 << 20,
+            max_queue: 10_000,
+            max_attempts: 3,
+            run_ttl: Duration::from_secs(7 * 24 * 3600),
+            output_cap: 256 * 1024,
+            journal_maxlen: 10_000,
+            startup_event: None,
+            shutdown_grace: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(5),
+        }
+    }
+
+    pub fn prefix(&self) -> Prefix {
+        Prefix::new(self.kind, self.name.clone())
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.concurrency == 0 {
+            return Err(Error::Config("concurrency must be at least 1".into()));
+        }
+        if self.max_attempts == 0 {
+            return Err(Error::Config("max attempts must be at least 1".into()));
+        }
+        if self.events_dirs.is_empty() {
+            return Err(Error::Config(
+                "at least one events directory is needed".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A Redis user name and password, read from an agent's credentials file.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisCredentials {
+    pub username: Option<String>,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RedisCredentials {
+    // Never print the password, not even in debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCredentials")
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+impl RedisCredentials {
+    /// Reads a credentials file of `KEY=VALUE` lines: `REDIS_USER` (optional) and `REDIS_PASSWORD`.
+    /// Blank lines and `#` comments are ignored.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Credentials {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|reason| Error::CredentialsFormat {
+            path: path.into(),
+            reason,
+        })
+    }
+
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let mut username = None;
+        let mut password = None;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((k, v)) = line.split_once('=') else {
+                return Err(format!("line {} is not KEY=VALUE", n + 1));
+            };
+            match k.trim() {
+                "REDIS_USER" => username = Some(v.trim().to_string()),
+                "REDIS_PASSWORD" => password = Some(v.trim().to_string()),
+                other => return Err(format!("line {}: unknown key {other:?}", n + 1)),
+            }
+        }
+        let password = password.ok_or("REDIS_PASSWORD is missing")?;
+        Ok(RedisCredentials { username, password })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_parse() {
+        let c = RedisCredentials::parse("# x\nREDIS_USER=mod0\nREDIS_PASSWORD=s3cr3t\n").unwrap();
+        assert_eq!(c.username.as_deref(), Some("mod0"));
+        assert_eq!(c.password, "s3cr3t");
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+        assert!(RedisCredentials::parse("REDIS_USER=x").is_err());
+        assert!(RedisCredentials::parse("garbage").is_err());
+    }
+}

@@ -1,0 +1,25 @@
+//! The event engine shared by `node-agent` and `module-agent`.
+//!
+//! One engine, configured twice: it takes events from Redis (PUBLISH on `<agent>:*` or XADD on the
+//! agent's queue stream), makes every one of them a durable queue entry, plans its steps from the event
+//! directories, runs them as child processes and records what happened (run record, output, journal,
+//! progress). The binaries only parse arguments and build an [`EngineConfig`].
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod error;
+mod listener;
+pub mod plan;
+mod procs;
+mod queue;
+pub mod redis_conn;
+mod runner;
+pub mod scrub;
+mod store;
+pub mod time;
+
+pub use agent::run_agent;
+pub use config::{EngineConfig, RedisCredentials};
+pub use error::Error;
+pub use plan::{plan_event, EventPlan, EventSettings, PlanEntry, PlanVerdict};

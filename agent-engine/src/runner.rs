@@ -1,0 +1,484 @@
+//! Running one queued event: plan, steps as child processes, record, journal, progress.
+//!
+//! Each step runs in its own process group with the event data as `argv[1]` and on stdin. The first
+//! failing step ends the run. A timeout or a cancel sends SIGTERM to the step's whole group, then
+//! SIGKILL after the grace period, so grandchildren that ignore SIGTERM die too. An agent shutting down
+//! kills the step but does *not* finish the run: its queue entry stays pending, and the next start runs
+//! it again with `attempt` incremented.
+
+use std::collections::HashMap;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use core_events::{exit, JournalEntry, Progress, QueueEntry, RunId, RunRecord, RunStatus};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Result;
+use crate::plan::{plan_event, EventPlan, PlanEntry, PlanVerdict};
+use crate::store::Store;
+use crate::time::now_rfc3339;
+
+/// What the agent hands to a run task.
+pub(crate) struct RunRequest {
+    pub stream_id: String,
+    pub entry: QueueEntry,
+    /// Fired by `PUBLISH cancel/<agent> <run>`.
+    pub cancel: CancellationToken,
+    /// Fired when the agent's shutdown grace is over: kill the step, leave the entry pending.
+    pub kill_now: CancellationToken,
+}
+
+/// Why a step stopped early.
+enum Interrupt {
+    Timeout,
+    Cancel,
+    Shutdown,
+}
+
+enum StepEnd {
+    Exited(i32),
+    SpawnFailed(String),
+    Interrupted(Interrupt),
+}
+
+/// Environment every step gets beside the agent's own: set once per agent.
+#[derive(Clone)]
+pub(crate) struct StepEnv {
+    pub redis_url: String,
+}
+
+pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Result<()> {
+    let RunRequest {
+        stream_id,
+        entry,
+        cancel,
+        kill_now,
+    } = req;
+    let run = &entry.run;
+    let cfg = store.cfg.clone();
+    let journal = |status: &str, attempt: u32| JournalEntry {
+        run: run.to_string(),
+        event: entry.event.to_string(),
+        status: status.to_string(),
+        attempt,
+        time: now_rfc3339(),
+        exit_code: None,
+        step: None,
+        message: None,
+    };
+
+    let (existing, module_env) = tokio::join!(store.read_record(run), store.module_env());
+    let (existing, module_env) = (existing?, module_env?);
+    let mut attempt = 1;
+    if let Some(rec) = &existing {
+        match rec.status {
+            Some(s) if s.is_terminal() => {
+                let mut j = journal("skipped", rec.attempt);
+                j.message = Some(format!(
+                    "run {run} already ended as {s}; queue entry {stream_id} dropped"
+                ));
+                tracing::info!(%run, status = %s, "duplicate queue entry dropped");
+                return store.drop_entry(&stream_id, Some(&j)).await;
+            }
+            Some(RunStatus::Running) => {
+                attempt = rec.attempt + 1;
+                let killed = crate::procs::kill_leftovers(cfg.name.as_str(), run.as_str());
+                tracing::warn!(%run, attempt, killed, "run was interrupted, starting it again");
+            }
+            _ => {}
+        }
+    }
+
+    let plan = plan_event(&cfg.events_dirs, &entry.event);
+    let max_attempts = plan
+        .settings
+        .retries
+        .map(|r| r + 1)
+        .unwrap_or(cfg.max_attempts);
+    let mut record = RunRecord {
+        event: entry.event.to_string(),
+        data: store.scrubber.scrub_str(&entry.data),
+        status: Some(RunStatus::Running),
+        started: Some(now_rfc3339()),
+        attempt,
+        ..Default::default()
+    };
+    let finish = |mut record: RunRecord, status: RunStatus, code: i32, error: Option<String>| {
+        record.status = Some(status);
+        record.exit_code = Some(code);
+        record.ended = Some(now_rfc3339());
+        record.error = error.map(|e| store.scrubber.scrub_str(&e));
+        let mut j = journal(status.as_str(), record.attempt);
+        j.exit_code = Some(code);
+        j.step = record.failed_step.clone();
+        j.message = record.error.clone();
+        (record, j)
+    };
+
+    if attempt > max_attempts {
+        let msg = format!(
+            "interrupted {} times by agent restarts; giving up",
+            attempt - 1
+        );
+        let (rec, j) = finish(record, RunStatus::Abandoned, exit::ABANDONED, Some(msg));
+        tracing::error!(%run, "run abandoned");
+        store.finish_run(run, &stream_id, &rec, &j).await?;
+        publish_end(store, run, RunStatus::Abandoned).await;
+        return Ok(());
+    }
+    if !plan.defined {
+        let dirs: Vec<_> = cfg
+            .events_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        let msg = format!(
+            "no event directory defines {:?} (searched {})",
+            entry.event.as_str(),
+            dirs.join(", ")
+        );
+        let (rec, j) = finish(record, RunStatus::Failed, exit::NO_SUCH_EVENT, Some(msg));
+        store.finish_run(run, &stream_id, &rec, &j).await?;
+        publish_end(store, run, RunStatus::Failed).await;
+        return Ok(());
+    }
+
+    store
+        .start_run(run, &record, &journal("running", attempt))
+        .await?;
+    journal_warnings(store, &plan, &module_env, run, &entry, attempt).await?;
+    tracing::info!(%run, event = %entry.event, attempt, "run started");
+
+    let timeout = plan.settings.timeout.unwrap_or(cfg.default_timeout);
+    let deadline = Instant::now() + timeout;
+    let steps: Vec<&PlanEntry> = plan.steps().collect();
+    let total = steps.len() as u32;
+    let env_vars = step_env(env, &module_env, store, &entry, attempt);
+    let mut output_left = cfg.output_cap;
+    let mut outcome = (RunStatus::Done, exit::OK, None);
+
+    for (i, step) in steps.iter().enumerate() {
+        let signals = Signals {
+            deadline,
+            cancel: &cancel,
+            kill_now: &kill_now,
+            grace: cfg.kill_grace,
+        };
+        let progress = Progress {
+            run: run.to_string(),
+            step: Some(step.name.clone()),
+            step_index: Some(i as u32 + 1),
+            steps: Some(total),
+            percent: None,
+            message: None,
+            status: Some(RunStatus::Running),
+        };
+        let (end, output) = run_step(
+            step,
+            &entry.data,
+            &env_vars,
+            signals,
+            store.publish_progress(run, &progress),
+        )
+        .await;
+        let output = store.scrubber.scrub(&output);
+        append_output(store, run, &step.name, &output, &mut output_left).await?;
+        match end {
+            StepEnd::Exited(0) => continue,
+            StepEnd::Exited(code) => {
+                outcome = (
+                    RunStatus::Failed,
+                    code,
+                    Some(format!("step {} exited with code {code}", step.name)),
+                );
+            }
+            StepEnd::SpawnFailed(e) => {
+                outcome = (
+                    RunStatus::Failed,
+                    exit::SPAWN_FAILED,
+                    Some(format!("step {} could not start: {e}", step.name)),
+                );
+            }
+            StepEnd::Interrupted(Interrupt::Timeout) => {
+                let msg = format!(
+                    "timed out after {}s in step {}",
+                    timeout.as_secs(),
+                    step.name
+                );
+                outcome = (RunStatus::Failed, exit::TIMEOUT, Some(msg));
+            }
+            StepEnd::Interrupted(Interrupt::Cancel) => {
+                outcome = (
+                    RunStatus::Cancelled,
+                    exit::CANCELLED,
+                    Some(format!("cancelled in step {}", step.name)),
+                );
+            }
+            StepEnd::Interrupted(Interrupt::Shutdown) => {
+                let mut j = journal("interrupted", attempt);
+                j.step = Some(step.name.clone());
+                j.message = Some("agent shut down; the run starts again on its next start".into());
+                store.journal(&j).await?;
+                tracing::warn!(%run, step = %step.name, "run interrupted by shutdown");
+                return Ok(());
+            }
+        }
+        record.failed_step = Some(step.name.clone());
+        break;
+    }
+
+    let (status, code, error) = outcome;
+    let (rec, j) = finish(record, status, code, error);
+    store.finish_run(run, &stream_id, &rec, &j).await?;
+    tracing::info!(%run, status = %status, exit_code = code, "run ended");
+    publish_end(store, run, status).await;
+    Ok(())
+}
+
+async fn publish_end(store: &Store, run: &RunId, status: RunStatus) {
+    let p = Progress {
+        run: run.to_string(),
+        step: None,
+        step_index: None,
+        steps: None,
+        percent: None,
+        message: None,
+        status: Some(status),
+    };
+    store.publish_progress(run, &p).await;
+}
+
+/// Skipped steps, bad settings files and unusable module.env entries go to the journal as warnings.
+async fn journal_warnings(
+    store: &Store,
+    plan: &EventPlan,
+    module_env: &HashMap<String, String>,
+    run: &RunId,
+    entry: &QueueEntry,
+    attempt: u32,
+) -> Result<()> {
+    let mut warnings: Vec<(Option<String>, String)> = Vec::new();
+    for e in &plan.entries {
+        if let PlanVerdict::Skipped(why) = &e.verdict {
+            warnings.push((
+                Some(e.name.clone()),
+                format!("{} skipped: {why}", e.path.display()),
+            ));
+        }
+    }
+    for p in &plan.settings.problems {
+        warnings.push((None, format!("setting ignored: {p}")));
+    }
+    for k in module_env.keys().filter(|k| !is_env_name(k)) {
+        warnings.push((
+            None,
+            format!("module.env field {k:?} is not a valid variable name; not exported"),
+        ));
+    }
+    for (step, message) in warnings {
+        tracing::warn!(%run, "{message}");
+        let j = JournalEntry {
+            run: run.to_string(),
+            event: entry.event.to_string(),
+            status: "warning".into(),
+            attempt,
+            time: now_rfc3339(),
+            exit_code: None,
+            step,
+            message: Some(message),
+        };
+        store.journal(&j).await?;
+    }
+    Ok(())
+}
+
+fn is_env_name(k: &str) -> bool {
+    let mut chars = k.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn step_env(
+    env: &StepEnv,
+    module_env: &HashMap<String, String>,
+    store: &Store,
+    entry: &QueueEntry,
+    attempt: u32,
+) -> Vec<(String, String)> {
+    let mut vars: Vec<(String, String)> = module_env
+        .iter()
+        .filter(|(k, v)| is_env_name(k) && !v.contains('\0'))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    vars.sort();
+    let cfg = &store.cfg;
+    vars.extend([
+        ("AGENT_NAME".into(), cfg.name.to_string()),
+        ("AGENT_KIND".into(), cfg.kind.as_str().to_string()),
+        ("AGENT_KEY_PREFIX".into(), store.prefix.as_str().to_string()),
+        ("AGENT_EVENT".into(), entry.event.to_string()),
+        ("AGENT_RUN_ID".into(), entry.run.to_string()),
+        ("AGENT_ATTEMPT".into(), attempt.to_string()),
+        ("REDIS_URL".into(), env.redis_url.clone()),
+    ]);
+    vars
+}
+
+/// Appends one step's output under a `==> step <==` header, within the run's output cap.
+async fn append_output(
+    store: &Store,
+    run: &RunId,
+    step: &str,
+    output: &[u8],
+    left: &mut usize,
+) -> Result<()> {
+    if output.is_empty() || *left == 0 {
+        return Ok(());
+    }
+    let mut chunk = format!("==> {step} <==\n").into_bytes();
+    let room = left.saturating_sub(chunk.len());
+    if output.len() > room {
+        chunk.extend_from_slice(&output[..room]);
+        chunk.extend_from_slice(
+            format!(
+                "\n[output truncated: {} bytes dropped]\n",
+                output.len() - room
+            )
+            .as_bytes(),
+        );
+        *left = 0;
+    } else {
+        chunk.extend_from_slice(output);
+        if !output.ends_with(b"\n") {
+            chunk.push(b'\n');
+        }
+        *left -= chunk.len().min(*left);
+    }
+    store.append_output(run, &chunk).await
+}
+
+struct Signals<'a> {
+    deadline: Instant,
+    cancel: &'a CancellationToken,
+    kill_now: &'a CancellationToken,
+    grace: Duration,
+}
+
+/// Largest output kept from one step before the run's own cap applies.
+const STEP_CAPTURE_CAP: usize = 4 << 20;
+
+async fn run_step(
+    step: &PlanEntry,
+    data: &str,
+    env: &[(String, String)],
+    signals: Signals<'_>,
+    announce: impl std::future::Future<Output = ()>,
+) -> (StepEnd, Vec<u8>) {
+    let mut cmd = tokio::process::Command::new(&step.path);
+    cmd.arg(data)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("AGENT_STEP", &step.name)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return (StepEnd::SpawnFailed(e.to_string()), Vec::new()),
+    };
+    let pgid = Pid::from_raw(child.id().expect("running child has a pid") as i32);
+    announce.await;
+
+    if let Some(mut stdin) = child.stdin.take() {
+        let data = data.as_bytes().to_vec();
+        // A step that does not read stdin closes it early: EPIPE here is expected and harmless.
+        tokio::spawn(async move {
+            let _ = stdin.write_all(&data).await;
+        });
+    }
+    let captured = Arc::new(Mutex::new(Vec::new()));
+    let readers = [
+        child
+            .stdout
+            .take()
+            .map(|s| tokio::spawn(capture(s, captured.clone()))),
+        child
+            .stderr
+            .take()
+            .map(|s| tokio::spawn(capture(s, captured.clone()))),
+    ];
+
+    let end = tokio::select! {
+        status = child.wait() => StepEnd::Exited(status.map(exit_code).unwrap_or(exit::SPAWN_FAILED)),
+        _ = tokio::time::sleep_until(signals.deadline) => {
+            terminate(&mut child, pgid, signals.grace).await;
+            StepEnd::Interrupted(Interrupt::Timeout)
+        }
+        _ = signals.cancel.cancelled() => {
+            terminate(&mut child, pgid, signals.grace).await;
+            StepEnd::Interrupted(Interrupt::Cancel)
+        }
+        _ = signals.kill_now.cancelled() => {
+            terminate(&mut child, pgid, Duration::ZERO).await;
+            StepEnd::Interrupted(Interrupt::Shutdown)
+        }
+    };
+
+    // A background process of the step may keep the pipes open: do not wait for EOF forever.
+    for r in readers.into_iter().flatten() {
+        let abort = r.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), r)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+    let out = std::mem::take(&mut *captured.lock().expect("capture lock"));
+    (end, out)
+}
+
+async fn capture(mut pipe: impl AsyncRead + Unpin, into: Arc<Mutex<Vec<u8>>>) {
+    let mut buf = [0u8; 8192];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let mut out = into.lock().expect("capture lock");
+                let room = STEP_CAPTURE_CAP.saturating_sub(out.len());
+                out.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| exit::SIGNAL_BASE + s))
+        .unwrap_or(exit::SPAWN_FAILED)
+}
+
+/// SIGTERM to the step's process group, then SIGKILL to whatever of the group is left after `grace`.
+async fn terminate(child: &mut tokio::process::Child, pgid: Pid, grace: Duration) {
+    let _ = killpg(pgid, Signal::SIGTERM);
+    let until = Instant::now() + grace;
+    let mut reaped = false;
+    loop {
+        reaped = reaped || matches!(child.try_wait(), Ok(Some(_)));
+        // Signal 0 probes the group: ESRCH once no member is left (the leader reaped above).
+        let group_alive = killpg(pgid, None).is_ok();
+        if (reaped && !group_alive) || Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let _ = child.wait().await;
+}

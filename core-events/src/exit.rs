@@ -1,0 +1,23 @@
+//! Exit codes an agent records for a run and `agentctl` exits with.
+//!
+//! A failed step's own exit code is recorded as it is (1–125). The engine uses the codes below for the
+//! ways a run can end without a step choosing its code; they follow the conventions of `timeout(1)`,
+//! the shell and `sysexits.h` so that scripts around `agentctl` can tell them apart.
+
+/// Every step succeeded.
+pub const OK: i32 = 0;
+/// The event was refused before anything ran: bad name, payload too large, malformed queue entry
+/// (`EX_DATAERR`).
+pub const INVALID: i32 = 65;
+/// No event directory has an entry for this event (`EX_UNAVAILABLE`).
+pub const NO_SUCH_EVENT: i32 = 69;
+/// The run was interrupted too many times by agent restarts and was given up (`EX_TEMPFAIL`).
+pub const ABANDONED: i32 = 75;
+/// A step could not be started (exec failure, `EX_OSERR`).
+pub const SPAWN_FAILED: i32 = 71;
+/// The run hit its timeout (as `timeout(1)`).
+pub const TIMEOUT: i32 = 124;
+/// The run was cancelled (as a shell reports SIGINT-style interruption).
+pub const CANCELLED: i32 = 130;
+/// Offset added to a signal number when a step was killed by a signal (as the shell does).
+pub const SIGNAL_BASE: i32 = 128;

@@ -1,0 +1,207 @@
+//! Builders for every Redis key and channel of protocol v1.
+//!
+//! An agent writes only below its own prefix (`node/<name>/` or `module/<id>/`), which is what makes the
+//! Redis ACL of the security model a single `~<prefix>/*` pattern. Channels follow the same rule.
+
+use crate::name::{AgentName, EventName, RunId};
+
+/// Whether an agent is a node's root agent or a module's rootless agent. It decides the key prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentKind {
+    Node,
+    Module,
+}
+
+impl AgentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentKind::Node => "node",
+            AgentKind::Module => "module",
+        }
+    }
+}
+
+/// The key prefix of one agent, e.g. `module/traefik0`. Every key builder hangs off it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Prefix {
+    kind: AgentKind,
+    name: AgentName,
+    text: String,
+}
+
+impl Prefix {
+    pub fn new(kind: AgentKind, name: AgentName) -> Self {
+        let text = format!("{}/{}", kind.as_str(), name);
+        Self { kind, name, text }
+    }
+
+    pub fn node(name: AgentName) -> Self {
+        Self::new(AgentKind::Node, name)
+    }
+
+    pub fn module(id: AgentName) -> Self {
+        Self::new(AgentKind::Module, id)
+    }
+
+    pub fn kind(&self) -> AgentKind {
+        self.kind
+    }
+
+    pub fn agent(&self) -> &AgentName {
+        &self.name
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Stream of events waiting to run: `XADD <prefix>/queue * event E data D [id R]`.
+    pub fn queue(&self) -> String {
+        format!("{}/queue", self.text)
+    }
+
+    /// Hash holding one run's record.
+    pub fn run(&self, run: &RunId) -> String {
+        format!("{}/run/{}", self.text, run)
+    }
+
+    /// String holding one run's captured output (capped, secrets scrubbed).
+    pub fn run_output(&self, run: &RunId) -> String {
+        format!("{}/run/{}/output", self.text, run)
+    }
+
+    /// Stream with one entry per run state change.
+    pub fn journal(&self) -> String {
+        format!("{}/journal", self.text)
+    }
+
+    /// Liveness key, refreshed by the agent with a TTL.
+    pub fn heartbeat(&self) -> String {
+        format!("{}/heartbeat", self.text)
+    }
+
+    /// Set once when the agent's startup event has been queued, so it runs on first start only.
+    pub fn startup_marker(&self) -> String {
+        format!("{}/startup", self.text)
+    }
+
+    /// `module/<id>/module.env` (only meaningful for a module prefix).
+    pub fn module_env(&self) -> String {
+        format!("{}/module.env", self.text)
+    }
+
+    /// `module/<id>/secrets`: field → age-armored ciphertext.
+    pub fn secrets(&self) -> String {
+        format!("{}/secrets", self.text)
+    }
+
+    /// `module/<id>/public_key`: the module's age recipient.
+    pub fn public_key(&self) -> String {
+        format!("{}/public_key", self.text)
+    }
+}
+
+/// The name of the consumer group every agent reads its queue with.
+pub const QUEUE_GROUP: &str = "agent";
+
+/// `CLIENT SETNAME` value of an agent's connections.
+pub fn client_name(agent: &AgentName) -> String {
+    format!("agent:{agent}")
+}
+
+/// Escapes Redis glob metacharacters so a name can be used literally inside a pattern.
+pub fn glob_escape(literal: &str) -> String {
+    let mut out = String::with_capacity(literal.len());
+    for c in literal.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `<agent>:<event>`: the channel a sysadmin PUBLISHes an event on.
+pub fn event_channel(agent: &AgentName, event: &EventName) -> String {
+    format!("{agent}:{event}")
+}
+
+/// `<agent>:*`, with the agent name escaped: the pattern an agent subscribes to.
+pub fn event_pattern(agent: &AgentName) -> String {
+    format!("{}:*", glob_escape(agent.as_str()))
+}
+
+/// Takes the raw event part out of a channel that matched [`event_pattern`]. It is *not* validated:
+/// the caller must pass it to [`EventName::new`].
+pub fn event_of_channel<'a>(agent: &AgentName, channel: &'a str) -> Option<&'a str> {
+    channel.strip_prefix(agent.as_str())?.strip_prefix(':')
+}
+
+/// `cancel/<agent>`: PUBLISH a run id here to cancel it.
+pub fn cancel_channel(agent: &AgentName) -> String {
+    format!("cancel/{agent}")
+}
+
+/// `progress/<agent>/<run>`: progress reports of one run.
+pub fn progress_channel(agent: &AgentName, run: &RunId) -> String {
+    format!("progress/{agent}/{run}")
+}
+
+/// `event/<agent>/<event>`: events an agent emits for others to react to.
+pub fn emitted_event_channel(agent: &AgentName, event: &EventName) -> String {
+    format!("event/{agent}/{event}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(s: &str) -> AgentName {
+        AgentName::new(s).unwrap()
+    }
+
+    #[test]
+    fn keys_are_under_the_prefix() {
+        let p = Prefix::module(agent("traefik0"));
+        let run = RunId::new("1-0").unwrap();
+        assert_eq!(p.as_str(), "module/traefik0");
+        assert_eq!(p.queue(), "module/traefik0/queue");
+        assert_eq!(p.run(&run), "module/traefik0/run/1-0");
+        assert_eq!(p.run_output(&run), "module/traefik0/run/1-0/output");
+        assert_eq!(p.journal(), "module/traefik0/journal");
+        assert_eq!(p.module_env(), "module/traefik0/module.env");
+        assert_eq!(p.secrets(), "module/traefik0/secrets");
+        assert_eq!(p.public_key(), "module/traefik0/public_key");
+        assert_eq!(
+            Prefix::node(agent("node1")).heartbeat(),
+            "node/node1/heartbeat"
+        );
+    }
+
+    #[test]
+    fn channels() {
+        let a = agent("node1");
+        let e = EventName::new("module.init").unwrap();
+        assert_eq!(event_channel(&a, &e), "node1:module.init");
+        assert_eq!(event_pattern(&a), "node1:*");
+        assert_eq!(
+            event_of_channel(&a, "node1:module.init"),
+            Some("module.init")
+        );
+        assert_eq!(event_of_channel(&a, "node10:x"), None);
+        assert_eq!(event_of_channel(&a, "node1:../x"), Some("../x"));
+        assert_eq!(cancel_channel(&a), "cancel/node1");
+        assert_eq!(
+            progress_channel(&a, &RunId::new("r1").unwrap()),
+            "progress/node1/r1"
+        );
+        assert_eq!(emitted_event_channel(&a, &e), "event/node1/module.init");
+    }
+
+    #[test]
+    fn glob_escaping() {
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+        assert_eq!(glob_escape("node-1.x"), "node-1.x");
+    }
+}

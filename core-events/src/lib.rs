@@ -1,0 +1,14 @@
+//! Protocol v1 of the agent system, as types.
+//!
+//! This crate is the only place that spells Redis key names, channel names, record fields and exit codes.
+//! Every other crate speaks the protocol through it, so a name can never drift between a writer and a
+//! reader. It is pure: no tokio, no Redis, no filesystem — only validation, builders and serde types.
+
+pub mod exit;
+pub mod keys;
+pub mod name;
+pub mod record;
+
+pub use keys::{AgentKind, Prefix};
+pub use name::{AgentName, EventName, NameError, RunId};
+pub use record::{JournalEntry, Progress, QueueEntry, RunRecord, RunStatus};

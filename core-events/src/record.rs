@@ -1,0 +1,396 @@
+//! Run records, journal entries, progress reports and queue entries.
+//!
+//! Records are Redis hashes and stream entries, so each type converts to and from a list of
+//! `(field, value)` string pairs; progress travels as JSON on a channel. Unknown fields are ignored when
+//! reading, so older agents can read records written by newer ones.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::name::{EventName, NameError, RunId};
+
+/// The state of one run. Terminal states never change again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Done,
+    Failed,
+    Cancelled,
+    Abandoned,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Done => "done",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Abandoned => "abandoned",
+        }
+    }
+
+    /// Done, failed, cancelled and abandoned runs are finished for good.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, RunStatus::Queued | RunStatus::Running)
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown run status {0:?}")]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for RunStatus {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "queued" => RunStatus::Queued,
+            "running" => RunStatus::Running,
+            "done" => RunStatus::Done,
+            "failed" => RunStatus::Failed,
+            "cancelled" => RunStatus::Cancelled,
+            "abandoned" => RunStatus::Abandoned,
+            other => return Err(UnknownStatus(other.to_string())),
+        })
+    }
+}
+
+/// The hash `<prefix>/run/<run-id>`. Empty optional fields are not written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RunRecord {
+    /// The event name as received (may be invalid when the run was refused).
+    pub event: String,
+    pub data: String,
+    pub status: Option<RunStatus>,
+    pub exit_code: Option<i32>,
+    pub failed_step: Option<String>,
+    /// RFC 3339 UTC timestamps.
+    pub queued: Option<String>,
+    pub started: Option<String>,
+    pub ended: Option<String>,
+    pub attempt: u32,
+    /// Why the engine ended the run itself (refusal, timeout, cancel…), in words.
+    pub error: Option<String>,
+}
+
+impl RunRecord {
+    /// The fields to `HSET`, in a stable order.
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        let mut f = vec![("event", self.event.clone()), ("data", self.data.clone())];
+        if let Some(s) = self.status {
+            f.push(("status", s.as_str().to_string()));
+        }
+        if let Some(c) = self.exit_code {
+            f.push(("exit_code", c.to_string()));
+        }
+        let opt = [
+            ("failed_step", &self.failed_step),
+            ("queued", &self.queued),
+            ("started", &self.started),
+            ("ended", &self.ended),
+            ("error", &self.error),
+        ];
+        for (k, v) in opt {
+            if let Some(v) = v {
+                f.push((k, v.clone()));
+            }
+        }
+        f.push(("attempt", self.attempt.to_string()));
+        f
+    }
+
+    /// Reads a record from `HGETALL`. Malformed numbers read as absent rather than failing: a record
+    /// is an observation, and a half-written one must still be readable.
+    pub fn from_fields(fields: &HashMap<String, String>) -> Self {
+        let get = |k: &str| fields.get(k).cloned();
+        RunRecord {
+            event: get("event").unwrap_or_default(),
+            data: get("data").unwrap_or_default(),
+            status: fields.get("status").and_then(|s| s.parse().ok()),
+            exit_code: fields.get("exit_code").and_then(|s| s.parse().ok()),
+            failed_step: get("failed_step"),
+            queued: get("queued"),
+            started: get("started"),
+            ended: get("ended"),
+            attempt: fields
+                .get("attempt")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+            error: get("error"),
+        }
+    }
+}
+
+/// One entry of the stream `<prefix>/journal`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JournalEntry {
+    pub run: String,
+    pub event: String,
+    pub status: String,
+    pub attempt: u32,
+    pub time: String,
+    pub exit_code: Option<i32>,
+    pub step: Option<String>,
+    pub message: Option<String>,
+}
+
+impl JournalEntry {
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        let mut f = vec![
+            ("run", self.run.clone()),
+            ("event", self.event.clone()),
+            ("status", self.status.clone()),
+            ("attempt", self.attempt.to_string()),
+            ("time", self.time.clone()),
+        ];
+        if let Some(c) = self.exit_code {
+            f.push(("exit_code", c.to_string()));
+        }
+        if let Some(s) = &self.step {
+            f.push(("step", s.clone()));
+        }
+        if let Some(m) = &self.message {
+            f.push(("message", m.clone()));
+        }
+        f
+    }
+
+    pub fn from_fields(fields: &HashMap<String, String>) -> Self {
+        let get = |k: &str| fields.get(k).cloned();
+        JournalEntry {
+            run: get("run").unwrap_or_default(),
+            event: get("event").unwrap_or_default(),
+            status: get("status").unwrap_or_default(),
+            attempt: fields
+                .get("attempt")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+            time: get("time").unwrap_or_default(),
+            exit_code: fields.get("exit_code").and_then(|s| s.parse().ok()),
+            step: get("step"),
+            message: get("message"),
+        }
+    }
+}
+
+/// A progress report, published as JSON on `progress/<agent>/<run>`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    pub run: String,
+    /// The step that reports, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// 1-based index of the current step and the number of steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_index: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u32>,
+    /// 0–100 within the step when a step reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Set on the last report of a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RunStatus>,
+}
+
+/// Field names of a queue entry.
+pub const QUEUE_FIELD_EVENT: &str = "event";
+pub const QUEUE_FIELD_DATA: &str = "data";
+pub const QUEUE_FIELD_ID: &str = "id";
+
+/// A queue entry that passed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    pub run: RunId,
+    pub event: EventName,
+    pub data: String,
+}
+
+/// Why a queue entry was refused. Each refusal is journaled with this message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    #[error("queue entry has no 'event' field")]
+    MissingEvent,
+    #[error("bad event name: {0}")]
+    BadEvent(NameError),
+    #[error("bad run id: {0}")]
+    BadRunId(NameError),
+    #[error("field {0:?} is not valid UTF-8")]
+    NotUtf8(&'static str),
+    #[error("payload is {len} bytes, the limit is {max}")]
+    PayloadTooLarge { len: usize, max: usize },
+}
+
+impl QueueEntry {
+    /// Validates a raw stream entry. `stream_id` names the run when the entry carries no `id` field.
+    /// On error the returned run id is still usable for journaling (the stream id is always valid).
+    pub fn parse(
+        stream_id: &str,
+        fields: &HashMap<String, Vec<u8>>,
+        max_payload: usize,
+    ) -> Result<Self, (RunId, EntryError)> {
+        let fallback =
+            RunId::new(stream_id).unwrap_or_else(|_| RunId::new("invalid").expect("valid"));
+        let text = |k: &'static str| -> Result<Option<String>, EntryError> {
+            match fields.get(k) {
+                None => Ok(None),
+                Some(b) => String::from_utf8(b.clone())
+                    .map(Some)
+                    .map_err(|_| EntryError::NotUtf8(k)),
+            }
+        };
+        let run = match text(QUEUE_FIELD_ID) {
+            Ok(Some(id)) => {
+                RunId::new(id).map_err(|e| (fallback.clone(), EntryError::BadRunId(e)))?
+            }
+            Ok(None) => fallback.clone(),
+            Err(e) => return Err((fallback, e)),
+        };
+        let fail = |e| (run.clone(), e);
+        let event = text(QUEUE_FIELD_EVENT)
+            .map_err(fail)?
+            .ok_or_else(|| fail(EntryError::MissingEvent))?;
+        let event = EventName::new(event).map_err(|e| fail(EntryError::BadEvent(e)))?;
+        let data = fields.get(QUEUE_FIELD_DATA).map(Vec::len).unwrap_or(0);
+        if data > max_payload {
+            return Err(fail(EntryError::PayloadTooLarge {
+                len: data,
+                max: max_payload,
+            }));
+        }
+        let data = text(QUEUE_FIELD_DATA).map_err(fail)?.unwrap_or_default();
+        Ok(QueueEntry { run, event, data })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn fields(pairs: &[(&str, &[u8])]) -> HashMap<String, Vec<u8>> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn queue_entry_parses() {
+        let e =
+            QueueEntry::parse("5-0", &fields(&[("event", b"backup"), ("data", b"x")]), 10).unwrap();
+        assert_eq!(e.run.as_str(), "5-0");
+        assert_eq!(e.event.as_str(), "backup");
+        let e =
+            QueueEntry::parse("5-0", &fields(&[("event", b"b"), ("id", b"my-run")]), 10).unwrap();
+        assert_eq!(e.run.as_str(), "my-run");
+        assert_eq!(e.data, "");
+    }
+
+    #[test]
+    fn queue_entry_refusals() {
+        let cases: Vec<(HashMap<String, Vec<u8>>, &str)> = vec![
+            (fields(&[("data", b"x")]), "no 'event'"),
+            (fields(&[("event", b"../x")]), "bad event name"),
+            (fields(&[("event", b"\xff")]), "UTF-8"),
+            (fields(&[("event", b"a"), ("id", b"a/b")]), "bad run id"),
+            (
+                fields(&[("event", b"a"), ("data", &[b'x'; 11])]),
+                "11 bytes",
+            ),
+            (fields(&[("event", b"a"), ("data", b"\xc3")]), "UTF-8"),
+        ];
+        for (f, want) in cases {
+            let (run, err) = QueueEntry::parse("7-1", &f, 10).unwrap_err();
+            assert!(
+                err.to_string().contains(want),
+                "{err} should mention {want}"
+            );
+            assert!(!run.as_str().is_empty());
+        }
+    }
+
+    #[test]
+    fn run_record_round_trip() {
+        let r = RunRecord {
+            event: "backup".into(),
+            data: "d".into(),
+            status: Some(RunStatus::Failed),
+            exit_code: Some(3),
+            failed_step: Some("20dump".into()),
+            queued: None,
+            started: Some("2026-11-25T10:00:00Z".into()),
+            ended: Some("2026-11-25T10:00:01Z".into()),
+            attempt: 2,
+            error: None,
+        };
+        let map: HashMap<String, String> = r
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert_eq!(RunRecord::from_fields(&map), r);
+    }
+
+    #[test]
+    fn statuses() {
+        for s in [
+            "queued",
+            "running",
+            "done",
+            "failed",
+            "cancelled",
+            "abandoned",
+        ] {
+            let st: RunStatus = s.parse().unwrap();
+            assert_eq!(st.as_str(), s);
+        }
+        assert!("bogus".parse::<RunStatus>().is_err());
+        assert!(RunStatus::Done.is_terminal() && !RunStatus::Running.is_terminal());
+    }
+
+    proptest! {
+        #[test]
+        fn queue_parse_never_panics(
+            id in proptest::collection::vec(any::<u8>(), 0..80),
+            ev in proptest::collection::vec(any::<u8>(), 0..200),
+            data in proptest::collection::vec(any::<u8>(), 0..64),
+            sid in "\\PC{0,40}",
+        ) {
+            let f = fields(&[("id", &id), ("event", &ev), ("data", &data)]);
+            match QueueEntry::parse(&sid, &f, 32) {
+                Ok(e) => {
+                    prop_assert!(e.data.len() <= 32);
+                    prop_assert_eq!(e.event.as_str().as_bytes(), &ev[..]);
+                }
+                Err((run, _)) => prop_assert!(RunId::new(run.as_str()).is_ok()),
+            }
+        }
+
+        #[test]
+        fn journal_round_trip(run in "[a-z0-9-]{1,20}", msg in proptest::option::of("\\PC{0,50}"), code in proptest::option::of(any::<i32>())) {
+            let j = JournalEntry { run, event: "e".into(), status: "done".into(), attempt: 1, time: "t".into(), exit_code: code, step: None, message: msg };
+            let map: HashMap<String, String> = j.to_fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            prop_assert_eq!(JournalEntry::from_fields(&map), j);
+        }
+
+        #[test]
+        fn progress_json_round_trip(pct in proptest::option::of(0u8..=100), msg in proptest::option::of("\\PC{0,40}")) {
+            let p = Progress { run: "r".into(), step: Some("10a".into()), step_index: Some(1), steps: Some(3), percent: pct, message: msg, status: None };
+            let j = serde_json::to_string(&p).unwrap();
+            prop_assert_eq!(serde_json::from_str::<Progress>(&j).unwrap(), p);
+        }
+    }
+}
