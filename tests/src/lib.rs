@@ -1,1 +1,415 @@
+//! Test harness: a real `redis-server` per test, the real agent binaries, and event directories.
+//!
+//! Integration tests in `tests/tests/` use this to start their own private Redis (TCP on a free
+//! loopback port, append-only file on, so a restart keeps the queue) and agents built by
+//! `cargo build --workspace`. Everything is cleaned up on drop, also when a test fails.
 
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use redis;
+
+/// Path of a workspace binary (`target/<profile>/<name>`). Build them first with
+/// `cargo build --workspace` (the project's test command does).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test-binary>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private redis-server on 127.0.0.1, with its data dir in a temp dir.
+pub struct RedisServer {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra `redis-server` arguments (e.g. `["--aclfile", path]`).
+    pub fn start_with(extra: &[&str]) -> Self {
+        let mut s = RedisServer {
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        s.boot();
+        s
+    }
+
+    fn boot(&mut self) {
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .args(["--unixsocket", "redis.sock", "--unixsocketperm", "777"])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        self.child = Some(child);
+        let url = self.url();
+        wait_for(
+            "redis-server to answer PING",
+            Duration::from_secs(10),
+            || {
+                let c = redis::Client::open(url.as_str()).ok()?;
+                let mut con = c.get_connection().ok()?;
+                match redis::cmd("PING").query::<String>(&mut con) {
+                    Ok(_) => Some(()),
+                    // A server with a password answers too; that is enough to know it is up.
+                    Err(e) if e.code() == Some("NOAUTH") => Some(()),
+                    Err(_) => None,
+                }
+            },
+        );
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// URL with the `--requirepass` password, if one was given at start.
+    pub fn url(&self) -> String {
+        let pass = self
+            .extra
+            .iter()
+            .position(|a| a == "--requirepass")
+            .and_then(|i| self.extra.get(i + 1));
+        match pass {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    pub fn socket_url(&self) -> String {
+        format!("unix://{}", self.dir.path().join("redis.sock").display())
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// Kills the server hard (SIGKILL): what is in the append-only file survives.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data dir.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.boot();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Event directories in a temp dir, with helpers to write steps.
+pub struct EventDirs {
+    root: tempfile::TempDir,
+    count: usize,
+}
+
+impl EventDirs {
+    /// `count` event directories, `root/d0`, `root/d1`, … (later ones win).
+    pub fn new(count: usize) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        for i in 0..count {
+            std::fs::create_dir_all(root.path().join(format!("d{i}"))).unwrap();
+        }
+        EventDirs { root, count }
+    }
+
+    pub fn dir(&self, i: usize) -> PathBuf {
+        self.root.path().join(format!("d{i}"))
+    }
+
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        (0..self.count).map(|i| self.dir(i)).collect()
+    }
+
+    /// A scratch directory for files that steps write (`root/work`).
+    pub fn work(&self) -> PathBuf {
+        let p = self.root.path().join("work");
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// Writes an executable `/bin/sh` step `dir i / event / name` with `body`.
+    pub fn step(&self, i: usize, event: &str, name: &str, body: &str) -> PathBuf {
+        let d = self.dir(i).join(event);
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    /// Writes a plain file (settings, non-executable entries).
+    pub fn file(&self, i: usize, event: &str, name: &str, content: &str) -> PathBuf {
+        let d = self.dir(i).join(event);
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+}
+
+/// A running agent binary (`node-agent` or `module-agent`).
+pub struct Agent {
+    child: Option<Child>,
+    binary: String,
+    name: String,
+    args: Vec<String>,
+    /// Used by the harness itself to check readiness (may differ from the agent's own URL).
+    admin_url: String,
+    log: PathBuf,
+    _logdir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts a module-agent named `name` on `dirs`, waiting until it is subscribed.
+    pub fn module(redis: &RedisServer, name: &str, dirs: &EventDirs, extra: &[&str]) -> Self {
+        Self::start("module-agent", &redis.url(), name, &dirs.dirs(), extra)
+    }
+
+    pub fn node(redis: &RedisServer, name: &str, dirs: &EventDirs, extra: &[&str]) -> Self {
+        Self::start("node-agent", &redis.url(), name, &dirs.dirs(), extra)
+    }
+
+    pub fn start(binary: &str, url: &str, name: &str, dirs: &[PathBuf], extra: &[&str]) -> Self {
+        Self::start_with_admin(binary, url, url, name, dirs, extra)
+    }
+
+    /// Like [`Agent::start`], with a separate URL the harness uses to watch the agent.
+    pub fn start_with_admin(
+        binary: &str,
+        url: &str,
+        admin_url: &str,
+        name: &str,
+        dirs: &[PathBuf],
+        extra: &[&str],
+    ) -> Self {
+        let mut args = vec![
+            "--name".to_string(),
+            name.to_string(),
+            "--redis-url".into(),
+            url.into(),
+        ];
+        for d in dirs {
+            args.push("--events-dir".into());
+            args.push(d.display().to_string());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let logdir = tempfile::tempdir().unwrap();
+        let mut a = Agent {
+            child: None,
+            binary: binary.into(),
+            name: name.into(),
+            args,
+            admin_url: admin_url.into(),
+            log: logdir.path().join("agent.log"),
+            _logdir: logdir,
+        };
+        a.spawn(true);
+        a
+    }
+
+    fn spawn(&mut self, wait_ready: bool) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(bin(&self.binary))
+            .args(&self.args)
+            .env("RUST_LOG", "debug")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("REDIS_URL")
+            .env_remove("AGENT_EVENTS_DIRS")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        if wait_ready {
+            self.wait_ready();
+        }
+    }
+
+    /// Waits until the agent's subscriptions exist (it then counts as a PUBLISH receiver).
+    pub fn wait_ready(&mut self) {
+        let url = self.admin_url.clone();
+        let chan = format!("cancel/{}", self.name);
+        let log = self.log.clone();
+        wait_for(
+            &format!("agent {} to subscribe", self.name),
+            Duration::from_secs(20),
+            || {
+                if let Some(c) = self.child.as_mut() {
+                    if let Ok(Some(st)) = c.try_wait() {
+                        panic!(
+                            "agent exited early ({st}):\n{}",
+                            std::fs::read_to_string(&log).unwrap_or_default()
+                        );
+                    }
+                }
+                let mut con = redis::Client::open(url.as_str())
+                    .ok()?
+                    .get_connection()
+                    .ok()?;
+                let v: Vec<(String, i64)> = redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(&chan)
+                    .query(&mut con)
+                    .ok()?;
+                (v.first()?.1 >= 1).then_some(())
+            },
+        );
+    }
+
+    /// Starts the agent again after it was killed or stopped.
+    pub fn restart(&mut self) {
+        self.spawn(true);
+    }
+
+    /// Starts the agent again without waiting for it (Redis may be down).
+    pub fn restart_no_wait(&mut self) {
+        self.spawn(false);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("agent running");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        c.wait().unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent running").id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("--- log of agent {} ---\n{}", self.name, self.log());
+        }
+    }
+}
+
+pub fn hgetall(con: &mut redis::Connection, key: &str) -> HashMap<String, String> {
+    redis::cmd("HGETALL").arg(key).query(con).unwrap()
+}
+
+/// Waits until the run record at `key` has a terminal status, and returns it.
+pub fn wait_run_end(
+    con: &mut redis::Connection,
+    key: &str,
+    timeout: Duration,
+) -> HashMap<String, String> {
+    wait_for(&format!("run {key} to end"), timeout, || {
+        let r = hgetall(con, key);
+        matches!(
+            r.get("status").map(String::as_str),
+            Some("done" | "failed" | "cancelled" | "abandoned")
+        )
+        .then_some(r)
+    })
+}
+
+/// All entries of a stream as field maps, oldest first.
+pub fn stream(con: &mut redis::Connection, key: &str) -> Vec<HashMap<String, String>> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(con)
+        .unwrap();
+    reply
+        .ids
+        .into_iter()
+        .map(|e| {
+            e.map
+                .into_iter()
+                .map(|(k, v)| (k, redis::from_redis_value::<String>(v).unwrap_or_default()))
+                .collect()
+        })
+        .collect()
+}
