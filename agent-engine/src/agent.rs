@@ -191,10 +191,32 @@ async fn dispatch_loop(
             }
         };
         let cancel = CancellationToken::new();
-        running
-            .lock()
-            .expect("running lock")
-            .insert(entry.run.to_string(), cancel.clone());
+        let duplicate = {
+            let mut map = running.lock().expect("running lock");
+            let dup = map.contains_key(entry.run.as_str());
+            if !dup {
+                map.insert(entry.run.to_string(), cancel.clone());
+            }
+            dup
+        };
+        if duplicate {
+            // Two entries with the same run id at once (a client reused an id): the second is dropped.
+            let journal = core_events::JournalEntry {
+                run: entry.run.to_string(),
+                event: entry.event.to_string(),
+                status: "skipped".into(),
+                attempt: 0,
+                time: now_rfc3339(),
+                exit_code: None,
+                step: None,
+                message: Some(format!(
+                    "run {} is running already; queue entry {stream_id} dropped",
+                    entry.run
+                )),
+            };
+            store.drop_entry(&stream_id, Some(&journal)).await?;
+            continue;
+        }
         in_flight
             .lock()
             .expect("in-flight lock")

@@ -49,31 +49,35 @@ pub fn password_of(url: &str, credentials: Option<&RedisCredentials>) -> Option<
     info.redis_settings().password().map(str::to_string)
 }
 
-/// A URL for the same server with the agent's own credentials, handed to steps as `REDIS_URL`.
+/// A URL for the same server and database with the agent's own credentials, handed to steps as
+/// `REDIS_URL`. TCP URLs carry them as `user:pass@`, unix-socket URLs as `?user=…&pass=…`; every other
+/// part of the URL (database, other query parameters) is kept.
 pub fn url_for_steps(url: &str, credentials: Option<&RedisCredentials>) -> String {
     let Some(c) = credentials else {
         return url.to_string();
     };
-    let enc = |s: &str| {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return url.to_string();
     };
-    let user = c.username.as_deref().map(enc).unwrap_or_default();
-    if let Some(rest) = url.strip_prefix("redis://") {
-        let host = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
-        format!("redis://{user}:{}@{host}", enc(&c.password))
-    } else if url.starts_with("unix://") || url.starts_with("redis+unix://") {
-        let base = url.split_once('?').map(|(b, _)| b).unwrap_or(url);
-        format!("{base}?user={user}&pass={}", enc(&c.password))
+    let user = c.username.as_deref().unwrap_or("");
+    if parsed.has_host() {
+        if parsed.set_username(user).is_err() || parsed.set_password(Some(&c.password)).is_err() {
+            return url.to_string();
+        }
     } else {
-        url.to_string()
+        let kept: Vec<(String, String)> = parsed
+            .query_pairs()
+            .filter(|(k, _)| k != "user" && k != "pass")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let mut q = parsed.query_pairs_mut();
+        q.clear().extend_pairs(kept);
+        if !user.is_empty() {
+            q.append_pair("user", user);
+        }
+        q.append_pair("pass", &c.password);
     }
+    parsed.to_string()
 }
 
 pub async fn manager(client: &Client) -> Result<ConnectionManager> {
@@ -183,9 +187,17 @@ mod tests {
             "redis://mod0:p%40ss%20word@127.0.0.1:6379/0"
         );
         assert_eq!(
-            url_for_steps("unix:///run/redis.sock", Some(&c)),
-            "unix:///run/redis.sock?user=mod0&pass=p%40ss%20word"
+            url_for_steps("rediss://h:6380/3", Some(&c)),
+            "rediss://mod0:p%40ss%20word@h:6380/3"
         );
+        let unix = url_for_steps("unix:///run/redis.sock?db=2&pass=old", Some(&c));
+        assert_eq!(
+            unix,
+            "unix:///run/redis.sock?db=2&user=mod0&pass=p%40ss+word"
+        );
+        let info = unix.into_connection_info().unwrap();
+        assert_eq!(info.redis_settings().password(), Some("p@ss word"));
+        assert_eq!(info.redis_settings().db(), 2);
         assert_eq!(url_for_steps("redis://h:1", None), "redis://h:1");
         let info = url_for_steps("redis://h:1", Some(&c))
             .into_connection_info()

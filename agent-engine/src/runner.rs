@@ -74,7 +74,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
     };
 
     let (existing, module_env) = tokio::join!(store.read_record(run), store.module_env());
-    let (existing, module_env) = (existing?, module_env?);
+    let (existing, (module_env, env_warnings)) = (existing?, module_env_vars(module_env?));
     let mut attempt = 1;
     if let Some(rec) = &existing {
         match rec.status {
@@ -152,7 +152,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
     store
         .start_run(run, &record, &journal("running", attempt))
         .await?;
-    journal_warnings(store, &plan, &module_env, run, &entry, attempt).await?;
+    journal_warnings(store, &plan, env_warnings, run, &entry, attempt).await?;
     tracing::info!(%run, event = %entry.event, attempt, "run started");
 
     let timeout = plan.settings.timeout.unwrap_or(cfg.default_timeout);
@@ -258,7 +258,7 @@ async fn publish_end(store: &Store, run: &RunId, status: RunStatus) {
 async fn journal_warnings(
     store: &Store,
     plan: &EventPlan,
-    module_env: &HashMap<String, String>,
+    env_warnings: Vec<String>,
     run: &RunId,
     entry: &QueueEntry,
     attempt: u32,
@@ -275,12 +275,7 @@ async fn journal_warnings(
     for p in &plan.settings.problems {
         warnings.push((None, format!("setting ignored: {p}")));
     }
-    for k in module_env.keys().filter(|k| !is_env_name(k)) {
-        warnings.push((
-            None,
-            format!("module.env field {k:?} is not a valid variable name; not exported"),
-        ));
-    }
+    warnings.extend(env_warnings.into_iter().map(|w| (None, w)));
     for (step, message) in warnings {
         tracing::warn!(%run, "{message}");
         let j = JournalEntry {
@@ -298,6 +293,42 @@ async fn journal_warnings(
     Ok(())
 }
 
+/// Names the engine sets itself; a module.env field of the same name would be overridden.
+const RESERVED_ENV: &[&str] = &["REDIS_URL", "AGENT_"];
+
+/// Splits module.env into the variables steps get (sorted) and a warning for each field left out.
+fn module_env_vars(raw: HashMap<String, Vec<u8>>) -> (Vec<(String, String)>, Vec<String>) {
+    let mut vars = Vec::new();
+    let mut warnings = Vec::new();
+    for (k, v) in raw {
+        let why = if !is_env_name(&k) {
+            Some("is not a valid variable name")
+        } else if RESERVED_ENV.iter().any(|r| {
+            if r.ends_with('_') {
+                k.starts_with(r)
+            } else {
+                k == *r
+            }
+        }) {
+            Some("is a name the agent sets itself")
+        } else if v.contains(&0) {
+            Some("has a value containing NUL")
+        } else {
+            None
+        };
+        match (why, String::from_utf8(v)) {
+            (None, Ok(v)) => vars.push((k, v)),
+            (Some(why), _) => warnings.push(format!("module.env field {k:?} {why}; not exported")),
+            (None, Err(_)) => warnings.push(format!(
+                "module.env field {k:?} is not valid UTF-8; not exported"
+            )),
+        }
+    }
+    vars.sort();
+    warnings.sort();
+    (vars, warnings)
+}
+
 fn is_env_name(k: &str) -> bool {
     let mut chars = k.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -306,17 +337,12 @@ fn is_env_name(k: &str) -> bool {
 
 fn step_env(
     env: &StepEnv,
-    module_env: &HashMap<String, String>,
+    module_env: &[(String, String)],
     store: &Store,
     entry: &QueueEntry,
     attempt: u32,
 ) -> Vec<(String, String)> {
-    let mut vars: Vec<(String, String)> = module_env
-        .iter()
-        .filter(|(k, v)| is_env_name(k) && !v.contains('\0'))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    vars.sort();
+    let mut vars = module_env.to_vec();
     let cfg = &store.cfg;
     vars.extend([
         ("AGENT_NAME".into(), cfg.name.to_string()),
@@ -481,4 +507,40 @@ async fn terminate(child: &mut tokio::process::Child, pgid: Pid, grace: Duration
     }
     let _ = killpg(pgid, Signal::SIGKILL);
     let _ = child.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_env_filtering() {
+        let raw: HashMap<String, Vec<u8>> = [
+            ("PORT", &b"8080"[..]),
+            ("bad-name", b"x"),
+            ("REDIS_URL", b"redis://evil"),
+            ("AGENT_NAME", b"other"),
+            ("BIN", b"\xff"),
+            ("NUL", b"a\0b"),
+            ("_OK", b""),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_vec()))
+        .collect();
+        let (vars, warnings) = module_env_vars(raw);
+        assert_eq!(
+            vars,
+            vec![
+                ("PORT".into(), "8080".into()),
+                ("_OK".into(), String::new())
+            ]
+        );
+        assert_eq!(warnings.len(), 5, "{warnings:?}");
+        assert!(warnings
+            .iter()
+            .any(|w| w.contains("REDIS_URL") && w.contains("sets itself")));
+        assert!(warnings
+            .iter()
+            .any(|w| w.contains("BIN") && w.contains("UTF-8")));
+    }
 }

@@ -208,8 +208,8 @@ impl Store {
         .await
     }
 
-    /// `module/<id>/module.env` of a module agent; empty for a node agent.
-    pub async fn module_env(&self) -> Result<HashMap<String, String>> {
+    /// `module/<id>/module.env` of a module agent, raw (values need not be UTF-8); empty for a node agent.
+    pub async fn module_env(&self) -> Result<HashMap<String, Vec<u8>>> {
         if self.prefix.kind() != core_events::AgentKind::Module {
             return Ok(HashMap::new());
         }

@@ -1,1 +1,420 @@
-fn main() {}
+//! `module-sdk`: the command steps call to report progress, read and write the module's env, emit
+//! events and queue events for other agents. A thin layer over the `module_sdk` library.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use core_events::{AgentKind, AgentName, EventName, Prefix, RunId};
+use module_sdk::args::{self, EnvKey, STDIN_ARG};
+use module_sdk::context::{process_env, redis_url_from};
+use module_sdk::{exit_code, AgentContext, Error, RedisUrl, Session, StepContext, Timeouts};
+
+const ABOUT: &str = "Helper for event steps and module authors: progress, module env, events.";
+
+const LONG_ABOUT: &str = "\
+Helper for event steps and module authors.
+
+An agent runs the steps of an event with their context in the environment: AGENT_NAME,
+AGENT_KIND, AGENT_KEY_PREFIX, AGENT_EVENT, AGENT_RUN_ID, AGENT_STEP, AGENT_ATTEMPT and
+REDIS_URL. module-sdk reads it, so inside a step no option is needed. Outside a step, a
+missing variable is an error that names it.";
+
+const AFTER_HELP: &str = "\
+Examples (inside a step):
+  module-sdk progress 50 dumping the database         report 50 % of this step
+  module-sdk env get LE_EMAIL                         print one module.env value
+  module-sdk env set LE_EMAIL root@example.org        set one; later runs see $LE_EMAIL
+  module-sdk env list --module traefik0               read another module's env
+  module-sdk emit backup-done '{\"size\":1024}'         PUBLISH event/<agent>/backup-done
+  module-sdk queue node/node1 module.update traefik0  queue an event for another agent
+  module-sdk context                                  this step's context as JSON
+
+Steps must be idempotent: runs are at-least-once. A run interrupted by an agent
+restart or crash is started again from its first step (AGENT_ATTEMPT counts the
+attempts), so any step may run again after it already did its work. `env set` and
+`env rm` are idempotent; give `queue` a fixed --id (e.g. \"$AGENT_RUN_ID-notify\") so
+that a repeated run does not queue the event twice.
+
+Exit codes: 0 ok; 1 `env get` of a key that is not set; 2 bad arguments;
+69 Redis unreachable; 70 other Redis error; 74 standard input/output error;
+77 Redis refused the credentials or the command (ACL); 78 not inside a step
+(a variable is missing or invalid). `progress` exits 0 even when Redis fails:
+a progress report never fails a step.";
+
+#[derive(Parser)]
+#[command(
+    name = "module-sdk",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP
+)]
+struct Cli {
+    /// Say more on stderr (and `emit` prints its number of receivers on stdout).
+    #[arg(short, long, global = true)]
+    verbose: bool,
+
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Report how far the step is: `module-sdk progress 50 dumping the database`.
+    ///
+    /// Publishes {"run":…, "step":…, "percent":N, "message":…} on progress/<agent>/<run>, where
+    /// `agentctl` and other subscribers follow the run. Best effort: if Redis cannot be reached a
+    /// warning goes to stderr and the exit code is still 0, so progress never fails a step.
+    ///
+    /// Example: module-sdk progress 50 dumping the database
+    #[command(after_help = "Needs AGENT_NAME, AGENT_KIND, AGENT_EVENT, AGENT_RUN_ID, REDIS_URL.")]
+    Progress {
+        /// How far the step is, a whole number from 0 to 100.
+        #[arg(value_name = "PERCENT", value_parser = percent_arg)]
+        percent: u8,
+        /// What the step is doing; the words are joined with spaces.
+        #[arg(
+            value_name = "MESSAGE",
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        message: Vec<String>,
+    },
+
+    /// Module env: `module-sdk env set LE_EMAIL root@example.org`.
+    ///
+    /// The hash module/<id>/module.env: each field is exported to every later step of the module
+    /// (a run loads it when it starts, so a value set now is seen from the next run on). With
+    /// --module ID another module's env can be read (get and list only).
+    ///
+    /// Example: module-sdk env set LE_EMAIL root@example.org
+    Env(EnvArgs),
+
+    /// Emit an event: `module-sdk emit backup-done '{"size":1024}'`.
+    ///
+    /// Publishes JSON (default {}) on event/<agent>/<EVENT>; subscribers use
+    /// PSUBSCRIBE 'event/<agent>/*'. Fire and forget: nobody listening is not an error
+    /// (-v prints the number of receivers).
+    ///
+    /// Example: module-sdk emit backup-done '{"size":1024}'
+    Emit {
+        /// Event name ([A-Za-z0-9._-]).
+        event: EventName,
+        /// JSON payload; `-` reads it from standard input. Default: {}.
+        json: Option<String>,
+    },
+
+    /// Queue an event for an agent: `module-sdk queue node/node1 module.update mod0`.
+    ///
+    /// Adds `event` and `data` (and `id` with --id) to the agent's queue stream <prefix>/queue; the
+    /// agent runs it even if it is not running right now. Prints the run id (the stream id unless
+    /// --id is given). Follow the run in <prefix>/run/<id>.
+    ///
+    /// Example: module-sdk queue node/node1 module.update traefik0
+    Queue {
+        /// The agent: node/NAME or module/NAME.
+        #[arg(value_name = "AGENT", value_parser = agent_arg)]
+        agent: Prefix,
+        /// Event name ([A-Za-z0-9._-]).
+        event: EventName,
+        /// Event data (argv[1] and stdin of its steps); `-` reads it from standard input.
+        /// Default: empty.
+        data: Option<String>,
+        /// Run id to use instead of the stream id. A repeated run of this step then queues the same
+        /// run id again, and the agent drops the duplicate once the first has ended.
+        #[arg(long, value_name = "RUN_ID")]
+        id: Option<RunId>,
+    },
+
+    /// Print the step's context as JSON: `module-sdk context`.
+    ///
+    /// Agent, kind, key prefix, event, run id, step, attempt, REDIS_URL with its password replaced
+    /// by ***, and the keys and channels of this run.
+    ///
+    /// Example: module-sdk context
+    Context,
+}
+
+#[derive(Args)]
+struct EnvArgs {
+    /// Read the env of module ID instead of this step's own module (get and list only).
+    #[arg(long, value_name = "ID", global = true)]
+    module: Option<AgentName>,
+
+    #[command(subcommand)]
+    cmd: EnvCmd,
+}
+
+#[derive(Subcommand)]
+enum EnvCmd {
+    /// Print one value: `module-sdk env get LE_EMAIL`. Exit code 1 if it is not set.
+    Get {
+        #[arg(value_parser = key_arg)]
+        key: EnvKey,
+    },
+    /// Set one value: `module-sdk env set LE_EMAIL root@example.org` (`-` reads it from stdin,
+    /// minus one trailing newline: `printf %s "$V" | module-sdk env set K -`).
+    Set {
+        #[arg(value_parser = key_arg)]
+        key: EnvKey,
+        #[arg(allow_hyphen_values = true)]
+        value: String,
+    },
+    /// List all values as KEY=VALUE lines, sorted: `module-sdk env list` (--json for a JSON object).
+    List {
+        /// Print a JSON object instead (unambiguous when values contain newlines).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove one key: `module-sdk env rm LE_EMAIL`. Removing a key that is not set is not an error.
+    Rm {
+        #[arg(value_parser = key_arg)]
+        key: EnvKey,
+    },
+}
+
+fn percent_arg(s: &str) -> Result<u8, Error> {
+    args::parse_percent(s)
+}
+
+fn key_arg(s: &str) -> Result<EnvKey, Error> {
+    EnvKey::new(s)
+}
+
+fn agent_arg(s: &str) -> Result<Prefix, Error> {
+    args::parse_agent(s)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Our errors already say what their source said; other errors show their chain.
+            let code = if let Some(e) = e.downcast_ref::<Error>() {
+                eprintln!("module-sdk: error: {e}");
+                e.exit_code()
+            } else {
+                eprintln!("module-sdk: error: {e:#}");
+                if e.downcast_ref::<std::io::Error>().is_some() {
+                    exit_code::IO
+                } else {
+                    exit_code::SOFTWARE
+                }
+            };
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let verbose = cli.verbose;
+    match cli.cmd {
+        Cmd::Progress { percent, message } => progress(percent, message, verbose),
+        Cmd::Env(env) => env_cmd(env, verbose),
+        Cmd::Emit { event, json } => {
+            let json = match json.as_deref() {
+                None => "{}".to_string(),
+                Some(STDIN_ARG) => args::read_value(std::io::stdin().lock())?,
+                Some(j) => j.to_string(),
+            };
+            let json = args::parse_json(&json)?;
+            let ctx = AgentContext::from_env()?;
+            let n =
+                Session::connect(&ctx.redis, Timeouts::NORMAL)?.emit(ctx.name(), &event, &json)?;
+            if verbose {
+                out(format!("{n}\n").as_bytes())?;
+            }
+            Ok(())
+        }
+        Cmd::Queue {
+            agent,
+            event,
+            data,
+            id,
+        } => {
+            let data = match data.as_deref() {
+                None => String::new(),
+                Some(STDIN_ARG) => args::read_value(std::io::stdin().lock())?,
+                Some(d) => d.to_string(),
+            };
+            let url = redis_url_from(process_env)?;
+            let run = Session::connect(&url, Timeouts::NORMAL)?.queue(
+                &agent,
+                &event,
+                &data,
+                id.as_ref(),
+            )?;
+            if verbose {
+                eprintln!(
+                    "queued {event} for {}: follow {}",
+                    agent.as_str(),
+                    agent.run(&run)
+                );
+            }
+            out(format!("{run}\n").as_bytes())
+        }
+        Cmd::Context => {
+            let ctx = StepContext::from_env()?;
+            let text = serde_json::to_string_pretty(&ctx.to_json())?;
+            out(format!("{text}\n").as_bytes())
+        }
+    }
+}
+
+fn progress(percent: u8, message: Vec<String>, verbose: bool) -> anyhow::Result<()> {
+    let ctx = StepContext::from_env()?;
+    let message = (!message.is_empty()).then(|| message.join(" "));
+    let report = ctx.progress(percent, message);
+    let sent = Session::connect(&ctx.agent.redis, Timeouts::BEST_EFFORT)
+        .and_then(|mut s| s.publish_progress(&ctx, &report));
+    match sent {
+        Ok(n) if verbose => eprintln!(
+            "progress {percent}% of run {} sent to {n} receivers",
+            ctx.run
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!(
+            "module-sdk: warning: progress not reported (this does not fail the step): {e}"
+        ),
+    }
+    Ok(())
+}
+
+fn env_cmd(env: EnvArgs, verbose: bool) -> anyhow::Result<()> {
+    let writes = matches!(env.cmd, EnvCmd::Set { .. } | EnvCmd::Rm { .. });
+    let (prefix, url): (Prefix, RedisUrl) =
+        match env.module {
+            Some(_) if writes => return Err(Error::Usage(
+                "--module is read-only: a step may change only its own module's env (its Redis \
+                 user may write only below its own prefix)"
+                    .into(),
+            )
+            .into()),
+            Some(id) => (Prefix::module(id), redis_url_from(process_env)?),
+            None => {
+                let ctx = AgentContext::from_env()?;
+                if ctx.kind() != AgentKind::Module {
+                    return Err(Error::Usage(format!(
+                        "this step belongs to {}, a node agent: only modules have a module.env; \
+                     use --module ID to read a module's env",
+                        ctx.prefix.as_str()
+                    ))
+                    .into());
+                }
+                (ctx.prefix, ctx.redis)
+            }
+        };
+    let mut session = Session::connect(&url, Timeouts::NORMAL)?;
+    match env.cmd {
+        EnvCmd::Get { key } => match session.env_get(&prefix, &key)? {
+            Some(mut value) => {
+                value.push(b'\n');
+                out(&value)
+            }
+            None => Err(Error::NotFound {
+                hash: prefix.module_env(),
+                key: key.to_string(),
+            }
+            .into()),
+        },
+        EnvCmd::Set { key, value } => {
+            let key = key.writable()?;
+            let value = if value == STDIN_ARG {
+                args::read_value(std::io::stdin().lock())?
+            } else {
+                value
+            };
+            args::check_env_value(&key, &value)?;
+            let new = session.env_set(&prefix, &key, &value)?;
+            if verbose {
+                let what = if new { "added" } else { "updated" };
+                eprintln!("{key} {what} in {}", prefix.module_env());
+            }
+            Ok(())
+        }
+        EnvCmd::List { json } => {
+            let all = session.env_list(&prefix)?;
+            let text = if json {
+                format!("{}\n", serde_json::to_string_pretty(&all)?)
+            } else {
+                all.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+            };
+            out(text.as_bytes())
+        }
+        EnvCmd::Rm { key } => {
+            let existed = session.env_rm(&prefix, &key)?;
+            if verbose {
+                let what = if existed {
+                    "removed from"
+                } else {
+                    "was not set in"
+                };
+                eprintln!("{key} {what} {}", prefix.module_env());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn out(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(bytes)
+        .and_then(|()| stdout.flush())
+        .context("writing to standard output")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn arguments_parse() {
+        let cli = Cli::try_parse_from(["module-sdk", "progress", "50", "half", "-way"]).unwrap();
+        assert!(
+            matches!(cli.cmd, Cmd::Progress { percent: 50, ref message } if message == &["half", "-way"])
+        );
+        for bad in [
+            &["module-sdk", "progress", "101"][..],
+            &["module-sdk", "env", "get", "1BAD"],
+            &["module-sdk", "emit", "../x"],
+            &["module-sdk", "queue", "mod0", "ping"],
+        ] {
+            let e = Cli::try_parse_from(bad).err().expect("refused");
+            assert_eq!(e.exit_code(), exit_code::USAGE, "{bad:?}");
+        }
+        let cli =
+            Cli::try_parse_from(["module-sdk", "env", "list", "--module", "traefik0"]).unwrap();
+        assert!(
+            matches!(cli.cmd, Cmd::Env(EnvArgs { module: Some(ref m), .. }) if m.as_str() == "traefik0")
+        );
+    }
+
+    #[test]
+    fn help_states_idempotency_and_examples() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("Steps must be idempotent"), "{help}");
+        for cmd in [
+            "progress 50",
+            "env get",
+            "env set",
+            "emit ",
+            "queue ",
+            "context",
+        ] {
+            assert!(
+                help.contains(&format!("module-sdk {cmd}")),
+                "{cmd} example missing"
+            );
+        }
+    }
+}

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,8 +16,13 @@ pub use redis;
 /// `cargo build --workspace` (the project's test command does).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test-binary>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // Test binaries live in target/<profile>/deps/, other binaries in target/<profile>/.
+    let dir = exe.parent().expect("exe dir");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("target dir")
+    } else {
+        dir
+    };
     let p = dir.join(name);
     assert!(
         p.exists(),
@@ -283,7 +288,11 @@ impl Agent {
             .unwrap();
         let child = Command::new(bin(&self.binary))
             .args(&self.args)
-            .env("RUST_LOG", "debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("AGENT_TEST_LOG")
+                    .unwrap_or_else(|_| "info,agent_engine=debug".into()),
+            )
             .env_remove("NOTIFY_SOCKET")
             .env_remove("REDIS_URL")
             .env_remove("AGENT_EVENTS_DIRS")

@@ -622,3 +622,50 @@ fn node_agent_with_password_over_unix_socket_scrubs_the_password() {
     assert_eq!(agent.terminate().code(), Some(0));
     assert!(!agent.log().contains("s3cret-pass-word"));
 }
+
+#[test]
+fn unusable_module_env_fields_are_journaled_and_do_not_block_runs() {
+    let redis = RedisServer::start();
+    let dirs = EventDirs::new(1);
+    let out = dirs.work().join("out");
+    dirs.step(
+        0,
+        "ev",
+        "10",
+        &format!("echo \"$GOOD|$AGENT_NAME\" >> {}", out.display()),
+    );
+    let mut con = redis.conn();
+    let _: () = redis::cmd("HSET")
+        .arg("module/env0/module.env")
+        .arg("GOOD")
+        .arg("yes")
+        .arg("BIN")
+        .arg(&b"\xff\xfe"[..])
+        .arg("AGENT_NAME")
+        .arg("spoofed")
+        .arg("bad-name")
+        .arg("x")
+        .query(&mut con)
+        .unwrap();
+    let _agent = Agent::module(&redis, "env0", &dirs, &[]);
+    xadd(
+        &mut con,
+        "module/env0/queue",
+        &[("event", "ev"), ("id", "e")],
+    );
+    let rec = wait_run_end(&mut con, "module/env0/run/e", LONG);
+    assert_eq!(rec["status"], "done", "{rec:?}");
+    assert_eq!(read(&out), "yes|env0\n");
+    let warnings: Vec<String> = stream(&mut con, "module/env0/journal")
+        .into_iter()
+        .filter(|e| e["status"] == "warning")
+        .map(|e| e["message"].clone())
+        .collect();
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert!(warnings
+        .iter()
+        .any(|w| w.contains("BIN") && w.contains("UTF-8")));
+    assert!(warnings
+        .iter()
+        .any(|w| w.contains("AGENT_NAME") && w.contains("sets itself")));
+}
