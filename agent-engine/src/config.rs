@@ -103,6 +103,21 @@ impl EngineConfig {
     }
 }
 
+/// The default event directories of an agent (earlier first; later ones win). A module's are relative to
+/// its Unix user's home; a node's are fixed FHS paths.
+pub fn default_events_dirs(kind: AgentKind, home: &Path) -> Vec<PathBuf> {
+    match kind {
+        AgentKind::Node => vec![
+            PathBuf::from("/usr/local/share/agent/node-events"),
+            PathBuf::from("/var/local/node-events"),
+        ],
+        AgentKind::Module => vec![
+            home.join(".config/module-events"),
+            home.join("module-events"),
+        ],
+    }
+}
+
 /// A Redis user name and password, read from an agent's credentials file.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisCredentials {

@@ -20,6 +20,6 @@ mod store;
 pub mod time;
 
 pub use agent::run_agent;
-pub use config::{EngineConfig, RedisCredentials};
+pub use config::{default_events_dirs, EngineConfig, RedisCredentials};
 pub use error::Error;
 pub use plan::{plan_event, EventPlan, EventSettings, PlanEntry, PlanVerdict};

@@ -105,6 +105,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
         event: entry.event.to_string(),
         data: store.scrubber.scrub_str(&entry.data),
         status: Some(RunStatus::Running),
+        queued: crate::time::rfc3339_of_stream_id(&stream_id),
         started: Some(now_rfc3339()),
         attempt,
         ..Default::default()

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use core_events::keys::QUEUE_GROUP;
-use core_events::{keys, JournalEntry, Prefix, Progress, RunId, RunRecord};
+use core_events::{keys, JournalEntry, Prefix, Progress, QueueEntry, RunId, RunRecord, RunStatus};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
@@ -19,19 +19,25 @@ use crate::redis_conn::retry;
 use crate::scrub::Scrubber;
 
 /// Appends a PUBLISHed event to the queue unless the queue is full, and journals it as queued, in one
-/// round trip. Field names are those of `core_events::record` (queue entry and journal entry).
+/// round trip. Field names come from the caller (`core_events::record`), so the script spells none.
+/// ARGV: max queue length, journal MAXLEN, event field, event, data field, data, journal run field,
+/// then the other journal fields as name/value pairs.
 const ENQUEUE_SCRIPT: &str = r#"
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
-local id = redis.call('XADD', KEYS[1], '*', 'event', ARGV[2], 'data', ARGV[3])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
-  'run', id, 'event', ARGV[2], 'status', 'queued', 'attempt', '0', 'time', ARGV[4])
+local id = redis.call('XADD', KEYS[1], '*', ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+local j = {'XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', ARGV[7], id}
+for i = 8, #ARGV do j[#j + 1] = ARGV[i] end
+redis.call(unpack(j))
 return id
 "#;
 
 /// Queues the startup event once in the agent's life: the marker and the entry are set together.
+/// ARGV: marker value, then the queue entry's fields as name/value pairs.
 const STARTUP_SCRIPT: &str = r#"
-if redis.call('SET', KEYS[2], ARGV[3], 'NX') then
-  return redis.call('XADD', KEYS[1], '*', 'event', ARGV[1], 'id', ARGV[2], 'data', '')
+if redis.call('SET', KEYS[2], ARGV[1], 'NX') then
+  local c = {'XADD', KEYS[1], '*'}
+  for i = 2, #ARGV do c[#c + 1] = ARGV[i] end
+  return redis.call(unpack(c))
 end
 return false
 "#;
@@ -236,18 +242,39 @@ impl Store {
 
     /// Queues a PUBLISHed event. `Ok(None)` means the queue is full.
     pub async fn enqueue_published(&self, event: &str, data: &[u8]) -> Result<Option<String>> {
+        use core_events::record::{QUEUE_FIELD_DATA, QUEUE_FIELD_EVENT};
         let (queue, journal) = (self.prefix.queue(), self.prefix.journal());
-        let now = crate::time::now_rfc3339();
+        let entry = JournalEntry {
+            run: String::new(),
+            event: event.to_string(),
+            status: RunStatus::Queued.as_str().to_string(),
+            attempt: 0,
+            time: crate::time::now_rfc3339(),
+            exit_code: None,
+            step: None,
+            message: None,
+        };
+        // `run` is the first journal field; the script fills it with the new stream id.
+        let mut journal_fields = entry.to_fields().into_iter();
+        let (run_field, _) = journal_fields
+            .next()
+            .expect("journal entries start with the run");
+        let journal_fields: Vec<(&str, String)> = journal_fields.collect();
         retry("queue published event", &self.shutdown, || {
             let mut c = self.conn();
             let mut inv = self.enqueue.prepare_invoke();
             inv.key(&queue)
                 .key(&journal)
                 .arg(self.cfg.max_queue)
+                .arg(self.cfg.journal_maxlen)
+                .arg(QUEUE_FIELD_EVENT)
                 .arg(event)
+                .arg(QUEUE_FIELD_DATA)
                 .arg(data)
-                .arg(&now)
-                .arg(self.cfg.journal_maxlen);
+                .arg(run_field);
+            for (k, v) in &journal_fields {
+                inv.arg(*k).arg(v);
+            }
             async move { inv.invoke_async::<Option<String>>(&mut c).await }
         })
         .await
@@ -255,17 +282,20 @@ impl Store {
 
     /// Queues the startup event if it was never queued before. Returns whether it was queued now.
     pub async fn enqueue_startup(&self, event: &core_events::EventName) -> Result<bool> {
-        let run = format!("startup-{event}");
+        let entry = QueueEntry {
+            run: RunId::new(format!("startup-{event}"))?,
+            event: event.clone(),
+            data: String::new(),
+        };
         let (queue, marker) = (self.prefix.queue(), self.prefix.startup_marker());
         let now = crate::time::now_rfc3339();
         let id: Option<String> = retry("queue startup event", &self.shutdown, || {
             let mut c = self.conn();
             let mut inv = self.startup.prepare_invoke();
-            inv.key(&queue)
-                .key(&marker)
-                .arg(event.as_str())
-                .arg(&run)
-                .arg(&now);
+            inv.key(&queue).key(&marker).arg(&now);
+            for (k, v) in entry.to_fields() {
+                inv.arg(k).arg(v);
+            }
             async move { inv.invoke_async::<Option<String>>(&mut c).await }
         })
         .await?;

@@ -234,6 +234,15 @@ pub enum EntryError {
 }
 
 impl QueueEntry {
+    /// The fields to `XADD` for this entry (`id` included so the run id is the chosen one).
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (QUEUE_FIELD_EVENT, self.event.to_string()),
+            (QUEUE_FIELD_DATA, self.data.clone()),
+            (QUEUE_FIELD_ID, self.run.to_string()),
+        ]
+    }
+
     /// Validates a raw stream entry. `stream_id` names the run when the entry carries no `id` field.
     /// On error the returned run id is still usable for journaling (the stream id is always valid).
     pub fn parse(
@@ -297,6 +306,21 @@ mod tests {
             QueueEntry::parse("5-0", &fields(&[("event", b"b"), ("id", b"my-run")]), 10).unwrap();
         assert_eq!(e.run.as_str(), "my-run");
         assert_eq!(e.data, "");
+    }
+
+    #[test]
+    fn queue_entry_fields_round_trip() {
+        let e = QueueEntry {
+            run: RunId::new("r").unwrap(),
+            event: EventName::new("ev").unwrap(),
+            data: "d".into(),
+        };
+        let map: HashMap<String, Vec<u8>> = e
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into_bytes()))
+            .collect();
+        assert_eq!(QueueEntry::parse("1-0", &map, 10).unwrap(), e);
     }
 
     #[test]

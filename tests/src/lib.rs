@@ -228,6 +228,8 @@ pub struct Agent {
     args: Vec<String>,
     /// Used by the harness itself to check readiness (may differ from the agent's own URL).
     admin_url: String,
+    /// Extra environment for the agent process.
+    env: Vec<(String, String)>,
     log: PathBuf,
     _logdir: tempfile::TempDir,
 }
@@ -273,6 +275,7 @@ impl Agent {
             name: name.into(),
             args,
             admin_url: admin_url.into(),
+            env: Vec::new(),
             log: logdir.path().join("agent.log"),
             _logdir: logdir,
         };
@@ -296,6 +299,7 @@ impl Agent {
             .env_remove("NOTIFY_SOCKET")
             .env_remove("REDIS_URL")
             .env_remove("AGENT_EVENTS_DIRS")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -336,6 +340,11 @@ impl Agent {
                 (v.first()?.1 >= 1).then_some(())
             },
         );
+    }
+
+    /// Sets an environment variable for the agent's next start (use with [`Agent::restart`]).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.into(), value.into()));
     }
 
     /// Starts the agent again after it was killed or stopped.

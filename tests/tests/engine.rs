@@ -669,3 +669,109 @@ fn unusable_module_env_fields_are_journaled_and_do_not_block_runs() {
         .iter()
         .any(|w| w.contains("AGENT_NAME") && w.contains("sets itself")));
 }
+
+#[test]
+fn a_full_queue_refuses_published_events() {
+    let redis = RedisServer::start();
+    let dirs = EventDirs::new(1);
+    let (out, go) = (dirs.work().join("out"), dirs.work().join("go"));
+    // Each run waits for the test's go-ahead, so the queue stays full meanwhile.
+    dirs.step(
+        0,
+        "ev",
+        "10",
+        &format!(
+            "while [ ! -e {g} ]; do sleep 0.05; done; echo \"$1\" >> {o}",
+            g = go.display(),
+            o = out.display()
+        ),
+    );
+    let mut con = redis.conn();
+    let _agent = Agent::module(&redis, "full0", &dirs, &["--max-queue", "3"]);
+    for i in 0..3 {
+        xadd(
+            &mut con,
+            "module/full0/queue",
+            &[("event", "ev"), ("data", &format!("q{i}"))],
+        );
+    }
+    assert_eq!(publish(&mut con, "full0:ev", "too-many"), 1);
+    let refusal = wait_for("a refusal in the journal", LONG, || {
+        stream(&mut con, "module/full0/journal")
+            .into_iter()
+            .find(|e| e["status"] == "refused")
+    });
+    assert!(
+        refusal["message"].contains("queue holds 3 entries already"),
+        "{refusal:?}"
+    );
+    std::fs::write(&go, "").unwrap();
+    wait_for("queue to drain", LONG, || {
+        (con.xlen::<_, i64>("module/full0/queue").ok()? == 0).then_some(())
+    });
+    assert_eq!(
+        read(&out),
+        "q0\nq1\nq2\n",
+        "the queued entries ran in order; the refused one did not"
+    );
+}
+
+#[test]
+fn sigterm_waits_for_the_grace_period_then_the_run_restarts() {
+    let redis = RedisServer::start();
+    let dirs = EventDirs::new(1);
+    let starts = dirs.work().join("starts");
+    dirs.step(
+        0,
+        "long",
+        "10",
+        &format!(
+            "echo \"$AGENT_ATTEMPT\" >> {}; if [ \"$AGENT_ATTEMPT\" = 1 ]; then sleep 300; fi",
+            starts.display()
+        ),
+    );
+    let mut con = redis.conn();
+    let mut agent = Agent::module(&redis, "term0", &dirs, &["--shutdown-grace", "1"]);
+    xadd(
+        &mut con,
+        "module/term0/queue",
+        &[("event", "long"), ("id", "l")],
+    );
+    wait_for("attempt 1 to start", LONG, || {
+        (read(&starts) == "1\n").then_some(())
+    });
+    let status = agent.terminate();
+    assert_eq!(status.code(), Some(0), "clean exit after killing the step");
+    let journal = stream(&mut con, "module/term0/journal");
+    assert!(
+        journal
+            .iter()
+            .any(|e| e["run"] == "l" && e["status"] == "interrupted"),
+        "{journal:#?}"
+    );
+    agent.restart();
+    let rec = wait_run_end(&mut con, "module/term0/run/l", LONG);
+    assert_eq!(rec["status"], "done");
+    assert_eq!(rec["attempt"], "2");
+}
+
+#[test]
+fn tells_systemd_it_is_ready() {
+    use std::os::unix::net::UnixDatagram;
+    let redis = RedisServer::start();
+    let dirs = EventDirs::new(1);
+    let sock_path = dirs.work().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(LONG)).unwrap();
+    let mut agent = Agent::module(&redis, "sd0", &dirs, &[]);
+    agent.terminate();
+    agent.set_env("NOTIFY_SOCKET", sock_path.to_str().unwrap());
+    agent.restart();
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).unwrap();
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.contains("READY=1"), "{msg:?}");
+    agent.terminate();
+    let n = sock.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+}

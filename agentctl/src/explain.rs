@@ -1,0 +1,473 @@
+//! `agentctl explain`: the plan of an event as the agent would build it, without running anything.
+//!
+//! The plan comes from `agent_engine::plan::plan_event`, the very function the agents use. The
+//! steps table is built from a list of [`Column`]s, each computing its cell from a [`Row`]: a new
+//! fact about a step (such as who signed it) is one more column, in text and JSON alike.
+
+use std::path::{Path, PathBuf};
+
+use agent_engine::default_events_dirs;
+use agent_engine::plan::{plan_event, EventPlan, PlanEntry, PlanVerdict};
+use anyhow::Result;
+use core_events::{exit, AgentKind, EventName};
+
+use crate::agent::AgentRef;
+use crate::fail::{fail, invalid};
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// The agent: node/NAME, module/NAME or NAME. It only chooses the default event directories:
+    /// node — /usr/local/share/agent/node-events, /var/local/node-events; module — ~NAME/.config/module-events,
+    /// ~NAME/module-events. A bare NAME is a module when a Unix user NAME exists, else a node when
+    /// it is this host's short name.
+    agent: String,
+
+    /// The event to explain.
+    event: String,
+
+    /// Event directory to search instead of the defaults; repeat in search order (later wins), as
+    /// given to the agent.
+    #[arg(long = "events-dir", value_name = "DIR")]
+    events_dirs: Vec<PathBuf>,
+
+    /// Print the plan as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn main(args: ExplainArgs) -> Result<i32> {
+    let agent = AgentRef::parse(&args.agent)?;
+    let event = EventName::new(args.event.as_str()).map_err(|e| invalid(e.to_string()))?;
+    let (agent, dirs) = if args.events_dirs.is_empty() {
+        default_dirs(&agent)?
+    } else {
+        (agent, args.events_dirs.clone())
+    };
+    let plan = plan_event(&dirs, &event);
+    let dir_states: Vec<(PathBuf, DirState)> = dirs
+        .iter()
+        .map(|d| (d.clone(), dir_state(d, &event)))
+        .collect();
+    let label = agent.to_string();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&plan_json(&label, &event, &dir_states, &plan))?
+        );
+    } else {
+        print!("{}", plan_text(&label, &event, &dir_states, &plan));
+    }
+    if !plan.defined {
+        eprintln!(
+            "agentctl: no event directory defines {event} (no {event}/ in any directory above)"
+        );
+        return Ok(exit::NO_SUCH_EVENT);
+    }
+    Ok(0)
+}
+
+/// The event directories the agent uses by default, and the agent with its kind decided.
+fn default_dirs(agent: &AgentRef) -> Result<(AgentRef, Vec<PathBuf>)> {
+    let name = agent.name.as_str();
+    let kind = match agent.kind {
+        Some(k) => k,
+        None if unix_user_home(name).is_some() => AgentKind::Module,
+        None if short_hostname().as_deref() == Some(name) => AgentKind::Node,
+        None => {
+            return Err(fail(
+                1,
+                format!(
+                    "cannot tell whether {name} is a node or a module: there is no Unix user {name} \
+                     and this host is not {name}; write node/{name} or module/{name}, or pass --events-dir"
+                ),
+            ))
+        }
+    };
+    let decided = AgentRef {
+        kind: Some(kind),
+        name: agent.name.clone(),
+    };
+    match kind {
+        // The node agent's defaults do not depend on who runs it: take them from the engine.
+        AgentKind::Node => Ok((
+            decided,
+            default_events_dirs(AgentKind::Node, Path::new("/")),
+        )),
+        AgentKind::Module => {
+            let home = unix_user_home(name).ok_or_else(|| {
+                fail(
+                    1,
+                    format!(
+                        "there is no Unix user {name} on this host, so module {name}'s event \
+                         directories are unknown; pass --events-dir"
+                    ),
+                )
+            })?;
+            Ok((decided, default_events_dirs(AgentKind::Module, &home)))
+        }
+    }
+}
+
+fn unix_user_home(name: &str) -> Option<PathBuf> {
+    nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
+}
+
+fn short_hostname() -> Option<String> {
+    let host = nix::unistd::gethostname().ok()?;
+    let host = host.to_string_lossy();
+    host.split('.').next().map(str::to_string)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DirState {
+    Missing,
+    NoEventDir,
+    DefinesEvent,
+}
+
+impl DirState {
+    fn as_str(self) -> &'static str {
+        match self {
+            DirState::Missing => "missing",
+            DirState::NoEventDir => "no-event-dir",
+            DirState::DefinesEvent => "defines-event",
+        }
+    }
+}
+
+fn dir_state(dir: &Path, event: &EventName) -> DirState {
+    if !dir.is_dir() {
+        DirState::Missing
+    } else if dir.join(event.as_str()).is_dir() {
+        DirState::DefinesEvent
+    } else {
+        DirState::NoEventDir
+    }
+}
+
+/// One row of the steps table: an entry of the plan and its position in the run (`None` when it
+/// does not run).
+pub struct Row<'a> {
+    pub position: Option<usize>,
+    pub entry: &'a PlanEntry,
+}
+
+/// A column of the steps table. The JSON output uses `key`, the text output `header`.
+struct Column {
+    header: &'static str,
+    key: &'static str,
+    cell: fn(&Row) -> String,
+}
+
+const COLUMNS: &[Column] = &[
+    Column {
+        header: "#",
+        key: "position",
+        cell: |r| r.position.map_or("-".into(), |p| p.to_string()),
+    },
+    Column {
+        header: "STEP",
+        key: "name",
+        cell: |r| r.entry.name.clone(),
+    },
+    Column {
+        header: "VERDICT",
+        key: "verdict",
+        cell: |r| verdict_text(&r.entry.verdict),
+    },
+    Column {
+        header: "FILE",
+        key: "path",
+        cell: |r| r.entry.path.display().to_string(),
+    },
+    Column {
+        header: "OVERRIDES",
+        key: "overrides",
+        cell: overrides_text,
+    },
+];
+
+fn verdict_text(v: &PlanVerdict) -> String {
+    match v {
+        PlanVerdict::Run => "run".into(),
+        PlanVerdict::Masked => "masked (symlink to /dev/null)".into(),
+        PlanVerdict::Skipped(why) => format!("skipped: {why}"),
+    }
+}
+
+fn overrides_text(r: &Row) -> String {
+    if r.entry.overrides.is_empty() {
+        return String::new();
+    }
+    let paths: Vec<String> = r
+        .entry
+        .overrides
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    format!("overrides {}", paths.join(", "))
+}
+
+fn rows(plan: &EventPlan) -> Vec<Row<'_>> {
+    let mut next = 0;
+    plan.entries
+        .iter()
+        .map(|entry| {
+            let position = (entry.verdict == PlanVerdict::Run).then(|| {
+                next += 1;
+                next
+            });
+            Row { position, entry }
+        })
+        .collect()
+}
+
+/// Lays out cells in columns two spaces apart; trailing blanks are trimmed.
+fn table(header: &[&str], body: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in body {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut s = String::from("  ");
+        for (cell, w) in cells.zip(&widths) {
+            s.push_str(&format!("{cell:w$}  "));
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(&mut header.iter().copied());
+    for row in body {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    out
+}
+
+fn plan_text(
+    agent: &str,
+    event: &EventName,
+    dirs: &[(PathBuf, DirState)],
+    plan: &EventPlan,
+) -> String {
+    let mut out =
+        format!("event {event} of {agent}\n\ndirectories, in search order (later ones win):\n");
+    for (i, (dir, state)) in dirs.iter().enumerate() {
+        let note = match state {
+            DirState::Missing => "  (missing)".to_string(),
+            DirState::NoEventDir => format!("  (no {event}/ here)"),
+            DirState::DefinesEvent => String::new(),
+        };
+        out.push_str(&format!("  {}  {}{note}\n", i + 1, dir.display()));
+    }
+    if !plan.defined {
+        out.push_str(&format!(
+            "\nno directory defines {event}: a run of it fails with exit 69\n"
+        ));
+        return out;
+    }
+    let rows = rows(plan);
+    if rows.is_empty() {
+        out.push_str("\nno steps: a run does nothing and ends done\n");
+    } else {
+        out.push_str("\nsteps, in run order:\n");
+        let header: Vec<&str> = COLUMNS.iter().map(|c| c.header).collect();
+        let body: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| COLUMNS.iter().map(|c| (c.cell)(r)).collect())
+            .collect();
+        out.push_str(&table(&header, &body));
+        let running = rows.iter().filter(|r| r.position.is_some()).count();
+        out.push_str(&format!("{running} of {} entries run\n", rows.len()));
+    }
+    let s = &plan.settings;
+    out.push_str("\nsettings:\n");
+    match s.timeout {
+        Some(t) => out.push_str(&format!("  timeout: {}s (.timeout)\n", t.as_secs())),
+        None => out.push_str("  timeout: the agent's --timeout (default 3600s)\n"),
+    }
+    match s.retries {
+        Some(r) => out.push_str(&format!("  retries: {r} (.retries)\n")),
+        None => out.push_str("  retries: the agent's --max-attempts (default 3 starts)\n"),
+    }
+    for p in &s.problems {
+        out.push_str(&format!("  problem: {p}\n"));
+    }
+    out
+}
+
+fn plan_json(
+    agent: &str,
+    event: &EventName,
+    dirs: &[(PathBuf, DirState)],
+    plan: &EventPlan,
+) -> serde_json::Value {
+    let dirs: Vec<_> = dirs
+        .iter()
+        .map(|(d, s)| serde_json::json!({ "path": d, "state": s.as_str() }))
+        .collect();
+    let steps: Vec<_> = rows(plan).iter().map(row_json).collect();
+    serde_json::json!({
+        "agent": agent,
+        "event": event,
+        "defined": plan.defined,
+        "dirs": dirs,
+        "steps": steps,
+        "settings": {
+            "timeout_secs": plan.settings.timeout.map(|t| t.as_secs()),
+            "retries": plan.settings.retries,
+            "problems": plan.settings.problems,
+        },
+    })
+}
+
+/// A step as JSON: typed values for the plan's own facts, then every other column by its key.
+fn row_json(r: &Row) -> serde_json::Value {
+    let (verdict, reason) = match &r.entry.verdict {
+        PlanVerdict::Run => ("run", None),
+        PlanVerdict::Masked => ("masked", None),
+        PlanVerdict::Skipped(why) => ("skipped", Some(why.as_str())),
+    };
+    let mut obj = serde_json::json!({
+        "position": r.position,
+        "name": r.entry.name,
+        "verdict": verdict,
+        "reason": reason,
+        "path": r.entry.path,
+        "dir": r.entry.dir,
+        "overrides": r.entry.overrides,
+    });
+    let map = obj.as_object_mut().expect("an object");
+    for c in COLUMNS {
+        if !map.contains_key(c.key) {
+            map.insert(c.key.into(), (c.cell)(r).into());
+        }
+    }
+    obj
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    fn exe(path: &Path) {
+        std::fs::write(path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let p =
+            std::env::temp_dir().join(format!("agentctl-explain-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        p
+    }
+
+    #[test]
+    fn table_shows_every_verdict() {
+        let root = scratch("verdicts");
+        let (a, b) = (root.join("a"), root.join("b"));
+        for d in [&a, &b] {
+            std::fs::create_dir_all(d.join("ev")).unwrap();
+        }
+        exe(&a.join("ev/10first"));
+        exe(&a.join("ev/20second"));
+        exe(&b.join("ev/20second"));
+        symlink("/dev/null", b.join("ev/30masked")).unwrap();
+        std::fs::write(b.join("ev/40plain"), "x").unwrap();
+        exe(&b.join("ev/50last"));
+        std::fs::write(b.join("ev/.timeout"), "9").unwrap();
+        let missing = root.join("missing");
+        let dirs = vec![a.clone(), b.clone(), missing.clone()];
+        let event = EventName::new("ev").unwrap();
+        let plan = plan_event(&dirs, &event);
+        let states: Vec<_> = dirs
+            .iter()
+            .map(|d| (d.clone(), dir_state(d, &event)))
+            .collect();
+        assert_eq!(states[2].1, DirState::Missing);
+        let text = plan_text("module/x", &event, &states, &plan);
+        let line = |step: &str| text.lines().find(|l| l.contains(step)).unwrap().to_string();
+        assert!(line("10first").trim_start().starts_with("1 "), "{text}");
+        assert!(
+            line("20second").contains(&format!("overrides {}", a.join("ev/20second").display()))
+        );
+        assert!(line("20second").contains(&b.join("ev/20second").display().to_string()));
+        assert!(line("30masked").contains("masked (symlink to /dev/null)"));
+        assert!(line("30masked").trim_start().starts_with("- "));
+        assert!(line("40plain").contains("skipped: not executable"));
+        assert!(line("50last").trim_start().starts_with("3 "), "{text}");
+        assert!(text.contains("(missing)"));
+        assert!(text.contains("timeout: 9s"));
+        assert!(text.contains("3 of 5 entries run"));
+
+        let json = plan_json("module/x", &event, &states, &plan);
+        assert_eq!(json["defined"], true);
+        assert_eq!(
+            json["steps"][1]["overrides"][0],
+            a.join("ev/20second").display().to_string()
+        );
+        assert_eq!(json["steps"][2]["verdict"], "masked");
+        assert_eq!(json["steps"][3]["reason"], "not executable");
+        assert_eq!(json["steps"][4]["position"], 3);
+        assert_eq!(json["dirs"][2]["state"], "missing");
+        assert_eq!(json["settings"]["timeout_secs"], 9);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn undefined_event() {
+        let root = scratch("undefined");
+        std::fs::create_dir_all(&root).unwrap();
+        let event = EventName::new("nothing").unwrap();
+        let dirs = vec![root.clone()];
+        let plan = plan_event(&dirs, &event);
+        let states = vec![(root.clone(), dir_state(&root, &event))];
+        assert_eq!(states[0].1, DirState::NoEventDir);
+        let text = plan_text("node/n", &event, &states, &plan);
+        assert!(text.contains("no directory defines nothing"), "{text}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn table_layout() {
+        let t = table(
+            &["#", "STEP", "X"],
+            &[
+                vec!["1".into(), "10a".into(), String::new()],
+                vec!["-".into(), "20longer".into(), "o".into()],
+            ],
+        );
+        assert_eq!(t, "  #  STEP      X\n  1  10a\n  -  20longer  o\n");
+    }
+
+    #[test]
+    fn module_defaults_are_in_the_home() {
+        assert_eq!(
+            default_events_dirs(AgentKind::Module, Path::new("/home/traefik0")),
+            [
+                PathBuf::from("/home/traefik0/.config/module-events"),
+                PathBuf::from("/home/traefik0/module-events")
+            ]
+        );
+        if let Some(home) = unix_user_home("root") {
+            let (agent, dirs) = default_dirs(&AgentRef::parse("root").unwrap()).unwrap();
+            assert_eq!(agent.to_string(), "module/root");
+            assert_eq!(dirs, default_events_dirs(AgentKind::Module, &home));
+        }
+        let node = AgentRef::parse("node/n1").unwrap();
+        assert_eq!(
+            default_dirs(&node).unwrap().1,
+            [
+                PathBuf::from("/usr/local/share/agent/node-events"),
+                PathBuf::from("/var/local/node-events")
+            ]
+        );
+        let nobody = AgentRef::parse("no-such-user-or-host-x9").unwrap();
+        let e = default_dirs(&nobody).unwrap_err().to_string();
+        assert!(e.contains("node/no-such-user-or-host-x9"), "{e}");
+    }
+}
