@@ -53,8 +53,9 @@ pub struct AgentArgs {
     #[arg(long, env = "AGENT_KILL_GRACE", default_value_t = 5)]
     pub kill_grace: u64,
 
-    /// Largest accepted event payload in bytes.
-    #[arg(long, env = "AGENT_MAX_PAYLOAD", default_value_t = 1 << 20)]
+    /// Largest accepted event payload in bytes. At most 131071: the data is a step's argv[1], and
+    /// Linux refuses longer arguments.
+    #[arg(long, env = "AGENT_MAX_PAYLOAD", default_value_t = core_events::record::MAX_PAYLOAD)]
     pub max_payload: usize,
 
     /// Largest number of queued entries; PUBLISHed events beyond it are refused (journaled).

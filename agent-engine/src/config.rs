@@ -71,7 +71,7 @@ impl EngineConfig {
             concurrency: 1,
             default_timeout: Duration::from_secs(3600),
             kill_grace: Duration::from_secs(5),
-            max_payload: 1 << 20,
+            max_payload: core_events::record::MAX_PAYLOAD,
             max_queue: 10_000,
             max_attempts: 3,
             run_ttl: Duration::from_secs(7 * 24 * 3600),
@@ -93,6 +93,13 @@ impl EngineConfig {
         }
         if self.max_attempts == 0 {
             return Err(Error::Config("max attempts must be at least 1".into()));
+        }
+        if self.max_payload > core_events::record::MAX_PAYLOAD {
+            return Err(Error::Config(format!(
+                "max payload {} is above {}, the longest argument Linux passes to a step",
+                self.max_payload,
+                core_events::record::MAX_PAYLOAD
+            )));
         }
         if self.events_dirs.is_empty() {
             return Err(Error::Config(

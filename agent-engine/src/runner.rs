@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use core_events::{exit, JournalEntry, Progress, QueueEntry, RunId, RunRecord, RunStatus};
 use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::unistd::{pipe2, Pid};
+use std::os::fd::OwnedFd;
+use tokio::net::unix::pipe;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -185,7 +188,11 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
             &entry.data,
             &env_vars,
             signals,
-            store.publish_progress(run, &progress),
+            || {
+                // Progress is best effort: publish it beside the step rather than in its way.
+                let (store, run) = (store.clone(), run.clone());
+                tokio::spawn(async move { store.publish_progress(&run, &progress).await });
+            },
         )
         .await;
         let output = store.scrubber.scrub(&output);
@@ -405,41 +412,35 @@ async fn run_step(
     data: &str,
     env: &[(String, String)],
     signals: Signals<'_>,
-    announce: impl std::future::Future<Output = ()>,
+    announce: impl FnOnce(),
 ) -> (StepEnd, Vec<u8>) {
+    let pipes = match StepPipes::new() {
+        Ok(p) => p,
+        Err(e) => return (StepEnd::SpawnFailed(format!("cannot create pipes: {e}")), Vec::new()),
+    };
     let mut cmd = tokio::process::Command::new(&step.path);
     cmd.arg(data)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("AGENT_STEP", &step.name)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdin(pipes.stdin)
+        .stdout(pipes.stdout)
+        .stderr(pipes.stderr)
         .process_group(0);
-    let mut child = match cmd.spawn() {
+    let spawned = cmd.spawn();
+    // The command holds our copies of the child's pipe ends: drop it so EOF can be seen.
+    drop(cmd);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => return (StepEnd::SpawnFailed(e.to_string()), Vec::new()),
     };
     let pgid = Pid::from_raw(child.id().expect("running child has a pid") as i32);
-    announce.await;
+    announce();
 
-    if let Some(mut stdin) = child.stdin.take() {
-        let data = data.as_bytes().to_vec();
-        // A step that does not read stdin closes it early: EPIPE here is expected and harmless.
-        tokio::spawn(async move {
-            let _ = stdin.write_all(&data).await;
-        });
-    }
+    feed_stdin(pipes.stdin_writer, data.as_bytes());
     let captured = Arc::new(Mutex::new(Vec::new()));
-    let readers = [
-        child
-            .stdout
-            .take()
-            .map(|s| tokio::spawn(capture(s, captured.clone()))),
-        child
-            .stderr
-            .take()
-            .map(|s| tokio::spawn(capture(s, captured.clone()))),
-    ];
+    let readers = [pipe::Receiver::from_owned_fd(pipes.output)
+        .ok()
+        .map(|r| tokio::spawn(capture(r, captured.clone())))];
 
     let end = tokio::select! {
         status = child.wait() => StepEnd::Exited(status.map(exit_code).unwrap_or(exit::SPAWN_FAILED)),
@@ -469,6 +470,57 @@ async fn run_step(
     }
     let out = std::mem::take(&mut *captured.lock().expect("capture lock"));
     (end, out)
+}
+
+/// The pipes of one step: stdin, and one pipe that stdout and stderr share, so the output keeps the
+/// order in which the step wrote its lines (and costs one pipe and one reader instead of two).
+struct StepPipes {
+    stdin: Stdio,
+    stdin_writer: OwnedFd,
+    stdout: Stdio,
+    stderr: Stdio,
+    output: OwnedFd,
+}
+
+impl StepPipes {
+    fn new() -> std::io::Result<Self> {
+        let (stdin_r, stdin_w) = pipe2(OFlag::O_CLOEXEC)?;
+        let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC)?;
+        let err_w = out_w.try_clone()?;
+        Ok(StepPipes {
+            stdin: Stdio::from(stdin_r),
+            stdin_writer: stdin_w,
+            stdout: Stdio::from(out_w),
+            stderr: Stdio::from(err_w),
+            output: out_r,
+        })
+    }
+}
+
+/// Writes the event data to the step's stdin and closes it. Usually the data fits the pipe and one
+/// non-blocking write does it; the rest, if any, is written by a task as the step reads. A step that
+/// does not read stdin closes it early: EPIPE then is expected and harmless.
+fn feed_stdin(writer: OwnedFd, data: &[u8]) {
+    let flags = fcntl(&writer, FcntlArg::F_GETFL).map(OFlag::from_bits_truncate);
+    let nonblocking = flags.and_then(|f| fcntl(&writer, FcntlArg::F_SETFL(f | OFlag::O_NONBLOCK)));
+    if nonblocking.is_err() {
+        return;
+    }
+    let mut file = std::fs::File::from(writer);
+    let written = match std::io::Write::write(&mut file, data) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(_) => return,
+    };
+    if written == data.len() {
+        return;
+    }
+    let rest = data[written..].to_vec();
+    if let Ok(mut tx) = pipe::Sender::from_file(file) {
+        tokio::spawn(async move {
+            let _ = tx.write_all(&rest).await;
+        });
+    }
 }
 
 async fn capture(mut pipe: impl AsyncRead + Unpin, into: Arc<Mutex<Vec<u8>>>) {

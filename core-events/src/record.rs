@@ -205,6 +205,10 @@ pub struct Progress {
     pub status: Option<RunStatus>,
 }
 
+/// Largest event payload a step can receive: the data is its `argv[1]`, and Linux refuses a single
+/// argument longer than `MAX_ARG_STRLEN` (32 pages = 128 KiB, counting the terminating NUL).
+pub const MAX_PAYLOAD: usize = 128 * 1024 - 1;
+
 /// Field names of a queue entry.
 pub const QUEUE_FIELD_EVENT: &str = "event";
 pub const QUEUE_FIELD_DATA: &str = "data";

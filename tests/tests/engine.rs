@@ -775,3 +775,34 @@ fn tells_systemd_it_is_ready() {
     let n = sock.recv(&mut buf).unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
 }
+
+#[test]
+fn large_stdin_is_delivered_and_output_keeps_its_order() {
+    let redis = RedisServer::start();
+    let dirs = EventDirs::new(1);
+    let out = dirs.work().join("out");
+    // 120 kB is more than a pipe holds (64 KiB): the rest is written while the step reads.
+    dirs.step(0, "big", "10", &format!("wc -c > {}", out.display()));
+    dirs.step(
+        0,
+        "big",
+        "20",
+        "echo one; echo two >&2; echo three; echo four >&2",
+    );
+    let mut con = redis.conn();
+    let _agent = Agent::module(&redis, "big0", &dirs, &[]);
+    let data = "y".repeat(120_000);
+    xadd(
+        &mut con,
+        "module/big0/queue",
+        &[("event", "big"), ("data", &data), ("id", "b")],
+    );
+    let rec = wait_run_end(&mut con, "module/big0/run/b", LONG);
+    assert_eq!(rec["status"], "done", "{:?}", rec.get("error"));
+    assert_eq!(read(&out).trim(), "120000");
+    let output: String = con.get("module/big0/run/b/output").unwrap();
+    assert!(
+        output.ends_with("==> 20 <==\none\ntwo\nthree\nfour\n"),
+        "{output}"
+    );
+}
