@@ -201,19 +201,17 @@ async fn dispatch_loop(
         };
         if duplicate {
             // Two entries with the same run id at once (a client reused an id): the second is dropped.
-            let journal = core_events::JournalEntry {
-                run: entry.run.to_string(),
-                event: entry.event.to_string(),
-                status: "skipped".into(),
-                attempt: 0,
-                time: now_rfc3339(),
-                exit_code: None,
-                step: None,
-                message: Some(format!(
-                    "run {} is running already; queue entry {stream_id} dropped",
-                    entry.run
-                )),
-            };
+            let journal = core_events::JournalEntry::new(
+                entry.run.as_str(),
+                entry.event.as_str(),
+                core_events::record::journal_status::SKIPPED,
+                0,
+                now_rfc3339(),
+            )
+            .with_message(format!(
+                "run {} is running already; queue entry {stream_id} dropped",
+                entry.run
+            ));
             store.drop_entry(&stream_id, Some(&journal)).await?;
             continue;
         }
@@ -256,36 +254,27 @@ async fn refuse_entry(
     fields: &std::collections::HashMap<String, Vec<u8>>,
     why: &str,
 ) -> Result<()> {
-    let show = |k: &str| {
-        fields
-            .get(k)
-            .map(|v| {
-                String::from_utf8_lossy(v)
-                    .chars()
-                    .take(200)
-                    .collect::<String>()
-            })
-            .unwrap_or_default()
-    };
+    let event = fields
+        .get(core_events::record::QUEUE_FIELD_EVENT)
+        .map(|v| crate::shown(v));
     let now = now_rfc3339();
     let record = core_events::RunRecord {
-        event: show(core_events::record::QUEUE_FIELD_EVENT),
+        event: event.unwrap_or_default(),
         status: Some(core_events::RunStatus::Failed),
         exit_code: Some(core_events::exit::INVALID),
         ended: Some(now.clone()),
         error: Some(format!("refused: {why}")),
         ..Default::default()
     };
-    let journal = core_events::JournalEntry {
-        run: run.to_string(),
-        event: record.event.clone(),
-        status: core_events::RunStatus::Failed.as_str().into(),
-        attempt: 0,
-        time: now,
-        exit_code: record.exit_code,
-        step: None,
-        message: record.error.clone(),
-    };
+    let journal = core_events::JournalEntry::new(
+        run.as_str(),
+        record.event.as_str(),
+        core_events::RunStatus::Failed.as_str(),
+        0,
+        now,
+    )
+    .with_exit_code(core_events::exit::INVALID)
+    .with_message(format!("refused: {why}"));
     tracing::warn!(%run, "queue entry {stream_id} refused: {why}");
     store.finish_run(run, stream_id, &record, &journal).await
 }

@@ -23,3 +23,8 @@ pub use agent::run_agent;
 pub use config::{default_events_dirs, EngineConfig, RedisCredentials};
 pub use error::Error;
 pub use plan::{plan_event, EventPlan, EventSettings, PlanEntry, PlanVerdict};
+
+/// Shows untrusted input safely in a record or journal entry: lossy UTF-8, at most 200 characters.
+pub(crate) fn shown(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw).chars().take(200).collect()
+}

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use core_events::record::journal_status;
 use core_events::{keys, EventName, JournalEntry, RunId, RunRecord, RunStatus};
 use redis::{AsyncConnectionConfig, Client, PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::redis_conn::{is_transient, Backoff};
+use crate::shown;
 use crate::store::Store;
 use crate::time::now_rfc3339;
 
@@ -103,22 +105,10 @@ fn bytes(v: Option<Value>) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// Shows refused input safely in a journal entry: lossy UTF-8, at most 200 characters.
-fn shown(raw: &[u8]) -> String {
-    String::from_utf8_lossy(raw).chars().take(200).collect()
-}
-
 fn refusal(event: String, message: String) -> JournalEntry {
-    JournalEntry {
-        run: String::new(),
-        event,
-        status: "refused".into(),
-        attempt: 0,
-        time: now_rfc3339(),
-        exit_code: Some(core_events::exit::INVALID),
-        step: None,
-        message: Some(message),
-    }
+    JournalEntry::new("", event, journal_status::REFUSED, 0, now_rfc3339())
+        .with_exit_code(core_events::exit::INVALID)
+        .with_message(message)
 }
 
 /// `pmessage` data: pattern, channel, payload.
@@ -185,29 +175,17 @@ async fn on_cancel(store: &Store, running: &Running, data: Vec<Value>) -> Result
                 error: Some("cancelled before it started".into()),
                 ..Default::default()
             };
-            let j = JournalEntry {
-                run: run.to_string(),
-                event,
-                status: RunStatus::Cancelled.as_str().into(),
-                attempt: 0,
-                time: now,
-                exit_code: Some(core_events::exit::CANCELLED),
-                step: None,
-                message: Some(format!(
+            let j = JournalEntry::new(run.as_str(), event, RunStatus::Cancelled.as_str(), 0, now)
+                .with_exit_code(core_events::exit::CANCELLED)
+                .with_message(format!(
                     "cancelled before it started (queue entry {stream_id})"
-                )),
-            };
+                ));
             tracing::info!(%run, "queued run cancelled");
             store.cancel_queued(&run, &record, &j).await
         }
         None => {
-            let mut j = refusal(
-                String::new(),
-                format!("cancel of {run}: no such queued or running run"),
-            );
-            j.run = run.to_string();
-            j.status = "warning".into();
-            j.exit_code = None;
+            let j = JournalEntry::new(run.as_str(), "", journal_status::WARNING, 0, now)
+                .with_message(format!("cancel of {run}: no such queued or running run"));
             store.journal(&j).await
         }
     }

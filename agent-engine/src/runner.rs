@@ -12,13 +12,14 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use core_events::record::journal_status;
 use core_events::{exit, JournalEntry, Progress, QueueEntry, RunId, RunRecord, RunStatus};
-use nix::sys::signal::{killpg, Signal};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{pipe2, Pid};
 use std::os::fd::OwnedFd;
-use tokio::net::unix::pipe;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -65,15 +66,14 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
     } = req;
     let run = &entry.run;
     let cfg = store.cfg.clone();
-    let journal = |status: &str, attempt: u32| JournalEntry {
-        run: run.to_string(),
-        event: entry.event.to_string(),
-        status: status.to_string(),
-        attempt,
-        time: now_rfc3339(),
-        exit_code: None,
-        step: None,
-        message: None,
+    let journal = |status: &str, attempt: u32| {
+        JournalEntry::new(
+            run.as_str(),
+            entry.event.as_str(),
+            status,
+            attempt,
+            now_rfc3339(),
+        )
     };
 
     let (existing, module_env) = tokio::join!(store.read_record(run), store.module_env());
@@ -82,7 +82,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
     if let Some(rec) = &existing {
         match rec.status {
             Some(s) if s.is_terminal() => {
-                let mut j = journal("skipped", rec.attempt);
+                let mut j = journal(journal_status::SKIPPED, rec.attempt);
                 j.message = Some(format!(
                     "run {run} already ended as {s}; queue entry {stream_id} dropped"
                 ));
@@ -183,17 +183,11 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
             message: None,
             status: Some(RunStatus::Running),
         };
-        let (end, output) = run_step(
-            step,
-            &entry.data,
-            &env_vars,
-            signals,
-            || {
-                // Progress is best effort: publish it beside the step rather than in its way.
-                let (store, run) = (store.clone(), run.clone());
-                tokio::spawn(async move { store.publish_progress(&run, &progress).await });
-            },
-        )
+        let (end, output) = run_step(step, &entry.data, &env_vars, signals, || {
+            // Progress is best effort: publish it beside the step rather than in its way.
+            let (store, run) = (store.clone(), run.clone());
+            tokio::spawn(async move { store.publish_progress(&run, &progress).await });
+        })
         .await;
         let output = store.scrubber.scrub(&output);
         append_output(store, run, &step.name, &output, &mut output_left).await?;
@@ -229,7 +223,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
                 );
             }
             StepEnd::Interrupted(Interrupt::Shutdown) => {
-                let mut j = journal("interrupted", attempt);
+                let mut j = journal(journal_status::INTERRUPTED, attempt);
                 j.step = Some(step.name.clone());
                 j.message = Some("agent shut down; the run starts again on its next start".into());
                 store.journal(&j).await?;
@@ -286,16 +280,15 @@ async fn journal_warnings(
     warnings.extend(env_warnings.into_iter().map(|w| (None, w)));
     for (step, message) in warnings {
         tracing::warn!(%run, "{message}");
-        let j = JournalEntry {
-            run: run.to_string(),
-            event: entry.event.to_string(),
-            status: "warning".into(),
+        let j = JournalEntry::new(
+            run.as_str(),
+            entry.event.as_str(),
+            journal_status::WARNING,
             attempt,
-            time: now_rfc3339(),
-            exit_code: None,
-            step,
-            message: Some(message),
-        };
+            now_rfc3339(),
+        )
+        .with_step(step)
+        .with_message(message);
         store.journal(&j).await?;
     }
     Ok(())
@@ -416,7 +409,12 @@ async fn run_step(
 ) -> (StepEnd, Vec<u8>) {
     let pipes = match StepPipes::new() {
         Ok(p) => p,
-        Err(e) => return (StepEnd::SpawnFailed(format!("cannot create pipes: {e}")), Vec::new()),
+        Err(e) => {
+            return (
+                StepEnd::SpawnFailed(format!("cannot create pipes: {e}")),
+                Vec::new(),
+            )
+        }
     };
     let mut cmd = tokio::process::Command::new(&step.path);
     cmd.arg(data)

@@ -244,16 +244,13 @@ impl Store {
     pub async fn enqueue_published(&self, event: &str, data: &[u8]) -> Result<Option<String>> {
         use core_events::record::{QUEUE_FIELD_DATA, QUEUE_FIELD_EVENT};
         let (queue, journal) = (self.prefix.queue(), self.prefix.journal());
-        let entry = JournalEntry {
-            run: String::new(),
-            event: event.to_string(),
-            status: RunStatus::Queued.as_str().to_string(),
-            attempt: 0,
-            time: crate::time::now_rfc3339(),
-            exit_code: None,
-            step: None,
-            message: None,
-        };
+        let entry = JournalEntry::new(
+            "",
+            event,
+            RunStatus::Queued.as_str(),
+            0,
+            crate::time::now_rfc3339(),
+        );
         // `run` is the first journal field; the script fills it with the new stream id.
         let mut journal_fields = entry.to_fields().into_iter();
         let (run_field, _) = journal_fields

@@ -144,7 +144,54 @@ pub struct JournalEntry {
     pub message: Option<String>,
 }
 
+/// Journal statuses that are not run states (a run's own states are [`RunStatus`] names).
+pub mod journal_status {
+    /// A PUBLISHed event was refused before it became a run (bad name, too large, queue full).
+    pub const REFUSED: &str = "refused";
+    /// Something an admin should look at; the run goes on (skipped step, bad setting, bad env field).
+    pub const WARNING: &str = "warning";
+    /// A queue entry was dropped because its run id had already ended or is running now.
+    pub const SKIPPED: &str = "skipped";
+    /// The agent shut down mid-run; the run starts again on the next start.
+    pub const INTERRUPTED: &str = "interrupted";
+}
+
 impl JournalEntry {
+    /// An entry with the required fields; add the optional ones with the `with_*` methods.
+    pub fn new(
+        run: impl Into<String>,
+        event: impl Into<String>,
+        status: impl Into<String>,
+        attempt: u32,
+        time: String,
+    ) -> Self {
+        JournalEntry {
+            run: run.into(),
+            event: event.into(),
+            status: status.into(),
+            attempt,
+            time,
+            exit_code: None,
+            step: None,
+            message: None,
+        }
+    }
+
+    pub fn with_exit_code(mut self, code: i32) -> Self {
+        self.exit_code = Some(code);
+        self
+    }
+
+    pub fn with_step(mut self, step: Option<String>) -> Self {
+        self.step = step;
+        self
+    }
+
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
         let mut f = vec![
             ("run", self.run.clone()),
