@@ -756,7 +756,7 @@ fn sigterm_waits_for_the_grace_period_then_the_run_restarts() {
 }
 
 #[test]
-fn tells_systemd_it_is_ready() {
+fn tells_systemd_it_is_ready_and_pings_the_watchdog() {
     use std::os::unix::net::UnixDatagram;
     let redis = RedisServer::start();
     let dirs = EventDirs::new(1);
@@ -766,14 +766,22 @@ fn tells_systemd_it_is_ready() {
     let mut agent = Agent::module(&redis, "sd0", &dirs, &[]);
     agent.terminate();
     agent.set_env("NOTIFY_SOCKET", sock_path.to_str().unwrap());
+    agent.set_env("WATCHDOG_USEC", "1000000");
     agent.restart();
     let mut buf = [0u8; 512];
-    let n = sock.recv(&mut buf).unwrap();
-    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-    assert!(msg.contains("READY=1"), "{msg:?}");
+    let mut messages = Vec::new();
+    while !messages.iter().any(|m: &String| m.contains("WATCHDOG=1")) {
+        let n = sock.recv(&mut buf).unwrap();
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(messages[0].contains("READY=1"), "{messages:?}");
     agent.terminate();
-    let n = sock.recv(&mut buf).unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    loop {
+        let n = sock.recv(&mut buf).unwrap();
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            break;
+        }
+    }
 }
 
 #[test]
