@@ -47,7 +47,6 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
         running.clone(),
         ready_tx,
     ));
-    let heartbeat = tokio::spawn(heartbeat_loop(store.clone()));
     tokio::select! {
         _ = ready_rx => {}
         _ = shutdown.cancelled() => {}
@@ -58,6 +57,8 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    // Watchdog pings start after READY=1, as systemd expects.
+    let heartbeat = tokio::spawn(heartbeat_loop(store.clone()));
     tracing::info!(agent = %cfg.name, prefix = %store.prefix.as_str(), "agent ready");
 
     let step_env = StepEnv {

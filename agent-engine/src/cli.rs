@@ -79,6 +79,12 @@ pub struct AgentArgs {
     #[arg(long, env = "AGENT_STARTUP_EVENT")]
     pub startup_event: Option<String>,
 
+    /// A module's age identity: the values of the module's secrets it decrypts are scrubbed from run
+    /// output, records, journal and logs. Module default: $HOME/.config/agent/secret.key (ignored
+    /// while it does not exist). Node agents have none.
+    #[arg(long, env = "AGENT_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
+
     /// Seconds running steps may go on after SIGTERM before they are killed; killed runs start
     /// again on the next start.
     #[arg(long, env = "AGENT_SHUTDOWN_GRACE", default_value_t = 30)]
@@ -121,6 +127,9 @@ impl AgentArgs {
         cfg.output_cap = self.output_cap;
         cfg.startup_event = self.startup_event.map(EventName::new).transpose()?;
         cfg.shutdown_grace = Duration::from_secs(self.shutdown_grace);
+        if self.secret_key_file.is_some() {
+            cfg.secret_key_file = self.secret_key_file;
+        }
         cfg.validate()?;
         Ok(cfg)
     }

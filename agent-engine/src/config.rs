@@ -42,26 +42,17 @@ pub struct EngineConfig {
     pub shutdown_grace: Duration,
     /// Heartbeat key refresh interval; the key lives three intervals.
     pub heartbeat_interval: Duration,
+    /// The module's age identity (module agents): every secret it decrypts is scrubbed from output.
+    pub secret_key_file: Option<PathBuf>,
 }
 
 impl EngineConfig {
     /// A configuration with the documented defaults.
     pub fn new(kind: AgentKind, name: AgentName) -> Self {
-        let events_dirs = match kind {
-            AgentKind::Node => vec![
-                PathBuf::from("/usr/local/share/agent/node-events"),
-                PathBuf::from("/var/local/node-events"),
-            ],
-            AgentKind::Module => {
-                let home = std::env::var_os("HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| "/".into());
-                vec![
-                    home.join(".config/module-events"),
-                    home.join("module-events"),
-                ]
-            }
-        };
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/".into());
+        let events_dirs = default_events_dirs(kind, &home);
         EngineConfig {
             kind,
             name,
@@ -80,6 +71,10 @@ impl EngineConfig {
             startup_event: None,
             shutdown_grace: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(5),
+            secret_key_file: match kind {
+                AgentKind::Node => None,
+                AgentKind::Module => module_secrets::default_path(Some(home.as_os_str())).ok(),
+            },
         }
     }
 

@@ -16,6 +16,7 @@ mod queue;
 pub mod redis_conn;
 mod runner;
 pub mod scrub;
+mod secrets;
 mod store;
 pub mod time;
 

@@ -76,8 +76,13 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
         )
     };
 
-    let (existing, module_env) = tokio::join!(store.read_record(run), store.module_env());
-    let (existing, (module_env, env_warnings)) = (existing?, module_env_vars(module_env?));
+    let (existing, module_env, secret_warnings) = tokio::join!(
+        store.read_record(run),
+        store.module_env(),
+        store.learn_secrets()
+    );
+    let (existing, (module_env, mut env_warnings)) = (existing?, module_env_vars(module_env?));
+    env_warnings.extend(secret_warnings?);
     let mut attempt = 1;
     if let Some(rec) = &existing {
         match rec.status {

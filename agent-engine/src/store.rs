@@ -17,6 +17,7 @@ use crate::config::EngineConfig;
 use crate::error::Result;
 use crate::redis_conn::retry;
 use crate::scrub::Scrubber;
+use crate::secrets::SecretScrubbing;
 
 /// Appends a PUBLISHed event to the queue unless the queue is full, and journals it as queued, in one
 /// round trip. Field names come from the caller (`core_events::record`), so the script spells none.
@@ -51,6 +52,7 @@ pub(crate) struct Store {
     pub scrubber: Scrubber,
     enqueue: Arc<redis::Script>,
     startup: Arc<redis::Script>,
+    secrets: Arc<SecretScrubbing>,
 }
 
 impl Store {
@@ -63,11 +65,12 @@ impl Store {
         Store {
             conn,
             prefix: cfg.prefix(),
-            cfg,
+            cfg: cfg.clone(),
             shutdown,
             scrubber,
             enqueue: Arc::new(redis::Script::new(ENQUEUE_SCRIPT)),
             startup: Arc::new(redis::Script::new(STARTUP_SCRIPT)),
+            secrets: Arc::new(SecretScrubbing::new(cfg.secret_key_file.clone())),
         }
     }
 
@@ -226,6 +229,22 @@ impl Store {
             async move { c.hgetall(&key).await }
         })
         .await
+    }
+
+    /// Reads the module's secrets and registers the values it can decrypt with the scrubber, before
+    /// anything of the run is written. Returns warnings for secrets it cannot decrypt.
+    pub async fn learn_secrets(&self) -> Result<Vec<String>> {
+        if self.prefix.kind() != core_events::AgentKind::Module {
+            return Ok(Vec::new());
+        }
+        let key = self.prefix.secrets();
+        let raw: Vec<(Vec<u8>, Vec<u8>)> = retry("read secrets", &self.shutdown, || {
+            let mut c = self.conn();
+            let key = key.clone();
+            async move { c.hgetall(&key).await }
+        })
+        .await?;
+        Ok(self.secrets.learn(raw, &self.scrubber))
     }
 
     /// Progress is best effort: a lost report is not worth delaying a run for.

@@ -20,6 +20,10 @@ pub mod exit_code {
     pub const NO_PERMISSION: i32 = 77;
     /// Not inside a step: a variable the agent sets for steps is missing or invalid (`EX_CONFIG`).
     pub const CONFIG: i32 = 78;
+    /// A secret does not decrypt: not encrypted to this key, or damaged (`EX_DATAERR`).
+    pub const DATA_ERR: i32 = 65;
+    /// The key directory is locked, or the keys changed concurrently: try again (`EX_TEMPFAIL`).
+    pub const TEMP_FAIL: i32 = 75;
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -77,6 +81,29 @@ pub enum Error {
     /// Standard input could not be read (a value given as `-`).
     #[error("cannot read the value from standard input: {0}")]
     Stdin(#[source] std::io::Error),
+
+    /// Standard output could not be written.
+    #[error("cannot write to standard output: {0}")]
+    Stdout(#[source] std::io::Error),
+
+    /// A `secret` command failed (Redis errors are sorted into the variants above first).
+    #[error("{0}")]
+    Secret(module_secrets::Error),
+}
+
+/// The exit code of a `secret` command's error.
+fn secret_exit_code(e: &module_secrets::Error) -> i32 {
+    use module_secrets::Error as S;
+    match e.root() {
+        S::BadName { .. } | S::BadValue(_) => exit_code::USAGE,
+        S::NotArmored | S::NotForThisKey | S::Damaged { .. } => exit_code::DATA_ERR,
+        S::NotFound { .. } | S::NoPublicKey { .. } => exit_code::NOT_FOUND,
+        S::Io { .. } | S::Read(_) => exit_code::IO,
+        S::Locked { .. } | S::Conflict { .. } => exit_code::TEMP_FAIL,
+        S::Redis { .. } if e.is_permission_denied() => exit_code::NO_PERMISSION,
+        S::Redis { .. } | S::Encrypt(_) => exit_code::SOFTWARE,
+        _ => exit_code::CONFIG,
+    }
 }
 
 fn list_vars(vars: &[&str]) -> String {
@@ -97,6 +124,8 @@ impl Error {
             Error::Denied { .. } => exit_code::NO_PERMISSION,
             Error::Redis { .. } => exit_code::SOFTWARE,
             Error::Stdin(_) => exit_code::IO,
+            Error::Stdout(_) => exit_code::IO,
+            Error::Secret(e) => secret_exit_code(e),
         }
     }
 

@@ -15,6 +15,7 @@ pub mod context;
 pub mod error;
 pub mod ops;
 pub mod redis_url;
+pub mod secret;
 
 pub use args::EnvKey;
 pub use context::{AgentContext, StepContext};

@@ -30,6 +30,7 @@ Examples (inside a step):
   module-sdk emit backup-done '{\"size\":1024}'         PUBLISH event/<agent>/backup-done
   module-sdk queue node/node1 module.update traefik0  queue an event for another agent
   module-sdk context                                  this step's context as JSON
+  module-sdk secret get DB_PASSWORD                   print a secret (see `secret --help`)
 
 Steps must be idempotent: runs are at-least-once. A run interrupted by an agent
 restart or crash is started again from its first step (AGENT_ATTEMPT counts the
@@ -135,6 +136,15 @@ enum Cmd {
     ///
     /// Example: module-sdk context
     Context,
+
+    /// Secrets, encrypted with age to the module's key: `module-sdk secret get DB_PASSWORD`.
+    ///
+    /// The hash module/<id>/secrets holds one age-armored ciphertext per name, encrypted to the
+    /// module's public key (module/<id>/public_key); the private key stays in the module's home
+    /// ($HOME/.config/agent/secret.key, mode 0600). Values are read from standard input only.
+    ///
+    /// Example: printf %s "$PW" | module-sdk secret set DB_PASSWORD
+    Secret(module_sdk::secret::SecretArgs),
 }
 
 #[derive(Args)]
@@ -256,6 +266,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             out(format!("{run}\n").as_bytes())
         }
+        Cmd::Secret(secret) => Ok(module_sdk::secret::run(secret, verbose)?),
         Cmd::Context => {
             let ctx = StepContext::from_env()?;
             let text = serde_json::to_string_pretty(&ctx.to_json())?;
