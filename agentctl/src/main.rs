@@ -11,6 +11,7 @@ mod explain;
 mod fail;
 mod journal;
 mod output;
+mod redis_admin;
 mod run;
 mod show;
 
@@ -43,6 +44,10 @@ enum Cmd {
     Explain(explain::ExplainArgs),
     /// Cancel a queued or running run: the agent stops its step (SIGTERM, then SIGKILL).
     Cancel(cancel::CancelArgs),
+    /// Redis users of the security model: set up the cluster's users; add, remove or rotate an
+    /// agent's user and its credentials file.
+    #[command(subcommand, long_about = redis_admin::LONG_ABOUT, after_long_help = redis_admin::AFTER_LONG_HELP)]
+    Redis(redis_admin::RedisCmd),
 }
 
 const AFTER_SHORT_HELP: &str = "\
@@ -105,6 +110,7 @@ fn main() {
 fn real_main(cli: Cli) -> anyhow::Result<i32> {
     let redis = match cli.cmd {
         Cmd::Explain(args) => return explain::main(args),
+        Cmd::Redis(cmd) => return redis_admin::main(&cli.redis, cmd),
         _ => cli.redis.load()?,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -118,6 +124,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             Cmd::Show(args) => show::main(&redis, args).await,
             Cmd::Cancel(args) => cancel::main(&redis, args).await,
             Cmd::Explain(_) => unreachable!("handled without Redis above"),
+            Cmd::Redis(_) => unreachable!("handled by redis_admin above"),
         }
     })
 }

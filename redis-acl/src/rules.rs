@@ -1,0 +1,296 @@
+//! The ACL rule lists of the security model, as pure functions of the agent's name.
+//!
+//! Each list is the argument list of one `ACL SETUSER <user> …` after the user name, without any
+//! password rule (the operations add `>password`). Every list starts with `reset`, so applying it
+//! again replaces whatever the user had: the rules are always exactly these, and running an
+//! operation twice changes nothing. See `docs/SECURITY.md` for why each rule is there.
+//!
+//! Key patterns and channel patterns are derived from the `core_events` builders, never spelled
+//! here: a renamed key or channel in the protocol moves the ACL with it.
+
+use core_events::keys::{self, glob_escape};
+use core_events::{AgentKind, AgentName, EventName, Prefix, RunId};
+
+/// The sysadmin's user: every command, key and channel.
+pub const ADMIN_USER: &str = "agent-admin";
+
+/// Redis's built-in user of connections that never authenticate.
+pub const DEFAULT_USER: &str = "default";
+
+/// What the `default` user (every connection without credentials) may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultPolicy {
+    /// Public reads: read every key, subscribe to every channel, no password; no writes, no
+    /// PUBLISH, no administration.
+    ReadOnly,
+    /// Disabled: a connection must authenticate before it can run anything.
+    Off,
+}
+
+impl DefaultPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DefaultPolicy::ReadOnly => "readonly",
+            DefaultPolicy::Off => "off",
+        }
+    }
+}
+
+impl std::str::FromStr for DefaultPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "readonly" => Ok(DefaultPolicy::ReadOnly),
+            "off" => Ok(DefaultPolicy::Off),
+            other => Err(format!("{other:?}: expected readonly or off")),
+        }
+    }
+}
+
+/// The ACL user of an agent: `module-<id>` or `node-<name>` (e.g. `module-traefik0`).
+///
+/// A dash rather than the key prefix's slash: the name goes into credentials files, aclfiles and
+/// shell commands, where a plain word is easier to read and quote. Names cannot collide: the kind
+/// comes first (`module-x` is always module `x`, whatever `x` is), and [`ADMIN_USER`] starts with
+/// `agent`, which is no kind.
+pub fn agent_user(kind: AgentKind, name: &AgentName) -> String {
+    format!("{}-{}", kind.as_str(), name)
+}
+
+/// Commands taken away from both agent users, beyond the `@admin` and `@dangerous` categories
+/// (configuration, ACL, replication, `FLUSHALL`/`FLUSHDB`, `KEYS`, `INFO`, `CLIENT KILL|LIST`, `DEBUG`,
+/// `MONITOR`, `SHUTDOWN`, `SORT`, `MIGRATE`/`RESTORE`, …). What is left is every command the engine,
+/// `module-sdk` and ordinary steps send: hashes, strings, streams (`XADD`, `XACK`, `XDEL`,
+/// `XGROUP CREATE`, `XRANGE`, `XLEN`, …), `EXPIRE`, `APPEND`, `DEL`, `MULTI`/`EXEC`, `EVALSHA`/`EVAL` and
+/// `SCRIPT LOAD`, `SUBSCRIBE`/`PSUBSCRIBE`, `PING`, `HELLO`, `AUTH`, `CLIENT SETNAME`, `SELECT`, `SCAN`.
+const CONFINED_DENIED: &[&str] = &[
+    "-@admin",
+    "-@dangerous",
+    // Sharded pub/sub is not part of the protocol; with `&*` it would publish anywhere.
+    "-spublish",
+    // Redis 7 checks XREADGROUP's keys as *read* access, yet it moves entries into the reader's
+    // pending list: with `%R~*` a module could take another agent's queue entries so that agent
+    // never runs them. A selector gives it back on the agent's own keys only.
+    "-xreadgroup",
+    // Keyless commands that change state shared by every user: the function libraries, the
+    // script cache, a running script (`SCRIPT KILL`), the server's allocator. `SCRIPT DEBUG SYNC`
+    // blocks the whole server. Functions are not used by the agents.
+    "-function|load",
+    "-function|delete",
+    "-function|flush",
+    "-function|restore",
+    "-function|kill",
+    "-script|flush",
+    "-script|kill",
+    "-script|debug",
+    "-memory|purge",
+    // Server internals, like INFO (which @dangerous already removes).
+    "-memory|doctor",
+    "-memory|stats",
+    "-memory|malloc-stats",
+];
+
+/// `~<prefix>/*`: every key of one agent. `core_events` builds each key as the prefix plus `/…`
+/// (`Prefix::queue`, `Prefix::run`, …) and has no pattern builder, so the pattern is the prefix
+/// from [`Prefix::as_str`] plus `/*`.
+fn own_keys(prefix: &Prefix) -> String {
+    format!("~{}/*", glob_escape(prefix.as_str()))
+}
+
+/// The pattern covering every channel built like `channel` but with another last `/` segment:
+/// `progress/a/r1` → `progress/a/*`. The sample channel comes from a `core_events` builder, so the
+/// pattern follows the protocol; agent names contain no `/`, so the cut is always the right one.
+fn pattern_over_last_segment(channel: &str) -> String {
+    let (head, _) = channel
+        .rsplit_once('/')
+        .expect("per-run and per-event channels end in a /segment");
+    format!("{}/*", glob_escape(head))
+}
+
+/// The channel patterns an agent may PUBLISH on: its event channels `<agent>:*` (the very pattern it
+/// subscribes to), `cancel/<agent>`, `progress/<agent>/*` and `event/<agent>/*`.
+pub fn own_channel_patterns(agent: &AgentName) -> Vec<String> {
+    let sample_run = RunId::new("0").expect("valid run id");
+    let sample_event = EventName::new("0").expect("valid event name");
+    vec![
+        keys::event_pattern(agent),
+        glob_escape(&keys::cancel_channel(agent)),
+        pattern_over_last_segment(&keys::progress_channel(agent, &sample_run)),
+        pattern_over_last_segment(&keys::emitted_event_channel(agent, &sample_event)),
+    ]
+}
+
+/// A Redis 7 selector that allows XREADGROUP on the given key patterns only (see
+/// [`CONFINED_DENIED`]).
+fn xreadgroup_selector(key_patterns: &[String]) -> String {
+    format!("(+xreadgroup {})", key_patterns.join(" "))
+}
+
+/// Rules of the module user `module-<id>`: read every key, write only `module/<id>/*`; subscribe to
+/// every channel, PUBLISH only on its own channels; no administration.
+///
+/// The root permissions allow every non-administrative command except PUBLISH on every channel
+/// (`&*`, so SUBSCRIBE and PSUBSCRIBE work on anything, whatever their pattern); a selector allows
+/// PUBLISH on the module's own channels and nothing else.
+pub fn module_rules(id: &AgentName) -> Vec<String> {
+    let own = own_keys(&Prefix::module(id.clone()));
+    let mut rules: Vec<String> = ["reset", "on", "%R~*"].map(String::from).to_vec();
+    rules.push(own.clone());
+    rules.extend(["&*", "+@all"].map(String::from));
+    rules.extend(CONFINED_DENIED.iter().map(|s| s.to_string()));
+    rules.push("-publish".into());
+    rules.push(xreadgroup_selector(&[own]));
+    let channels: Vec<String> = own_channel_patterns(id)
+        .into_iter()
+        .map(|p| format!("&{p}"))
+        .collect();
+    rules.push(format!("(+publish resetchannels {})", channels.join(" ")));
+    rules
+}
+
+/// Rules of the node user `node-<name>`: read every key, write `node/<name>/*` and every module's keys
+/// (`module/*`: the node-agent creates modules and their keys), PUBLISH on any channel (it drives its
+/// modules: events and cancels to them; channel names do not tell nodes and modules apart), and
+/// `ACL` (it creates the module users), plus `INFO` (replication health of the node's replica).
+///
+/// `+acl` lets this user give itself any permission: it is as powerful as the admin user. That
+/// matches the design, where the node-agent is root on its node. The other restrictions are a guard
+/// against mistakes (a step's `FLUSHALL`), not a security boundary.
+pub fn node_rules(name: &AgentName) -> Vec<String> {
+    let own = own_keys(&Prefix::node(name.clone()));
+    let modules = format!("~{}/*", AgentKind::Module.as_str());
+    let mut rules: Vec<String> = ["reset", "on", "%R~*"].map(String::from).to_vec();
+    rules.push(own.clone());
+    rules.push(modules);
+    rules.extend(["&*", "+@all"].map(String::from));
+    rules.extend(CONFINED_DENIED.iter().map(|s| s.to_string()));
+    rules.extend(["+acl", "+info"].map(String::from));
+    rules.push(xreadgroup_selector(&[own]));
+    rules
+}
+
+/// Rules of an agent's user, by kind.
+pub fn agent_rules(kind: AgentKind, name: &AgentName) -> Vec<String> {
+    match kind {
+        AgentKind::Module => module_rules(name),
+        AgentKind::Node => node_rules(name),
+    }
+}
+
+/// Rules of [`ADMIN_USER`]: everything.
+pub fn admin_rules() -> Vec<String> {
+    ["reset", "on", "~*", "&*", "+@all"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// Rules of the `default` user.
+pub fn default_rules(policy: DefaultPolicy) -> Vec<String> {
+    let rules: &[&str] = match policy {
+        DefaultPolicy::ReadOnly => &[
+            "reset",
+            "on",
+            "nopass",
+            "%R~*",
+            "&*",
+            "-@all",
+            "+@read",
+            "+@connection",
+            "+@transaction",
+            "+@pubsub",
+            "-publish",
+            "-spublish",
+            // KEYS, SORT_RO, INFO, CLIENT KILL|LIST, … come back with the categories above.
+            "-@dangerous",
+        ],
+        DefaultPolicy::Off => &["reset", "off"],
+    };
+    rules.iter().map(|s| s.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> AgentName {
+        AgentName::new(s).unwrap()
+    }
+
+    #[test]
+    fn user_names() {
+        assert_eq!(
+            agent_user(AgentKind::Module, &name("traefik0")),
+            "module-traefik0"
+        );
+        assert_eq!(agent_user(AgentKind::Node, &name("node1")), "node-node1");
+    }
+
+    #[test]
+    fn module_rules_write_own_keys_and_publish_own_channels() {
+        let r = module_rules(&name("a.b-1"));
+        assert_eq!(&r[..3], ["reset", "on", "%R~*"]);
+        assert!(r.contains(&"~module/a.b-1/*".to_string()), "{r:?}");
+        assert!(r.contains(&"&*".to_string()));
+        assert!(r.contains(&"-publish".to_string()));
+        assert!(r.contains(&"-@admin".to_string()) && r.contains(&"-@dangerous".to_string()));
+        assert_eq!(r.iter().filter(|x| x.starts_with('~')).count(), 1);
+        assert!(r.contains(&"(+xreadgroup ~module/a.b-1/*)".to_string()));
+        assert_eq!(
+            r.last().unwrap(),
+            "(+publish resetchannels &a.b-1:* &cancel/a.b-1 &progress/a.b-1/* &event/a.b-1/*)"
+        );
+        // Nothing grants all keys for writing.
+        assert!(!r.iter().any(|x| x == "~*" || x == "allkeys"));
+    }
+
+    #[test]
+    fn channel_patterns_follow_the_builders() {
+        let a = name("mod0");
+        let pats = own_channel_patterns(&a);
+        assert_eq!(pats[0], keys::event_pattern(&a));
+        assert_eq!(pats[1], keys::cancel_channel(&a));
+        let run = RunId::new("1700000000000-0").unwrap();
+        let progress = keys::progress_channel(&a, &run);
+        assert_eq!(
+            format!("{}{}", pats[2].trim_end_matches('*'), run),
+            progress
+        );
+        let ev = EventName::new("backup-done").unwrap();
+        assert_eq!(
+            format!("{}{}", pats[3].trim_end_matches('*'), ev),
+            keys::emitted_event_channel(&a, &ev)
+        );
+    }
+
+    #[test]
+    fn node_rules_write_own_and_module_keys_and_manage_acl() {
+        let r = node_rules(&name("node1"));
+        assert!(r.contains(&"~node/node1/*".to_string()));
+        assert!(r.contains(&"~module/*".to_string()));
+        assert!(r.contains(&"+acl".to_string()));
+        let acl = r.iter().position(|x| x == "+acl").unwrap();
+        let admin = r.iter().position(|x| x == "-@admin").unwrap();
+        assert!(acl > admin, "+acl must come after -@admin: {r:?}");
+        assert!(!r.contains(&"-publish".to_string()));
+    }
+
+    #[test]
+    fn default_policies() {
+        let ro = default_rules(DefaultPolicy::ReadOnly);
+        assert!(ro.contains(&"nopass".to_string()) && ro.contains(&"%R~*".to_string()));
+        assert!(ro.contains(&"-publish".to_string()));
+        assert!(!ro
+            .iter()
+            .any(|x| x.starts_with('~') || x == "+@write" || x == "+@all"));
+        assert_eq!(default_rules(DefaultPolicy::Off), ["reset", "off"]);
+        assert_eq!("off".parse(), Ok(DefaultPolicy::Off));
+        assert_eq!("readonly".parse(), Ok(DefaultPolicy::ReadOnly));
+        assert!("yes".parse::<DefaultPolicy>().is_err());
+    }
+
+    #[test]
+    fn admin_has_everything() {
+        assert_eq!(admin_rules(), ["reset", "on", "~*", "&*", "+@all"]);
+    }
+}
