@@ -62,7 +62,9 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
     tracing::info!(agent = %cfg.name, prefix = %store.prefix.as_str(), "agent ready");
 
     let step_env = StepEnv {
-        redis_url: redis_conn::url_for_steps(&cfg.redis_url, cfg.credentials.as_ref()),
+        base_url: cfg.redis_url.clone(),
+        credentials_file: cfg.credentials_file.clone(),
+        credentials: cfg.credentials.clone(),
     };
     let tracker = TaskTracker::new();
     let kill_now = CancellationToken::new();

@@ -99,17 +99,16 @@ impl AgentArgs {
         };
         let mut cfg = EngineConfig::new(kind, name);
         cfg.redis_url = self.redis_url;
-        cfg.credentials = match self.redis_credentials {
-            Some(path) => Some(RedisCredentials::from_file(&path)?),
-            None => {
-                let path = default_credentials_path(kind);
-                if path.exists() {
-                    Some(RedisCredentials::from_file(&path)?)
-                } else {
-                    None
-                }
-            }
+        cfg.credentials_file = match self.redis_credentials {
+            Some(path) => Some(path),
+            // A default file that does not exist is ignored.
+            None => Some(default_credentials_path(kind)).filter(|p| p.exists()),
         };
+        cfg.credentials = cfg
+            .credentials_file
+            .as_deref()
+            .map(RedisCredentials::from_file)
+            .transpose()?;
         if !self.events_dirs.is_empty() {
             cfg.events_dirs = self
                 .events_dirs

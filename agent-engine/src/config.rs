@@ -16,6 +16,9 @@ pub struct EngineConfig {
     pub redis_url: String,
     /// Credentials that override those in the URL (from the agent's credentials file).
     pub credentials: Option<RedisCredentials>,
+    /// The file `credentials` came from. Steps get the credentials read from it afresh at each run,
+    /// so a rotated password reaches them without restarting the agent.
+    pub credentials_file: Option<PathBuf>,
     /// Event directories, searched in order; a later directory wins by entry name.
     pub events_dirs: Vec<PathBuf>,
     /// How many runs may execute at once. 1 = strictly FIFO.
@@ -58,6 +61,7 @@ impl EngineConfig {
             name,
             redis_url: "redis://127.0.0.1:6379".into(),
             credentials: None,
+            credentials_file: None,
             events_dirs,
             concurrency: 1,
             default_timeout: Duration::from_secs(3600),

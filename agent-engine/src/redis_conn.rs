@@ -59,7 +59,9 @@ pub fn url_for_steps(url: &str, credentials: Option<&RedisCredentials>) -> Strin
     let Ok(mut parsed) = url::Url::parse(url) else {
         return url.to_string();
     };
-    let user = c.username.as_deref().unwrap_or("");
+    // Without a user name the password belongs to Redis's `default` user. Naming it keeps the URL
+    // usable by redis-cli too, which sends an empty user name otherwise.
+    let user = c.username.as_deref().unwrap_or("default");
     if parsed.has_host() {
         if parsed.set_username(user).is_err() || parsed.set_password(Some(&c.password)).is_err() {
             return url.to_string();
@@ -72,9 +74,7 @@ pub fn url_for_steps(url: &str, credentials: Option<&RedisCredentials>) -> Strin
             .collect();
         let mut q = parsed.query_pairs_mut();
         q.clear().extend_pairs(kept);
-        if !user.is_empty() {
-            q.append_pair("user", user);
-        }
+        q.append_pair("user", user);
         q.append_pair("pass", &c.password);
     }
     parsed.to_string()

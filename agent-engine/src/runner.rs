@@ -54,7 +54,29 @@ enum StepEnd {
 /// Environment every step gets beside the agent's own: set once per agent.
 #[derive(Clone)]
 pub(crate) struct StepEnv {
-    pub redis_url: String,
+    /// The agent's Redis URL, before credentials are applied.
+    pub base_url: String,
+    pub credentials_file: Option<std::path::PathBuf>,
+    /// The credentials read at start, used when the file cannot be read now.
+    pub credentials: Option<crate::config::RedisCredentials>,
+}
+
+impl StepEnv {
+    /// `REDIS_URL` for this run's steps, with the credentials file read afresh (a rotated password
+    /// reaches steps without an agent restart; the new password is registered with the scrubber).
+    fn redis_url(&self, scrubber: &crate::scrub::Scrubber) -> String {
+        let fresh = self
+            .credentials_file
+            .as_deref()
+            .and_then(|p| crate::config::RedisCredentials::from_file(p).ok());
+        if let Some(c) = &fresh {
+            scrubber.add(&c.password);
+        }
+        crate::redis_conn::url_for_steps(
+            &self.base_url,
+            fresh.as_ref().or(self.credentials.as_ref()),
+        )
+    }
 }
 
 pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Result<()> {
@@ -357,7 +379,7 @@ fn step_env(
         ("AGENT_EVENT".into(), entry.event.to_string()),
         ("AGENT_RUN_ID".into(), entry.run.to_string()),
         ("AGENT_ATTEMPT".into(), attempt.to_string()),
-        ("REDIS_URL".into(), env.redis_url.clone()),
+        ("REDIS_URL".into(), env.redis_url(&store.scrubber)),
     ]);
     vars
 }

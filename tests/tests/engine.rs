@@ -814,3 +814,54 @@ fn large_stdin_is_delivered_and_output_keeps_its_order() {
         "{output}"
     );
 }
+
+#[test]
+fn steps_get_a_rotated_password_without_an_agent_restart() {
+    let redis = RedisServer::start_with(&["--requirepass", "old-pass-1234"]);
+    let dirs = EventDirs::new(1);
+    dirs.step(
+        0,
+        "ping",
+        "10",
+        "redis-cli --no-auth-warning -u \"$REDIS_URL\" PING; echo \"url=$REDIS_URL\"",
+    );
+    let creds = dirs.work().join("redis.env");
+    std::fs::write(&creds, "REDIS_PASSWORD=old-pass-1234\n").unwrap();
+    let bare_url = format!("redis://127.0.0.1:{}", redis.port());
+    let mut agent = Agent::start_with_admin(
+        "node-agent",
+        &bare_url,
+        &redis.url(),
+        "rot0",
+        &dirs.dirs(),
+        &["--redis-credentials", creds.to_str().unwrap()],
+    );
+    let mut con = redis.conn();
+    // Rotate: the server takes only the new password from now on (open connections stay logged in).
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("new-pass-5678")
+        .query(&mut con)
+        .unwrap();
+    std::fs::write(&creds, "REDIS_PASSWORD=new-pass-5678\n").unwrap();
+    xadd(
+        &mut con,
+        "node/rot0/queue",
+        &[("event", "ping"), ("id", "p")],
+    );
+    let rec = wait_run_end(&mut con, "node/rot0/run/p", LONG);
+    assert_eq!(rec["status"], "done", "{rec:?}");
+    let output: String = con.get("node/rot0/run/p/output").unwrap();
+    assert!(
+        output.contains("PONG"),
+        "the step reached Redis with the new password: {output}"
+    );
+    assert!(output.contains("url=redis://default:***@127.0.0.1"), "{output}");
+    assert!(
+        !output.contains("new-pass-5678") && !output.contains("old-pass-1234"),
+        "{output}"
+    );
+    assert_eq!(agent.terminate().code(), Some(0));
+    assert!(!agent.log().contains("new-pass-5678"));
+}
