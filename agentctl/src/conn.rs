@@ -26,8 +26,9 @@ pub struct RedisArgs {
     )]
     pub redis_url: String,
 
-    /// File with REDIS_USER= and REDIS_PASSWORD= lines (an agent's credentials file, e.g.
-    /// /etc/agent/redis.env); overrides credentials in the URL.
+    /// File with REDIS_USER= and REDIS_PASSWORD= lines (e.g. an agent's /etc/agent/redis.env);
+    /// overrides credentials in the URL. Default: /etc/agent/admin.env when readable and the URL
+    /// has no password.
     #[arg(
         long,
         global = true,
@@ -45,19 +46,29 @@ pub struct Redis {
 }
 
 impl RedisArgs {
+    /// The credentials are, in order: `--redis-credentials`; the URL's own; the admin's file
+    /// `/etc/agent/admin.env` when it exists and this user can read it (written by
+    /// `agentctl redis setup`); none.
     pub fn load(&self) -> Result<Redis> {
-        let creds =
-            match &self.redis_credentials {
-                Some(path) => Some(RedisCredentials::from_file(path).with_context(|| {
+        let creds = match &self.redis_credentials {
+            Some(path) => {
+                Some(RedisCredentials::from_file(path).with_context(|| {
                     format!("cannot use --redis-credentials {}", path.display())
-                })?),
-                None => None,
-            };
+                })?)
+            }
+            None if agent_engine::redis_conn::password_of(&self.redis_url, None).is_some() => None,
+            None => RedisCredentials::from_file(&default_admin_credentials()).ok(),
+        };
         Ok(Redis {
             url: self.redis_url.clone(),
             creds,
         })
     }
+}
+
+/// The admin's credentials file written by `agentctl redis setup`.
+pub fn default_admin_credentials() -> PathBuf {
+    std::path::Path::new("/etc/agent").join(redis_acl::ops::ADMIN_CREDENTIALS_FILE)
 }
 
 impl Redis {

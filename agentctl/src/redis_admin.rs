@@ -326,7 +326,7 @@ fn explain(e: redis_acl::Error) -> anyhow::Error {
 }
 
 fn default_admin_creds() -> PathBuf {
-    Path::new(DEFAULT_CREDS_DIR).join(redis_acl::ops::ADMIN_CREDENTIALS_FILE)
+    crate::conn::default_admin_credentials()
 }
 
 fn short_hostname() -> Result<String> {

@@ -28,7 +28,7 @@ Examples (inside a step):
   module-sdk env set LE_EMAIL root@example.org        set one; later runs see $LE_EMAIL
   module-sdk env list --module traefik0               read another module's env
   module-sdk emit backup-done '{\"size\":1024}'         PUBLISH event/<agent>/backup-done
-  module-sdk queue node/node1 module.update traefik0  queue an event for another agent
+  module-sdk queue module/traefik0 configure '{}'     queue an event for an agent (node steps)
   module-sdk context                                  this step's context as JSON
   module-sdk secret get DB_PASSWORD                   print a secret (see `secret --help`)
 
@@ -107,13 +107,17 @@ enum Cmd {
         json: Option<String>,
     },
 
-    /// Queue an event for an agent: `module-sdk queue node/node1 module.update mod0`.
+    /// Queue an event for an agent: `module-sdk queue module/mod0 configure '{...}'`.
     ///
     /// Adds `event` and `data` (and `id` with --id) to the agent's queue stream <prefix>/queue; the
     /// agent runs it even if it is not running right now. Prints the run id (the stream id unless
     /// --id is given). Follow the run in <prefix>/run/<id>.
     ///
-    /// Example: module-sdk queue node/node1 module.update traefik0
+    /// Who may queue where is decided by Redis ACL users: a module's user may write only its own
+    /// keys, so from a module's step this queues only for the module itself (exit 77 otherwise); the
+    /// node-agent's steps (node user) may queue for the node and its modules.
+    ///
+    /// Example (in a node step): module-sdk queue module/traefik0 configure '{"email":"a@b.c"}'
     Queue {
         /// The agent: node/NAME or module/NAME.
         #[arg(value_name = "AGENT", value_parser = agent_arg)]
