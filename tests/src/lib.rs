@@ -32,6 +32,35 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Runs workspace binary `name` with exactly `env` as its environment (plus `PATH`), `args`, and
+/// `stdin` (or no stdin), and returns its output.
+pub fn run_clean(
+    name: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> std::process::Output {
+    let mut child = Command::new(bin(name))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// Polls `f` every 20 ms until it returns `Some`, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + timeout;

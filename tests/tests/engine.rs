@@ -857,7 +857,10 @@ fn steps_get_a_rotated_password_without_an_agent_restart() {
         output.contains("PONG"),
         "the step reached Redis with the new password: {output}"
     );
-    assert!(output.contains("url=redis://default:***@127.0.0.1"), "{output}");
+    assert!(
+        output.contains("url=redis://default:***@127.0.0.1"),
+        "{output}"
+    );
     assert!(
         !output.contains("new-pass-5678") && !output.contains("old-pass-1234"),
         "{output}"

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use agent_tests::redis;
@@ -124,29 +124,7 @@ fn wait_file(path: &Path) -> String {
 
 /// Runs module-sdk outside any agent with exactly `env` as its environment (plus PATH).
 fn run_sdk(env: &[(&str, &str)], args: &[&str], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new(bin("module-sdk"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    child.wait_with_output().unwrap()
+    agent_tests::run_clean("module-sdk", env, args, stdin.map(str::as_bytes))
 }
 
 fn text(b: &[u8]) -> String {

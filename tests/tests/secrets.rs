@@ -16,24 +16,7 @@ const BEGIN: &str = "-----BEGIN AGE ENCRYPTED FILE-----";
 
 /// Runs module-sdk with exactly `env` (plus PATH), `args` and `stdin`.
 fn sdk(env: &[(&str, &str)], args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut cmd = Command::new(bin("module-sdk"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(input).unwrap();
-    }
-    child.wait_with_output().unwrap()
+    agent_tests::run_clean("module-sdk", env, args, stdin)
 }
 
 fn text(b: &[u8]) -> String {
