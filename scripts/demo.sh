@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One-command demo on a fresh machine: installs Redis if needed, builds the agents, starts a private
-# redis-server and a module-agent for module "hello0" with the example steps in examples/demo/, then
-# drives it the way a sysadmin would, with redis-cli and agentctl. Everything stops at the end.
+# redis-server and a node-agent; the node-agent's module.init (examples/demo/node-events) starts a
+# module-agent for module "hello0", which runs its own module.init (examples/demo/module-events); then
+# the demo drives the module the way a sysadmin would, with redis-cli and agentctl. Everything stops at
+# the end. (The real module.init — Unix user, systemd user service, containers — is the node issue's.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -15,7 +17,8 @@ bin="$root/target/debug"
 work=$(mktemp -d)
 port=${DEMO_REDIS_PORT:-6399}
 cleanup() {
-  [ -n "${agent_pid:-}" ] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
+  [ -s "$work/hello0.pid" ] && kill "$(cat "$work/hello0.pid")" 2>/dev/null
+  [ -n "${node_pid:-}" ] && kill "$node_pid" 2>/dev/null && wait "$node_pid" 2>/dev/null
   redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -31,14 +34,22 @@ echo "== the sysadmin sets the module's environment"
 echo "\$ redis-cli HSET module/hello0/module.env PAGE_TITLE 'Hello from hello0'"
 rcli HSET module/hello0/module.env PAGE_TITLE 'Hello from hello0' DEMO_STATE_DIR "$work/hello0-state" >/dev/null
 
-echo "== starting module-agent hello0 (it runs its module.init on first start)"
-"$bin/module-agent" --name hello0 --events-dir "$root/examples/demo/module-events" \
-  --startup-event module.init >"$work/agent.log" 2>&1 &
-agent_pid=$!
+echo "== starting node-agent demo-node"
+DEMO_BIN="$bin" DEMO_ROOT="$root" DEMO_WORK="$work" "$bin/node-agent" --name demo-node \
+  --events-dir "$root/examples/demo/node-events" >"$work/node-agent.log" 2>&1 &
+node_pid=$!
+until [ "$(rcli PUBSUB NUMSUB cancel/demo-node | tail -1)" = 1 ]; do sleep 0.1; done
+
+echo "== the node installs module hello0 (the node-agent starts its module-agent, which runs its module.init)"
+echo "\$ redis-cli PUBLISH demo-node:module.init hello0"
+rcli PUBLISH demo-node:module.init hello0
 for _ in $(seq 100); do
-  [ "$(rcli HGET module/hello0/run/startup-module.init status)" = done ] && break
+  [ "$(rcli XLEN node/demo-node/queue)" = 0 ] &&
+    [ "$(rcli HGET module/hello0/run/startup-module.init status)" = done ] && break
   sleep 0.1
 done
+"$bin/agentctl" journal node/demo-node -n 5
+echo
 "$bin/agentctl" show module/hello0 startup-module.init
 echo "page: $(cat "$work/hello0-state/index.html")"
 
