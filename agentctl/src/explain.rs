@@ -3,6 +3,10 @@
 //! The plan comes from `agent_engine::plan::plan_event`, the very function the agents use. The
 //! steps table is built from a list of [`Column`]s, each computing its cell from a [`Row`]: a new
 //! fact about a step (such as who signed it) is one more column, in text and JSON alike.
+//!
+//! The PROVENANCE column says where a step's file comes from as far as signatures go: an events
+//! directory may carry a signed `MANIFEST` (see docs/SIGNING.md), checked against the
+//! certificates of `--trust-dir`.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +14,7 @@ use agent_engine::default_events_dirs;
 use agent_engine::plan::{plan_event, EventPlan, PlanEntry, PlanVerdict};
 use anyhow::Result;
 use core_events::{exit, AgentKind, EventName};
+use module_signing::{FileCheck, SignatureStatus, SignedTree, TrustStore};
 
 use crate::agent::AgentRef;
 use crate::fail::{fail, invalid};
@@ -33,6 +38,11 @@ pub struct ExplainArgs {
     /// Print the plan as one JSON object.
     #[arg(long)]
     json: bool,
+
+    /// Directory of trusted OpenPGP certificates (*.asc, *.pgp) for checking an events
+    /// directory's signed MANIFEST (the PROVENANCE column).
+    #[arg(long, value_name = "DIR", default_value = module_signing::DEFAULT_TRUST_DIR)]
+    trust_dir: PathBuf,
 }
 
 pub fn main(args: ExplainArgs) -> Result<i32> {
@@ -48,14 +58,18 @@ pub fn main(args: ExplainArgs) -> Result<i32> {
         .iter()
         .map(|d| (d.clone(), dir_state(d, &event)))
         .collect();
+    let signing = Signing::load(&dirs, &args.trust_dir);
     let label = agent.to_string();
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&plan_json(&label, &event, &dir_states, &plan))?
+            serde_json::to_string_pretty(&plan_json(&label, &event, &dir_states, &plan, &signing))?
         );
     } else {
-        print!("{}", plan_text(&label, &event, &dir_states, &plan));
+        print!(
+            "{}",
+            plan_text(&label, &event, &dir_states, &plan, &signing)
+        );
     }
     if !plan.defined {
         eprintln!(
@@ -148,11 +162,123 @@ fn dir_state(dir: &Path, event: &EventName) -> DirState {
     }
 }
 
-/// One row of the steps table: an entry of the plan and its position in the run (`None` when it
-/// does not run).
+/// The signature state of each events directory (`None`: no MANIFEST, no MANIFEST.sig).
+pub struct Signing {
+    trees: Vec<(PathBuf, Option<Result<SignedTree, String>>)>,
+}
+
+impl Signing {
+    /// Reads the MANIFEST and MANIFEST.sig of each directory that has one, and checks the
+    /// signature against the certificates of `trust_dir` (loaded only if needed).
+    pub fn load(dirs: &[PathBuf], trust_dir: &Path) -> Signing {
+        let mut trust: Option<TrustStore> = None;
+        let trees = dirs
+            .iter()
+            .map(|dir| {
+                let has = [
+                    module_signing::MANIFEST_FILE,
+                    module_signing::SIGNATURE_FILE,
+                ]
+                .iter()
+                .any(|f| std::fs::symlink_metadata(dir.join(f)).is_ok());
+                let tree = has.then(|| {
+                    let trust = trust.get_or_insert_with(|| TrustStore::load(trust_dir));
+                    SignedTree::load(dir, trust).map_err(|e| e.to_string())
+                });
+                (dir.clone(), tree)
+            })
+            .collect();
+        Signing { trees }
+    }
+
+    fn tree(&self, dir: &Path) -> Option<&Result<SignedTree, String>> {
+        self.trees
+            .iter()
+            .find(|(d, _)| d == dir)
+            .and_then(|(_, t)| t.as_ref())
+    }
+
+    /// The directory's signature state in words, for the directories list.
+    fn dir_note(&self, dir: &Path) -> Option<String> {
+        let tree = match self.tree(dir)? {
+            Ok(t) => t,
+            Err(e) => return Some(format!("MANIFEST unreadable: {e}")),
+        };
+        Some(match &tree.signature {
+            SignatureStatus::Good { signer } if tree.manifest_problem.is_some() => {
+                format!("signed by {signer}, but the MANIFEST is invalid")
+            }
+            SignatureStatus::Good { signer } => format!("signed by {signer}"),
+            SignatureStatus::Unsigned { reason } => format!("unsigned: {reason}"),
+            SignatureStatus::Untrusted { issuers } => format!(
+                "signed by an untrusted key ({}), not in the trust directory",
+                issuers.join(", ")
+            ),
+            SignatureStatus::Bad { reason } => format!("BAD SIGNATURE: {reason}"),
+            SignatureStatus::NotChecked => "signature not checked".into(),
+        })
+    }
+
+    /// The PROVENANCE of one entry. `first` is the first (core) directory of the search list:
+    /// an entry from any later directory that no good signature covers is a local override.
+    fn provenance(&self, entry: &PlanEntry, first: Option<&Path>) -> String {
+        let from_core = first == Some(entry.dir.as_path());
+        let uncovered = || {
+            if from_core {
+                "unsigned".to_string()
+            } else {
+                "local override".to_string()
+            }
+        };
+        let tree = match self.tree(&entry.dir) {
+            None => return uncovered(),
+            Some(Err(_)) => return "MANIFEST unreadable".into(),
+            Some(Ok(t)) => t,
+        };
+        let signer = match &tree.signature {
+            SignatureStatus::Good { signer } => signer,
+            SignatureStatus::Unsigned { .. } | SignatureStatus::NotChecked => return uncovered(),
+            SignatureStatus::Untrusted { issuers } => {
+                let id = issuers.first().map(|i| short(i)).unwrap_or_default();
+                return format!("UNTRUSTED signer {id}");
+            }
+            SignatureStatus::Bad { .. } => return "BAD SIGNATURE".into(),
+        };
+        let Some(manifest) = &tree.manifest else {
+            return "BAD MANIFEST (signed but invalid)".into();
+        };
+        let Ok(rel) = entry.path.strip_prefix(&entry.dir) else {
+            return uncovered();
+        };
+        match manifest.check_file(&entry.dir, rel) {
+            FileCheck::Matches => format!("signed {}", signer.short()),
+            FileCheck::Differs(_) => "MODIFIED (signed content changed)".into(),
+            FileCheck::NotListed if from_core => "unsigned (not in signed MANIFEST)".into(),
+            FileCheck::NotListed => "local override".into(),
+        }
+    }
+
+    /// One provenance per plan entry, in plan order.
+    fn for_plan(&self, plan: &EventPlan) -> Vec<String> {
+        let first = self.trees.first().map(|(d, _)| d.as_path());
+        plan.entries
+            .iter()
+            .map(|e| self.provenance(e, first))
+            .collect()
+    }
+}
+
+/// The last 16 hex digits of a fingerprint or key ID.
+fn short(id: &str) -> &str {
+    &id[id.len().saturating_sub(16)..]
+}
+
+/// One row of the steps table: an entry of the plan, its position in the run (`None` when it
+/// does not run) and its provenance.
 pub struct Row<'a> {
     pub position: Option<usize>,
     pub entry: &'a PlanEntry,
+    pub provenance: &'a str,
 }
 
 /// A column of the steps table. The JSON output uses `key`, the text output `header`.
@@ -184,6 +310,11 @@ const COLUMNS: &[Column] = &[
         cell: |r| r.entry.path.display().to_string(),
     },
     Column {
+        header: "PROVENANCE",
+        key: "provenance",
+        cell: |r| r.provenance.to_string(),
+    },
+    Column {
         header: "OVERRIDES",
         key: "overrides",
         cell: overrides_text,
@@ -211,16 +342,21 @@ fn overrides_text(r: &Row) -> String {
     format!("overrides {}", paths.join(", "))
 }
 
-fn rows(plan: &EventPlan) -> Vec<Row<'_>> {
+fn rows<'a>(plan: &'a EventPlan, provenance: &'a [String]) -> Vec<Row<'a>> {
     let mut next = 0;
     plan.entries
         .iter()
-        .map(|entry| {
+        .zip(provenance)
+        .map(|(entry, provenance)| {
             let position = (entry.verdict == PlanVerdict::Run).then(|| {
                 next += 1;
                 next
             });
-            Row { position, entry }
+            Row {
+                position,
+                entry,
+                provenance,
+            }
         })
         .collect()
 }
@@ -252,6 +388,7 @@ fn plan_text(
     event: &EventName,
     dirs: &[(PathBuf, DirState)],
     plan: &EventPlan,
+    signing: &Signing,
 ) -> String {
     let mut out =
         format!("event {event} of {agent}\n\ndirectories, in search order (later ones win):\n");
@@ -261,7 +398,11 @@ fn plan_text(
             DirState::NoEventDir => format!("  (no {event}/ here)"),
             DirState::DefinesEvent => String::new(),
         };
-        out.push_str(&format!("  {}  {}{note}\n", i + 1, dir.display()));
+        let sig = signing
+            .dir_note(dir)
+            .map(|n| format!("  [{n}]"))
+            .unwrap_or_default();
+        out.push_str(&format!("  {}  {}{note}{sig}\n", i + 1, dir.display()));
     }
     if !plan.defined {
         out.push_str(&format!(
@@ -269,7 +410,8 @@ fn plan_text(
         ));
         return out;
     }
-    let rows = rows(plan);
+    let provenance = signing.for_plan(plan);
+    let rows = rows(plan, &provenance);
     if rows.is_empty() {
         out.push_str("\nno steps: a run does nothing and ends done\n");
     } else {
@@ -304,12 +446,20 @@ fn plan_json(
     event: &EventName,
     dirs: &[(PathBuf, DirState)],
     plan: &EventPlan,
+    signing: &Signing,
 ) -> serde_json::Value {
     let dirs: Vec<_> = dirs
         .iter()
-        .map(|(d, s)| serde_json::json!({ "path": d, "state": s.as_str() }))
+        .map(|(d, s)| {
+            serde_json::json!({
+                "path": d,
+                "state": s.as_str(),
+                "signature": signing.dir_note(d),
+            })
+        })
         .collect();
-    let steps: Vec<_> = rows(plan).iter().map(row_json).collect();
+    let provenance = signing.for_plan(plan);
+    let steps: Vec<_> = rows(plan, &provenance).iter().map(row_json).collect();
     serde_json::json!({
         "agent": agent,
         "event": event,
@@ -389,7 +539,8 @@ mod tests {
             .map(|d| (d.clone(), dir_state(d, &event)))
             .collect();
         assert_eq!(states[2].1, DirState::Missing);
-        let text = plan_text("module/x", &event, &states, &plan);
+        let signing = Signing::load(&dirs, &root.join("no-trust"));
+        let text = plan_text("module/x", &event, &states, &plan, &signing);
         let line = |step: &str| text.lines().find(|l| l.contains(step)).unwrap().to_string();
         assert!(line("10first").trim_start().starts_with("1 "), "{text}");
         assert!(
@@ -404,7 +555,7 @@ mod tests {
         assert!(text.contains("timeout: 9s"));
         assert!(text.contains("3 of 5 entries run"));
 
-        let json = plan_json("module/x", &event, &states, &plan);
+        let json = plan_json("module/x", &event, &states, &plan, &signing);
         assert_eq!(json["defined"], true);
         assert_eq!(
             json["steps"][1]["overrides"][0],
@@ -415,6 +566,11 @@ mod tests {
         assert_eq!(json["steps"][4]["position"], 3);
         assert_eq!(json["dirs"][2]["state"], "missing");
         assert_eq!(json["settings"]["timeout_secs"], 9);
+        // No MANIFEST anywhere: the core dir's steps are unsigned, later dirs' local overrides.
+        assert_eq!(json["steps"][0]["provenance"], "unsigned");
+        assert_eq!(json["steps"][1]["provenance"], "local override");
+        assert!(line("10first").contains("unsigned"), "{text}");
+        assert!(text.contains("PROVENANCE"), "{text}");
         std::fs::remove_dir_all(&root).unwrap();
     }
 
@@ -427,8 +583,71 @@ mod tests {
         let plan = plan_event(&dirs, &event);
         let states = vec![(root.clone(), dir_state(&root, &event))];
         assert_eq!(states[0].1, DirState::NoEventDir);
-        let text = plan_text("node/n", &event, &states, &plan);
+        let signing = Signing::load(&dirs, &root);
+        let text = plan_text("node/n", &event, &states, &plan, &signing);
         assert!(text.contains("no directory defines nothing"), "{text}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn provenance_of_signed_modified_and_override_steps() {
+        let root = scratch("provenance");
+        let (core, local, trust) = (root.join("core"), root.join("local"), root.join("trust"));
+        for d in [&core.join("ev"), &local.join("ev"), &trust] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let key = root.join("k.tsk");
+        let fpr =
+            module_signing::write_new_key("Core <core@example.org>", &key, &trust.join("core.asc"))
+                .unwrap();
+        exe(&core.join("ev/10signed"));
+        exe(&core.join("ev/20changed"));
+        exe(&core.join("ev/30overridden"));
+        module_signing::sign_tree(&core, &key).unwrap();
+        std::fs::write(core.join("ev/20changed"), "#!/bin/sh\nevil\n").unwrap();
+        exe(&core.join("ev/25added"));
+        symlink("/dev/null", local.join("ev/30overridden")).unwrap();
+        exe(&local.join("ev/40local"));
+
+        let dirs = vec![core.clone(), local.clone()];
+        let event = EventName::new("ev").unwrap();
+        let plan = plan_event(&dirs, &event);
+        let states: Vec<_> = dirs
+            .iter()
+            .map(|d| (d.clone(), dir_state(d, &event)))
+            .collect();
+        let signing = Signing::load(&dirs, &trust);
+        let prov = signing.for_plan(&plan);
+        let short = &fpr[fpr.len() - 16..];
+        assert_eq!(
+            prov,
+            [
+                format!("signed {short}"),
+                "MODIFIED (signed content changed)".to_string(),
+                "unsigned (not in signed MANIFEST)".to_string(),
+                "local override".to_string(),
+                "local override".to_string(),
+            ]
+        );
+        let text = plan_text("module/x", &event, &states, &plan, &signing);
+        assert!(
+            text.contains(&format!("[signed by {fpr} (Core <core@example.org>)]")),
+            "{text}"
+        );
+
+        // Without the certificate in the trust dir the signature is untrusted.
+        let untrusted = Signing::load(&dirs, &root.join("empty-trust"));
+        assert!(untrusted.for_plan(&plan)[0].starts_with("UNTRUSTED signer "));
+        // A tampered MANIFEST breaks the signature.
+        let m = std::fs::read_to_string(core.join("MANIFEST")).unwrap();
+        std::fs::write(core.join("MANIFEST"), m.replace("10signed", "10signeD")).unwrap();
+        let bad = Signing::load(&dirs, &trust);
+        assert_eq!(bad.for_plan(&plan)[0], "BAD SIGNATURE");
+        let json = plan_json("module/x", &event, &states, &plan, &bad);
+        assert!(json["dirs"][0]["signature"]
+            .as_str()
+            .unwrap()
+            .starts_with("BAD SIGNATURE"));
         std::fs::remove_dir_all(&root).unwrap();
     }
 

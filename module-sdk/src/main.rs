@@ -11,6 +11,8 @@ use module_sdk::args::{self, EnvKey, STDIN_ARG};
 use module_sdk::context::{process_env, redis_url_from};
 use module_sdk::{exit_code, AgentContext, Error, RedisUrl, Session, StepContext, Timeouts};
 
+mod sign;
+
 const ABOUT: &str = "Helper for event steps and module authors: progress, module env, events.";
 
 const LONG_ABOUT: &str = "\
@@ -149,6 +151,18 @@ enum Cmd {
     ///
     /// Example: printf %s "$PW" | module-sdk secret set DB_PASSWORD
     Secret(module_sdk::secret::SecretArgs),
+
+    /// Make an OpenPGP signing key: `module-sdk keygen --userid "Name <mail>" --out KEY.tsk
+    /// --cert-out KEY.asc`. See docs/SIGNING.md.
+    Keygen(sign::KeygenArgs),
+
+    /// Sign a tree (writes DIR/MANIFEST and DIR/MANIFEST.sig) or an archive (writes FILE.sig):
+    /// `module-sdk sign --key KEY.tsk DIR`.
+    Sign(sign::SignArgs),
+
+    /// Verify a signed tree or archive against the trusted certificates:
+    /// `module-sdk verify DIR [--trust-dir D] [--policy require|warn|off]`. Exit 0 when accepted.
+    Verify(sign::VerifyArgs),
 }
 
 #[derive(Args)]
@@ -271,6 +285,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out(format!("{run}\n").as_bytes())
         }
         Cmd::Secret(secret) => Ok(module_sdk::secret::run(secret, verbose)?),
+        Cmd::Keygen(a) => std::process::exit(sign::keygen(&a)),
+        Cmd::Sign(a) => std::process::exit(sign::sign(&a)),
+        Cmd::Verify(a) => std::process::exit(sign::verify(&a)),
         Cmd::Context => {
             let ctx = StepContext::from_env()?;
             let text = serde_json::to_string_pretty(&ctx.to_json())?;
