@@ -42,17 +42,24 @@ pub struct Session {
     url: String,
 }
 
+/// A plain connection with the given timeouts; errors name the URL with its password masked.
+pub fn connect(url: &RedisUrl, t: Timeouts) -> Result<redis::Connection> {
+    let fail = |e| Error::from_redis(url.masked(), "connecting", e);
+    let client = redis::Client::open(url.expose()).map_err(fail)?;
+    let con = client
+        .get_connection_with_timeout(t.connect)
+        .map_err(fail)?;
+    con.set_read_timeout(Some(t.io)).map_err(fail)?;
+    con.set_write_timeout(Some(t.io)).map_err(fail)?;
+    Ok(con)
+}
+
 impl Session {
     pub fn connect(url: &RedisUrl, t: Timeouts) -> Result<Self> {
-        let masked = url.masked().to_string();
-        let fail = |e| Error::from_redis(&masked, "connecting", e);
-        let client = redis::Client::open(url.expose()).map_err(fail)?;
-        let con = client
-            .get_connection_with_timeout(t.connect)
-            .map_err(fail)?;
-        con.set_read_timeout(Some(t.io)).map_err(fail)?;
-        con.set_write_timeout(Some(t.io)).map_err(fail)?;
-        Ok(Session { con, url: masked })
+        Ok(Session {
+            con: connect(url, t)?,
+            url: url.masked().to_string(),
+        })
     }
 
     fn query<T: redis::FromRedisValue>(&mut self, what: String, cmd: &redis::Cmd) -> Result<T> {

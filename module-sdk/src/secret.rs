@@ -366,15 +366,7 @@ fn read_value(name: &SecretName, raw: bool) -> Result<Secret> {
 }
 
 fn connect(url: &RedisUrl) -> Result<redis::Connection> {
-    let t = Timeouts::NORMAL;
-    let fail = |e| Error::from_redis(url.masked(), "connecting", e);
-    let client = redis::Client::open(url.expose()).map_err(fail)?;
-    let con = client
-        .get_connection_with_timeout(t.connect)
-        .map_err(fail)?;
-    con.set_read_timeout(Some(t.io)).map_err(fail)?;
-    con.set_write_timeout(Some(t.io)).map_err(fail)?;
-    Ok(con)
+    crate::ops::connect(url, Timeouts::NORMAL)
 }
 
 fn print(bytes: &[u8]) -> Result<()> {
