@@ -1,0 +1,361 @@
+#!/usr/bin/env bash
+# node-in-a-box: real systemd nodes for integration tests (issue 4, part 1).
+#
+#   node.sh rootfs            build (once) and cache the Debian base rootfs; prints its path
+#   node.sh up NAME [--events DIR]...
+#                             boot node NAME (systemd-nspawn --boot, own network namespace) with the
+#                             project's binaries, units and node events installed; waits until booted
+#   node.sh exec NAME CMD...  run CMD inside the node (clean environment, exit code passed through)
+#   node.sh shell NAME        interactive root shell inside the node
+#   node.sh status NAME       is it running? (exit 0 = booted)
+#   node.sh down NAME         stop the node and remove everything `up` created (also after a failed up)
+#   node.sh list              nodes that have state under the run dir
+#   node.sh prune             `down` every node and remove stray agentnode-* namespaces (after a killed test run)
+#
+# Must run as root. Environment:
+#   AGENT_NODE_CACHE   cache dir of base rootfs trees   (default /var/cache/agent-test-nodes)
+#   AGENT_NODE_RUN     per-node state: overlay, logs     (default /run/agent-test-nodes)
+#   AGENT_NODE_MIRROR  Debian mirror                     (default: the one apt uses)
+#   AGENT_NODE_TARGET  dir with the built binaries       (default <repo>/target/debug)
+#   AGENT_NODE_BOOT_TIMEOUT  seconds to wait for boot    (default 90)
+#   AGENT_NODE_STRIP   0 = install binaries with their debug info (default: strip it, -370 MB a node)
+# See tests/node/README.md and docs/NODE-HARNESS.md.
+set -euo pipefail
+
+# Bump when the way the base rootfs is built changes: it is part of the cache key.
+SCRIPT_VERSION=1
+SUITE=bookworm
+# HARNESS.md's list. netavark must be listed explicitly, or debootstrap fails to resolve podman.
+PACKAGES=(systemd systemd-sysv dbus dbus-user-session libpam-systemd redis-server iproute2 procps podman
+  netavark aardvark-dns uidmap crun runc slirp4netns catatonit wireguard-tools wireguard-go iputils-ping
+  ca-certificates)
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+CACHE=${AGENT_NODE_CACHE:-/var/cache/agent-test-nodes}
+RUNDIR=${AGENT_NODE_RUN:-/run/agent-test-nodes}
+TARGET=${AGENT_NODE_TARGET:-$REPO/target/debug}
+BOOT_TIMEOUT=${AGENT_NODE_BOOT_TIMEOUT:-90}
+BINARIES=(node-agent module-agent agentctl module-sdk)
+NODE_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+log() { echo "node.sh: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+need_root() { [ "$(id -u)" = 0 ] || die "must run as root"; }
+need_cmd() {
+  local c
+  for c in "$@"; do
+    command -v "$c" >/dev/null || die "$c is missing (apt-get install -y --no-install-recommends debootstrap systemd-container)"
+  done
+}
+
+check_name() {
+  [[ ${1:-} =~ ^[a-z][a-z0-9-]{0,30}$ ]] || die "bad node name '${1:-}': [a-z][a-z0-9-]{0,30} (it is the node's hostname)"
+}
+
+mirror() {
+  if [ -n "${AGENT_NODE_MIRROR:-}" ]; then echo "$AGENT_NODE_MIRROR"; return; fi
+  local m
+  # deb822 sources first (URIs: …), then one-line sources (deb URL SUITE …); the first Debian main archive.
+  m=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '/^URIs:/ { for (i = 2; i <= NF; i++) print $i }' |
+    grep -v -- '-security' | grep -m1 debian || true)
+  if [ -z "$m" ]; then
+    m=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) { print $i; break } }' |
+      grep -v -- '-security' | grep -m1 debian || true)
+  fi
+  echo "${m:-http://deb.debian.org/debian}"
+}
+
+rootfs_key() {
+  { printf '%s\n' "${PACKAGES[@]}" | LC_ALL=C sort; echo "suite=$SUITE"; echo "version=$SCRIPT_VERSION"; } |
+    sha256sum | cut -c1-16
+}
+
+rootfs_path() { echo "$CACHE/rootfs-$(rootfs_key)"; }
+
+# Builds the base rootfs once; concurrent callers wait on a lock and reuse it.
+cmd_rootfs() {
+  need_root
+  local dest start tmp pkgs
+  dest=$(rootfs_path)
+  if [ -f "$dest/.complete" ]; then echo "$dest"; return; fi
+  need_cmd debootstrap flock
+  mkdir -p "$CACHE"
+  exec 9>"$CACHE/.lock"
+  flock 9
+  if [ -f "$dest/.complete" ]; then exec 9>&-; echo "$dest"; return; fi
+  rm -rf "$CACHE"/.build-* # left by a build that was killed (we hold the lock: nobody else builds)
+  start=$(now)
+  tmp=$(mktemp -d "$CACHE/.build-XXXXXX")
+  pkgs=$(IFS=,; echo "${PACKAGES[*]}")
+  log "building base rootfs $dest from $(mirror) (about a minute)"
+  if ! debootstrap --variant=minbase --include="$pkgs" "$SUITE" "$tmp" "$(mirror)" >"$tmp.log" 2>&1; then
+    tail -n 30 "$tmp.log" >&2
+    rm -rf "$tmp"
+    die "debootstrap failed (full log: $tmp.log)"
+  fi
+  # Things every node needs and no test changes: no apt caches, no host identity.
+  rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/*
+  rm -f "$tmp/etc/machine-id" "$tmp/var/lib/dbus/machine-id"
+  : >"$tmp/etc/machine-id" # empty: systemd generates one per boot (each node differs)
+  printf '%s\n' "${PACKAGES[@]}" >"$tmp/.packages"
+  chmod 0755 "$tmp" # mktemp made it 0700: it becomes the node's /, which every user must traverse
+  touch "$tmp/.complete"
+  rm -f "$tmp.log"
+  rm -rf "$dest" # a stale incomplete tree (no .complete) from an older crash
+  mv -T "$tmp" "$dest"
+  exec 9>&-
+  log "base rootfs built in $(elapsed "$start") s: $dest ($(du -sh "$dest" | cut -f1))"
+  echo "$dest"
+}
+
+node_dir() { echo "$RUNDIR/$1"; }
+netns_name() { echo "agentnode-$1"; }
+
+# PID 1 of the node (the init nspawn started), or nothing.
+leader_pid() {
+  local d p
+  d=$(node_dir "$1")
+  [ -f "$d/leader.pid" ] || return 0
+  p=$(cat "$d/leader.pid")
+  [ -n "$p" ] && [ -d "/proc/$p" ] && echo "$p"
+  return 0
+}
+
+# Finds the container's init: a child of the nspawn process living in another PID namespace.
+find_leader() {
+  local npid=$1 c
+  for c in $(cat /proc/"$npid"/task/*/children 2>/dev/null); do
+    if [ "$(readlink "/proc/$c/ns/pid" 2>/dev/null)" != "$(readlink /proc/self/ns/pid)" ]; then
+      echo "$c"
+      return
+    fi
+  done
+}
+
+in_node() {
+  local leader=$1
+  shift
+  nsenter -t "$leader" -a -- env -i PATH="$NODE_PATH" HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" "$@"
+}
+
+install_into() {
+  local name=$1 root=$2
+  shift 2
+  local b d
+  for b in "${BINARIES[@]}"; do
+    [ -x "$TARGET/$b" ] || die "$TARGET/$b is missing: cargo build --workspace --bins"
+    # Debug builds are ~100 MB each, mostly DWARF: strip it (symbols stay, so backtraces still name
+    # functions) unless AGENT_NODE_STRIP=0. Saves ~370 MB per node.
+    if [ "${AGENT_NODE_STRIP:-1}" != 0 ] && command -v objcopy >/dev/null; then
+      objcopy --strip-debug "$TARGET/$b" "$root/usr/local/bin/$b"
+      chmod 0755 "$root/usr/local/bin/$b"
+    else
+      install -m 0755 "$TARGET/$b" "$root/usr/local/bin/$b"
+    fi
+  done
+  install -D -m 0644 "$REPO/systemd/node-agent.service" "$root/etc/systemd/system/node-agent.service"
+  mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
+  ln -sf /etc/systemd/system/node-agent.service "$root/etc/systemd/system/multi-user.target.wants/node-agent.service"
+  ln -sf /lib/systemd/system/redis-server.service "$root/etc/systemd/system/multi-user.target.wants/redis-server.service"
+  if [ -f "$REPO/systemd/module-agent.service" ]; then
+    install -D -m 0644 "$REPO/systemd/module-agent.service" "$root/etc/systemd/user/module-agent.service"
+  fi
+  install -D -m 0644 "$REPO/docs/ARCHITECTURE.md" "$root/usr/local/share/doc/agent/ARCHITECTURE.md"
+  # Node events: the core's own tree (imageroot/node-events), then the extra trees given with --events.
+  mkdir -p "$root/usr/local/share/agent/node-events" "$root/var/local/node-events"
+  cp -a "$REPO/imageroot/node-events/." "$root/usr/local/share/agent/node-events/"
+  for d in "$@"; do
+    [ -d "$d" ] || die "--events $d: not a directory"
+    cp -a "$d/." "$root/usr/local/share/agent/node-events/"
+  done
+  rm -f "$root/usr/local/share/agent/node-events/README.md"
+  # Identity: the hostname is the node's name (node-agent's default agent name).
+  echo "$name" >"$root/etc/hostname"
+  printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$name" >"$root/etc/hosts"
+  : >"$root/etc/machine-id"
+  # Units that only fail or wait for nothing in a container without network devices.
+  ln -sf /dev/null "$root/etc/systemd/system/systemd-networkd-wait-online.service"
+}
+
+cmd_up() {
+  need_root
+  need_cmd systemd-nspawn nsenter ip
+  local name=${1:-}
+  check_name "$name"
+  shift
+  local events=()
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --events) events+=("$(cd "$2" && pwd)"); shift 2 ;;
+      *) die "up: unknown argument $1" ;;
+    esac
+  done
+  local dir ns base start root npid leader st t0
+  dir=$(node_dir "$name")
+  ns=$(netns_name "$name")
+  [ -e "$dir" ] && die "node $name exists ($dir): node.sh down $name first"
+  base=$(cmd_rootfs)
+  start=$(now)
+  mkdir -p "$dir"/{upper,work,root}
+  root=$dir/root
+  # Copy-on-write view of the base: overlayfs, else a reflink/plain copy.
+  if mount -t overlay overlay -o "lowerdir=$base,upperdir=$dir/upper,workdir=$dir/work" "$root" 2>"$dir/overlay.err"; then
+    echo overlay >"$dir/mode"
+  else
+    log "overlayfs failed ($(cat "$dir/overlay.err")); copying the rootfs instead"
+    cp -a --reflink=auto "$base/." "$root/"
+    echo copy >"$dir/mode"
+  fi
+  install_into "$name" "$root" "${events[@]}"
+  # Podman's overlay storage refuses an overlayfs backing: container storage (root's and, under /home,
+  # every module user's) lives in plain per-node directories bound over the overlay.
+  mkdir -p "$dir/containers" "$dir/home"
+  # Network: a namespace of its own with only loopback up (see README: why no veth yet).
+  ip netns add "$ns"
+  ip -n "$ns" link set lo up
+  t0=$(now)
+  setsid systemd-nspawn -D "$root" --boot -M "$name" --register=no --keep-unit --console=passive \
+    --network-namespace-path="/run/netns/$ns" --bind=/dev/net/tun --capability=CAP_NET_ADMIN \
+    --bind="$dir/containers:/var/lib/containers" --bind="$dir/home:/home" \
+    </dev/null >"$dir/console.log" 2>&1 &
+  npid=$!
+  echo "$npid" >"$dir/nspawn.pid"
+  leader=
+  local deadline=$((SECONDS + BOOT_TIMEOUT))
+  while [ -z "$leader" ]; do
+    kill -0 "$npid" 2>/dev/null || { tail -n 30 "$dir/console.log" >&2; die "systemd-nspawn exited during start (log: $dir/console.log); clean up with: node.sh down $name"; }
+    [ $SECONDS -lt $deadline ] || die "no container init after ${BOOT_TIMEOUT}s; clean up with: node.sh down $name"
+    leader=$(find_leader "$npid")
+    [ -n "$leader" ] || sleep 0.05
+  done
+  echo "$leader" >"$dir/leader.pid"
+  st=
+  while :; do
+    st=$(in_node "$leader" systemctl is-system-running 2>/dev/null || true)
+    case $st in running | degraded) break ;; esac
+    kill -0 "$npid" 2>/dev/null || { tail -n 30 "$dir/console.log" >&2; die "node $name died while booting (log: $dir/console.log)"; }
+    [ $SECONDS -lt $deadline ] || {
+      in_node "$leader" systemctl list-jobs >&2 || true
+      die "node $name not booted after ${BOOT_TIMEOUT}s (state '$st'); clean up with: node.sh down $name"
+    }
+    sleep 0.1
+  done
+  if [ "$st" = degraded ]; then
+    log "node $name is degraded; failed units:"
+    in_node "$leader" systemctl --failed --no-legend >&2 || true
+  fi
+  log "node $name up: booted in $(elapsed "$t0") s ($(elapsed "$start") s with setup), state $st"
+  cat <<EOF
+node $name is up (init pid $leader, network namespace $ns, root $root)
+  shell:  $0 shell $name        (or: nsenter -t $leader -a bash)
+  run:    $0 exec $name systemctl status node-agent
+  stop:   $0 down $name
+EOF
+}
+
+running_leader() {
+  local l
+  l=$(leader_pid "$1")
+  [ -n "$l" ] || die "node $1 is not running"
+  echo "$l"
+}
+
+cmd_exec() {
+  need_root
+  local name=${1:-}
+  check_name "$name"
+  shift
+  [ $# -gt 0 ] || die "exec: no command"
+  local l
+  l=$(running_leader "$name")
+  in_node "$l" "$@"
+}
+
+cmd_shell() {
+  need_root
+  local name=${1:-}
+  check_name "$name"
+  local l
+  l=$(running_leader "$name")
+  in_node "$l" PS1="[node $name] \\w# " bash --norc -i
+}
+
+cmd_status() {
+  local name=${1:-}
+  check_name "$name"
+  local l
+  l=$(leader_pid "$name")
+  [ -n "$l" ] || { echo "$name: not running"; return 1; }
+  echo "$name: $(in_node "$l" systemctl is-system-running 2>/dev/null || true) (init pid $l)"
+}
+
+cmd_down() {
+  need_root
+  local name=${1:-}
+  check_name "$name"
+  local dir ns npid l i
+  dir=$(node_dir "$name")
+  ns=$(netns_name "$name")
+  npid=$(cat "$dir/nspawn.pid" 2>/dev/null || true)
+  l=$(leader_pid "$name")
+  if [ -n "$npid" ] && kill -0 "$npid" 2>/dev/null; then
+    # SIGTERM to nspawn = orderly shutdown of the container's systemd; then the hard way.
+    kill -TERM "$npid" 2>/dev/null || true
+    for ((i = 0; i < 200; i++)); do
+      kill -0 "$npid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$npid" 2>/dev/null; then
+      log "node $name did not power off in 20 s; killing it"
+      [ -n "$l" ] && kill -KILL "$l" 2>/dev/null || true
+      kill -KILL "$npid" 2>/dev/null || true
+      for ((i = 0; i < 50; i++)); do kill -0 "$npid" 2>/dev/null || break; sleep 0.1; done
+    fi
+  elif [ -n "$l" ]; then
+    kill -KILL "$l" 2>/dev/null || true
+  fi
+  if mountpoint -q "$dir/root" 2>/dev/null; then
+    umount "$dir/root" 2>/dev/null || { sleep 0.5; umount "$dir/root" 2>/dev/null; } || umount -l "$dir/root"
+  fi
+  if ip netns list | awk '{print $1}' | grep -qx "$ns"; then ip netns del "$ns"; fi
+  rm -rf "$dir"
+  rmdir "$RUNDIR" 2>/dev/null || true
+  log "node $name is down"
+}
+
+cmd_list() {
+  [ -d "$RUNDIR" ] || return 0
+  local d
+  for d in "$RUNDIR"/*/; do
+    [ -d "$d" ] && cmd_status "$(basename "$d")" || true
+  done
+}
+
+cmd_prune() {
+  need_root
+  local d n
+  if [ -d "$RUNDIR" ]; then
+    for d in "$RUNDIR"/*/; do
+      [ -d "$d" ] && cmd_down "$(basename "$d")"
+    done
+  fi
+  for n in $(ip netns list | awk '{print $1}' | grep '^agentnode-' || true); do
+    ip netns del "$n" && log "removed stray network namespace $n"
+  done
+}
+
+case ${1:-} in
+  rootfs) shift; cmd_rootfs "$@" ;;
+  up) shift; cmd_up "$@" ;;
+  exec) shift; cmd_exec "$@" ;;
+  shell) shift; cmd_shell "$@" ;;
+  status) shift; cmd_status "$@" ;;
+  down) shift; cmd_down "$@" ;;
+  list) shift; cmd_list ;;
+  prune) shift; cmd_prune ;;
+  *) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 2 ;;
+esac
