@@ -149,3 +149,81 @@ fn node_agent_runs_a_published_event_in_a_booted_node() {
         format!("data=x agent={} event=hello uid=0", node.name)
     );
 }
+
+/// Polls `args` inside the node until it succeeds with stdout `want`, for at most 30 s.
+fn wait_output(node: &Node, args: &[&str], want: &str) {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = node.exec(args);
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() && text == want {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "{args:?} in node {} gave {text:?}, not {want:?}, for 30 s",
+            node.name
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The module side by hand, as module.init will do it: a Unix user with linger, and the module-agent
+/// as a systemd *user* service (Type=notify) of that user, named after it, running its startup event.
+#[test]
+fn module_agent_runs_as_a_lingering_users_systemd_service() {
+    let node = Node::up();
+    node.ok(&["useradd", "--create-home", "--shell", "/bin/bash", "hello0"]);
+    node.ok(&["loginctl", "enable-linger", "hello0"]);
+    wait_output(
+        &node,
+        &["systemctl", "--user", "-M", "hello0@", "is-system-running"],
+        "running",
+    );
+    node.ok(&[
+        "sh",
+        "-c",
+        "d=/home/hello0/.config/module-events/module.init && mkdir -p $d && \
+         printf '#!/bin/sh\\necho \"$AGENT_NAME attempt $AGENT_ATTEMPT uid $(id -u)\" > \"$HOME/init.out\"\\n' > $d/10init && \
+         chmod +x $d/10init && chown -R hello0: /home/hello0/.config",
+    ]);
+    // `start` returns when the agent has sent READY=1 (Type=notify).
+    node.ok(&[
+        "systemctl",
+        "--user",
+        "-M",
+        "hello0@",
+        "start",
+        "module-agent",
+    ]);
+    assert_eq!(
+        node.ok(&[
+            "systemctl",
+            "--user",
+            "-M",
+            "hello0@",
+            "is-active",
+            "module-agent"
+        ]),
+        "active"
+    );
+    wait_output(
+        &node,
+        &[
+            "redis-cli",
+            "HGET",
+            "module/hello0/run/startup-module.init",
+            "status",
+        ],
+        "done",
+    );
+    let uid = node.ok(&["id", "-u", "hello0"]);
+    assert_eq!(
+        node.ok(&["cat", "/home/hello0/init.out"]),
+        format!("hello0 attempt 1 uid {uid}")
+    );
+    assert_eq!(
+        node.ok(&["redis-cli", "PUBLISH", "hello0:module.init", "again"]),
+        "1"
+    );
+}
