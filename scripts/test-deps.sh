@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs (as root, from Debian's archive) what the tests need and prepares the test nodes. Idempotent
+# and quick when everything is there; scripts/test.sh and .ci/run call it.
+#   redis-server, redis-tools     the integration tests start their own servers (the packaged service
+#                                 is not used)
+#   libclang-dev, nettle-dev, pkg-config   sequoia-openpgp's nettle backend (module-signing)
+#   debootstrap, systemd-container, binutils   the real systemd nodes of tests/node
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+packages=(redis-server redis-tools libclang-dev nettle-dev pkg-config debootstrap systemd-container binutils)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Test nodes: build (or reuse) the cached base rootfs (/var/cache/agent-test-nodes, outside the clone;
+# about a minute the first time on a machine).
+tests/node/node.sh rootfs >/dev/null
