@@ -40,16 +40,29 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
     store.heartbeat(&heartbeat_value()).await?;
 
     let running: Running = Default::default();
+    let fatal = Fatal::default();
     let (ready_tx, ready_rx) = oneshot::channel();
-    let listener = tokio::spawn(listen(
-        client_resp3,
-        store.clone(),
-        running.clone(),
-        ready_tx,
-    ));
+    let mut listener = Some({
+        let (store, running, fatal) = (store.clone(), running.clone(), fatal.clone());
+        tokio::spawn(async move {
+            if let Err(e) = listen(client_resp3, store.clone(), running, ready_tx).await {
+                fatal.set(e, &store.shutdown);
+            }
+        })
+    });
     tokio::select! {
-        _ = ready_rx => {}
+        ready = ready_rx => {
+            if ready.is_err() {
+                // The listener ended before it subscribed: wait for its error.
+                if let Some(handle) = listener.take() {
+                    let _ = handle.await;
+                }
+            }
+        }
         _ = shutdown.cancelled() => {}
+    }
+    if let Some(e) = fatal.take() {
+        return Err(e);
     }
     if let Some(event) = &cfg.startup_event {
         if store.enqueue_startup(event).await? {
@@ -68,7 +81,10 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
     };
     let tracker = TaskTracker::new();
     let kill_now = CancellationToken::new();
-    let result = dispatch_loop(&store, &client, &step_env, &running, &tracker, &kill_now).await;
+    let result = dispatch_loop(
+        &store, &client, &step_env, &running, &tracker, &kill_now, &fatal,
+    )
+    .await;
 
     // Shutdown: stop taking work, let runs finish within the grace period, then kill their steps.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -83,13 +99,34 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
     }
     shutdown.cancel();
     let _ = heartbeat.await;
-    match listener.await {
-        Ok(Err(e)) => tracing::error!(error = %e, "listener failed"),
-        Err(e) => tracing::error!(error = %e, "listener panicked"),
-        Ok(Ok(())) => {}
+    if let Some(handle) = listener {
+        if let Err(e) = handle.await {
+            tracing::error!(error = %e, "listener panicked");
+        }
     }
     tracing::info!("agent stopped");
-    result
+    match fatal.take() {
+        Some(e) => Err(e),
+        None => result,
+    }
+}
+
+/// The first error that no retry can fix (refused credentials, missing permissions) from a task of
+/// the agent. Recording it shuts the agent down, so it exits non-zero and its supervisor (systemd,
+/// `Restart=always`) starts it again, e.g. with a rotated password, instead of going on half-working.
+#[derive(Clone, Default)]
+struct Fatal(Arc<std::sync::Mutex<Option<Error>>>);
+
+impl Fatal {
+    fn set(&self, e: Error, shutdown: &CancellationToken) {
+        tracing::error!(error = %e, "cannot go on; shutting down");
+        self.0.lock().expect("fatal lock").get_or_insert(e);
+        shutdown.cancel();
+    }
+
+    fn take(&self) -> Option<Error> {
+        self.0.lock().expect("fatal lock").take()
+    }
 }
 
 async fn connect(
@@ -147,6 +184,7 @@ async fn dispatch_loop(
     running: &Running,
     tracker: &TaskTracker,
     kill_now: &CancellationToken,
+    fatal: &Fatal,
 ) -> Result<()> {
     let cfg = &store.cfg;
     let shutdown = &store.shutdown;
@@ -228,18 +266,20 @@ async fn dispatch_loop(
             cancel,
             kill_now: kill_now.clone(),
         };
-        let (store, step_env, running, in_flight) = (
+        let (store, step_env, running, in_flight, fatal) = (
             store.clone(),
             step_env.clone(),
             running.clone(),
             in_flight.clone(),
+            fatal.clone(),
         );
         tracker.spawn(async move {
             let run = req.entry.run.to_string();
             match execute(&store, &step_env, req).await {
                 Ok(()) | Err(Error::Shutdown) => {}
                 Err(e) => {
-                    tracing::error!(%run, error = %e, "run could not be recorded; it stays queued")
+                    tracing::error!(%run, "run could not be recorded; it stays queued");
+                    fatal.set(e, &store.shutdown);
                 }
             }
             running.lock().expect("running lock").remove(&run);

@@ -403,6 +403,22 @@ impl Agent {
         c.wait().unwrap()
     }
 
+    /// Waits up to `timeout` for the agent to exit by itself; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut().expect("agent running");
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("agent running").id()
     }

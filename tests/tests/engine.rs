@@ -868,3 +868,62 @@ fn steps_get_a_rotated_password_without_an_agent_restart() {
     assert_eq!(agent.terminate().code(), Some(0));
     assert!(!agent.log().contains("new-pass-5678"));
 }
+
+#[test]
+fn an_agent_whose_password_stops_working_exits_instead_of_running_half_deaf() {
+    let redis = RedisServer::start_with(&["--requirepass", "pw-one-1234"]);
+    let dirs = EventDirs::new(1);
+    let out = dirs.work().join("out");
+    dirs.step(0, "ev", "10", &format!("echo ran >> {}", out.display()));
+    let creds = dirs.work().join("redis.env");
+    std::fs::write(&creds, "REDIS_PASSWORD=pw-one-1234\n").unwrap();
+    let bare_url = format!("redis://127.0.0.1:{}", redis.port());
+    let mut agent = Agent::start_with_admin(
+        "node-agent",
+        &bare_url,
+        &redis.url(),
+        "deaf0",
+        &dirs.dirs(),
+        &["--redis-credentials", creds.to_str().unwrap()],
+    );
+    let mut con = redis.conn();
+    // The password changes and every connection of the agent is dropped: it cannot log in again.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("pw-two-5678")
+        .query(&mut con)
+        .unwrap();
+    for kind in ["normal", "pubsub"] {
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg(kind)
+            .query(&mut con)
+            .unwrap();
+    }
+    let status = agent.wait_exit(LONG).expect("the agent exits");
+    assert!(!status.success(), "{status}");
+    let log = agent.log();
+    assert!(log.contains("cannot go on"), "{log}");
+    assert!(!log.contains("pw-two-5678") && !log.contains("pw-one-1234"));
+
+    // Started again (as systemd would) with the new password, it works.
+    std::fs::write(&creds, "REDIS_PASSWORD=pw-two-5678\n").unwrap();
+    let _agent = Agent::start_with_admin(
+        "node-agent",
+        &bare_url,
+        &format!("redis://:pw-two-5678@127.0.0.1:{}", redis.port()),
+        "deaf0",
+        &dirs.dirs(),
+        &["--redis-credentials", creds.to_str().unwrap()],
+    );
+    xadd(
+        &mut con,
+        "node/deaf0/queue",
+        &[("event", "ev"), ("id", "after")],
+    );
+    let rec = wait_run_end(&mut con, "node/deaf0/run/after", LONG);
+    assert_eq!(rec["status"], "done");
+    assert_eq!(read(&out), "ran\n");
+}
