@@ -125,11 +125,14 @@ leader_pid() {
   return 0
 }
 
-# Finds the container's init: a child of the nspawn process living in another PID namespace.
+# Finds the container's init: a child of the nspawn process living in another PID namespace that has
+# already exec'd systemd. (While nspawn sets the container up, a short-lived helper child lives in the
+# new namespaces too; taking it for init made `up` wait for a vanished pid until the boot timeout.)
 find_leader() {
   local npid=$1 c
   for c in $(cat /proc/"$npid"/task/*/children 2>/dev/null); do
-    if [ "$(readlink "/proc/$c/ns/pid" 2>/dev/null)" != "$(readlink /proc/self/ns/pid)" ]; then
+    if [ "$(readlink "/proc/$c/ns/pid" 2>/dev/null)" != "$(readlink /proc/self/ns/pid)" ] &&
+      [ "$(cat "/proc/$c/comm" 2>/dev/null)" = systemd ]; then
       echo "$c"
       return
     fi
@@ -235,7 +238,13 @@ cmd_up() {
   echo "$leader" >"$dir/leader.pid"
   st=
   while :; do
-    st=$(in_node "$leader" systemctl is-system-running 2>/dev/null || true)
+    # Should the pid found first still vanish, look for init again rather than wait on a dead pid.
+    if [ ! -d "/proc/$leader" ]; then
+      leader=$(find_leader "$npid")
+      [ -n "$leader" ] && echo "$leader" >"$dir/leader.pid"
+    fi
+    st=
+    [ -n "$leader" ] && st=$(in_node "$leader" systemctl is-system-running 2>/dev/null || true)
     case $st in running | degraded) break ;; esac
     kill -0 "$npid" 2>/dev/null || { tail -n 30 "$dir/console.log" >&2; die "node $name died while booting (log: $dir/console.log)"; }
     [ $SECONDS -lt $deadline ] || {
