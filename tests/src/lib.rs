@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod node;
+
 pub use redis;
 
 /// Path of a workspace binary (`target/<profile>/<name>`). Build them first with

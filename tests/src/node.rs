@@ -1,0 +1,138 @@
+//! Real systemd nodes for tests: a thin Rust face of `tests/node/node.sh` (see docs/NODE-HARNESS.md).
+//!
+//! [`Node::up`] boots a node (systemd-nspawn, own network namespace, the project installed); the node is
+//! stopped and removed on drop, also when the test fails, after printing node-agent's journal.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+fn script() -> PathBuf {
+    repo_root().join("tests/node/node.sh")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).trim().to_string()
+}
+
+/// A booted node; `node.sh down` on drop.
+pub struct Node {
+    pub name: String,
+}
+
+impl Node {
+    /// Boots a node named `<prefix><pid>-<n>` with the extra node-event trees `events`.
+    pub fn up(prefix: &str, events: &[PathBuf]) -> Node {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "{prefix}{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::SeqCst)
+        );
+        // The guard exists before `up`, so a failed `up` is cleaned up too.
+        let node = Node { name };
+        let target = crate::bin("node-agent")
+            .parent()
+            .expect("target dir")
+            .to_path_buf();
+        let started = Instant::now();
+        let mut cmd = Command::new(script());
+        cmd.args(["up", &node.name]);
+        for e in events {
+            cmd.arg("--events").arg(e);
+        }
+        let out = cmd
+            .env("AGENT_NODE_TARGET", &target)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run node.sh");
+        assert!(
+            out.status.success(),
+            "node.sh up {} failed ({}):\n{}\n{}",
+            node.name,
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        eprintln!("node {} up in {:?}", node.name, started.elapsed());
+        node
+    }
+
+    /// Runs `args` inside the node.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        self.exec_with_input(args, &[])
+    }
+
+    /// Runs `args` inside the node with `input` on its stdin.
+    pub fn exec_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = Command::new(script())
+            .arg("exec")
+            .arg(&self.name)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run node.sh exec");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input).expect("write stdin");
+        drop(stdin);
+        child.wait_with_output().expect("wait node.sh exec")
+    }
+
+    /// Runs `args` inside the node, asserts success and returns its trimmed stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.exec(args);
+        assert!(
+            out.status.success(),
+            "{args:?} in node {} failed ({}):\n{}\n{}",
+            self.name,
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// Whether `args` fails inside the node.
+    pub fn fails(&self, args: &[&str]) -> bool {
+        !self.exec(args).status.success()
+    }
+
+    /// The last lines of a system unit's journal in the node.
+    pub fn journal(&self, unit: &str) -> String {
+        let out = self.exec(&["journalctl", "-u", unit, "--no-pager", "-n", "80"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- node-agent journal of {} ---\n{}",
+                self.name,
+                self.journal("node-agent")
+            );
+        }
+        let out = Command::new(script())
+            .args(["down", &self.name])
+            .stdin(Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!("node.sh down {} failed: {}", self.name, text(&o.stderr)),
+            Err(e) => eprintln!("node.sh down {}: {e}", self.name),
+        }
+    }
+}
