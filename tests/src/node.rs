@@ -104,6 +104,26 @@ impl Node {
         text(&out.stdout)
     }
 
+    /// Runs `systemctl --user -M <user>@ ARGS` in the node and returns its trimmed stdout. The user
+    /// manager's bus sometimes drops a fresh connection ("Transport endpoint is not connected"); such
+    /// failures are retried (10 times, 0.5 s apart); any other failure fails the test.
+    pub fn user_systemctl(&self, user: &str, args: &[&str]) -> String {
+        let machine = format!("{user}@");
+        let mut all = vec!["systemctl", "--user", "-M", &machine];
+        all.extend_from_slice(args);
+        for _ in 0..10 {
+            let out = self.exec(&all);
+            if out.status.success() {
+                return text(&out.stdout);
+            }
+            if !text(&out.stderr).contains("Transport endpoint is not connected") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        self.ok(&all)
+    }
+
     /// Whether `args` fails inside the node.
     pub fn fails(&self, args: &[&str]) -> bool {
         !self.exec(args).status.success()

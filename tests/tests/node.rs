@@ -79,23 +79,9 @@ fn module_agent_runs_as_a_lingering_users_systemd_service() {
          chmod +x $d/10init && chown -R hello0: /home/hello0/.config",
     ]);
     // `start` returns when the agent has sent READY=1 (Type=notify).
-    node.ok(&[
-        "systemctl",
-        "--user",
-        "-M",
-        "hello0@",
-        "start",
-        "module-agent",
-    ]);
+    node.user_systemctl("hello0", &["start", "module-agent"]);
     assert_eq!(
-        node.ok(&[
-            "systemctl",
-            "--user",
-            "-M",
-            "hello0@",
-            "is-active",
-            "module-agent"
-        ]),
+        node.user_systemctl("hello0", &["is-active", "module-agent"]),
         "active"
     );
     wait_output(
