@@ -25,6 +25,35 @@ fn read(path: &std::path::Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// Starts a node-agent whose password comes only from the credentials file `creds` (its URL carries
+/// none); the harness watches it through `admin_url`.
+fn node_agent_with_credentials(
+    redis: &RedisServer,
+    admin_url: &str,
+    name: &str,
+    dirs: &EventDirs,
+    creds: &std::path::Path,
+) -> Agent {
+    Agent::start_with_admin(
+        "node-agent",
+        &format!("redis://127.0.0.1:{}", redis.port()),
+        admin_url,
+        name,
+        &dirs.dirs(),
+        &["--redis-credentials", creds.to_str().unwrap()],
+    )
+}
+
+/// Changes the server's password; connections already logged in stay logged in.
+fn set_requirepass(con: &mut redis::Connection, password: &str) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg(password)
+        .query(con)
+        .unwrap();
+}
+
 #[test]
 fn steps_run_in_order_with_argv_stdin_and_env() {
     let redis = RedisServer::start();
@@ -827,23 +856,10 @@ fn steps_get_a_rotated_password_without_an_agent_restart() {
     );
     let creds = dirs.work().join("redis.env");
     std::fs::write(&creds, "REDIS_PASSWORD=old-pass-1234\n").unwrap();
-    let bare_url = format!("redis://127.0.0.1:{}", redis.port());
-    let mut agent = Agent::start_with_admin(
-        "node-agent",
-        &bare_url,
-        &redis.url(),
-        "rot0",
-        &dirs.dirs(),
-        &["--redis-credentials", creds.to_str().unwrap()],
-    );
+    let mut agent = node_agent_with_credentials(&redis, &redis.url(), "rot0", &dirs, &creds);
     let mut con = redis.conn();
     // Rotate: the server takes only the new password from now on (open connections stay logged in).
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("requirepass")
-        .arg("new-pass-5678")
-        .query(&mut con)
-        .unwrap();
+    set_requirepass(&mut con, "new-pass-5678");
     std::fs::write(&creds, "REDIS_PASSWORD=new-pass-5678\n").unwrap();
     xadd(
         &mut con,
@@ -877,23 +893,10 @@ fn an_agent_whose_password_stops_working_exits_instead_of_running_half_deaf() {
     dirs.step(0, "ev", "10", &format!("echo ran >> {}", out.display()));
     let creds = dirs.work().join("redis.env");
     std::fs::write(&creds, "REDIS_PASSWORD=pw-one-1234\n").unwrap();
-    let bare_url = format!("redis://127.0.0.1:{}", redis.port());
-    let mut agent = Agent::start_with_admin(
-        "node-agent",
-        &bare_url,
-        &redis.url(),
-        "deaf0",
-        &dirs.dirs(),
-        &["--redis-credentials", creds.to_str().unwrap()],
-    );
+    let mut agent = node_agent_with_credentials(&redis, &redis.url(), "deaf0", &dirs, &creds);
     let mut con = redis.conn();
     // The password changes and every connection of the agent is dropped: it cannot log in again.
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("requirepass")
-        .arg("pw-two-5678")
-        .query(&mut con)
-        .unwrap();
+    set_requirepass(&mut con, "pw-two-5678");
     for kind in ["normal", "pubsub"] {
         let _: i64 = redis::cmd("CLIENT")
             .arg("KILL")
@@ -910,14 +913,8 @@ fn an_agent_whose_password_stops_working_exits_instead_of_running_half_deaf() {
 
     // Started again (as systemd would) with the new password, it works.
     std::fs::write(&creds, "REDIS_PASSWORD=pw-two-5678\n").unwrap();
-    let _agent = Agent::start_with_admin(
-        "node-agent",
-        &bare_url,
-        &format!("redis://:pw-two-5678@127.0.0.1:{}", redis.port()),
-        "deaf0",
-        &dirs.dirs(),
-        &["--redis-credentials", creds.to_str().unwrap()],
-    );
+    let new_admin = format!("redis://:pw-two-5678@127.0.0.1:{}", redis.port());
+    let _agent = node_agent_with_credentials(&redis, &new_admin, "deaf0", &dirs, &creds);
     xadd(
         &mut con,
         "node/deaf0/queue",
