@@ -8,6 +8,7 @@
 #   node.sh exec NAME CMD...  run CMD inside the node (clean environment, exit code passed through)
 #   node.sh shell NAME        interactive root shell inside the node
 #   node.sh status NAME       is it running? (exit 0 = booted)
+#   node.sh reboot NAME       power the node off and boot it again (root, homes, containers are kept)
 #   node.sh down NAME         stop the node and remove everything `up` created (also after a failed up)
 #   node.sh list              nodes that have state under the run dir
 #   node.sh prune             `down` every node and remove stray agentnode-* namespaces (after a killed test run)
@@ -28,7 +29,7 @@ SUITE=bookworm
 # HARNESS.md's list. netavark must be listed explicitly, or debootstrap fails to resolve podman.
 PACKAGES=(systemd systemd-sysv dbus dbus-user-session libpam-systemd redis-server iproute2 procps podman
   netavark aardvark-dns uidmap crun runc slirp4netns catatonit wireguard-tools wireguard-go iputils-ping
-  ca-certificates)
+  ca-certificates busybox-static curl docker-registry skopeo)
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -180,46 +181,50 @@ install_into() {
   echo "$name" >"$root/etc/hostname"
   printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$name" >"$root/etc/hosts"
   : >"$root/etc/machine-id"
+  # Podman inside an nspawn node (HARNESS.md): no kernel keyring, no namespaced sysctls, no pids
+  # controller, and ulimits below the host's hard limit. Harness-only: a real host needs none of it.
+  mkdir -p "$root/etc/containers"
+  cat >"$root/etc/containers/containers.conf" <<'CONF'
+[containers]
+keyring = false
+default_sysctls = []
+pids_limit = 0
+default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
+CONF
+  # Rootless Podman's slirp4netns opens /dev/net/tun as the module's user: 0666 as on a stock Debian
+  # host. The node binds the host's device node, so this changes the host's mode too.
+  echo 'z /dev/net/tun 0666 - - -' >"$root/etc/tmpfiles.d/agent-test-node-tun.conf"
+  # A local registry for tests (Debian's docker-registry): loopback only, no auth, not started at boot
+  # (a test starts it); podman and skopeo may speak plain HTTP to it.
+  mkdir -p "$root/etc/docker/registry" "$root/etc/containers/registries.conf.d"
+  cat >"$root/etc/docker/registry/config.yml" <<'CONF'
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: /var/lib/docker-registry
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:5000
+CONF
+  rm -f "$root/etc/systemd/system/multi-user.target.wants/docker-registry.service"
+  printf '[[registry]]\nlocation = "127.0.0.1:5000"\ninsecure = true\n' \
+    >"$root/etc/containers/registries.conf.d/50-agent-test-registry.conf"
+  # The example modules (examples/modules/build.sh builds their images inside the node).
+  mkdir -p "$root/usr/local/share/agent/examples"
+  cp -a "$REPO/examples/modules" "$root/usr/local/share/agent/examples/"
   # Units that only fail or wait for nothing in a container without network devices.
   ln -sf /dev/null "$root/etc/systemd/system/systemd-networkd-wait-online.service"
 }
 
-cmd_up() {
-  need_root
-  need_cmd systemd-nspawn nsenter ip
-  local name=${1:-}
-  check_name "$name"
-  shift
-  local events=()
-  while [ $# -gt 0 ]; do
-    case $1 in
-      --events) events+=("$(cd "$2" && pwd)"); shift 2 ;;
-      *) die "up: unknown argument $1" ;;
-    esac
-  done
-  local dir ns base start root npid leader st t0
+# Boots the prepared node NAME (root, network namespace, binds in its run dir) and waits until systemd
+# says it is running; START is when the whole operation began (for the log line).
+boot_node() {
+  local name=$1 start=$2
+  local dir ns root npid leader st t0
   dir=$(node_dir "$name")
   ns=$(netns_name "$name")
-  [ -e "$dir" ] && die "node $name exists ($dir): node.sh down $name first"
-  base=$(cmd_rootfs)
-  start=$(now)
-  mkdir -p "$dir"/{upper,work,root}
   root=$dir/root
-  # Copy-on-write view of the base: overlayfs, else a reflink/plain copy.
-  if mount -t overlay overlay -o "lowerdir=$base,upperdir=$dir/upper,workdir=$dir/work" "$root" 2>"$dir/overlay.err"; then
-    echo overlay >"$dir/mode"
-  else
-    log "overlayfs failed ($(cat "$dir/overlay.err")); copying the rootfs instead"
-    cp -a --reflink=auto "$base/." "$root/"
-    echo copy >"$dir/mode"
-  fi
-  install_into "$name" "$root" "${events[@]}"
-  # Podman's overlay storage refuses an overlayfs backing: container storage (root's and, under /home,
-  # every module user's) lives in plain per-node directories bound over the overlay.
-  mkdir -p "$dir/containers" "$dir/home"
-  # Network: a namespace of its own with only loopback up (see README: why no veth yet).
-  ip netns add "$ns"
-  ip -n "$ns" link set lo up
   t0=$(now)
   setsid systemd-nspawn -D "$root" --boot -M "$name" --register=no --keep-unit --console=passive \
     --network-namespace-path="/run/netns/$ns" --bind=/dev/net/tun --capability=CAP_NET_ADMIN \
@@ -266,6 +271,45 @@ node $name is up (init pid $leader, network namespace $ns, root $root)
 EOF
 }
 
+cmd_up() {
+  need_root
+  need_cmd systemd-nspawn nsenter ip
+  local name=${1:-}
+  check_name "$name"
+  shift
+  local events=()
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --events) events+=("$(cd "$2" && pwd)"); shift 2 ;;
+      *) die "up: unknown argument $1" ;;
+    esac
+  done
+  local dir ns base start root
+  dir=$(node_dir "$name")
+  ns=$(netns_name "$name")
+  [ -e "$dir" ] && die "node $name exists ($dir): node.sh down $name first"
+  base=$(cmd_rootfs)
+  start=$(now)
+  mkdir -p "$dir"/{upper,work,root}
+  root=$dir/root
+  # Copy-on-write view of the base: overlayfs, else a reflink/plain copy.
+  if mount -t overlay overlay -o "lowerdir=$base,upperdir=$dir/upper,workdir=$dir/work" "$root" 2>"$dir/overlay.err"; then
+    echo overlay >"$dir/mode"
+  else
+    log "overlayfs failed ($(cat "$dir/overlay.err")); copying the rootfs instead"
+    cp -a --reflink=auto "$base/." "$root/"
+    echo copy >"$dir/mode"
+  fi
+  install_into "$name" "$root" "${events[@]}"
+  # Podman's overlay storage refuses an overlayfs backing: container storage (root's and, under /home,
+  # every module user's) lives in plain per-node directories bound over the overlay.
+  mkdir -p "$dir/containers" "$dir/home"
+  # Network: a namespace of its own with only loopback up (see README: why no veth yet).
+  ip netns add "$ns"
+  ip -n "$ns" link set lo up
+  boot_node "$name" "$start"
+}
+
 running_leader() {
   local l
   l=$(leader_pid "$1")
@@ -302,13 +346,10 @@ cmd_status() {
   echo "$name: $(in_node "$l" systemctl is-system-running 2>/dev/null || true) (init pid $l)"
 }
 
-cmd_down() {
-  need_root
-  local name=${1:-}
-  check_name "$name"
-  local dir ns npid l i
+# Stops the node's systemd (power off: SIGTERM to nspawn), the hard way after 20 s. Keeps its files.
+power_off() {
+  local name=$1 dir npid l i
   dir=$(node_dir "$name")
-  ns=$(netns_name "$name")
   npid=$(cat "$dir/nspawn.pid" 2>/dev/null || true)
   l=$(leader_pid "$name")
   if [ -n "$npid" ] && kill -0 "$npid" 2>/dev/null; then
@@ -327,6 +368,29 @@ cmd_down() {
   elif [ -n "$l" ]; then
     kill -KILL "$l" 2>/dev/null || true
   fi
+  rm -f "$dir/leader.pid" "$dir/nspawn.pid"
+}
+
+# Power off and boot again with the same root, homes and container storage: what a reboot keeps.
+cmd_reboot() {
+  need_root
+  local name=${1:-} start
+  check_name "$name"
+  running_leader "$name" >/dev/null
+  start=$(now)
+  power_off "$name"
+  log "node $name powered off; booting it again"
+  boot_node "$name" "$start"
+}
+
+cmd_down() {
+  need_root
+  local name=${1:-}
+  check_name "$name"
+  local dir ns
+  dir=$(node_dir "$name")
+  ns=$(netns_name "$name")
+  power_off "$name"
   if mountpoint -q "$dir/root" 2>/dev/null; then
     umount "$dir/root" 2>/dev/null || { sleep 0.5; umount "$dir/root" 2>/dev/null; } || umount -l "$dir/root"
   fi
@@ -364,6 +428,7 @@ case ${1:-} in
   shell) shift; cmd_shell "$@" ;;
   status) shift; cmd_status "$@" ;;
   down) shift; cmd_down "$@" ;;
+  reboot) shift; cmd_reboot "$@" ;;
   list) shift; cmd_list ;;
   prune) shift; cmd_prune ;;
   *) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 2 ;;

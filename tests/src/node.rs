@@ -124,6 +124,25 @@ impl Node {
         self.ok(&all)
     }
 
+    /// Powers the node off and boots it again (`node.sh reboot`): its root, homes and container
+    /// storage are kept, every process starts afresh.
+    pub fn reboot(&self) {
+        let started = Instant::now();
+        let out = Command::new(script())
+            .args(["reboot", &self.name])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run node.sh reboot");
+        assert!(
+            out.status.success(),
+            "node.sh reboot {} failed ({}):\n{}",
+            self.name,
+            out.status,
+            text(&out.stderr)
+        );
+        eprintln!("node {} rebooted in {:?}", self.name, started.elapsed());
+    }
+
     /// Whether `args` fails inside the node.
     pub fn fails(&self, args: &[&str]) -> bool {
         !self.exec(args).status.success()
