@@ -29,7 +29,7 @@ SUITE=bookworm
 # HARNESS.md's list. netavark must be listed explicitly, or debootstrap fails to resolve podman.
 PACKAGES=(systemd systemd-sysv dbus dbus-user-session libpam-systemd redis-server iproute2 procps podman
   netavark aardvark-dns uidmap crun runc slirp4netns catatonit wireguard-tools wireguard-go iputils-ping
-  ca-certificates busybox-static curl docker-registry skopeo)
+  ca-certificates busybox-static curl docker-registry skopeo iptables)
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
