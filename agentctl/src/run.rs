@@ -122,7 +122,7 @@ pub async fn main(redis: &Redis, args: RunArgs) -> Result<i32> {
     let followed = follow(&mut con, &prefix, &run, rx, deadline, &bar).await;
     bar.clear();
     let record = match followed? {
-        Followed::Ended(r) => r,
+        Followed::Ended(r) => *r,
         Followed::TimedOut => {
             eprintln!(
                 "agentctl: stopped waiting after {}s; run {run} goes on (see `agentctl show {} {run}`, \
@@ -204,7 +204,7 @@ fn run_id_from(millis: u128, random: [u8; 4]) -> RunId {
 }
 
 enum Followed {
-    Ended(RunRecord),
+    Ended(Box<RunRecord>),
     TimedOut,
     Interrupted,
 }
@@ -234,7 +234,7 @@ async fn follow(
             }
             _ = poll.tick() => match read_record(con, prefix, run).await {
                 Ok(Some(r)) if r.status.is_some_and(RunStatus::is_terminal) => {
-                    return Ok(Followed::Ended(r))
+                    return Ok(Followed::Ended(Box::new(r)))
                 }
                 Ok(Some(r)) => bar.status(r.status),
                 Ok(None) => bar.status(Some(RunStatus::Queued)),
