@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::listener::{listen, Running};
 use crate::queue::{InFlight, QueueReader};
 use crate::redis_conn::{self, is_transient, Backoff};
-use crate::runner::{execute, RunRequest, StepEnv};
+use crate::runner::{execute, CancelHandle, RunRequest, StepEnv};
 use crate::scrub::Scrubber;
 use crate::store::Store;
 use crate::time::now_rfc3339;
@@ -231,7 +231,7 @@ async fn dispatch_loop(
                 continue;
             }
         };
-        let cancel = CancellationToken::new();
+        let cancel = CancelHandle::default();
         let duplicate = {
             let mut map = running.lock().expect("running lock");
             let dup = map.contains_key(entry.run.as_str());
@@ -319,5 +319,5 @@ async fn refuse_entry(
     .with_exit_code(core_events::exit::INVALID)
     .with_message(format!("refused: {why}"));
     tracing::warn!(%run, "queue entry {stream_id} refused: {why}");
-    store.finish_run(run, stream_id, &record, &journal).await
+    store.finish_run(run, stream_id, &record, &[&journal]).await
 }

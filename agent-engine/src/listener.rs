@@ -13,16 +13,16 @@ use core_events::record::journal_status;
 use core_events::{keys, EventName, JournalEntry, RunId, RunRecord, RunStatus};
 use redis::{AsyncConnectionConfig, Client, PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::redis_conn::{is_transient, Backoff};
+use crate::runner::CancelHandle;
 use crate::shown;
 use crate::store::Store;
 use crate::time::now_rfc3339;
 
-/// Cancel tokens of the runs executing now, by run id.
-pub(crate) type Running = Arc<Mutex<HashMap<String, CancellationToken>>>;
+/// Cancel handles of the runs executing now, by run id.
+pub(crate) type Running = Arc<Mutex<HashMap<String, CancelHandle>>>;
 
 const PING_EVERY: Duration = Duration::from_secs(5);
 
@@ -159,9 +159,9 @@ async fn on_cancel(store: &Store, running: &Running, data: Vec<Value>) -> Result
                 .await;
         }
     };
-    if let Some(token) = running.lock().expect("running lock").get(run.as_str()) {
+    if let Some(handle) = running.lock().expect("running lock").get(run.as_str()) {
         tracing::info!(%run, "cancel requested");
-        token.cancel();
+        handle.cancel();
         return Ok(());
     }
     let now = now_rfc3339();

@@ -13,7 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use core_events::record::journal_status;
-use core_events::{exit, JournalEntry, Progress, QueueEntry, RunId, RunRecord, RunStatus};
+use core_events::{
+    exit, EventName, JournalEntry, Progress, QueueEntry, RollbackStatus, RunId, RunRecord,
+    RunStatus,
+};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{pipe2, Pid};
@@ -33,9 +36,32 @@ pub(crate) struct RunRequest {
     pub stream_id: String,
     pub entry: QueueEntry,
     /// Fired by `PUBLISH cancel/<agent> <run>`.
-    pub cancel: CancellationToken,
+    pub cancel: CancelHandle,
     /// Fired when the agent's shutdown grace is over: kill the step, leave the entry pending.
     pub kill_now: CancellationToken,
+}
+
+/// Cancel requests for one run. A cancelled run still runs its rollback, and a cancel during the
+/// rollback must stop it: so the rollback of a cancelled run starts with a fresh token.
+#[derive(Clone, Default)]
+pub(crate) struct CancelHandle(Arc<Mutex<CancellationToken>>);
+
+impl CancelHandle {
+    /// Cancels what the run is doing now (its steps, or its rollback steps).
+    pub fn cancel(&self) {
+        self.0.lock().expect("cancel lock").cancel();
+    }
+
+    fn token(&self) -> CancellationToken {
+        self.0.lock().expect("cancel lock").clone()
+    }
+
+    /// A fresh token for the rollback of a cancelled run; later cancels fire it.
+    fn renew(&self) -> CancellationToken {
+        let mut t = self.0.lock().expect("cancel lock");
+        *t = CancellationToken::new();
+        t.clone()
+    }
 }
 
 /// Why a step stopped early.
@@ -159,7 +185,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
         );
         let (rec, j) = finish(record, RunStatus::Abandoned, exit::ABANDONED, Some(msg));
         tracing::error!(%run, "run abandoned");
-        store.finish_run(run, &stream_id, &rec, &j).await?;
+        store.finish_run(run, &stream_id, &rec, &[&j]).await?;
         publish_end(store, run, RunStatus::Abandoned).await;
         return Ok(());
     }
@@ -175,7 +201,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
             dirs.join(", ")
         );
         let (rec, j) = finish(record, RunStatus::Failed, exit::NO_SUCH_EVENT, Some(msg));
-        store.finish_run(run, &stream_id, &rec, &j).await?;
+        store.finish_run(run, &stream_id, &rec, &[&j]).await?;
         publish_end(store, run, RunStatus::Failed).await;
         return Ok(());
     }
@@ -183,7 +209,15 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
     store
         .start_run(run, &record, &journal("running", attempt))
         .await?;
-    journal_warnings(store, &plan, env_warnings, run, &entry, attempt).await?;
+    journal_warnings(
+        store,
+        &plan,
+        env_warnings,
+        run,
+        entry.event.as_str(),
+        attempt,
+    )
+    .await?;
     tracing::info!(%run, event = %entry.event, attempt, "run started");
 
     let timeout = plan.settings.timeout.unwrap_or(cfg.default_timeout);
@@ -193,11 +227,13 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
     let env_vars = step_env(env, &module_env, store, &entry, attempt);
     let mut output_left = cfg.output_cap;
     let mut outcome = (RunStatus::Done, exit::OK, None);
+    let mut stop = None;
+    let cancel_token = cancel.token();
 
     for (i, step) in steps.iter().enumerate() {
         let signals = Signals {
             deadline,
-            cancel: &cancel,
+            cancel: &cancel_token,
             kill_now: &kill_now,
             grace: cfg.kill_grace,
         };
@@ -226,6 +262,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
                     code,
                     Some(format!("step {} exited with code {code}", step.name)),
                 );
+                stop = Some(Stop::Failed);
             }
             StepEnd::SpawnFailed(e) => {
                 outcome = (
@@ -233,6 +270,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
                     exit::SPAWN_FAILED,
                     Some(format!("step {} could not start: {e}", step.name)),
                 );
+                stop = Some(Stop::Failed);
             }
             StepEnd::Interrupted(Interrupt::Timeout) => {
                 let msg = format!(
@@ -241,6 +279,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
                     step.name
                 );
                 outcome = (RunStatus::Failed, exit::TIMEOUT, Some(msg));
+                stop = Some(Stop::TimedOut);
             }
             StepEnd::Interrupted(Interrupt::Cancel) => {
                 outcome = (
@@ -248,6 +287,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
                     exit::CANCELLED,
                     Some(format!("cancelled in step {}", step.name)),
                 );
+                stop = Some(Stop::Cancelled);
             }
             StepEnd::Interrupted(Interrupt::Shutdown) => {
                 let mut j = journal(journal_status::INTERRUPTED, attempt);
@@ -262,12 +302,224 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
         break;
     }
 
+    // A failed or cancelled run is undone by the steps of `<event>.rollback` before its end is
+    // recorded, so whoever waits for the terminal status sees the undo completed.
+    let mut rollback_journal = None;
+    if let (Some(stop), Some(rb_event)) = (stop, entry.event.rollback()) {
+        let rb_plan = plan_event(&cfg.events_dirs, &rb_event);
+        if rb_plan.steps().next().is_some() {
+            let failed_step = record.failed_step.clone().unwrap_or_default();
+            let cancel_token = match stop {
+                Stop::Cancelled => cancel.renew(),
+                Stop::Failed | Stop::TimedOut => cancel.token(),
+            };
+            let rb = Rollback {
+                store,
+                run,
+                entry: &entry,
+                event: &rb_event,
+                plan: &rb_plan,
+                stop,
+                failed_step: &failed_step,
+                env: &env_vars,
+                attempt,
+                cancel: &cancel_token,
+                kill_now: &kill_now,
+            };
+            let Some(result) = rb.run(&mut output_left).await? else {
+                return Ok(());
+            };
+            record.rollback = Some(result.status);
+            record.rollback_failed = (!result.failed.is_empty()).then(|| result.failed.join(","));
+            let mut j = journal(journal_status::ROLLBACK, attempt);
+            j.step = record.rollback_failed.clone();
+            j.message = Some(result.message);
+            rollback_journal = Some(j);
+        }
+    }
+
     let (status, code, error) = outcome;
     let (rec, j) = finish(record, status, code, error);
-    store.finish_run(run, &stream_id, &rec, &j).await?;
-    tracing::info!(%run, status = %status, exit_code = code, "run ended");
+    let journals: Vec<&JournalEntry> = rollback_journal.iter().chain([&j]).collect();
+    store.finish_run(run, &stream_id, &rec, &journals).await?;
+    tracing::info!(%run, status = %status, exit_code = code, rollback = ?rec.rollback, "run ended");
     publish_end(store, run, status).await;
     Ok(())
+}
+
+/// How the steps of a run that needs a rollback ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// A step exited non-zero or could not start.
+    Failed,
+    /// The run's timeout killed a step (recorded as `failed`, exit 124).
+    TimedOut,
+    Cancelled,
+}
+
+/// The rollback of one failed or cancelled run: the steps of `<event>.rollback`, all of them even
+/// when one fails (undoing goes as far as it can), within the rollback's own timeout.
+struct Rollback<'a> {
+    store: &'a Store,
+    run: &'a RunId,
+    entry: &'a QueueEntry,
+    event: &'a EventName,
+    plan: &'a EventPlan,
+    stop: Stop,
+    /// The step that failed, timed out or was cancelled.
+    failed_step: &'a str,
+    /// The failed run's step environment.
+    env: &'a [(String, String)],
+    attempt: u32,
+    cancel: &'a CancellationToken,
+    kill_now: &'a CancellationToken,
+}
+
+struct RollbackResult {
+    status: RollbackStatus,
+    /// Rollback steps that failed, in run order.
+    failed: Vec<String>,
+    message: String,
+}
+
+impl Rollback<'_> {
+    /// Runs the rollback steps. `None` when the agent shut down meanwhile (the run stays pending).
+    async fn run(&self, output_left: &mut usize) -> Result<Option<RollbackResult>> {
+        let (store, run, cfg) = (self.store, self.run, &self.store.cfg);
+        let original = self.entry.event.as_str();
+        journal_warnings(
+            store,
+            self.plan,
+            Vec::new(),
+            run,
+            self.event.as_str(),
+            self.attempt,
+        )
+        .await?;
+        store.mark_rollback_running(run).await?;
+        let step = self.failed_step;
+        let (why, run_status) = match self.stop {
+            Stop::Failed => (format!("step {step} failed"), RunStatus::Failed),
+            Stop::TimedOut => (format!("timed out in step {step}"), RunStatus::Failed),
+            Stop::Cancelled => (format!("cancelled in step {step}"), RunStatus::Cancelled),
+        };
+        tracing::info!(%run, event = %self.event, "rollback started: {why}");
+        append_line(
+            store,
+            run,
+            &format!("--- rollback of {original} ({why}) ---"),
+            output_left,
+        )
+        .await?;
+
+        let mut env = self.env.to_vec();
+        env.extend([
+            ("AGENT_ROLLBACK".to_string(), "1".to_string()),
+            (
+                "AGENT_FAILED_STEP".to_string(),
+                match self.stop {
+                    Stop::Cancelled => String::new(),
+                    Stop::Failed | Stop::TimedOut => step.to_string(),
+                },
+            ),
+            (
+                "AGENT_RUN_STATUS".to_string(),
+                run_status.as_str().to_string(),
+            ),
+        ]);
+        let timeout = self.plan.settings.timeout.unwrap_or(cfg.default_timeout);
+        let deadline = Instant::now() + timeout;
+        let steps: Vec<&PlanEntry> = self.plan.steps().collect();
+        let total = steps.len() as u32;
+        let mut failed = Vec::new();
+        let mut problems = Vec::new();
+        for (i, step) in steps.iter().enumerate() {
+            let signals = Signals {
+                deadline,
+                cancel: self.cancel,
+                kill_now: self.kill_now,
+                grace: cfg.kill_grace,
+            };
+            let progress = Progress {
+                run: run.to_string(),
+                step: Some(step.name.clone()),
+                step_index: Some(i as u32 + 1),
+                steps: Some(total),
+                percent: None,
+                message: Some(format!("rollback of {original}")),
+                status: Some(RunStatus::Running),
+            };
+            let (end, output) = run_step(step, &self.entry.data, &env, signals, || {
+                let (store, run) = (store.clone(), run.clone());
+                tokio::spawn(async move { store.publish_progress(&run, &progress).await });
+            })
+            .await;
+            let output = store.scrubber.scrub(&output);
+            append_output(store, run, &step.name, &output, output_left).await?;
+            let name = &step.name;
+            let stopped = match end {
+                StepEnd::Exited(0) => continue,
+                StepEnd::Exited(code) => {
+                    problems.push(format!("step {name} exited with code {code}"));
+                    None
+                }
+                StepEnd::SpawnFailed(e) => {
+                    problems.push(format!("step {name} could not start: {e}"));
+                    None
+                }
+                StepEnd::Interrupted(Interrupt::Timeout) => Some(format!(
+                    "timed out after {}s in step {name}",
+                    timeout.as_secs()
+                )),
+                StepEnd::Interrupted(Interrupt::Cancel) => {
+                    Some(format!("cancelled in step {name}"))
+                }
+                StepEnd::Interrupted(Interrupt::Shutdown) => {
+                    let mut j = JournalEntry::new(
+                        run.as_str(),
+                        original,
+                        journal_status::INTERRUPTED,
+                        self.attempt,
+                        now_rfc3339(),
+                    );
+                    j.step = Some(name.clone());
+                    j.message = Some(format!(
+                        "agent shut down during the rollback of {original}; the run starts again on its next start"
+                    ));
+                    store.journal(&j).await?;
+                    tracing::warn!(%run, step = %name, "rollback interrupted by shutdown");
+                    return Ok(None);
+                }
+            };
+            failed.push(name.clone());
+            if let Some(mut why) = stopped {
+                // A timeout or a cancel ends the rollback: the later steps do not run.
+                let rest: Vec<&str> = steps[i + 1..].iter().map(|s| s.name.as_str()).collect();
+                if !rest.is_empty() {
+                    why.push_str(&format!("; not run: {}", rest.join(", ")));
+                }
+                problems.push(why);
+                break;
+            }
+        }
+        let (status, message) = if failed.is_empty() {
+            (
+                RollbackStatus::Done,
+                format!("rollback of {original} done ({total} steps)"),
+            )
+        } else {
+            (
+                RollbackStatus::Failed,
+                format!("rollback of {original} failed: {}", problems.join("; ")),
+            )
+        };
+        tracing::info!(%run, status = %status, "rollback ended");
+        Ok(Some(RollbackResult {
+            status,
+            failed,
+            message,
+        }))
+    }
 }
 
 async fn publish_end(store: &Store, run: &RunId, status: RunStatus) {
@@ -289,7 +541,7 @@ async fn journal_warnings(
     plan: &EventPlan,
     env_warnings: Vec<String>,
     run: &RunId,
-    entry: &QueueEntry,
+    event: &str,
     attempt: u32,
 ) -> Result<()> {
     let mut warnings: Vec<(Option<String>, String)> = Vec::new();
@@ -309,7 +561,7 @@ async fn journal_warnings(
         tracing::warn!(%run, "{message}");
         let j = JournalEntry::new(
             run.as_str(),
-            entry.event.as_str(),
+            event,
             journal_status::WARNING,
             attempt,
             now_rfc3339(),
@@ -414,6 +666,16 @@ async fn append_output(
         }
         *left -= chunk.len().min(*left);
     }
+    store.append_output(run, &chunk).await
+}
+
+/// Appends one line of the engine's own (a separator) to the run's output, within the cap.
+async fn append_line(store: &Store, run: &RunId, line: &str, left: &mut usize) -> Result<()> {
+    let chunk = format!("{line}\n").into_bytes();
+    if chunk.len() > *left {
+        return Ok(());
+    }
+    *left -= chunk.len();
     store.append_output(run, &chunk).await
 }
 

@@ -135,13 +135,14 @@ impl Store {
         self.run_pipe("start run", &pipe).await
     }
 
-    /// Records the final state of a run and removes its entry from the queue, atomically.
+    /// Records the final state of a run and removes its entry from the queue, atomically. The
+    /// journal entries (the rollback's, if any, then the run's end) are part of the same `MULTI`.
     pub async fn finish_run(
         &self,
         run: &RunId,
         stream_id: &str,
         record: &RunRecord,
-        journal: &JournalEntry,
+        journal: &[&JournalEntry],
     ) -> Result<()> {
         let (rkey, okey) = (self.prefix.run(run), self.prefix.run_output(run));
         let queue = self.prefix.queue();
@@ -153,12 +154,28 @@ impl Store {
             .ignore()
             .expire(&okey, self.ttl())
             .ignore();
-        self.add_journal(&mut pipe, journal);
+        for j in journal {
+            self.add_journal(&mut pipe, j);
+        }
         pipe.xack(&queue, QUEUE_GROUP, &[stream_id])
             .ignore()
             .xdel(&queue, &[stream_id])
             .ignore();
         self.run_pipe("finish run", &pipe).await
+    }
+
+    /// Marks a run's record as rolling back (`rollback` = `running`); its status stays `running`.
+    pub async fn mark_rollback_running(&self, run: &RunId) -> Result<()> {
+        use core_events::record::RECORD_FIELD_ROLLBACK;
+        let rkey = self.prefix.run(run);
+        let mut pipe = redis::pipe();
+        pipe.hset(
+            &rkey,
+            RECORD_FIELD_ROLLBACK,
+            core_events::RollbackStatus::Running.as_str(),
+        )
+        .ignore();
+        self.run_pipe("mark rollback", &pipe).await
     }
 
     /// Removes an entry that needs no run (a duplicate of a finished run).

@@ -54,6 +54,7 @@ pub fn main(args: ExplainArgs) -> Result<i32> {
         (agent, args.events_dirs.clone())
     };
     let plan = plan_event(&dirs, &event);
+    let rollback = rollback_plan(&dirs, &event);
     let dir_states: Vec<(PathBuf, DirState)> = dirs
         .iter()
         .map(|d| (d.clone(), dir_state(d, &event)))
@@ -61,15 +62,19 @@ pub fn main(args: ExplainArgs) -> Result<i32> {
     let signing = Signing::load(&dirs, &args.trust_dir);
     let label = agent.to_string();
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&plan_json(&label, &event, &dir_states, &plan, &signing))?
-        );
+        let mut json = plan_json(&label, &event, &dir_states, &plan, &signing);
+        json["rollback"] = rollback.as_ref().map_or(serde_json::Value::Null, |(e, p)| {
+            rollback_json(e, p, &signing)
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         print!(
             "{}",
             plan_text(&label, &event, &dir_states, &plan, &signing)
         );
+        if let Some((rb_event, rb_plan)) = &rollback {
+            print!("{}", rollback_text(&event, rb_event, rb_plan, &signing));
+        }
     }
     if !plan.defined {
         eprintln!(
@@ -78,6 +83,53 @@ pub fn main(args: ExplainArgs) -> Result<i32> {
         return Ok(exit::NO_SUCH_EVENT);
     }
     Ok(0)
+}
+
+/// The plan of `<event>.rollback`, when it has steps that run: the engine runs them when a run of
+/// `event` fails or is cancelled.
+fn rollback_plan(dirs: &[PathBuf], event: &EventName) -> Option<(EventName, EventPlan)> {
+    let rb_event = event.rollback()?;
+    let plan = plan_event(dirs, &rb_event);
+    let runs = plan.steps().next().is_some();
+    runs.then_some((rb_event, plan))
+}
+
+/// The rollback part of the text output: its steps and its timeout.
+fn rollback_text(
+    event: &EventName,
+    rb_event: &EventName,
+    plan: &EventPlan,
+    signing: &Signing,
+) -> String {
+    let mut out = format!(
+        "\nrollback: when a run of {event} fails (a step fails, cannot start or times out) or is \
+         cancelled, these steps of {rb_event} run, all of them, before its end is recorded:\n"
+    );
+    out.push_str(&steps_table(plan, signing));
+    match plan.settings.timeout {
+        Some(t) => out.push_str(&format!(
+            "  rollback timeout: {}s (.timeout)\n",
+            t.as_secs()
+        )),
+        None => out.push_str("  rollback timeout: the agent's --timeout (default 3600s)\n"),
+    }
+    for p in &plan.settings.problems {
+        out.push_str(&format!("  problem: {p}\n"));
+    }
+    out
+}
+
+fn rollback_json(rb_event: &EventName, plan: &EventPlan, signing: &Signing) -> serde_json::Value {
+    let provenance = signing.for_plan(plan);
+    let steps: Vec<_> = rows(plan, &provenance).iter().map(row_json).collect();
+    serde_json::json!({
+        "event": rb_event,
+        "steps": steps,
+        "settings": {
+            "timeout_secs": plan.settings.timeout.map(|t| t.as_secs()),
+            "problems": plan.settings.problems,
+        },
+    })
 }
 
 /// The event directories the agent uses by default, and the agent with its kind decided.
@@ -410,20 +462,11 @@ fn plan_text(
         ));
         return out;
     }
-    let provenance = signing.for_plan(plan);
-    let rows = rows(plan, &provenance);
-    if rows.is_empty() {
+    if plan.entries.is_empty() {
         out.push_str("\nno steps: a run does nothing and ends done\n");
     } else {
         out.push_str("\nsteps, in run order:\n");
-        let header: Vec<&str> = COLUMNS.iter().map(|c| c.header).collect();
-        let body: Vec<Vec<String>> = rows
-            .iter()
-            .map(|r| COLUMNS.iter().map(|c| (c.cell)(r)).collect())
-            .collect();
-        out.push_str(&table(&header, &body));
-        let running = rows.iter().filter(|r| r.position.is_some()).count();
-        out.push_str(&format!("{running} of {} entries run\n", rows.len()));
+        out.push_str(&steps_table(plan, signing));
     }
     let s = &plan.settings;
     out.push_str("\nsettings:\n");
@@ -438,6 +481,21 @@ fn plan_text(
     for p in &s.problems {
         out.push_str(&format!("  problem: {p}\n"));
     }
+    out
+}
+
+/// The steps table of a plan and the count of entries that run.
+fn steps_table(plan: &EventPlan, signing: &Signing) -> String {
+    let provenance = signing.for_plan(plan);
+    let rows = rows(plan, &provenance);
+    let header: Vec<&str> = COLUMNS.iter().map(|c| c.header).collect();
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| COLUMNS.iter().map(|c| (c.cell)(r)).collect())
+        .collect();
+    let mut out = table(&header, &body);
+    let running = rows.iter().filter(|r| r.position.is_some()).count();
+    out.push_str(&format!("{running} of {} entries run\n", rows.len()));
     out
 }
 
@@ -571,6 +629,40 @@ mod tests {
         assert_eq!(json["steps"][1]["provenance"], "local override");
         assert!(line("10first").contains("unsigned"), "{text}");
         assert!(text.contains("PROVENANCE"), "{text}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn rollback_plan_is_shown() {
+        let root = scratch("rollback");
+        let (a, b) = (root.join("a"), root.join("b"));
+        std::fs::create_dir_all(a.join("ev")).unwrap();
+        std::fs::create_dir_all(a.join("ev.rollback")).unwrap();
+        std::fs::create_dir_all(b.join("ev.rollback")).unwrap();
+        exe(&a.join("ev/10do"));
+        exe(&a.join("ev.rollback/10undo"));
+        exe(&a.join("ev.rollback/20masked"));
+        symlink("/dev/null", b.join("ev.rollback/20masked")).unwrap();
+        std::fs::write(b.join("ev.rollback/.timeout"), "30").unwrap();
+        let dirs = vec![a.clone(), b.clone()];
+        let event = EventName::new("ev").unwrap();
+        let (rb_event, rb_plan) = rollback_plan(&dirs, &event).expect("a rollback plan");
+        assert_eq!(rb_event.as_str(), "ev.rollback");
+        let signing = Signing::load(&dirs, &root.join("no-trust"));
+        let text = rollback_text(&event, &rb_event, &rb_plan, &signing);
+        assert!(text.contains("these steps of ev.rollback run"), "{text}");
+        assert!(
+            text.contains("10undo") && text.contains("1 of 2 entries run"),
+            "{text}"
+        );
+        assert!(text.contains("rollback timeout: 30s"), "{text}");
+        let json = rollback_json(&rb_event, &rb_plan, &signing);
+        assert_eq!(json["steps"][1]["verdict"], "masked");
+        assert_eq!(json["settings"]["timeout_secs"], 30);
+        // A rollback event has no rollback; an event without rollback steps shows none.
+        assert!(rollback_plan(&dirs, &rb_event).is_none());
+        std::fs::remove_file(a.join("ev.rollback/10undo")).unwrap();
+        assert!(rollback_plan(&dirs, &event).is_none());
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -10,6 +10,7 @@ mod conn;
 mod explain;
 mod fail;
 mod journal;
+mod module;
 mod output;
 mod redis_admin;
 mod run;
@@ -44,6 +45,10 @@ enum Cmd {
     Explain(explain::ExplainArgs),
     /// Cancel a queued or running run: the agent stops its step (SIGTERM, then SIGKILL).
     Cancel(cancel::CancelArgs),
+    /// Install (`add IMAGE`) or remove (`remove ID`) a module on a node: allocates the module id,
+    /// writes its module.env, queues module.init / module.remove on the node and follows the run.
+    #[command(subcommand)]
+    Module(module::ModuleCmd),
     /// Redis users of the security model: set up the cluster's users; add, remove or rotate an
     /// agent's user and its credentials file.
     #[command(subcommand, long_about = redis_admin::LONG_ABOUT, after_long_help = redis_admin::AFTER_LONG_HELP)]
@@ -90,6 +95,8 @@ EXAMPLES:
   agentctl show traefik0 ctl-1764064800000-1a2b3c4d
   agentctl explain module/traefik0 configure-module
   agentctl cancel traefik0 ctl-1764064800000-1a2b3c4d
+  id=$(agentctl module add --node node1 --env PORT=8080 ghcr.io/org/hello:1.0)
+  agentctl module remove --node node1 hello1
 
 Prefer --redis-credentials (or AGENT_REDIS_CREDENTIALS) to a password in
 the URL: command lines are visible to every user of the host.";
@@ -123,6 +130,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             Cmd::Journal(args) => journal::main(&redis, args).await,
             Cmd::Show(args) => show::main(&redis, args).await,
             Cmd::Cancel(args) => cancel::main(&redis, args).await,
+            Cmd::Module(cmd) => module::main(&redis, cmd).await,
             Cmd::Explain(_) => unreachable!("handled without Redis above"),
             Cmd::Redis(_) => unreachable!("handled by redis_admin above"),
         }

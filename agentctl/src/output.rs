@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
-use core_events::{Prefix, RunId, RunRecord, RunStatus};
+use core_events::{Prefix, RollbackStatus, RunId, RunRecord, RunStatus};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
@@ -49,19 +49,31 @@ fn header_step(line: &str) -> Option<&str> {
     line.strip_prefix("==> ")?.strip_suffix(" <==")
 }
 
+/// The separator line the engine writes before the output of a rollback.
+fn is_rollback_separator(line: &str) -> bool {
+    line.starts_with("--- rollback of ") && line.ends_with(" ---")
+}
+
 /// The output of `step` in a run's output: the lines after its `==> STEP <==` header, up to the
-/// next header line or the end. `None` when the step has no section (it printed nothing).
+/// next header line, the rollback separator or the end. `None` when the step has no section (it
+/// printed nothing). Sections after the rollback separator are the rollback steps', never the
+/// run's.
 pub fn section_of<'a>(output: &'a str, step: &str) -> Option<&'a str> {
     let mut start = None;
     let mut pos = 0;
     for line in output.split_inclusive('\n') {
         let bare = line.strip_suffix('\n').unwrap_or(line);
         let bare = bare.strip_suffix('\r').unwrap_or(bare);
-        if let Some(name) = header_step(bare) {
+        let header = header_step(bare);
+        if header.is_some() || is_rollback_separator(bare) {
             if let Some(s) = start {
                 return Some(&output[s..pos]);
             }
-            if name == step {
+            if is_rollback_separator(bare) {
+                // What follows is the rollback's output, not the run's steps'.
+                return None;
+            }
+            if header == Some(step) {
                 start = Some(pos + line.len());
             }
         }
@@ -102,6 +114,15 @@ pub fn summary(run: &RunId, record: &RunRecord) -> String {
         s.push_str(": ");
         s.push_str(error);
     }
+    match (record.rollback, &record.rollback_failed) {
+        (Some(RollbackStatus::Done), _) => s.push_str("; rolled back"),
+        (Some(RollbackStatus::Failed), Some(steps)) => {
+            s.push_str(&format!("; ROLLBACK FAILED in {steps}"))
+        }
+        (Some(RollbackStatus::Failed), None) => s.push_str("; ROLLBACK FAILED"),
+        (Some(RollbackStatus::Running), _) => s.push_str("; rolling back"),
+        (None, _) => {}
+    }
     s
 }
 
@@ -109,7 +130,7 @@ pub fn summary(run: &RunId, record: &RunRecord) -> String {
 pub fn record_lines(record: &RunRecord) -> Vec<(&'static str, String)> {
     let mut lines = vec![("event", record.event.clone())];
     let opt = |v: &Option<String>| v.clone();
-    let candidates: [(&'static str, Option<String>); 9] = [
+    let candidates: [(&'static str, Option<String>); 11] = [
         ("status", record.status.map(|s| s.as_str().to_string())),
         ("exit code", record.exit_code.map(|c| c.to_string())),
         ("failed step", opt(&record.failed_step)),
@@ -121,6 +142,8 @@ pub fn record_lines(record: &RunRecord) -> Vec<(&'static str, String)> {
         ("started", opt(&record.started)),
         ("ended", opt(&record.ended)),
         ("error", opt(&record.error)),
+        ("rollback", record.rollback.map(|r| r.as_str().to_string())),
+        ("rollback failed", opt(&record.rollback_failed)),
         ("data", Some(record.data.clone())),
     ];
     lines.extend(
@@ -177,6 +200,14 @@ mod tests {
             section_of("==> a <==\r\nx\r\n==> b <==\r\n", "a"),
             Some("x\r\n")
         );
+        // The rollback separator ends a section; a rollback step of the same name comes later.
+        let rolled =
+            "==> 20a <==\nboom\n--- rollback of ev (step 20a failed) ---\n==> 20a <==\nundo\n";
+        assert_eq!(section_of(rolled, "20a"), Some("boom\n"));
+        let silent =
+            "==> 10a <==\nok\n--- rollback of ev (step 20b failed) ---\n==> 20b <==\nundo\n";
+        assert_eq!(section_of(silent, "10a"), Some("ok\n"));
+        assert_eq!(section_of(silent, "20b"), None);
     }
 
     #[test]
@@ -229,6 +260,11 @@ mod tests {
             summary(&run, &r),
             "run r1: failed (exit 7): step 20boom exited with code 7"
         );
+        r.rollback = Some(RollbackStatus::Done);
+        assert!(summary(&run, &r).ends_with("code 7; rolled back"));
+        r.rollback = Some(RollbackStatus::Failed);
+        r.rollback_failed = Some("10undo,20undo".into());
+        assert!(summary(&run, &r).ends_with("; ROLLBACK FAILED in 10undo,20undo"));
     }
 
     #[test]

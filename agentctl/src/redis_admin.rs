@@ -329,7 +329,7 @@ fn default_admin_creds() -> PathBuf {
     crate::conn::default_admin_credentials()
 }
 
-fn short_hostname() -> Result<String> {
+pub(crate) fn short_hostname() -> Result<String> {
     let host = nix::unistd::gethostname().context("cannot read the hostname; pass --node")?;
     let host = host.to_string_lossy();
     Ok(host.split('.').next().unwrap_or_default().to_string())

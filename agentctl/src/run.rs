@@ -54,10 +54,42 @@ pub async fn main(redis: &Redis, args: RunArgs) -> Result<i32> {
     let event =
         EventName::new(args.event.as_str()).map_err(|e| invalid(format!("cannot run: {e}")))?;
     let data = read_data(&args.data)?;
-    let run = new_run_id()?;
 
     let mut con = redis.manager().await?;
     let prefix = resolve(&mut con, &agent).await?;
+    let opts = Follow {
+        no_wait: args.no_wait,
+        timeout: args.timeout,
+        json: args.json,
+        run_id_on_stdout: true,
+    };
+    queue_and_follow(redis, &mut con, &prefix, &event, &data, &opts).await
+}
+
+/// How [`queue_and_follow`] behaves: the options of `agentctl run`.
+pub struct Follow {
+    /// Queue and return at once.
+    pub no_wait: bool,
+    /// Stop waiting after this many seconds (exit 124); 0 waits for ever.
+    pub timeout: u64,
+    /// Print the final record (or the queued run) as JSON on stdout.
+    pub json: bool,
+    /// With `no_wait` and without `json`: print the run id on stdout (else on stderr only).
+    pub run_id_on_stdout: bool,
+}
+
+/// Queues `event` with `data` on `prefix`'s queue under a fresh run id and, unless `no_wait`,
+/// follows the run to its end with a progress bar. Returns the exit code agentctl ends with: the
+/// run's own, or 124/130 when it stopped waiting.
+pub async fn queue_and_follow(
+    redis: &Redis,
+    con: &mut redis::aio::ConnectionManager,
+    prefix: &core_events::Prefix,
+    event: &EventName,
+    data: &str,
+    args: &Follow,
+) -> Result<i32> {
+    let run = new_run_id()?;
     let alive: bool = con
         .exists(prefix.heartbeat())
         .await
@@ -89,7 +121,7 @@ pub async fn main(redis: &Redis, args: RunArgs) -> Result<i32> {
             "*",
             &[
                 (QUEUE_FIELD_EVENT, event.as_str()),
-                (QUEUE_FIELD_DATA, data.as_str()),
+                (QUEUE_FIELD_DATA, data),
                 (QUEUE_FIELD_ID, run.as_str()),
             ],
         )
@@ -107,7 +139,7 @@ pub async fn main(redis: &Redis, args: RunArgs) -> Result<i32> {
                 "stream_id": stream_id,
             });
             println!("{j}");
-        } else {
+        } else if args.run_id_on_stdout {
             println!("{run}");
         }
         return Ok(0);
@@ -118,11 +150,11 @@ pub async fn main(redis: &Redis, args: RunArgs) -> Result<i32> {
         None => (None, None),
     };
     let deadline = (args.timeout > 0).then(|| Instant::now() + Duration::from_secs(args.timeout));
-    let bar = Bar::new(&event);
-    let followed = follow(&mut con, &prefix, &run, rx, deadline, &bar).await;
+    let bar = Bar::new(event);
+    let followed = follow(con, prefix, &run, rx, deadline, &bar).await;
     bar.clear();
     let record = match followed? {
-        Followed::Ended(r) => r,
+        Followed::Ended(r) => *r,
         Followed::TimedOut => {
             eprintln!(
                 "agentctl: stopped waiting after {}s; run {run} goes on (see `agentctl show {} {run}`, \
@@ -146,7 +178,7 @@ pub async fn main(redis: &Redis, args: RunArgs) -> Result<i32> {
     eprintln!("{}", summary(&run, &record));
     if record.status == Some(RunStatus::Failed) {
         if let Some(step) = &record.failed_step {
-            let output = read_output(&mut con, &prefix, &run).await?;
+            let output = read_output(con, prefix, &run).await?;
             let output = output
                 .map(|o| String::from_utf8_lossy(&o).into_owned())
                 .unwrap_or_default();
@@ -204,7 +236,7 @@ fn run_id_from(millis: u128, random: [u8; 4]) -> RunId {
 }
 
 enum Followed {
-    Ended(RunRecord),
+    Ended(Box<RunRecord>),
     TimedOut,
     Interrupted,
 }
@@ -234,7 +266,7 @@ async fn follow(
             }
             _ = poll.tick() => match read_record(con, prefix, run).await {
                 Ok(Some(r)) if r.status.is_some_and(RunStatus::is_terminal) => {
-                    return Ok(Followed::Ended(r))
+                    return Ok(Followed::Ended(Box::new(r)))
                 }
                 Ok(Some(r)) => bar.status(r.status),
                 Ok(None) => bar.status(Some(RunStatus::Queued)),

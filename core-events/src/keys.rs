@@ -105,6 +105,13 @@ impl Prefix {
 /// The name of the consumer group every agent reads its queue with.
 pub const QUEUE_GROUP: &str = "agent";
 
+/// `cluster/module_sequence/<name>`: counter of the modules of image name `<name>` ever added;
+/// `agentctl module add` takes the next module id `<name><N>` from it with `INCR` (first: `<name>1`).
+/// `name` is an image name as `agentctl module add` derives it (`[a-z][a-z0-9]*`).
+pub fn module_sequence(name: &str) -> String {
+    format!("cluster/module_sequence/{name}")
+}
+
 /// `CLIENT SETNAME` value of an agent's connections.
 pub fn client_name(agent: &AgentName) -> String {
     format!("agent:{agent}")

@@ -11,4 +11,4 @@ pub mod record;
 
 pub use keys::{AgentKind, Prefix};
 pub use name::{AgentName, EventName, NameError, RunId};
-pub use record::{JournalEntry, Progress, QueueEntry, RunRecord, RunStatus};
+pub use record::{JournalEntry, Progress, QueueEntry, RollbackStatus, RunRecord, RunStatus};

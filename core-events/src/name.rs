@@ -130,6 +130,26 @@ validated_name!(
     |_| Ok(())
 );
 
+/// Suffix of the event that undoes a failed run: the rollback of `module.init` is
+/// `module.init.rollback`.
+pub const ROLLBACK_SUFFIX: &str = ".rollback";
+
+impl EventName {
+    /// True for a rollback event (`….rollback`). A rollback event never gets a rollback of its own.
+    pub fn is_rollback(&self) -> bool {
+        self.0.ends_with(ROLLBACK_SUFFIX)
+    }
+
+    /// The event the engine plans when a run of this one fails or is cancelled: `<self>.rollback`.
+    /// `None` for a rollback event itself (no recursion) and for a name too long to take the suffix.
+    pub fn rollback(&self) -> Option<EventName> {
+        if self.is_rollback() {
+            return None;
+        }
+        EventName::new(format!("{}{ROLLBACK_SUFFIX}", self.0)).ok()
+    }
+}
+
 validated_name!(
     /// The name of an agent: a node's short hostname or a module id such as `traefik0`.
     /// It must also be usable as a Unix user name, so it starts with a letter or digit.
@@ -218,6 +238,25 @@ mod tests {
         assert!(e.contains("'/'"), "{e}");
         let e = EventName::new("x".repeat(200)).unwrap_err().to_string();
         assert!(e.contains("200 bytes") && e.contains("128"), "{e}");
+    }
+
+    #[test]
+    fn rollback_names() {
+        let e = EventName::new("module.init").unwrap();
+        let r = e.rollback().unwrap();
+        assert_eq!(r.as_str(), "module.init.rollback");
+        assert!(r.is_rollback() && !e.is_rollback());
+        assert_eq!(r.rollback(), None, "a rollback has no rollback");
+        assert_eq!(
+            EventName::new("rollback")
+                .unwrap()
+                .rollback()
+                .unwrap()
+                .as_str(),
+            "rollback.rollback"
+        );
+        let long = EventName::new("x".repeat(MAX_EVENT_NAME - 2)).unwrap();
+        assert_eq!(long.rollback(), None);
     }
 
     #[test]

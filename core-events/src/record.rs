@@ -65,6 +65,51 @@ impl FromStr for RunStatus {
     }
 }
 
+/// The state of the rollback of a failed or cancelled run (record field `rollback`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RollbackStatus {
+    /// The rollback steps are running; the run's status is still `running`.
+    Running,
+    /// Every rollback step exited 0.
+    Done,
+    /// Some rollback step failed, could not start, timed out or was cancelled (`rollback_failed`).
+    Failed,
+}
+
+impl RollbackStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RollbackStatus::Running => "running",
+            RollbackStatus::Done => "done",
+            RollbackStatus::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for RollbackStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RollbackStatus {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "running" => RollbackStatus::Running,
+            "done" => RollbackStatus::Done,
+            "failed" => RollbackStatus::Failed,
+            other => return Err(UnknownStatus(other.to_string())),
+        })
+    }
+}
+
+/// Record field holding the [`RollbackStatus`].
+pub const RECORD_FIELD_ROLLBACK: &str = "rollback";
+/// Record field listing the rollback steps that failed, comma-separated.
+pub const RECORD_FIELD_ROLLBACK_FAILED: &str = "rollback_failed";
+
 /// The hash `<prefix>/run/<run-id>`. Empty optional fields are not written.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RunRecord {
@@ -81,6 +126,10 @@ pub struct RunRecord {
     pub attempt: u32,
     /// Why the engine ended the run itself (refusal, timeout, cancel…), in words.
     pub error: Option<String>,
+    /// Set when a failed or cancelled run had rollback steps (`<event>.rollback`).
+    pub rollback: Option<RollbackStatus>,
+    /// The rollback steps that failed, comma-separated (only when `rollback` is `failed`).
+    pub rollback_failed: Option<String>,
 }
 
 impl RunRecord {
@@ -106,6 +155,12 @@ impl RunRecord {
             }
         }
         f.push(("attempt", self.attempt.to_string()));
+        if let Some(r) = self.rollback {
+            f.push((RECORD_FIELD_ROLLBACK, r.as_str().to_string()));
+        }
+        if let Some(v) = &self.rollback_failed {
+            f.push((RECORD_FIELD_ROLLBACK_FAILED, v.clone()));
+        }
         f
     }
 
@@ -127,6 +182,10 @@ impl RunRecord {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0),
             error: get("error"),
+            rollback: fields
+                .get(RECORD_FIELD_ROLLBACK)
+                .and_then(|s| s.parse().ok()),
+            rollback_failed: get(RECORD_FIELD_ROLLBACK_FAILED),
         }
     }
 }
@@ -154,6 +213,9 @@ pub mod journal_status {
     pub const SKIPPED: &str = "skipped";
     /// The agent shut down mid-run; the run starts again on the next start.
     pub const INTERRUPTED: &str = "interrupted";
+    /// The rollback of a failed or cancelled run ended (one entry per rollback; the message says
+    /// how it went, `step` lists the rollback steps that failed).
+    pub const ROLLBACK: &str = "rollback";
 }
 
 impl JournalEntry {
@@ -410,6 +472,8 @@ mod tests {
             ended: Some("2026-11-25T10:00:01Z".into()),
             attempt: 2,
             error: None,
+            rollback: Some(RollbackStatus::Failed),
+            rollback_failed: Some("10a,20b".into()),
         };
         let map: HashMap<String, String> = r
             .to_fields()

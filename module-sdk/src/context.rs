@@ -21,10 +21,17 @@ pub mod var {
     pub const AGENT_STEP: &str = "AGENT_STEP";
     pub const AGENT_ATTEMPT: &str = "AGENT_ATTEMPT";
     pub const REDIS_URL: &str = "REDIS_URL";
+    /// Set to `1` for the steps of `<event>.rollback` that the agent runs after a run of `<event>`
+    /// failed or was cancelled (their `AGENT_EVENT` is the failed event).
+    pub const AGENT_ROLLBACK: &str = "AGENT_ROLLBACK";
+    /// In a rollback step: the step of the failed run that failed or timed out (empty after a cancel).
+    pub const AGENT_FAILED_STEP: &str = "AGENT_FAILED_STEP";
+    /// In a rollback step: how the run ended, `failed` (also after a timeout) or `cancelled`.
+    pub const AGENT_RUN_STATUS: &str = "AGENT_RUN_STATUS";
 
-    /// All of them. The agent sets them after loading module.env, so a module.env field with one of
-    /// these names never reaches a step.
-    pub const ALL: [&str; 8] = [
+    /// All of them (the last three only in rollback steps). The agent sets them after loading
+    /// module.env, so a module.env field with one of these names never reaches a step.
+    pub const ALL: [&str; 11] = [
         AGENT_NAME,
         AGENT_KIND,
         AGENT_KEY_PREFIX,
@@ -33,6 +40,9 @@ pub mod var {
         AGENT_STEP,
         AGENT_ATTEMPT,
         REDIS_URL,
+        AGENT_ROLLBACK,
+        AGENT_FAILED_STEP,
+        AGENT_RUN_STATUS,
     ];
 }
 

@@ -21,7 +21,10 @@ Helper for event steps and module authors.
 An agent runs the steps of an event with their context in the environment: AGENT_NAME,
 AGENT_KIND, AGENT_KEY_PREFIX, AGENT_EVENT, AGENT_RUN_ID, AGENT_STEP, AGENT_ATTEMPT and
 REDIS_URL. module-sdk reads it, so inside a step no option is needed. Outside a step, a
-missing variable is an error that names it.";
+missing variable is an error that names it. When a run of event E fails or is cancelled,
+the agent runs the steps of E.rollback with the same environment plus AGENT_ROLLBACK=1,
+AGENT_FAILED_STEP (the step that failed; empty after a cancel) and AGENT_RUN_STATUS
+(failed or cancelled).";
 
 const AFTER_HELP: &str = "\
 Examples (inside a step):
@@ -38,7 +41,9 @@ Steps must be idempotent: runs are at-least-once. A run interrupted by an agent
 restart or crash is started again from its first step (AGENT_ATTEMPT counts the
 attempts), so any step may run again after it already did its work. `env set` and
 `env rm` are idempotent; give `queue` a fixed --id (e.g. \"$AGENT_RUN_ID-notify\") so
-that a repeated run does not queue the event twice.
+that a repeated run does not queue the event twice. Rollback steps (E.rollback) must
+also cope with any state: they run whatever step failed, so each undoes only what
+exists.
 
 Exit codes: 0 ok; 1 `env get` of a key that is not set; 2 bad arguments;
 69 Redis unreachable; 70 other Redis error; 74 standard input/output error;

@@ -1,0 +1,370 @@
+//! `agentctl module add|remove`: install or remove a module on a node.
+//!
+//! `add` derives the image name from IMAGE, allocates the module id `<name><N>` from the counter
+//! `cluster/module_sequence/<name>` (`INCR`: the first module of an image is `<name>1`), writes
+//! `module/<id>/module.env` (`EVENTS_IMAGE` = IMAGE, the seed-compatible field, plus `--env` pairs)
+//! in the same transaction as the `INCR`, then queues `module.init <id>` on the node and follows it
+//! like `agentctl run`. `remove` queues `module.remove <id>`. The node's own steps do the work.
+
+use anyhow::{Context, Result};
+use core_events::{keys, AgentName, EventName, Prefix};
+use redis::AsyncCommands;
+
+use crate::conn::Redis;
+use crate::fail::{fail, invalid};
+use crate::run::{queue_and_follow, Follow};
+
+/// The module.env field naming the module's image (seed-compatible name).
+pub const IMAGE_FIELD: &str = "EVENTS_IMAGE";
+/// Longest image name a module id is built from (the id adds the sequence number).
+pub const MAX_IMAGE_NAME: usize = 25;
+/// The node events `add` and `remove` queue.
+const INIT_EVENT: &str = "module.init";
+const REMOVE_EVENT: &str = "module.remove";
+/// How often `add` retries when another `add` of the same image raced it.
+const ALLOCATION_TRIES: usize = 20;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ModuleCmd {
+    /// Install a module on a node: allocate its id (printed alone on stdout's first line), write
+    /// its module.env, queue module.init on the node and follow it (exits with the run's exit code).
+    Add(AddArgs),
+    /// Remove a module from a node: queue module.remove and follow it (exits with the run's exit
+    /// code).
+    Remove(RemoveArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AddArgs {
+    /// The module's image: hello, localhost/hello:latest, registry.example:5000/org/hello@sha256:…,
+    /// docker://host/hello:1.2, oci-archive:/srv/hello.tar, containers-storage:localhost/hello. The
+    /// module id is the image name (last path component without tag, digest or .tar; lowercase
+    /// letters and digits only; starting with a letter; at most 25 characters) plus a number.
+    image: String,
+
+    /// The node that installs the module (default: this host's short name).
+    #[arg(long, value_name = "NODE")]
+    node: Option<String>,
+
+    /// Also write K=V to the module's module.env (K: [A-Z_][A-Z0-9_]*). Repeatable.
+    #[arg(long = "env", value_name = "K=V")]
+    env: Vec<String>,
+
+    /// Queue module.init and exit at once (the module id is still printed).
+    #[arg(long)]
+    no_wait: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RemoveArgs {
+    /// The module id, e.g. hello1 ([a-z][a-z0-9]{0,30}).
+    id: String,
+
+    /// The node the module is installed on (default: this host's short name).
+    #[arg(long, value_name = "NODE")]
+    node: Option<String>,
+
+    /// Queue module.remove and exit at once.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+pub async fn main(redis: &Redis, cmd: ModuleCmd) -> Result<i32> {
+    match cmd {
+        ModuleCmd::Add(args) => add(redis, args).await,
+        ModuleCmd::Remove(args) => remove(redis, args).await,
+    }
+}
+
+async fn add(redis: &Redis, args: AddArgs) -> Result<i32> {
+    let name =
+        image_name(&args.image).map_err(|e| invalid(format!("image {:?}: {e}", args.image)))?;
+    let env = parse_env(&args.env)?;
+    let node = node_prefix(args.node.as_deref())?;
+    let mut con = redis.manager().await?;
+    // WATCH needs a connection of our own.
+    let mut tx = redis.blocking().await?;
+    let id = allocate(&mut tx, &name, &args.image, &env).await?;
+    println!("{id}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let opts = Follow {
+        no_wait: args.no_wait,
+        timeout: 0,
+        json: false,
+        run_id_on_stdout: false,
+    };
+    let event = EventName::new(INIT_EVENT).expect("a valid event name");
+    queue_and_follow(redis, &mut con, &node, &event, id.as_str(), &opts).await
+}
+
+async fn remove(redis: &Redis, args: RemoveArgs) -> Result<i32> {
+    if !is_module_id(&args.id) {
+        return Err(invalid(format!(
+            "module id {:?}: a module id is a lowercase letter then up to 30 lowercase letters or \
+             digits, e.g. hello1",
+            args.id
+        )));
+    }
+    let node = node_prefix(args.node.as_deref())?;
+    let mut con = redis.manager().await?;
+    let opts = Follow {
+        no_wait: args.no_wait,
+        timeout: 0,
+        json: false,
+        run_id_on_stdout: true,
+    };
+    let event = EventName::new(REMOVE_EVENT).expect("a valid event name");
+    queue_and_follow(redis, &mut con, &node, &event, &args.id, &opts).await
+}
+
+fn node_prefix(node: Option<&str>) -> Result<Prefix> {
+    let node = match node {
+        Some(n) => n.to_string(),
+        None => crate::redis_admin::short_hostname()?,
+    };
+    let name = AgentName::new(node.as_str()).map_err(|e| invalid(format!("node {node:?}: {e}")))?;
+    Ok(Prefix::node(name))
+}
+
+/// Takes the next id of image `name` and writes its module.env, in one transaction. Refused,
+/// with nothing written, when the id is taken: its module.env exists, or a node has that name.
+async fn allocate(
+    tx: &mut redis::aio::MultiplexedConnection,
+    name: &str,
+    image: &str,
+    env: &[(String, String)],
+) -> Result<AgentName> {
+    let seq_key = keys::module_sequence(name);
+    for _ in 0..ALLOCATION_TRIES {
+        let _: () = redis::cmd("WATCH")
+            .arg(&seq_key)
+            .query_async(tx)
+            .await
+            .context("cannot allocate a module id")?;
+        let current: Option<String> = tx.get(&seq_key).await.context("cannot read the sequence")?;
+        let current: u64 = match current {
+            None => 0,
+            Some(v) => v.trim().parse().map_err(|_| {
+                fail(
+                    1,
+                    format!("{seq_key} holds {v:?}, not a number: fix or delete it"),
+                )
+            })?,
+        };
+        let id = AgentName::new(format!("{name}{}", current + 1))
+            .map_err(|e| fail(1, format!("cannot build a module id: {e}")))?;
+        let module = Prefix::module(id.clone());
+        let node = Prefix::node(id.clone());
+        let _: () = redis::cmd("WATCH")
+            .arg(module.module_env())
+            .arg(node.heartbeat())
+            .query_async(tx)
+            .await
+            .context("cannot allocate a module id")?;
+        let (env_exists, node_exists): (bool, bool) = redis::pipe()
+            .exists(module.module_env())
+            .exists(node.heartbeat())
+            .query_async(tx)
+            .await
+            .context("cannot check whether the module id is free")?;
+        if env_exists || node_exists {
+            let _: () = redis::cmd("UNWATCH").query_async(tx).await.unwrap_or(());
+            let why = if env_exists {
+                format!("{} exists already", module.module_env())
+            } else {
+                format!("node {id} exists ({} is set)", node.heartbeat())
+            };
+            return Err(fail(
+                1,
+                format!(
+                    "module id {id} is taken: {why}; nothing was written. To skip it, run \
+                     `redis-cli INCR {seq_key}` and add the module again"
+                ),
+            ));
+        }
+        let mut fields: Vec<(&str, &str)> = vec![(IMAGE_FIELD, image)];
+        fields.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let done: Option<(u64,)> = redis::pipe()
+            .atomic()
+            .incr(&seq_key, 1)
+            .hset_multiple(module.module_env(), &fields)
+            .ignore()
+            .query_async(tx)
+            .await
+            .context("cannot write the module's id and module.env")?;
+        match done {
+            Some((n,)) if n == current + 1 => return Ok(id),
+            Some((n,)) => {
+                return Err(fail(
+                    1,
+                    format!("{seq_key} moved to {n} during the allocation of {id}"),
+                ))
+            }
+            // Another `add` of the same image came in between: try the next number.
+            None => continue,
+        }
+    }
+    Err(fail(
+        1,
+        format!("cannot allocate a module id: {seq_key} keeps changing"),
+    ))
+}
+
+/// The image name of IMAGE: last path component, minus tag, digest and a `.tar` suffix,
+/// lowercased, letters and digits only; it must start with a letter and be at most 25 characters.
+pub fn image_name(image: &str) -> Result<String, String> {
+    const TRANSPORTS: &[&str] = &[
+        "docker",
+        "docker-archive",
+        "docker-daemon",
+        "oci",
+        "oci-archive",
+        "containers-storage",
+        "dir",
+        "sif",
+        "tarball",
+    ];
+    let mut reference = image.trim();
+    if let Some((transport, rest)) = reference.split_once(':') {
+        if TRANSPORTS.contains(&transport) {
+            reference = rest.trim_start_matches('/');
+            // `docker://host/x` keeps its path; `oci-archive:/srv/x.tar` its file name.
+            if reference.is_empty() {
+                reference = rest;
+            }
+        }
+    }
+    let last = reference.rsplit('/').next().unwrap_or_default();
+    let last = last.split('@').next().unwrap_or_default();
+    let last = last.split(':').next().unwrap_or_default();
+    let last = last.strip_suffix(".tar").unwrap_or(last);
+    let name: String = last
+        .to_ascii_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        .collect();
+    if name.is_empty() {
+        return Err(
+            "no image name in it (the last path component, without tag, digest or .tar, \
+                    has no letters or digits)"
+                .into(),
+        );
+    }
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Err(format!(
+            "its name {name:?} does not start with a letter, so it cannot name a module"
+        ));
+    }
+    if name.len() > MAX_IMAGE_NAME {
+        return Err(format!(
+            "its name {name:?} is {} characters long, the limit is {MAX_IMAGE_NAME}",
+            name.len()
+        ));
+    }
+    Ok(name)
+}
+
+/// `K=V` pairs of `--env`, in order (a later K wins). K must be `[A-Z_][A-Z0-9_]*` and not a name
+/// the agent or `add` sets itself.
+fn parse_env(pairs: &[String]) -> Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for pair in pairs {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(invalid(format!("--env {pair:?}: write K=V")));
+        };
+        let mut chars = k.chars();
+        let ok = matches!(chars.next(), Some(c) if c.is_ascii_uppercase() || c == '_')
+            && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        if !ok {
+            return Err(invalid(format!(
+                "--env {pair:?}: the name {k:?} must match [A-Z_][A-Z0-9_]*"
+            )));
+        }
+        if k == IMAGE_FIELD || k == "REDIS_URL" || k.starts_with("AGENT_") {
+            return Err(invalid(format!(
+                "--env {pair:?}: {k} is set by agentctl or the agent itself"
+            )));
+        }
+        out.retain(|(old, _)| old != k);
+        out.push((k.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
+/// A module id as the node's steps accept it: `[a-z][a-z0-9]{0,30}`.
+fn is_module_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    id.len() <= 31
+        && matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_names_of_every_form() {
+        for (image, name) in [
+            ("hello", "hello"),
+            ("localhost/hello:latest", "hello"),
+            ("registry.example:5000/org/hello@sha256:0123abcd", "hello"),
+            ("registry.example:5000/org/hello:1.0@sha256:0123", "hello"),
+            ("oci-archive:/srv/hello.tar", "hello"),
+            ("oci-archive:/srv/hello.tar:latest", "hello"),
+            ("docker-archive:/tmp/Hello.tar", "hello"),
+            ("docker://host/hello:1.2", "hello"),
+            ("docker://docker.io/library/nginx", "nginx"),
+            ("containers-storage:localhost/hello", "hello"),
+            ("ghcr.io/org/Next-Cloud_2:30", "nextcloud2"),
+            ("localhost:5000/web", "web"),
+            ("a".repeat(25).as_str(), &"a".repeat(25)),
+        ] {
+            assert_eq!(image_name(image).as_deref(), Ok(name), "{image}");
+        }
+    }
+
+    #[test]
+    fn bad_image_names_are_refused_clearly() {
+        for (image, why) in [
+            ("", "no image name"),
+            ("org/", "no image name"),
+            ("---", "no image name"),
+            ("1password", "start with a letter"),
+            ("docker://host/9x:1", "start with a letter"),
+            (&"a".repeat(26), "limit is 25"),
+        ] {
+            let e = image_name(image).unwrap_err();
+            assert!(e.contains(why), "{image:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn env_pairs() {
+        let ok = parse_env(&["PORT=8080".into(), "_X=a=b".into(), "PORT=9".into()]).unwrap();
+        assert_eq!(
+            ok,
+            [("_X".into(), "a=b".into()), ("PORT".into(), "9".into())]
+        );
+        for bad in [
+            "port=1",
+            "1A=x",
+            "NOEQUALS",
+            "A-B=1",
+            "AGENT_NAME=x",
+            "EVENTS_IMAGE=x",
+        ] {
+            let e = parse_env(&[bad.into()]).unwrap_err();
+            assert_eq!(crate::fail::code_of(&e), 65, "{bad}");
+        }
+    }
+
+    #[test]
+    fn module_ids() {
+        assert!(is_module_id("hello1") && is_module_id("a"));
+        assert!(!is_module_id("Hello1") && !is_module_id("1a") && !is_module_id(""));
+        assert!(!is_module_id("a-b") && !is_module_id(&"a".repeat(32)));
+        assert!(is_module_id(&"a".repeat(31)));
+    }
+}
