@@ -1,87 +1,81 @@
 #!/usr/bin/env bash
-# One-command demo on a fresh machine: installs Redis if needed, builds the agents, starts a private
-# redis-server and a node-agent; the node-agent's module.init (examples/demo/node-events) starts a
-# module-agent for module "hello0", which runs its own module.init (examples/demo/module-events); then
-# the demo drives the module the way a sysadmin would, with redis-cli and agentctl. Everything stops at
-# the end. (The real module.init — Unix user, systemd user service, containers — is the node issue's.)
+# One-command demo on a fresh machine of this kind (as root): a real systemd node with the project
+# installed (tests/node/node.sh: systemd-nspawn, its own network namespace, Redis, node-agent), the
+# example module images built inside it, then module hello0 installed the seed-compatible way —
+#     redis-cli HSET module/hello0/module.env EVENTS_IMAGE localhost/hello:latest PORT 8080
+#     redis-cli PUBLISH demo:module.init hello0
+# — and its page shown; then a `configure` event, and a second module through `agentctl module add`.
+# The node stays up for you to look around (it says how); `scripts/demo.sh --down` removes it.
+# Without root or systemd-nspawn, scripts/demo-engine.sh shows the engine alone (plain processes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
-if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
-  echo "== installing redis-server and redis-tools"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
+node=${DEMO_NODE:-demo}
+if [ "${1:-}" = --down ]; then
+  exec tests/node/node.sh down "$node"
 fi
-echo "== building"
+[ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (it boots a systemd-nspawn node); scripts/demo-engine.sh needs no root" >&2; exit 1; }
+say() { printf '\n== %s\n' "$*"; }
+show() { printf '   $ %s\n' "$*"; }
+
+say "installing what is missing (Redis, debootstrap, systemd-container, …) and the node rootfs (a minute, once)"
+scripts/test-deps.sh
+say "building"
 cargo build --workspace --bins --quiet
-bin="$root/target/debug"
-work=$(mktemp -d)
-port=${DEMO_REDIS_PORT:-6399}
-cleanup() {
-  [ -s "$work/hello0.pid" ] && kill "$(cat "$work/hello0.pid")" 2>/dev/null
-  [ -n "${node_pid:-}" ] && kill "$node_pid" 2>/dev/null && wait "$node_pid" 2>/dev/null
-  redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-rcli() { redis-cli -p "$port" "$@"; }
 
-echo "== starting a private redis-server on 127.0.0.1:$port (data in $work)"
-redis-server --port "$port" --bind 127.0.0.1 --dir "$work" --save '' --appendonly yes --daemonize yes --logfile "$work/redis.log"
-until rcli ping >/dev/null 2>&1; do sleep 0.1; done
-export REDIS_URL="redis://127.0.0.1:$port"
+if tests/node/node.sh status "$node" >/dev/null 2>&1; then
+  say "removing the node '$node' of an earlier demo"
+  tests/node/node.sh down "$node"
+fi
+say "booting node '$node' (systemd, redis-server, node-agent)"
+tests/node/node.sh up "$node" >/dev/null
+in_node() { tests/node/node.sh exec "$node" "$@"; }
+in_node systemctl is-active redis-server node-agent
 
-echo "== the sysadmin sets the module's environment"
-echo "\$ redis-cli HSET module/hello0/module.env PAGE_TITLE 'Hello from hello0'"
-rcli HSET module/hello0/module.env PAGE_TITLE 'Hello from hello0' DEMO_STATE_DIR "$work/hello0-state" >/dev/null
+say "building the example module images inside the node (podman, busybox-static; no registry)"
+in_node /usr/local/share/agent/examples/modules/build.sh
 
-echo "== starting node-agent demo-node"
-DEMO_BIN="$bin" DEMO_ROOT="$root" DEMO_WORK="$work" "$bin/node-agent" --name demo-node \
-  --events-dir "$root/examples/demo/node-events" >"$work/node-agent.log" 2>&1 &
-node_pid=$!
-until [ "$(rcli PUBSUB NUMSUB cancel/demo-node | tail -1)" = 1 ]; do sleep 0.1; done
+say "installing module hello0, the seed-compatible way"
+show "redis-cli HSET module/hello0/module.env EVENTS_IMAGE localhost/hello:latest PORT 8080"
+in_node redis-cli HSET module/hello0/module.env EVENTS_IMAGE localhost/hello:latest PORT 8080 >/dev/null
+show "redis-cli PUBLISH $node:module.init hello0"
+in_node redis-cli PUBLISH "$node:module.init" hello0
+# Wait for the run to end: the module is registered, or a module.init run failed.
+for _ in $(seq 1 600); do
+  [ "$(in_node redis-cli HEXISTS "node/$node/modules" hello0)" = 1 ] && break
+  if in_node agentctl journal "node/$node" --json -n 5 | grep -q '"status":"failed"'; then
+    in_node agentctl journal "node/$node"
+    echo "demo.sh: module.init of hello0 failed (see above; tests/node/node.sh shell $node to look)" >&2
+    exit 1
+  fi
+  sleep 0.2
+done
+show "agentctl journal node/$node"
+in_node agentctl journal "node/$node" -n 4
+show "curl http://127.0.0.1:8080/"
+in_node curl -sS http://127.0.0.1:8080/
+show "systemctl --user -M hello0@ status hello-httpd"
+in_node systemctl --user -M hello0@ --no-pager status hello-httpd | head -n 4 || true
 
-echo "== the node installs module hello0 (the node-agent starts its module-agent, which runs its module.init)"
-echo "\$ redis-cli PUBLISH demo-node:module.init hello0"
-rcli PUBLISH demo-node:module.init hello0
-for _ in $(seq 100); do
-  [ "$(rcli XLEN node/demo-node/queue)" = 0 ] &&
-    [ "$(rcli HGET module/hello0/run/startup-module.init status)" = done ] && break
+say "changing the page: an event for the module's own agent"
+show "redis-cli PUBLISH hello0:configure 'Hello from the demo'"
+in_node redis-cli PUBLISH hello0:configure "Hello from the demo"
+for _ in $(seq 1 100); do
+  in_node curl -s http://127.0.0.1:8080/ | grep -q "Hello from the demo" && break
   sleep 0.1
 done
-"$bin/agentctl" journal node/demo-node -n 5
-echo
-"$bin/agentctl" show module/hello0 startup-module.init
-echo "page: $(cat "$work/hello0-state/index.html")"
+show "curl http://127.0.0.1:8080/"
+in_node curl -sS http://127.0.0.1:8080/
 
-echo
-echo "== firing an event with redis-cli PUBLISH (reply = number of agents that received it)"
-echo "\$ redis-cli PUBLISH hello0:configure 'Configured by PUBLISH'"
-rcli PUBLISH hello0:configure 'Configured by PUBLISH'
-for _ in $(seq 100); do
-  [ "$(rcli XLEN module/hello0/queue)" = 0 ] && grep -q PUBLISH "$work/hello0-state/index.html" 2>/dev/null && break
-  sleep 0.1
-done
-echo "page: $(cat "$work/hello0-state/index.html")"
+say "a second module with agentctl (the id comes from the image name and a counter)"
+show "agentctl module add --env PORT=8081 localhost/hello:latest"
+in_node agentctl module add --env PORT=8081 localhost/hello:latest
+show "curl http://127.0.0.1:8081/"
+in_node curl -sS http://127.0.0.1:8081/
 
-echo
-echo "== queuing an event with agentctl and following it to its end"
-echo "\$ agentctl run module/hello0 configure 'Configured by agentctl'"
-"$bin/agentctl" run module/hello0 configure 'Configured by agentctl'
-echo "page: $(cat "$work/hello0-state/index.html")"
+cat <<EOF
 
-echo
-echo "== a failing run: configure without data (the step exits 2)"
-echo "\$ agentctl run module/hello0 configure"
-"$bin/agentctl" run module/hello0 configure || echo "(agentctl exited with the run's exit code: $?)"
-
-echo
-echo "== what the steps of an event are, and where they come from"
-echo "\$ agentctl explain module/hello0 configure --events-dir examples/demo/module-events"
-"$bin/agentctl" explain module/hello0 configure --events-dir "$root/examples/demo/module-events"
-
-echo
-echo "== the journal"
-echo "\$ agentctl journal module/hello0"
-"$bin/agentctl" journal module/hello0 -n 20
-echo
-echo "demo done; everything it started is stopped now."
+== done. The node '$node' is still up:
+   tests/node/node.sh shell $node       a root shell inside (redis-cli, agentctl, systemctl, podman)
+   agentctl module remove hello0        (inside) removes a module: user, units, containers, keys
+   scripts/demo.sh --down               removes the node
+EOF

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Benchmarks of the module lifecycle on a real node (tests/node/node.sh; root):
+#  1. `module.init` of the hello module end to end (image already in local storage), split by phase
+#     with timestamp steps an admin would drop in /var/local/node-events/module.init/ — user (10-30),
+#     extract (40: image, imageroot, container images), agent start (50), containers up (60: the
+#     module's own module.init, which starts its container) and register (70); each as a ratio to the
+#     floor measured in the same node: one bare rootful `podman run --rm` of the same base image.
+#  2. idle RSS of a node with N installed hello modules (default 20): module-agents, their systemd
+#     user managers, and the containers' processes, against the node's own base (systemd, journald,
+#     redis, node-agent) measured before the first install.
+# Usage: scripts/bench-node.sh [--modules N] [--samples N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+modules=20
+samples=5
+while [ $# -gt 0 ]; do
+  case $1 in
+    --modules) modules=$2; shift 2 ;;
+    --samples) samples=$2; shift 2 ;;
+    *) echo "usage: scripts/bench-node.sh [--modules N] [--samples N]" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "bench-node.sh: must run as root (it boots a systemd-nspawn node)" >&2; exit 1; }
+scripts/test-deps.sh >/dev/null
+# Release binaries in the node, as a real install would have (debug ones are 2-3x the RSS).
+cargo build --release --workspace --bins --quiet
+export AGENT_NODE_TARGET=$PWD/target/release
+node=bench$$
+marks=$(mktemp -d)
+trap 'tests/node/node.sh down "$node" >/dev/null 2>&1 || true; rm -rf "$marks"' EXIT
+
+# Timestamp steps between the phases (an admin's extra node events, merged by name).
+mkdir -p "$marks/module.init"
+for m in 05 35 45 55 65 75; do
+  printf '#!/bin/sh\ndate +%%s.%%N >"/var/tmp/bench-mark-$1-%s"\n' "$m" >"$marks/module.init/${m}bench-mark"
+  chmod +x "$marks/module.init/${m}bench-mark"
+done
+tests/node/node.sh up "$node" --events "$marks" >/dev/null
+in_node() { tests/node/node.sh exec "$node" "$@"; }
+in_node /usr/local/share/agent/examples/modules/build.sh >/dev/null
+
+# The floor: one bare rootless container start and stop (same image, no network), as a user with
+# linger like a module's — what every module container costs at least.
+floor=$(in_node sh -c 'useradd --create-home benchfloor && loginctl enable-linger benchfloor
+  uid=$(id -u benchfloor); i=0; while [ ! -S /run/user/$uid/bus ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  podman save --quiet --format oci-archive --output /var/tmp/base.tar localhost/agent-busybox:latest
+  u() { runuser -u benchfloor -- env -C /home/benchfloor XDG_RUNTIME_DIR=/run/user/$uid "$@"; }
+  u podman load --quiet </var/tmp/base.tar >/dev/null
+  u podman run --rm --network none localhost/agent-busybox:latest true
+  s=$(date +%s%N); for i in 1 2 3 4 5; do u podman run --rm --network none localhost/agent-busybox:latest true; done
+  echo $(( ($(date +%s%N) - s) / 5000000 ))')
+rss_kib() { # total RSS (KiB) of the processes whose user is in the list $1 (comma-separated), or all
+  if [ -n "$1" ]; then
+    in_node sh -c "ps -o rss= -u '$1' | awk '{ s += \$1 } END { print s + 0 }'"
+  else
+    in_node sh -c "ps -e -o rss= | awk '{ s += \$1 } END { print s + 0 }'"
+  fi
+}
+base_rss=$(rss_kib "")
+
+echo "module.init of hello, image in local storage ($samples samples; floor = one rootless 'podman run --rm' = ${floor} ms)"
+printf '%-8s %9s %9s %9s %9s %9s %9s\n' sample user extract agent containers register total
+i=0
+declare -a totals
+while [ "$i" -lt "$samples" ]; do
+  id=hello$((100 + i))
+  in_node redis-cli HSET "module/$id/module.env" EVENTS_IMAGE localhost/hello:latest PORT $((9000 + i)) >/dev/null
+  t0=$(in_node date +%s.%N)
+  [ "$(in_node redis-cli PUBLISH "$node:module.init" "$id")" = 1 ] || { echo "node-agent did not receive module.init" >&2; exit 1; }
+  for _ in $(seq 1 1200); do
+    in_node test -e "/var/tmp/bench-mark-$id-75" && break
+    sleep 0.1
+  done
+  in_node test -e "/var/tmp/bench-mark-$id-75" || { echo "module.init of $id did not finish" >&2; exit 1; }
+  read -r m05 m35 m45 m55 m65 m75 < <(in_node sh -c "cat /var/tmp/bench-mark-$id-05 /var/tmp/bench-mark-$id-35 /var/tmp/bench-mark-$id-45 /var/tmp/bench-mark-$id-55 /var/tmp/bench-mark-$id-65 /var/tmp/bench-mark-$id-75" | tr '\n' ' '; echo)
+  awk -v s="$((i + 1))" -v t0="$t0" -v a="$m05" -v b="$m35" -v c="$m45" -v d="$m55" -v e="$m65" -v f="$m75" -v fl="$floor" 'BEGIN {
+    printf "%-8s %8.0fms %8.0fms %8.0fms %8.0fms %8.0fms %8.0fms\n", s, (b-a)*1000, (c-b)*1000, (d-c)*1000, (e-d)*1000, (f-e)*1000, (f-t0)*1000
+    printf "%-8s %8.1fx  %8.1fx  %8.1fx  %8.1fx  %8.1fx  %8.1fx\n", "", (b-a)*1000/fl, (c-b)*1000/fl, (d-c)*1000/fl, (e-d)*1000/fl, (f-e)*1000/fl, (f-t0)*1000/fl
+  }'
+  totals+=("$(awk -v t0="$t0" -v f="$m75" 'BEGIN { printf "%.0f", (f-t0)*1000 }')")
+  i=$((i + 1))
+done
+median=$(printf '%s\n' "${totals[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
+echo "median total: ${median} ms = $(awk -v m="$median" -v f="$floor" 'BEGIN { printf "%.1f", m / f }')x the floor"
+
+# Idle RSS with N modules: install the rest (the sampled ones count), let them settle, then measure.
+echo
+echo "idle RSS with $modules hello modules installed (node base before any module: $((base_rss / 1024)) MiB)"
+users=
+i=0
+while [ "$i" -lt "$modules" ]; do
+  id=hello$((100 + i))
+  if [ "$i" -ge "$samples" ]; then
+    in_node redis-cli HSET "module/$id/module.env" EVENTS_IMAGE localhost/hello:latest PORT $((9000 + i)) >/dev/null
+    in_node redis-cli PUBLISH "$node:module.init" "$id" >/dev/null
+  fi
+  users=${users:+$users,}$id
+  i=$((i + 1))
+done
+last=hello$((100 + modules - 1))
+for _ in $(seq 1 3000); do
+  in_node test -e "/var/tmp/bench-mark-$last-75" && break
+  sleep 0.2
+done
+in_node test -e "/var/tmp/bench-mark-$last-75" || { echo "the $modules modules did not all install" >&2; exit 1; }
+sleep 10
+total=$(rss_kib "")
+mods=$(rss_kib "$users")
+agents=$(in_node sh -c "ps -o rss= -C module-agent | awk '{ s += \$1 } END { print s + 0 }'")
+managers=$(in_node sh -c "ps -o rss=,user= -C systemd -C '(sd-pam)' | awk '\$2 ~ /^hello/ { s += \$1 } END { print s + 0 }'")
+awk -v n="$modules" -v total="$total" -v base="$base_rss" -v mods="$mods" -v agents="$agents" -v managers="$managers" 'BEGIN {
+  printf "  all processes of the %d module users: %6.1f MiB (%.1f MiB a module; %.2fx the node base)\n", n, mods/1024, mods/1024/n, mods/base
+  printf "    module-agents:                    %6.1f MiB (%.1f MiB each)\n", agents/1024, agents/1024/n
+  printf "    systemd user managers (+sd-pam):  %6.1f MiB (%.1f MiB each)\n", managers/1024, managers/1024/n
+  printf "    containers (conmon, slirp4netns, rootlessport, httpd, podman pause): %6.1f MiB\n", (mods-agents-managers)/1024
+  printf "  whole node: %.1f MiB (base %.1f MiB)\n", total/1024, base/1024
+}'
