@@ -19,7 +19,7 @@ pub enum Error {
     BadName { name: String, reason: &'static str },
 
     /// The bus or its systemd manager could not be reached (after the retries).
-    #[error("cannot reach the systemd {bus} manager at {address} (tried {attempts} times): {source}; {hint}")]
+    #[error("cannot reach the systemd {bus} manager at {address} ({attempts} attempts): {source}; {hint}")]
     Unreachable {
         bus: Bus,
         address: String,
