@@ -12,6 +12,7 @@ use module_sdk::context::{process_env, redis_url_from};
 use module_sdk::{exit_code, AgentContext, Error, RedisUrl, Session, StepContext, Timeouts};
 
 mod sign;
+mod unit;
 
 const ABOUT: &str = "Helper for event steps and module authors: progress, module env, events.";
 
@@ -36,6 +37,7 @@ Examples (inside a step):
   module-sdk queue module/traefik0 configure '{}'     queue an event for an agent (node steps)
   module-sdk context                                  this step's context as JSON
   module-sdk secret get DB_PASSWORD                   print a secret (see `secret --help`)
+  module-sdk unit restart hello0-httpd                restart a user unit, wait (see `unit --help`)
 
 Steps must be idempotent: runs are at-least-once. A run interrupted by an agent
 restart or crash is started again from its first step (AGENT_ATTEMPT counts the
@@ -168,6 +170,11 @@ enum Cmd {
     /// Verify a signed tree or archive against the trusted certificates:
     /// `module-sdk verify DIR [--trust-dir D] [--policy require|warn|off]`. Exit 0 when accepted.
     Verify(sign::VerifyArgs),
+
+    /// systemd units: `module-sdk unit [--system] start|stop|restart|reload|enable|disable|status|
+    /// daemon-reload [NAME]`; waits for systemd's job, exits 1 with the unit's journal on failure.
+    #[command(long_about = unit::LONG_ABOUT, after_help = unit::AFTER_HELP)]
+    Unit(unit::UnitArgs),
 }
 
 #[derive(Args)]
@@ -293,6 +300,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Keygen(a) => std::process::exit(sign::keygen(&a)),
         Cmd::Sign(a) => std::process::exit(sign::sign(&a)),
         Cmd::Verify(a) => std::process::exit(sign::verify(&a)),
+        Cmd::Unit(a) => std::process::exit(unit::run(&a, verbose)),
         Cmd::Context => {
             let ctx = StepContext::from_env()?;
             let text = serde_json::to_string_pretty(&ctx.to_json())?;
@@ -434,6 +442,52 @@ mod tests {
         assert!(
             matches!(cli.cmd, Cmd::Env(EnvArgs { module: Some(ref m), .. }) if m.as_str() == "traefik0")
         );
+    }
+
+    #[test]
+    fn unit_arguments_parse() {
+        let cli =
+            Cli::try_parse_from(["module-sdk", "unit", "enable", "--now", "sleeper"]).unwrap();
+        let Cmd::Unit(u) = cli.cmd else {
+            panic!("not unit")
+        };
+        assert!(!u.system);
+        assert!(
+            matches!(u.cmd, unit::UnitCmd::Enable { ref unit, now: true } if unit.name.as_str() == "sleeper.service")
+        );
+        let cli = Cli::try_parse_from(["module-sdk", "unit", "status", "node-agent", "--system"])
+            .unwrap();
+        assert!(matches!(cli.cmd, Cmd::Unit(ref u) if u.system));
+        for bad in [
+            &["module-sdk", "unit", "start", "-x"][..],
+            &["module-sdk", "unit", "start", "a/b.service"],
+            &["module-sdk", "unit", "start"],
+            &["module-sdk", "unit", "start", "--now", "x"],
+            &["module-sdk", "unit", "daemon-reload", "x"],
+        ] {
+            let e = Cli::try_parse_from(bad).err().expect("refused");
+            assert_eq!(e.exit_code(), exit_code::USAGE, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn unit_help_says_which_bus_and_what_waiting_means() {
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("unit")
+            .expect("unit")
+            .render_long_help()
+            .to_string();
+        for want in [
+            "user bus",
+            "--system",
+            "job",
+            "journal",
+            "Type=simple",
+            "Exit codes",
+        ] {
+            assert!(help.contains(want), "{want} missing in:\n{help}");
+        }
     }
 
     #[test]
