@@ -12,6 +12,11 @@ use crate::name::UnitName;
 /// How long journalctl may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long to let journald catch up before reading. A unit's own output reaches journald through a
+/// stream socket and can land after systemd's "Failed to start" message, i.e. after the job ended;
+/// reading at once sometimes showed only systemd's lines. Only failed operations pay this.
+const SETTLE: Duration = Duration::from_millis(300);
+
 /// The journal lines of a unit, or why there are none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Journal {
@@ -69,8 +74,9 @@ impl Journal {
         }
     }
 
-    /// Runs journalctl for the last `lines` lines of `unit`.
+    /// Runs journalctl for the last `lines` lines of `unit`, after letting journald settle.
     pub async fn tail(bus: Bus, unit: &UnitName, lines: usize) -> Journal {
+        tokio::time::sleep(SETTLE).await;
         let run = tokio::process::Command::new("journalctl")
             .args(args(bus, unit, lines))
             .stdin(std::process::Stdio::null())
