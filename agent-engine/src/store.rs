@@ -316,7 +316,7 @@ impl Store {
     /// Queues the startup event if it was never queued before. Returns whether it was queued now.
     pub async fn enqueue_startup(&self, event: &core_events::EventName) -> Result<bool> {
         let entry = QueueEntry {
-            run: RunId::new(format!("startup-{event}"))?,
+            run: RunId::startup(event)?,
             event: event.clone(),
             data: String::new(),
         };

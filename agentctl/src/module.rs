@@ -292,12 +292,9 @@ fn parse_env(pairs: &[String]) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-/// A module id as the node's steps accept it: `[a-z][a-z0-9]{0,30}`.
+/// A module id as the node's tools accept it: `[a-z][a-z0-9]{0,30}` (`core_events::ModuleId`).
 fn is_module_id(id: &str) -> bool {
-    let mut chars = id.chars();
-    id.len() <= 31
-        && matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    core_events::ModuleId::new(id).is_ok()
 }
 
 #[cfg(test)]

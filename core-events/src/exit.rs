@@ -21,3 +21,20 @@ pub const TIMEOUT: i32 = 124;
 pub const CANCELLED: i32 = 130;
 /// Offset added to a signal number when a step was killed by a signal (as the shell does).
 pub const SIGNAL_BASE: i32 = 128;
+
+/// Exit codes of the node's built-in tools (`node-agent module …`), after `sysexits.h`. A step that
+/// wraps a tool exits with them, so a run's `exit_code` tells what kind of failure it was.
+pub mod tool {
+    /// Bad input: a module id, an image reference or label, a setting (`EX_DATAERR`).
+    pub const INVALID: i32 = super::INVALID;
+    /// Something needed is not there or cannot be had: an image, a user (`EX_UNAVAILABLE`).
+    pub const UNAVAILABLE: i32 = 69;
+    /// A program the tool runs could not be started (`EX_OSERR`).
+    pub const OS_ERROR: i32 = super::SPAWN_FAILED;
+    /// Not ready in time, or Redis unreachable: running again may work (`EX_TEMPFAIL`).
+    pub const TEMP_FAILURE: i32 = 75;
+    /// The node's configuration does not allow it (`EX_CONFIG`).
+    pub const CONFIG: i32 = 78;
+    /// Anything else that failed.
+    pub const FAILED: i32 = 1;
+}

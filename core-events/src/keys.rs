@@ -96,6 +96,12 @@ impl Prefix {
         format!("{}/secrets", self.text)
     }
 
+    /// `node/<name>/modules`: hash of the modules installed on a node, id → image (only meaningful
+    /// for a node prefix). Written by the node's module.init (`70register`) and module.remove.
+    pub fn modules(&self) -> String {
+        format!("{}/modules", self.text)
+    }
+
     /// `module/<id>/public_key`: the module's age recipient.
     pub fn public_key(&self) -> String {
         format!("{}/public_key", self.text)

@@ -10,5 +10,5 @@ pub mod name;
 pub mod record;
 
 pub use keys::{AgentKind, Prefix};
-pub use name::{AgentName, EventName, NameError, RunId};
+pub use name::{AgentName, EventName, ModuleId, NameError, RunId};
 pub use record::{JournalEntry, Progress, QueueEntry, RollbackStatus, RunRecord, RunStatus};

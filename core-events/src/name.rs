@@ -35,6 +35,8 @@ pub enum NameError {
     Dots { what: &'static str, shown: String },
     #[error("{what} {shown:?} must start with a letter or digit")]
     BadStart { what: &'static str, shown: String },
+    #[error("module id {shown:?} must match [a-z][a-z0-9]{{0,30}} (it becomes a Unix user name, a home and a key prefix)")]
+    BadModuleId { shown: String },
 }
 
 /// Shows at most 64 characters of refused input, with control characters escaped by `{:?}`.
@@ -165,6 +167,59 @@ validated_name!(
     }
 );
 
+/// Longest accepted module id: it must fit a Unix user name, and Redis ACL user `module-<id>`.
+pub const MAX_MODULE_ID: usize = 31;
+
+/// The id of a module, e.g. `traefik0`: `[a-z][a-z0-9]{0,30}`. Stricter than an [`AgentName`]
+/// because it also becomes a Unix user and group name, a home directory (`/home/<id>`), the Redis ACL
+/// user `module-<id>` and the key prefix `module/<id>`. Every node tool checks it with this type.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ModuleId(AgentName);
+
+impl ModuleId {
+    pub fn new(input: impl Into<String>) -> Result<Self, NameError> {
+        let input = input.into();
+        let mut chars = input.chars();
+        let ok = input.len() <= MAX_MODULE_ID
+            && matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !ok {
+            return Err(NameError::BadModuleId {
+                shown: shown(&input),
+            });
+        }
+        Ok(Self(AgentName::new(input)?))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The module's agent name (its module-agent's name and key prefix name).
+    pub fn agent_name(&self) -> &AgentName {
+        &self.0
+    }
+}
+
+impl fmt::Display for ModuleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_str())
+    }
+}
+
+impl std::str::FromStr for ModuleId {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl AsRef<str> for ModuleId {
+    fn as_ref(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
 validated_name!(
     /// The id of one run. Defaults to the queue entry's stream id (`1700000000000-0`); a client may choose
     /// its own so it can follow or cancel the run before it starts.
@@ -174,10 +229,52 @@ validated_name!(
     |_| Ok(())
 );
 
+impl RunId {
+    /// The run id of an agent's startup event `event` (`--startup-event`): `startup-<event>`.
+    /// Refused (too long) for event names longer than 56 bytes.
+    pub fn startup(event: &EventName) -> Result<RunId, NameError> {
+        RunId::new(format!("startup-{event}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn module_ids() {
+        for ok in ["a", "hello0", "traefik12", &"a".repeat(31)] {
+            let id = ModuleId::new(ok).unwrap();
+            assert_eq!(id.as_str(), ok);
+            assert_eq!(id.agent_name().as_str(), ok);
+        }
+        for bad in [
+            "",
+            "0a",
+            "Hello",
+            "a-b",
+            "a.b",
+            "a_b",
+            "Root;x",
+            "../etc",
+            "a b",
+            "-a",
+            "é",
+            &"a".repeat(32),
+        ] {
+            let e = ModuleId::new(bad).unwrap_err();
+            assert!(matches!(e, NameError::BadModuleId { .. }), "{bad:?}: {e}");
+            assert!(e.to_string().contains("[a-z][a-z0-9]{0,30}"), "{e}");
+        }
+    }
+
+    #[test]
+    fn startup_run_ids() {
+        let e = EventName::new("module.init").unwrap();
+        assert_eq!(RunId::startup(&e).unwrap().as_str(), "startup-module.init");
+        assert!(RunId::startup(&EventName::new("x".repeat(57)).unwrap()).is_err());
+    }
 
     #[test]
     fn accepts_usual_names() {

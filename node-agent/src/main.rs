@@ -1,30 +1,93 @@
-//! `node-agent`: the event engine configured as a node's root agent (a systemd system service).
+//! `node-agent`: the event engine configured as a node's root agent (a systemd system service),
+//! and the node's built-in tools (`node-agent module <tool> ID`) that its default steps wrap.
 
 use agent_engine::cli::AgentArgs;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use core_events::AgentKind;
+
+mod tools;
 
 /// Runs the steps of events addressed to this agent through Redis.
 ///
 /// Events arrive as `PUBLISH <name>:<event> <data>` or `XADD <prefix>/queue * event <event> data <data>`
 /// and run the executables in `<events-dir>/<event>/` in name order, one run at a time by default.
+///
+/// Without a command, `node-agent [FLAGS]` is the daemon. `node-agent module <TOOL> ID` runs one of
+/// the node's module tools, the work of one step of module.init / module.remove.
 #[derive(Parser)]
-#[command(version, about, long_about = None, after_help = AFTER_HELP)]
+#[command(version, about, after_help = AFTER_HELP)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     #[command(flatten)]
     agent: AgentArgs,
 }
 
+#[derive(Subcommand)]
+enum Command {
+    /// The node's module tools: the work of the module.init / module.remove steps.
+    ///
+    /// One tool per step of imageroot/node-events/module.init and module.remove (each step is
+    /// `exec node-agent module <tool> -- "$1"`). They use the same
+    /// --name and Redis flags/environment as the daemon (a step gets REDIS_URL and AGENT_NAME);
+    /// AGENT_ROLLBACK=1 makes the module.remove tools keep a module that was installed before the
+    /// failed module.init. Exit codes: 65 bad input, 69 unavailable, 71 cannot run a program,
+    /// 75 not ready / Redis unreachable, 78 configuration, 1 other failures.
+    #[command(after_help = MODULE_AFTER_HELP)]
+    Module {
+        #[command(subcommand)]
+        tool: tools::Tool,
+    },
+}
+
 const AFTER_HELP: &str = "\
-Keys live under node/<name>/: queue, run/<id>, run/<id>/output, journal, heartbeat.
+Keys live under node/<name>/: queue, run/<id>, run/<id>/output, journal, heartbeat, modules.
 Example: redis-cli PUBLISH \"$(hostname -s)\":module.init hello0
 Environment of a step: AGENT_NAME, AGENT_KIND, AGENT_KEY_PREFIX, AGENT_EVENT, AGENT_RUN_ID,
 AGENT_ATTEMPT, AGENT_STEP, REDIS_URL (the agent's own credentials).
 Per-event settings: <events-dir>/<event>/.timeout (seconds), .retries (restarts after a crash).
-See docs/PROTOCOL.md for every key and channel.";
+Module tools: node-agent module --help.
+See docs/PROTOCOL.md for every key and channel, imageroot/README.md for the module lifecycle.";
+
+const MODULE_AFTER_HELP: &str = "\
+module.init:   create-user, redis-user, secret-key, install-image, start-agent, wait-ready, register
+module.remove: stop-agent, disable-linger, kill-processes, delete-user, remove-redis-user,
+               delete-keys, unregister
+Example: node-agent module install-image hello0";
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    agent_engine::cli::main(AgentKind::Node, cli.agent)?;
-    Ok(())
+    match cli.command {
+        None => {
+            agent_engine::cli::main(AgentKind::Node, cli.agent)?;
+            Ok(())
+        }
+        Some(Command::Module { tool }) => {
+            let label = tools::message_label(&tool, std::env::var("AGENT_EVENT").ok());
+            let code = match module_tool(&tool, cli.agent) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("{label}: {e}");
+                    e.exit_code()
+                }
+            };
+            std::process::exit(code)
+        }
+    }
+}
+
+fn module_tool(tool: &tools::Tool, agent: AgentArgs) -> tools::Result<()> {
+    let cfg = agent
+        .into_config(AgentKind::Node)
+        .map_err(|e| tools::ToolError::Config(e.to_string()))?;
+    let redis = agent_engine::redis_conn::client(&cfg.redis_url, cfg.credentials.as_ref(), false)
+        .map_err(|e| tools::ToolError::Config(e.to_string()))?;
+    let ctx = tools::Ctx {
+        node: cfg.name.clone(),
+        redis,
+        redis_url: cfg.redis_url.clone(),
+        rollback: tools::is_rollback(std::env::var_os("AGENT_ROLLBACK").as_deref()),
+    };
+    tools::run(tool, &ctx)
 }

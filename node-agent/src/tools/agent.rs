@@ -1,0 +1,185 @@
+//! The module-agent user service: started (module.init/50start-agent), awaited
+//! (module.init/60wait-ready) and stopped (module.remove/10stop-agent).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use core_events::{EventName, ModuleId, Prefix, RunId};
+
+use super::user::ModuleUser;
+use super::{env_secs, quiet_stdout_of, status, Ctx, Result, ToolError};
+
+const UNIT: &str = "module-agent.service";
+
+/// `systemctl --user -M ID@ ARGS…`: the module user's systemd manager.
+fn user_systemctl(id: &ModuleId) -> Command {
+    let mut c = Command::new("systemctl");
+    c.args(["--user", "-M", &format!("{id}@")]);
+    c
+}
+
+/// The state of the user's manager (`is-system-running`), empty when it cannot be asked.
+fn manager_state(id: &ModuleId) -> Result<String> {
+    let (_, out) = quiet_stdout_of(user_systemctl(id).arg("is-system-running"))?;
+    Ok(out)
+}
+
+/// module.init/50start-agent.
+pub fn start_agent(id: &ModuleId) -> Result<()> {
+    let wait = env_secs("MODULE_MANAGER_WAIT", 60)?;
+    let end = Instant::now() + wait;
+    loop {
+        let state = manager_state(id)?;
+        if matches!(state.as_str(), "running" | "degraded") {
+            break;
+        }
+        if Instant::now() > end {
+            let uid = ModuleUser::lookup(id)?
+                .map(|u| u.uid.to_string())
+                .unwrap_or_else(|| "?".into());
+            return Err(ToolError::TempFailure(format!(
+                "the systemd user manager of {id} is not up after {}s (state '{state}'); see: systemctl status user@{uid}",
+                wait.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The user manager's bus can drop a just-opened connection ("Transport endpoint is not
+    // connected"), seen intermittently on test nodes: retry a few times; enable --now is idempotent.
+    let mut n = 0;
+    while !status(user_systemctl(id).args(["enable", "--now", UNIT]))?.success() {
+        n += 1;
+        if n >= 5 {
+            return Err(ToolError::Failed(format!(
+                "cannot start module-agent of {id} (systemctl --user -M {id}@ failed {n} times)"
+            )));
+        }
+        eprintln!("retrying systemctl --user -M {id}@ enable --now module-agent ({n})");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let (_, active) = quiet_stdout_of(user_systemctl(id).args(["is-active", UNIT]))?;
+    println!("module-agent of {id}: {active}");
+    Ok(())
+}
+
+/// module.remove/10stop-agent. Tolerates a half-installed module: no user, no user manager, no
+/// unit — nothing to do.
+pub fn stop_agent(id: &ModuleId) -> Result<()> {
+    if ModuleUser::lookup(id)?.is_none() {
+        println!("no user {id}: no module-agent to stop");
+        return Ok(());
+    }
+    let state = manager_state(id)?;
+    if matches!(state.as_str(), "running" | "degraded" | "starting") {
+        if !status(user_systemctl(id).args(["disable", "--now", UNIT]))?.success() {
+            eprintln!("warning: could not stop module-agent of {id} (the user's processes are killed later)");
+        } else {
+            println!("module-agent of {id} stopped");
+        }
+    } else {
+        println!("the user manager of {id} is not running ('{state}'): nothing to stop");
+    }
+    Ok(())
+}
+
+/// What the node knows of a module being installed, at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Not yet: wait and look again.
+    Wait,
+    /// Ready; the message says why.
+    Ready(&'static str),
+    /// Its own module.init ended with this status.
+    Failed(String),
+}
+
+/// The decision of wait-ready: `heartbeat` (the module's agent is live), `status` (of its startup
+/// run `startup-module.init`, None when there is no record), `registered` (in node/NODE/modules).
+pub fn readiness(heartbeat: bool, status: Option<&str>, registered: bool) -> Readiness {
+    if !heartbeat {
+        return Readiness::Wait;
+    }
+    match status {
+        // Installed before (70register) and live: ready, even when the startup run's record
+        // has expired.
+        None if registered => Readiness::Ready("ready (installed, agent live)"),
+        Some("done") => Readiness::Ready("ready"),
+        Some(s @ ("failed" | "abandoned" | "cancelled")) => Readiness::Failed(s.to_string()),
+        _ => Readiness::Wait,
+    }
+}
+
+/// module.init/60wait-ready. Only reads.
+pub fn wait_ready(ctx: &Ctx, id: &ModuleId) -> Result<()> {
+    let prefix = Prefix::module(id.agent_name().clone());
+    let run_id = RunId::startup(&EventName::new("module.init").expect("valid event name"))
+        .expect("valid run id");
+    let (run, heartbeat) = (prefix.run(&run_id), prefix.heartbeat());
+    let wait = env_secs("MODULE_READY_WAIT", 120)?;
+    let end = Instant::now() + wait;
+    let mut con = ctx.con()?;
+    loop {
+        let status: Option<String> = redis::cmd("HGET").arg(&run).arg("status").query(&mut con)?;
+        let live: bool = redis::cmd("EXISTS").arg(&heartbeat).query(&mut con)?;
+        let registered = live && status.is_none() && ctx.is_registered(id)?;
+        match readiness(live, status.as_deref(), registered) {
+            Readiness::Ready(how) => {
+                println!("module {id} is {how}");
+                return Ok(());
+            }
+            Readiness::Failed(st) => {
+                let (step, code): (Option<String>, Option<String>) = redis::cmd("HMGET")
+                    .arg(&run)
+                    .arg("failed_step")
+                    .arg("exit_code")
+                    .query(&mut con)?;
+                let output: Option<String> = redis::cmd("GET")
+                    .arg(prefix.run_output(&run_id))
+                    .query(&mut con)?;
+                return Err(ToolError::Failed(format!(
+                    "the module's own module.init of {id} {st} at step {} (exit {}); its output:\n{}",
+                    step.unwrap_or_default(),
+                    code.unwrap_or_default(),
+                    output.unwrap_or_default().trim_end()
+                )));
+            }
+            Readiness::Wait => {}
+        }
+        if Instant::now() > end {
+            return Err(ToolError::TempFailure(format!(
+                "module {id} not ready after {}s (heartbeat: {}, startup run: '{}'); see: journalctl --user -M {id}@ -u module-agent",
+                wait.as_secs(),
+                u8::from(live),
+                status.as_deref().unwrap_or("none")
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_decisions() {
+        use Readiness::*;
+        assert_eq!(
+            readiness(false, Some("done"), true),
+            Wait,
+            "no heartbeat yet"
+        );
+        assert_eq!(readiness(true, Some("done"), false), Ready("ready"));
+        assert_eq!(readiness(true, Some("running"), true), Wait);
+        assert_eq!(readiness(true, Some("queued"), false), Wait);
+        assert_eq!(readiness(true, None, false), Wait, "record not written yet");
+        assert_eq!(
+            readiness(true, None, true),
+            Ready("ready (installed, agent live)"),
+            "record expired on an installed module"
+        );
+        for s in ["failed", "abandoned", "cancelled"] {
+            assert_eq!(readiness(true, Some(s), true), Failed(s.into()));
+        }
+    }
+}

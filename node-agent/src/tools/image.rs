@@ -1,0 +1,389 @@
+//! module.init/40install-image: the module's image (docs/MODULES.md).
+//!
+//! 1. `EVENTS_IMAGE` (module/ID/module.env) is made available in root's storage: used as is when
+//!    there (`podman image exists`), else `podman pull` (registry, `oci-archive:PATH`, any transport);
+//! 2. its labels say where its imageroot is and which images its containers run;
+//! 3. the imageroot tree is extracted into the module's home **by the module's user**: a stopped
+//!    container of the image, `podman cp CTR:PATH/. -` (as root) piped into
+//!    `runuser -u ID -- tar -x -C HOME` — root never writes through paths the user controls;
+//! 4. each image the module runs is copied from root's storage into the user's rootless storage
+//!    (`podman save` into a file only root can read, handed to `podman load` as the user on
+//!    stdin), or pulled by the user when root does not have it.
+//!
+//! Idempotent: extracting again rewrites the same files; an image the user has (same id) is kept.
+
+use std::collections::HashMap;
+use std::path::{Component, Path};
+use std::process::{Command, Stdio};
+
+use core_events::{ModuleId, Prefix};
+
+use super::user::ModuleUser;
+use super::{quiet_stdout_of, shown, stdout_of, stdout_ok, Ctx, Result, ToolError};
+
+/// Namespace of the module labels.
+pub const LABEL: &str = "org.agent-system.module";
+
+/// What the labels of a module image say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleLabels {
+    /// Absolute path of the imageroot tree inside the image.
+    pub imageroot: String,
+    /// Images the module's containers run.
+    pub images: Vec<String>,
+}
+
+/// Refuses what podman could take for an option, and white space (`EVENTS_IMAGE` and the entries
+/// of the `images` label are handed to podman as single arguments).
+pub fn check_image_ref(reference: &str) -> std::result::Result<(), String> {
+    if reference.is_empty() {
+        return Err("an empty image reference".into());
+    }
+    if reference.starts_with('-') {
+        return Err(format!("'{reference}' starts with '-'"));
+    }
+    if reference
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("{reference:?} contains white space"));
+    }
+    Ok(())
+}
+
+/// Checks the module labels of image `reference` (`labels`: all its labels).
+pub fn parse_labels(reference: &str, labels: &HashMap<String, String>) -> Result<ModuleLabels> {
+    let get = |name: &str| {
+        labels
+            .get(&format!("{LABEL}.{name}"))
+            .map(|v| v.trim())
+            .unwrap_or("")
+    };
+    let imageroot = get("imageroot");
+    if imageroot.is_empty() {
+        return Err(ToolError::Invalid(format!(
+            "image {reference} has no label {LABEL}.imageroot: not a module image (docs/MODULES.md)"
+        )));
+    }
+    let path = Path::new(imageroot);
+    if !path.is_absolute()
+        || path
+            .components()
+            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(ToolError::Invalid(format!(
+            "label {LABEL}.imageroot of {reference} is '{imageroot}', not an absolute path"
+        )));
+    }
+    match get("rootful") {
+        "" | "false" => {}
+        "true" => {
+            return Err(ToolError::Unavailable(format!(
+                "{reference} needs rootful mode, which this node does not support yet"
+            )))
+        }
+        other => {
+            return Err(ToolError::Invalid(format!(
+                "label {LABEL}.rootful of {reference} is '{other}' (true or false)"
+            )))
+        }
+    }
+    let mut images = Vec::new();
+    for image in get("images").split_whitespace() {
+        if check_image_ref(image).is_err() {
+            return Err(ToolError::Invalid(format!(
+                "label {LABEL}.images of {reference} has a bad entry '{image}'"
+            )));
+        }
+        if !images.iter().any(|i| i == image) {
+            images.push(image.to_string());
+        }
+    }
+    Ok(ModuleLabels {
+        imageroot: imageroot.trim_end_matches('/').to_string(),
+        images,
+    })
+}
+
+/// The labels of an image, from `podman image inspect --format '{{json .Labels}}'` (`null` when
+/// it has none).
+pub fn labels_from_json(text: &str) -> Result<HashMap<String, String>> {
+    serde_json::from_str::<Option<HashMap<String, String>>>(text)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| ToolError::Failed(format!("cannot read the labels podman printed: {e}")))
+}
+
+/// The 12-character short form of an image id.
+pub fn short_id(id: &str) -> &str {
+    let id = id.strip_prefix("sha256:").unwrap_or(id);
+    id.get(..12).unwrap_or(id)
+}
+
+fn podman() -> Command {
+    Command::new("podman")
+}
+
+/// Whether root's storage has `image`.
+fn root_has(image: &str) -> Result<bool> {
+    let (st, _) = quiet_stdout_of(podman().args(["image", "exists", image]))?;
+    Ok(st.success())
+}
+
+fn image_id(image: &str) -> Result<String> {
+    stdout_ok(podman().args(["image", "inspect", "--format", "{{.Id}}", image]))
+}
+
+/// A container removed when dropped, also on an error path.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = podman()
+            .args(["rm", "--force", "--ignore", &self.0])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+pub fn install_image(ctx: &Ctx, id: &ModuleId) -> Result<()> {
+    let env_key = Prefix::module(id.agent_name().clone()).module_env();
+    let reference: Option<String> = redis::cmd("HGET")
+        .arg(&env_key)
+        .arg("EVENTS_IMAGE")
+        .query(&mut ctx.con()?)?;
+    let reference = reference.unwrap_or_default();
+    if reference.is_empty() {
+        return Err(ToolError::Invalid(format!(
+            "{env_key} has no EVENTS_IMAGE (the module's image): redis-cli HSET {env_key} EVENTS_IMAGE localhost/hello:latest"
+        )));
+    }
+    if check_image_ref(&reference).is_err() {
+        return Err(ToolError::Invalid(format!(
+            "EVENTS_IMAGE '{reference}' of {id} is not an image reference"
+        )));
+    }
+    let user = ModuleUser::require(id)?;
+
+    // 1. The image in root's storage.
+    let image = if root_has(&reference)? {
+        let image = image_id(&reference)?;
+        println!(
+            "image {reference} found in local storage ({})",
+            short_id(&image)
+        );
+        image
+    } else {
+        println!("pulling {reference}");
+        let (st, out) = stdout_of(podman().args(["pull", "--quiet", &reference]))?;
+        match out.lines().last().map(str::trim) {
+            Some(image) if st.success() && !image.is_empty() => image.to_string(),
+            _ => {
+                return Err(ToolError::Unavailable(format!(
+                    "cannot get the image {reference} of {id} (not in local storage; podman pull failed, see above)"
+                )))
+            }
+        }
+    };
+
+    // 2. Its labels.
+    let json =
+        stdout_ok(podman().args(["image", "inspect", "--format", "{{json .Labels}}", &image]))?;
+    let labels = parse_labels(&reference, &labels_from_json(&json)?)?;
+
+    // 3. The imageroot into the home, written by the module's user.
+    extract(&user, &image, &labels.imageroot)?;
+    println!(
+        "extracted {} of {reference} into {}",
+        labels.imageroot,
+        user.home.display()
+    );
+
+    // 4. The images the module runs, into the user's storage.
+    for run_image in &labels.images {
+        copy_to_user(&user, run_image)?;
+    }
+    Ok(())
+}
+
+/// `podman cp CTR:IMAGEROOT/. -` (root) | `runuser -u ID -- tar -x -C HOME -f -`.
+fn extract(user: &ModuleUser, image: &str, imageroot: &str) -> Result<()> {
+    let name = format!("agent-extract-{}-{}", user.name, std::process::id());
+    let ctr = stdout_ok(podman().args([
+        "create",
+        "--quiet",
+        "--name",
+        &name,
+        image,
+        "/imageroot-extract",
+    ]))?;
+    let ctr = Container(ctr);
+    let mut cp = podman();
+    cp.args(["cp", &format!("{}:{imageroot}/.", ctr.0), "-"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let mut cp_child = cp
+        .spawn()
+        .map_err(|e| ToolError::OsError(format!("cannot run podman: {e}")))?;
+    let stream = cp_child.stdout.take().expect("piped stdout");
+    let mut tar = Command::new("runuser");
+    tar.args(["-u", &user.name, "--", "tar", "-x", "--no-same-owner"])
+        .args(["--no-same-permissions", "--delay-directory-restore", "-C"])
+        .arg(&user.home)
+        .args(["-f", "-"]);
+    // The pipe's read end lives in `tar` until this statement ends; then podman cp sees EPIPE if
+    // tar stopped reading early.
+    let tar_status = tar.stdin(Stdio::from(stream)).status();
+    drop(tar);
+    let cp_status = cp_child
+        .wait()
+        .map_err(|e| ToolError::OsError(format!("podman cp: {e}")))?;
+    let tar_status =
+        tar_status.map_err(|e| ToolError::OsError(format!("cannot run runuser: {e}")))?;
+    if !tar_status.success() {
+        return Err(ToolError::Failed(format!(
+            "extracting {imageroot} of the image as {} failed (tar: {tar_status})",
+            user.name
+        )));
+    }
+    if !cp_status.success() {
+        return Err(ToolError::Failed(format!(
+            "{} failed ({cp_status})",
+            shown(&cp)
+        )));
+    }
+    Ok(())
+}
+
+/// One image the module runs, into the user's storage: copied from root's, else pulled.
+fn copy_to_user(user: &ModuleUser, image: &str) -> Result<()> {
+    let id = &user.name;
+    if !root_has(image)? {
+        let mut pull = user.command("podman");
+        pull.args(["pull", "--quiet", image]).stdout(Stdio::null());
+        let st = super::status(&mut pull)?;
+        if !st.success() {
+            return Err(ToolError::Unavailable(format!(
+                "{id} cannot pull the image {image} ({st}, see above)"
+            )));
+        }
+        println!("image {image}: pulled by {id}");
+        return Ok(());
+    }
+    let want = image_id(image)?;
+    let mut inspect = user.command("podman");
+    inspect.args(["image", "inspect", "--format", "{{.Id}}", image]);
+    let (st, have) = quiet_stdout_of(&mut inspect)?;
+    if st.success() && have == want {
+        println!("image {image}: {id} has it");
+        return Ok(());
+    }
+    // Through a file only root can read (podman save cannot write to a pipe); the user reads it
+    // on stdin, opened by root. Removed when dropped.
+    let archive = tempfile::Builder::new()
+        .prefix(&format!("agent-image-{id}."))
+        .tempfile_in("/var/tmp")
+        .map_err(|e| ToolError::Failed(format!("cannot make a file in /var/tmp: {e}")))?;
+    let path = archive.path().to_string_lossy().into_owned();
+    super::run_ok(podman().args([
+        "save",
+        "--quiet",
+        "--format",
+        "oci-archive",
+        "--output",
+        &path,
+        image,
+    ]))?;
+    let input = std::fs::File::open(archive.path())
+        .map_err(|e| ToolError::Failed(format!("cannot open {path}: {e}")))?;
+    let mut load = user.command("podman");
+    load.args(["load", "--quiet"])
+        .stdin(Stdio::from(input))
+        .stdout(Stdio::null());
+    let st = load
+        .status()
+        .map_err(|e| ToolError::OsError(format!("cannot run runuser: {e}")))?;
+    if !st.success() {
+        return Err(ToolError::Failed(format!(
+            "podman load of {image} as {id} failed ({st})"
+        )));
+    }
+    println!("image {image}: copied to {id}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (format!("{LABEL}.{k}"), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn image_references() {
+        for ok in [
+            "localhost/hello:latest",
+            "oci-archive:/var/tmp/images/hello.oci.tar",
+            "127.0.0.1:5000/modules/hello:1.0",
+            "docker.io/library/redis@sha256:0123",
+        ] {
+            check_image_ref(ok).unwrap();
+        }
+        for bad in ["", "-v", "--rm", "a b", "a\tb", "a\nb", "x\u{0}"] {
+            assert!(check_image_ref(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn module_labels() {
+        let l = parse_labels(
+            "r",
+            &labels(&[
+                ("imageroot", "/imageroot/"),
+                ("images", " localhost/a:1  docker.io/b:2 localhost/a:1 "),
+                ("rootful", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(l.imageroot, "/imageroot");
+        assert_eq!(l.images, ["localhost/a:1", "docker.io/b:2"]);
+        let l = parse_labels("r", &labels(&[("imageroot", "/x")])).unwrap();
+        assert!(l.images.is_empty());
+    }
+
+    #[test]
+    fn refused_labels() {
+        let e = parse_labels("busybox", &HashMap::new()).unwrap_err();
+        assert_eq!(e.exit_code(), 65);
+        assert!(e.to_string().contains("not a module image"), "{e}");
+        for bad in ["imageroot", "./imageroot", "/a/../etc"] {
+            let e = parse_labels("r", &labels(&[("imageroot", bad)])).unwrap_err();
+            assert!(e.to_string().contains("not an absolute path"), "{e}");
+        }
+        let e =
+            parse_labels("r", &labels(&[("imageroot", "/i"), ("rootful", "true")])).unwrap_err();
+        assert_eq!(e.exit_code(), 69);
+        assert!(e.to_string().contains("rootful"), "{e}");
+        let e = parse_labels("r", &labels(&[("imageroot", "/i"), ("rootful", "yes")])).unwrap_err();
+        assert_eq!(e.exit_code(), 65);
+        let e =
+            parse_labels("r", &labels(&[("imageroot", "/i"), ("images", "a --rm")])).unwrap_err();
+        assert!(e.to_string().contains("bad entry '--rm'"), "{e}");
+    }
+
+    #[test]
+    fn labels_json_and_ids() {
+        assert!(labels_from_json("null").unwrap().is_empty());
+        let l = labels_from_json(r#"{"org.agent-system.module.imageroot":"/imageroot"}"#).unwrap();
+        assert_eq!(l[&format!("{LABEL}.imageroot")], "/imageroot");
+        assert!(labels_from_json("<no value>").is_err());
+        assert_eq!(short_id("0123456789abcdef"), "0123456789ab");
+        assert_eq!(short_id("sha256:0123456789abcdef"), "0123456789ab");
+        assert_eq!(short_id("abc"), "abc");
+    }
+}

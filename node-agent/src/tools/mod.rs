@@ -1,0 +1,430 @@
+//! The node's built-in tools: `node-agent module <tool> ID`, one per step of the node's
+//! `module.init` and `module.remove` events (imageroot/node-events/). Each step is a one-line shell
+//! wrapper around one tool, so admins can still insert, override or mask steps between them.
+//!
+//! Rules every tool follows:
+//! * the module id is checked first, once, by [`core_events::ModuleId`] (`[a-z][a-z0-9]{0,30}`);
+//! * external programs run with explicit argument vectors ([`std::process::Command`]), never through
+//!   a shell: nothing from the wire (ids, image references, labels) is ever interpreted by one;
+//! * root never writes into a module's home: what goes there is written by the module's own user
+//!   (`runuser -u ID -- …`), so a symlink planted by the user cannot redirect a root write;
+//! * every tool is idempotent (a run is re-run from its first step after a crash);
+//! * the `module.remove` tools, run as the rollback of a failed `module.init` (`AGENT_ROLLBACK=1`),
+//!   undo nothing of a module that was installed before that run (field in `node/NODE/modules`).
+
+pub mod agent;
+pub mod image;
+pub mod keys;
+pub mod user;
+
+use std::ffi::OsStr;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use core_events::exit::tool as code;
+use core_events::{AgentName, ModuleId, Prefix};
+
+/// How a tool failed; each kind has its exit code (core-events `exit::tool`).
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// Bad input (65).
+    #[error("{0}")]
+    Invalid(String),
+    /// Something needed is not there (69).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A program could not be started (71).
+    #[error("{0}")]
+    OsError(String),
+    /// Not ready in time (75).
+    #[error("{0}")]
+    TempFailure(String),
+    /// The node's configuration does not allow it (78).
+    #[error("{0}")]
+    Config(String),
+    /// Anything else (1).
+    #[error("{0}")]
+    Failed(String),
+    /// Redis refused or failed a command (75 when unreachable, else 1).
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl ToolError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ToolError::Invalid(_) => code::INVALID,
+            ToolError::Unavailable(_) => code::UNAVAILABLE,
+            ToolError::OsError(_) => code::OS_ERROR,
+            ToolError::TempFailure(_) => code::TEMP_FAILURE,
+            ToolError::Config(_) => code::CONFIG,
+            ToolError::Failed(_) => code::FAILED,
+            ToolError::Redis(e) if agent_engine::redis_conn::is_transient(e) => code::TEMP_FAILURE,
+            ToolError::Redis(_) => code::FAILED,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ToolError>;
+
+/// The module id every tool takes.
+#[derive(Debug, clap::Args)]
+pub struct IdArg {
+    /// The module id, `[a-z][a-z0-9]{0,30}`: its Unix user, home and key prefix `module/ID`.
+    pub id: String,
+}
+
+/// The node's module tools. Each is one step of imageroot/node-events/.
+#[derive(Debug, clap::Subcommand)]
+pub enum Tool {
+    /// module.init/10create-user: the module's Unix user with a home and subordinate ids
+    /// (`useradd`, kept when it exists), linger on.
+    CreateUser(IdArg),
+    /// module.init/20redis-user: the module's Redis ACL user and its credentials file
+    /// ~ID/.config/agent/redis.env (`agentctl redis add-agent`); skipped without ACL users.
+    RedisUser(IdArg),
+    /// module.init/30secret-key: the module's age identity, made by the module's user
+    /// (`module-sdk secret init`), its public key at module/ID/public_key.
+    SecretKey(IdArg),
+    /// module.init/40install-image: EVENTS_IMAGE from root's storage or `podman pull`, its labels
+    /// checked, its imageroot extracted into the home by the module's user, the images it runs put
+    /// into the user's rootless storage.
+    InstallImage(IdArg),
+    /// module.init/50start-agent: waits for the user's systemd manager (MODULE_MANAGER_WAIT s,
+    /// default 60), then `systemctl --user enable --now module-agent`.
+    StartAgent(IdArg),
+    /// module.init/60wait-ready: waits (MODULE_READY_WAIT s, default 120) for the module's
+    /// heartbeat and its own startup module.init run; fails with that run's output when it failed.
+    WaitReady(IdArg),
+    /// module.init/70register: HSET node/NODE/modules ID IMAGE.
+    Register(IdArg),
+    /// module.remove/10stop-agent: `systemctl --user disable --now module-agent` if the user's
+    /// manager runs.
+    StopAgent(IdArg),
+    /// module.remove/20disable-linger: linger off.
+    DisableLinger(IdArg),
+    /// module.remove/30kill-processes: the user's manager stopped, its session terminated, every
+    /// process of the user killed (≤ 10 s).
+    KillProcesses(IdArg),
+    /// module.remove/40delete-user: `userdel --remove` (home, group, subordinate ids).
+    DeleteUser(IdArg),
+    /// module.remove/50redis-user: the module's Redis ACL user deleted (`agentctl redis
+    /// remove-agent`); skipped without ACL users.
+    RemoveRedisUser(IdArg),
+    /// module.remove/60delete-keys: every module/ID/* key deleted (a rollback keeps module.env).
+    DeleteKeys(IdArg),
+    /// module.remove/70unregister: HDEL node/NODE/modules ID.
+    Unregister(IdArg),
+}
+
+impl Tool {
+    fn id_arg(&self) -> &str {
+        match self {
+            Tool::CreateUser(a)
+            | Tool::RedisUser(a)
+            | Tool::SecretKey(a)
+            | Tool::InstallImage(a)
+            | Tool::StartAgent(a)
+            | Tool::WaitReady(a)
+            | Tool::Register(a)
+            | Tool::StopAgent(a)
+            | Tool::DisableLinger(a)
+            | Tool::KillProcesses(a)
+            | Tool::DeleteUser(a)
+            | Tool::RemoveRedisUser(a)
+            | Tool::DeleteKeys(a)
+            | Tool::Unregister(a) => &a.id,
+        }
+    }
+
+    /// The tool's command-line name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Tool::CreateUser(_) => "create-user",
+            Tool::RedisUser(_) => "redis-user",
+            Tool::SecretKey(_) => "secret-key",
+            Tool::InstallImage(_) => "install-image",
+            Tool::StartAgent(_) => "start-agent",
+            Tool::WaitReady(_) => "wait-ready",
+            Tool::Register(_) => "register",
+            Tool::StopAgent(_) => "stop-agent",
+            Tool::DisableLinger(_) => "disable-linger",
+            Tool::KillProcesses(_) => "kill-processes",
+            Tool::DeleteUser(_) => "delete-user",
+            Tool::RemoveRedisUser(_) => "remove-redis-user",
+            Tool::DeleteKeys(_) => "delete-keys",
+            Tool::Unregister(_) => "unregister",
+        }
+    }
+
+    /// True for the tools that undo a module (module.remove, also run as module.init's rollback).
+    pub fn undoes(&self) -> bool {
+        matches!(
+            self,
+            Tool::StopAgent(_)
+                | Tool::DisableLinger(_)
+                | Tool::KillProcesses(_)
+                | Tool::DeleteUser(_)
+                | Tool::RemoveRedisUser(_)
+                | Tool::DeleteKeys(_)
+                | Tool::Unregister(_)
+        )
+    }
+}
+
+/// What every tool may need: the node's name and Redis (the step's `REDIS_URL`, the node's
+/// credentials), and whether this is a rollback run.
+pub struct Ctx {
+    pub node: AgentName,
+    pub redis: redis::Client,
+    /// The step's `REDIS_URL` as given (handed on to programs that run for the module).
+    pub redis_url: String,
+    /// `AGENT_ROLLBACK=1`: run as the rollback of a failed run.
+    pub rollback: bool,
+}
+
+impl Ctx {
+    pub fn con(&self) -> Result<redis::Connection> {
+        let con = self
+            .redis
+            .get_connection_with_timeout(Duration::from_secs(5))?;
+        con.set_read_timeout(Some(agent_engine::redis_conn::COMMAND_TIMEOUT))?;
+        Ok(con)
+    }
+
+    pub fn node_prefix(&self) -> Prefix {
+        Prefix::node(self.node.clone())
+    }
+
+    /// Whether `id` is in `node/NODE/modules`: installed before this run.
+    pub fn is_registered(&self, id: &ModuleId) -> Result<bool> {
+        let installed: bool = redis::cmd("HEXISTS")
+            .arg(self.node_prefix().modules())
+            .arg(id.as_str())
+            .query(&mut self.con()?)?;
+        Ok(installed)
+    }
+}
+
+/// `AGENT_ROLLBACK` as the engine sets it for rollback steps: only `1` counts.
+pub fn is_rollback(value: Option<&OsStr>) -> bool {
+    value == Some(OsStr::new("1"))
+}
+
+/// The rollback guard: an undoing tool run as a rollback keeps a module that was installed before
+/// the failed run (so a failing re-run of module.init never removes a working module).
+pub fn rollback_keeps(undoes: bool, rollback: bool, installed_before: bool) -> bool {
+    undoes && rollback && installed_before
+}
+
+/// Runs `tool`: checks the id, applies the rollback guard, then does the tool's work.
+pub fn run(tool: &Tool, ctx: &Ctx) -> Result<()> {
+    let id = ModuleId::new(tool.id_arg()).map_err(|e| ToolError::Invalid(format!("bad {e}")))?;
+    // Redis is asked only when the answer matters.
+    if tool.undoes() && ctx.rollback && rollback_keeps(true, true, ctx.is_registered(&id)?) {
+        println!("rollback: {id} was installed before this module.init: kept");
+        return Ok(());
+    }
+    match tool {
+        Tool::CreateUser(_) => user::create_user(&id),
+        Tool::RedisUser(_) => keys::redis_user(ctx, &id),
+        Tool::SecretKey(_) => keys::secret_key(ctx, &id),
+        Tool::InstallImage(_) => image::install_image(ctx, &id),
+        Tool::StartAgent(_) => agent::start_agent(&id),
+        Tool::WaitReady(_) => agent::wait_ready(ctx, &id),
+        Tool::Register(_) => keys::register(ctx, &id),
+        Tool::StopAgent(_) => agent::stop_agent(&id),
+        Tool::DisableLinger(_) => user::disable_linger(&id),
+        Tool::KillProcesses(_) => user::kill_processes(&id),
+        Tool::DeleteUser(_) => user::delete_user(&id),
+        Tool::RemoveRedisUser(_) => keys::remove_redis_user(ctx, &id),
+        Tool::DeleteKeys(_) => keys::delete_keys(ctx, &id),
+        Tool::Unregister(_) => keys::unregister(ctx, &id),
+    }
+}
+
+/// The label of a tool's error messages: the event the step runs in (`module.init`, …) when run
+/// as a step, else the command.
+pub fn message_label(tool: &Tool, event: Option<String>) -> String {
+    event
+        .filter(|e| !e.is_empty())
+        .unwrap_or_else(|| format!("node-agent module {}", tool.name()))
+}
+
+/// Seconds from an environment variable (a whole number), or `default`.
+pub fn env_secs(var: &str, default: u64) -> Result<Duration> {
+    match std::env::var(var) {
+        Err(_) => Ok(Duration::from_secs(default)),
+        Ok(v) => parse_secs(var, &v),
+    }
+}
+
+fn parse_secs(var: &str, v: &str) -> Result<Duration> {
+    v.trim()
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| ToolError::Invalid(format!("{var}={v:?} is not a number of seconds")))
+}
+
+// ---- running programs -------------------------------------------------------------------------
+
+/// `prog arg…` for messages (arguments quoted as needed, never a secret: secrets go by environment
+/// or stdin).
+pub fn shown(cmd: &Command) -> String {
+    let mut out = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        let a = a.to_string_lossy();
+        if !a.is_empty()
+            && a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c))
+        {
+            out.push(' ');
+            out.push_str(&a);
+        } else {
+            out.push_str(&format!(" {a:?}"));
+        }
+    }
+    out
+}
+
+fn spawn_error(cmd: &Command, e: std::io::Error) -> ToolError {
+    ToolError::OsError(format!(
+        "cannot run {}: {e}",
+        cmd.get_program().to_string_lossy()
+    ))
+}
+
+/// Runs `cmd` with the step's stdout/stderr; returns its exit status.
+pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
+    cmd.stdin(Stdio::null())
+        .status()
+        .map_err(|e| spawn_error(cmd, e))
+}
+
+/// Runs `cmd`; a non-zero exit is an error saying which command failed.
+pub fn run_ok(cmd: &mut Command) -> Result<()> {
+    let st = status(cmd)?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(ToolError::Failed(format!("{} failed ({st})", shown(cmd))))
+    }
+}
+
+/// Runs `cmd` with its stderr going to the step's; returns its status and trimmed stdout.
+pub fn stdout_of(cmd: &mut Command) -> Result<(ExitStatus, String)> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| spawn_error(cmd, e))?;
+    Ok((
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    ))
+}
+
+/// Like [`stdout_of`], but stderr is dropped (for probes whose failure is an answer).
+pub fn quiet_stdout_of(cmd: &mut Command) -> Result<(ExitStatus, String)> {
+    cmd.stderr(Stdio::null());
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| spawn_error(cmd, e))?;
+    Ok((
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    ))
+}
+
+/// Trimmed stdout of `cmd`, which must succeed.
+pub fn stdout_ok(cmd: &mut Command) -> Result<String> {
+    let (st, out) = stdout_of(cmd)?;
+    if st.success() {
+        Ok(out)
+    } else {
+        Err(ToolError::Failed(format!("{} failed ({st})", shown(cmd))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(ToolError::Invalid("x".into()).exit_code(), 65);
+        assert_eq!(ToolError::Unavailable("x".into()).exit_code(), 69);
+        assert_eq!(ToolError::OsError("x".into()).exit_code(), 71);
+        assert_eq!(ToolError::TempFailure("x".into()).exit_code(), 75);
+        assert_eq!(ToolError::Config("x".into()).exit_code(), 78);
+        assert_eq!(ToolError::Failed("x".into()).exit_code(), 1);
+        let refused =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(ToolError::Redis(refused).exit_code(), 75);
+    }
+
+    #[test]
+    fn rollback_guard() {
+        assert!(is_rollback(Some(OsStr::new("1"))));
+        for no in [None, Some(""), Some("0"), Some("true"), Some(" 1")] {
+            assert!(!is_rollback(no.map(OsStr::new)), "{no:?}");
+        }
+        // Only an undoing tool, in a rollback, of a module installed before, is skipped.
+        assert!(rollback_keeps(true, true, true));
+        assert!(!rollback_keeps(true, true, false), "a new module is undone");
+        assert!(!rollback_keeps(true, false, true), "module.remove removes");
+        assert!(
+            !rollback_keeps(false, true, true),
+            "init tools never roll back"
+        );
+    }
+
+    #[test]
+    fn bad_ids_are_refused_before_anything_runs() {
+        let ctx = Ctx {
+            node: AgentName::new("n1").unwrap(),
+            // Nothing listens there: a tool that reached Redis would fail differently.
+            redis: redis::Client::open("redis://127.0.0.1:1").unwrap(),
+            redis_url: "redis://127.0.0.1:1".into(),
+            rollback: true,
+        };
+        for (tool, id) in [
+            (
+                Tool::CreateUser(IdArg {
+                    id: "Root;x".into(),
+                }),
+                "Root;x",
+            ),
+            (
+                Tool::StopAgent(IdArg {
+                    id: "../etc".into(),
+                }),
+                "../etc",
+            ),
+            (Tool::DeleteKeys(IdArg { id: "".into() }), ""),
+        ] {
+            let e = run(&tool, &ctx).unwrap_err();
+            assert_eq!(e.exit_code(), 65, "{id}: {e}");
+            let msg = e.to_string();
+            assert!(msg.starts_with("bad module id"), "{msg}");
+            assert!(msg.contains("[a-z][a-z0-9]{0,30}"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn labels_and_settings() {
+        let t = Tool::InstallImage(IdArg { id: "a".into() });
+        assert_eq!(message_label(&t, Some("module.init".into())), "module.init");
+        assert_eq!(message_label(&t, None), "node-agent module install-image");
+        assert_eq!(parse_secs("W", " 7").unwrap(), Duration::from_secs(7));
+        assert_eq!(parse_secs("W", "x").unwrap_err().exit_code(), 65);
+    }
+
+    #[test]
+    fn commands_are_shown_quoted() {
+        let mut c = Command::new("podman");
+        c.args(["cp", "abc:/imageroot/.", "-", "a b", ""]);
+        assert_eq!(shown(&c), r#"podman cp abc:/imageroot/. - "a b" """#);
+    }
+}

@@ -1,0 +1,254 @@
+//! The module's Unix user: created with a home and linger (module.init), and taken away with every
+//! process, its home and its subordinate ids (module.remove).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use core_events::ModuleId;
+
+use super::{run_ok, status, Result, ToolError};
+
+/// A module's Unix user as the password database knows it.
+#[derive(Debug, Clone)]
+pub struct ModuleUser {
+    pub name: String,
+    pub uid: u32,
+    pub home: PathBuf,
+}
+
+impl ModuleUser {
+    /// The user named `id`, if there is one.
+    pub fn lookup(id: &ModuleId) -> Result<Option<ModuleUser>> {
+        let user = nix::unistd::User::from_name(id.as_str())
+            .map_err(|e| ToolError::Failed(format!("cannot look up user {id}: {e}")))?;
+        Ok(user.map(|u| ModuleUser {
+            name: u.name,
+            uid: u.uid.as_raw(),
+            home: u.dir,
+        }))
+    }
+
+    /// The user named `id`, which a previous step must have created.
+    pub fn require(id: &ModuleId) -> Result<ModuleUser> {
+        Self::lookup(id)?.ok_or_else(|| {
+            ToolError::Unavailable(format!("no user {id} (module.init/10create-user makes it)"))
+        })
+    }
+
+    /// `runuser -u ID -- env -C HOME HOME=… XDG_RUNTIME_DIR=… DBUS_SESSION_BUS_ADDRESS=… PROG`:
+    /// a program run as the module's user, in its home, able to reach its systemd user manager
+    /// and rootless Podman.
+    pub fn command(&self, program: &str) -> Command {
+        let runtime = format!("/run/user/{}", self.uid);
+        let mut c = Command::new("runuser");
+        c.args(["-u", &self.name, "--", "env", "-C"])
+            .arg(&self.home)
+            .arg(format!("HOME={}", self.home.display()))
+            .arg(format!("XDG_RUNTIME_DIR={runtime}"))
+            .arg(format!("DBUS_SESSION_BUS_ADDRESS=unix:path={runtime}/bus"))
+            .arg(program);
+        c
+    }
+}
+
+/// module.init/10create-user.
+pub fn create_user(id: &ModuleId) -> Result<()> {
+    if let Some(u) = ModuleUser::lookup(id)? {
+        println!("user {id} exists (uid {})", u.uid);
+    } else {
+        run_ok(Command::new("useradd").args([
+            "--create-home",
+            "--shell",
+            "/bin/bash",
+            "--comment",
+            &format!("module {id}"),
+            id.as_str(),
+        ]))?;
+        let u = ModuleUser::require(id)?;
+        println!("created user {id} (uid {})", u.uid);
+    }
+    run_ok(Command::new("loginctl").args(["enable-linger", id.as_str()]))
+}
+
+/// module.remove/20disable-linger: linger off, so the user's manager does not come back.
+pub fn disable_linger(id: &ModuleId) -> Result<()> {
+    if ModuleUser::lookup(id)?.is_some() {
+        // A failure (no logind) is fine: the linger file goes below either way.
+        let _ = status(Command::new("loginctl").args(["disable-linger", id.as_str()]));
+    }
+    remove_if_exists(&Path::new("/var/lib/systemd/linger").join(id.as_str()))?;
+    println!("linger of {id} off");
+    Ok(())
+}
+
+/// The real and effective uid of a process, from the text of `/proc/PID/status`.
+pub fn status_uids(status: &str) -> Option<(u32, u32)> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut ids = line.split_whitespace().map(|s| s.parse::<u32>().ok());
+    Some((ids.next()??, ids.next()??))
+}
+
+/// The processes whose real or effective uid is `uid`: (pid, command name).
+fn processes_of(uid: u32) -> Vec<(i32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let text = std::fs::read_to_string(e.path().join("status")).ok()?;
+        let (real, effective) = status_uids(&text)?;
+        if real != uid && effective != uid {
+            return None;
+        }
+        let name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Name:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        Some((pid, name))
+    })
+    .collect()
+}
+
+/// module.remove/30kill-processes: the user's manager and every process of the user ended
+/// (bounded wait), so userdel can remove it.
+pub fn kill_processes(id: &ModuleId) -> Result<()> {
+    let Some(u) = ModuleUser::lookup(id)? else {
+        println!("no user {id}: no processes");
+        return Ok(());
+    };
+    let quiet = |c: &mut Command| {
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let _ = status(c);
+    };
+    quiet(Command::new("systemctl").args(["stop", &format!("user@{}.service", u.uid)]));
+    quiet(Command::new("loginctl").args(["terminate-user", id.as_str()]));
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = processes_of(u.uid);
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() > end {
+            let list: Vec<String> = left.iter().map(|(p, n)| format!("{p} {n}")).collect();
+            return Err(ToolError::TempFailure(format!(
+                "processes of {id} still alive after 10s: {}",
+                list.join(", ")
+            )));
+        }
+        for (pid, _) in left {
+            // Gone already (ESRCH) is what we want.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("no processes of {id} left");
+    Ok(())
+}
+
+/// module.remove/40delete-user: `userdel --remove` (user, group, home, mail spool, subordinate
+/// ids); a home left without its user (a half-done removal) goes too.
+pub fn delete_user(id: &ModuleId) -> Result<()> {
+    if ModuleUser::lookup(id)?.is_some() {
+        let out = Command::new("userdel")
+            .args(["--remove", id.as_str()])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| ToolError::OsError(format!("cannot run userdel: {e}")))?;
+        // Its exit status is not the answer (a missing mail spool makes it 12): the user's
+        // absence is.
+        for line in String::from_utf8_lossy(&out.stderr).lines() {
+            if !(line.contains("mail spool") && line.contains("not found")) {
+                eprintln!("{line}");
+            }
+        }
+        if ModuleUser::lookup(id)?.is_some() {
+            return Err(ToolError::Failed(format!(
+                "userdel {id} failed ({})",
+                out.status
+            )));
+        }
+        println!("deleted user {id}");
+    } else {
+        println!("no user {id}");
+    }
+    // The user is gone with all its processes: nobody can swap paths under us now, and
+    // remove_dir_all does not follow symlinks.
+    remove_if_exists(&Path::new("/home").join(id.as_str()))
+}
+
+/// Removes a file, a symlink (not its target) or a directory tree; absent is fine.
+fn remove_if_exists(path: &Path) -> Result<()> {
+    let res = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => Err(e),
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+    };
+    match res {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ToolError::Failed(format!(
+            "cannot remove {}: {e}",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids_from_proc_status() {
+        let text = "Name:\tsleep\nUmask:\t0022\nState:\tS\nUid:\t1001\t1002\t1002\t1002\nGid:\t0\t0\t0\t0\n";
+        assert_eq!(status_uids(text), Some((1001, 1002)));
+        assert_eq!(status_uids("Name:\tx\n"), None);
+        assert_eq!(status_uids("Uid:\tx\t1\n"), None);
+    }
+
+    #[test]
+    fn own_processes_are_found() {
+        let me = nix::unistd::getuid().as_raw();
+        let mine = processes_of(me);
+        let pid = std::process::id() as i32;
+        assert!(mine.iter().any(|(p, _)| *p == pid), "{mine:?}");
+    }
+
+    #[test]
+    fn user_commands_have_explicit_arguments() {
+        let u = ModuleUser {
+            name: "hello0".into(),
+            uid: 1001,
+            home: "/home/hello0".into(),
+        };
+        let mut c = u.command("podman");
+        c.args(["load", "--quiet"]);
+        assert_eq!(
+            super::super::shown(&c),
+            "runuser -u hello0 -- env -C /home/hello0 HOME=/home/hello0 XDG_RUNTIME_DIR=/run/user/1001 \
+             DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/1001/bus podman load --quiet"
+        );
+    }
+
+    #[test]
+    fn removing_keeps_symlink_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("f"), "x").unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::os::unix::fs::symlink(&target, home.join("link")).unwrap();
+        remove_if_exists(&home).unwrap();
+        assert!(!home.exists());
+        assert!(target.join("f").exists(), "a symlink's target is kept");
+        remove_if_exists(&home).unwrap();
+    }
+}
