@@ -113,6 +113,26 @@ fn processes_of(uid: u32) -> Vec<(i32, String)> {
     .collect()
 }
 
+/// Stops `user@UID.service` — the user's manager and with it every unit it runs (the module-agent,
+/// the containers) — on the system manager over D-Bus, waiting for the stop job to end. A failure is
+/// only reported: the processes are killed right after anyway.
+fn stop_user_manager(uid: u32) {
+    let stop = async {
+        let unit = systemd_client::UnitName::new(&format!("user@{uid}.service"))?;
+        let systemd = systemd_client::Systemd::connect(systemd_client::Bus::System).await?;
+        systemd.stop(&unit).await
+    };
+    let done = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(stop).map_err(|e| e.to_string()));
+    match done {
+        Ok(()) => println!("user@{uid}.service stopped"),
+        Err(e) => eprintln!("warning: stopping user@{uid}.service: {e} (killing its processes)"),
+    }
+}
+
 /// module.remove/30kill-processes: the user's manager and every process of the user ended
 /// (bounded wait), so userdel can remove it.
 pub fn kill_processes(id: &ModuleId) -> Result<()> {
@@ -125,7 +145,7 @@ pub fn kill_processes(id: &ModuleId) -> Result<()> {
             .stderr(std::process::Stdio::null());
         let _ = status(c);
     };
-    quiet(Command::new("systemctl").args(["stop", &format!("user@{}.service", u.uid)]));
+    stop_user_manager(u.uid);
     quiet(Command::new("loginctl").args(["terminate-user", id.as_str()]));
     let end = Instant::now() + Duration::from_secs(10);
     loop {
