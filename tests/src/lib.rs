@@ -2,12 +2,13 @@
 //!
 //! Integration tests in `tests/tests/` use this to start their own private Redis (TCP on a free
 //! loopback port, append-only file on, so a restart keeps the queue) and agents built by
-//! `cargo build --workspace`. Everything is cleaned up on drop, also when a test fails.
+//! `cargo build --workspace`, and to run the other binaries (`agentctl`, `module-sdk`) once with
+//! [`Run`]. Everything is cleaned up on drop, also when a test fails.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod node;
@@ -34,33 +35,208 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// Runs workspace binary `name` with exactly `env` as its environment (plus `PATH`), `args`, and
-/// `stdin` (or no stdin), and returns its output.
-pub fn run_clean(
-    name: &str,
-    env: &[(&str, &str)],
-    args: &[&str],
-    stdin: Option<&[u8]>,
-) -> std::process::Output {
-    let mut child = Command::new(bin(name))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(input).unwrap();
+/// A run of a workspace binary that waits for it to end and captures what it printed.
+///
+/// The binary inherits the test's environment unless [`Run::clear_env`] is called; stdin is
+/// empty (`/dev/null`) unless [`Run::stdin`] gives bytes, which are written from a thread;
+/// stdout and stderr are read in threads, so a chatty binary never blocks on a full pipe. With a
+/// [`Run::timeout`], a binary still running when it is over is killed and the test panics,
+/// showing what it printed; without one, the run waits as long as it takes.
+pub struct Run {
+    name: String,
+    cmd: Command,
+    /// The arguments as failure messages show them (redacted ones as `"…"`).
+    shown: Vec<String>,
+    stdin: Option<Vec<u8>>,
+    timeout: Option<Duration>,
+}
+
+impl Run {
+    /// Workspace binary `name` (see [`bin`]), no arguments yet.
+    pub fn new(name: &str) -> Self {
+        Run {
+            name: name.into(),
+            cmd: Command::new(bin(name)),
+            shown: Vec::new(),
+            stdin: None,
+            timeout: None,
+        }
     }
-    child.wait_with_output().unwrap()
+
+    /// `agentctl --redis-url URL`, with `REDIS_URL` and `AGENT_REDIS_CREDENTIALS` removed from
+    /// the environment so that only `url` decides where and as whom it connects. The URL (it
+    /// may hold a password) is never shown in a failure message.
+    pub fn agentctl(url: &str) -> Self {
+        Self::new("agentctl")
+            .arg("--redis-url")
+            .arg_redacted(url)
+            .env_remove("REDIS_URL")
+            .env_remove("AGENT_REDIS_CREDENTIALS")
+    }
+
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.cmd.arg(arg);
+        self.shown.push(arg.into());
+        self
+    }
+
+    pub fn args<S: AsRef<str>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        for a in args {
+            self = self.arg(a.as_ref());
+        }
+        self
+    }
+
+    /// An argument that failure messages show as `"…"` (a URL with a password, say).
+    pub fn arg_redacted(mut self, arg: &str) -> Self {
+        self.cmd.arg(arg);
+        self.shown.push("…".into());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.cmd.env(key, value);
+        self
+    }
+
+    pub fn envs<'a>(mut self, vars: impl IntoIterator<Item = &'a (&'a str, &'a str)>) -> Self {
+        self.cmd.envs(vars.into_iter().copied());
+        self
+    }
+
+    pub fn env_remove(mut self, key: &str) -> Self {
+        self.cmd.env_remove(key);
+        self
+    }
+
+    /// Empties the environment but for the caller's `PATH` (variables set before are gone too).
+    pub fn clear_env(mut self) -> Self {
+        self.cmd
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        self
+    }
+
+    /// Bytes for the binary's stdin, which is closed after them.
+    pub fn stdin(mut self, input: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(input.into());
+        self
+    }
+
+    /// Kill the binary and panic if it runs longer than `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Runs it to the end; stdout and stderr as text (invalid UTF-8 replaced).
+    pub fn output(self) -> RunOutput {
+        let out = self.output_bytes();
+        RunOutput {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs it to the end; stdout and stderr as the bytes it wrote.
+    pub fn output_bytes(mut self) -> Output {
+        use std::io::{Read, Write};
+        let mut child = self
+            .cmd
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} starts: {e}", self.name));
+        if let (Some(input), Some(mut pipe)) = (self.stdin, child.stdin.take()) {
+            // A binary that stops reading early is not our failure: the write error is ignored.
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(&input);
+            });
+        }
+        let reader = |mut pipe: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut b = Vec::new();
+                let _ = pipe.read_to_end(&mut b);
+                b
+            })
+        };
+        let stdout = reader(Box::new(child.stdout.take().unwrap()));
+        let stderr = reader(Box::new(child.stderr.take().unwrap()));
+        let status = match self.timeout {
+            None => child.wait().unwrap(),
+            Some(timeout) => {
+                let end = Instant::now() + timeout;
+                loop {
+                    if let Some(st) = child.try_wait().unwrap() {
+                        break st;
+                    }
+                    if Instant::now() > end {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        panic!(
+                            "{} {:?} still running after {timeout:?}\n{}{}",
+                            self.name,
+                            self.shown,
+                            String::from_utf8_lossy(&stdout.join().unwrap()),
+                            String::from_utf8_lossy(&stderr.join().unwrap())
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        };
+        Output {
+            status,
+            stdout: stdout.join().unwrap(),
+            stderr: stderr.join().unwrap(),
+        }
+    }
+}
+
+/// What a [`Run`] ended with; `{:?}` shows the exit code, stdout and stderr.
+pub struct RunOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl RunOutput {
+    /// The exit code, -1 when a signal ended the binary.
+    pub fn code(&self) -> i32 {
+        self.status.code().unwrap_or(-1)
+    }
+
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+}
+
+impl std::fmt::Debug for RunOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.code(),
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+/// Runs workspace binary `name` with exactly `env` as its environment (plus `PATH`), `args`, and
+/// `stdin` (or no stdin), and returns its output; no timeout.
+pub fn run_clean(name: &str, env: &[(&str, &str)], args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut run = Run::new(name).clear_env().envs(env).args(args);
+    if let Some(input) = stdin {
+        run = run.stdin(input);
+    }
+    run.output_bytes()
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, or panics with `what` after `timeout`.

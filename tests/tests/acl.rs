@@ -9,11 +9,12 @@
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent_tests::redis;
-use agent_tests::{bin, hgetall, stream, wait_for, wait_run_end, Agent, EventDirs, RedisServer};
+use agent_tests::{
+    bin, hgetall, stream, wait_for, wait_run_end, Agent, EventDirs, RedisServer, Run,
+};
 
 /// Generous: a slow 2-core machine runs these tests in parallel.
 const LONG: Duration = Duration::from_secs(90);
@@ -153,33 +154,10 @@ struct CtlOut {
 
 /// Runs agentctl with a clean environment (no REDIS_URL or credentials from the caller).
 fn agentctl(url: &str, args: &[&str]) -> CtlOut {
-    let mut child = Command::new(bin("agentctl"))
-        .arg("--redis-url")
-        .arg(url)
-        .args(args)
-        .env_remove("REDIS_URL")
-        .env_remove("AGENT_REDIS_CREDENTIALS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("agentctl starts");
-    let end = Instant::now() + LONG;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("agentctl {args:?} still running after {LONG:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = Run::agentctl(url).args(args).timeout(LONG).output();
     CtlOut {
-        ok: out.status.success(),
-        text: format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        ok: out.success(),
+        text: format!("{}{}", out.stdout, out.stderr),
     }
 }
 

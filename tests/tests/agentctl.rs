@@ -3,85 +3,21 @@
 //! Every command runs the built `agentctl` binary as a user would. Waits are generous and nothing
 //! asserts on timing: these tests must pass on a slow, loaded machine.
 
-use std::io::{Read, Write};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use agent_tests::{bin, hgetall, wait_for, wait_run_end, Agent, EventDirs, RedisServer};
+use agent_tests::{hgetall, wait_for, wait_run_end, Agent, EventDirs, RedisServer, Run, RunOutput};
 use core_events::{AgentName, Prefix, RunId};
 
 /// Upper bound for anything to happen; only reached when something is broken.
 const LONG: Duration = Duration::from_secs(120);
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout ---\n{}--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
 /// Runs `agentctl --redis-url URL ARGS…`, feeding `stdin`, and kills it if it outlives [`LONG`].
-fn ctl(url: &str, args: &[&str], stdin: Option<&str>) -> Out {
-    let mut child = Command::new(bin("agentctl"))
-        .arg("--redis-url")
-        .arg(url)
-        .args(args)
-        .env_remove("REDIS_URL")
-        .env_remove("AGENT_REDIS_CREDENTIALS")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("agentctl starts");
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        let text = text.to_string();
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(text.as_bytes());
-        });
+fn ctl(url: &str, args: &[&str], stdin: Option<&str>) -> RunOutput {
+    let mut run = Run::agentctl(url).args(args).timeout(LONG);
+    if let Some(text) = stdin {
+        run = run.stdin(text);
     }
-    let reader = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = pipe.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = reader(Box::new(child.stdout.take().unwrap()));
-    let err = reader(Box::new(child.stderr.take().unwrap()));
-    let end = Instant::now() + LONG;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "agentctl {args:?} still running after {LONG:?}\n{}{}",
-                out.join().unwrap(),
-                err.join().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Out {
-        code: status.code().unwrap_or(-1),
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+    run.output()
 }
 
 fn module(name: &str) -> Prefix {
@@ -89,7 +25,7 @@ fn module(name: &str) -> Prefix {
 }
 
 /// The run id from agentctl's `run <id> queued on <prefix>` line.
-fn queued_run(out: &Out) -> RunId {
+fn queued_run(out: &RunOutput) -> RunId {
     let id = out
         .stderr
         .lines()
@@ -128,7 +64,7 @@ fn run_succeeds_then_show_and_journal_tell_about_it() {
         ],
         None,
     );
-    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.code(), 0, "{out:?}");
     let run = queued_run(&out);
     assert!(out.stderr.contains("queued on module/ctl0"), "{out:?}");
     assert!(
@@ -151,12 +87,12 @@ fn run_succeeds_then_show_and_journal_tell_about_it() {
         &["run", "module/ctl0", "hello", "-", "--timeout", "300"],
         Some("piped data"),
     );
-    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.code(), 0, "{out:?}");
     let piped = queued_run(&out);
 
     // (d) show prints the record and the output.
     let out = ctl(&url, &["show", "module/ctl0", run.as_str()], None);
-    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.code(), 0, "{out:?}");
     for want in [
         "event:",
         "hello",
@@ -177,13 +113,13 @@ fn run_succeeds_then_show_and_journal_tell_about_it() {
         &["show", "ctl0", run.as_str(), "--json", "--no-output"],
         None,
     );
-    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.code(), 0, "{out:?}");
     let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("JSON record");
     assert_eq!(json["status"], "done");
     assert_eq!(json["event"], "hello");
     assert!(json.get("output").is_none(), "{json}");
     let out = ctl(&url, &["show", "ctl0", "no-such-run"], None);
-    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.code(), 1, "{out:?}");
     assert!(
         out.stderr
             .contains("no run no-such-run on module/ctl0 (records are kept 7 days)"),
@@ -192,7 +128,7 @@ fn run_succeeds_then_show_and_journal_tell_about_it() {
 
     // (c) the journal shows the run, oldest entry first.
     let out = ctl(&url, &["journal", "ctl0", "-n", "20"], None);
-    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.code(), 0, "{out:?}");
     let lines: Vec<&str> = out
         .stdout
         .lines()
@@ -209,7 +145,7 @@ fn run_succeeds_then_show_and_journal_tell_about_it() {
         "{out:?}"
     );
     let out = ctl(&url, &["journal", "module/ctl0", "--json", "-n", "1"], None);
-    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(out.stdout.lines().count(), 1, "{out:?}");
     let last: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
     assert_eq!(last["run"], piped.as_str());
@@ -233,7 +169,7 @@ fn failed_run_exits_with_the_step_code_and_shows_its_output() {
         &["run", "module/ctl1", "fail", "--timeout", "300"],
         None,
     );
-    assert_eq!(out.code, 7, "{out:?}");
+    assert_eq!(out.code(), 7, "{out:?}");
     let run = queued_run(&out);
     let summary = out
         .stderr
@@ -289,7 +225,7 @@ fn explain_shows_overrides_masks_and_skips() {
         &a.iter().map(String::as_str).collect::<Vec<_>>(),
         None,
     );
-    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.code(), 0, "{out:?}");
     let line = |step: &str| -> String {
         out.stdout
             .lines()
@@ -326,7 +262,7 @@ fn explain_shows_overrides_masks_and_skips() {
         &a.iter().map(String::as_str).collect::<Vec<_>>(),
         None,
     );
-    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.code(), 0, "{out:?}");
     let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON plan");
     let steps = json["steps"].as_array().unwrap();
     let verdicts: Vec<&str> = steps
@@ -345,7 +281,7 @@ fn explain_shows_overrides_masks_and_skips() {
         &a.iter().map(String::as_str).collect::<Vec<_>>(),
         None,
     );
-    assert_eq!(out.code, 69, "{out:?}");
+    assert_eq!(out.code(), 69, "{out:?}");
     assert!(
         out.stderr.contains("no event directory defines undefined"),
         "{out:?}"
@@ -383,9 +319,9 @@ fn cancel_ends_a_long_step_and_run_exits_130() {
         RunId::new(s.trim()).ok()
     });
     let out = ctl(&url, &["cancel", "ctl2", run.as_str()], None);
-    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.code(), 0, "{out:?}");
     let out = follower.join().unwrap();
-    assert_eq!(out.code, 130, "{out:?}");
+    assert_eq!(out.code(), 130, "{out:?}");
     assert_eq!(queued_run(&out), run);
     assert!(
         out.stderr
@@ -397,14 +333,14 @@ fn cancel_ends_a_long_step_and_run_exits_130() {
 
     // Nobody listens on this name: nothing is cancelled, exit 1.
     let out = ctl(&url, &["cancel", "nobody0", "some-run"], None);
-    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.code(), 1, "{out:?}");
     assert!(
         out.stderr
             .contains("agent nobody0 is not listening; nothing was cancelled"),
         "{out:?}"
     );
     let out = ctl(&url, &["cancel", "ctl2", "bad/run"], None);
-    assert_eq!(out.code, 65, "{out:?}");
+    assert_eq!(out.code(), 65, "{out:?}");
 }
 
 #[test]
@@ -417,7 +353,7 @@ fn invalid_event_names_queue_nothing_and_queued_events_wait_for_the_agent() {
     // (g)
     for bad in ["bad/name", "../etc", "a b", ".hidden"] {
         let out = ctl(&url, &["run", "module/ctl3", bad], None);
-        assert_eq!(out.code, 65, "{bad:?}: {out:?}");
+        assert_eq!(out.code(), 65, "{bad:?}: {out:?}");
         assert!(out.stderr.contains("event name"), "{bad:?}: {out:?}");
         assert!(!out.stderr.contains("queued on"), "{bad:?}: {out:?}");
     }
@@ -425,7 +361,7 @@ fn invalid_event_names_queue_nothing_and_queued_events_wait_for_the_agent() {
 
     // A bare name nothing is known about.
     let out = ctl(&url, &["run", "ctl3", "hello"], None);
-    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.code(), 1, "{out:?}");
     assert!(
         out.stderr.contains(
             "cannot tell whether ctl3 is a node or a module: write node/ctl3 or module/ctl3"
@@ -440,7 +376,7 @@ fn invalid_event_names_queue_nothing_and_queued_events_wait_for_the_agent() {
         &["run", "module/ctl3", "hello", "early", "--no-wait"],
         None,
     );
-    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.code(), 0, "{out:?}");
     assert!(out.stderr.contains("is not running"), "{out:?}");
     let run = queued_run(&out);
     assert_eq!(out.stdout.trim(), run.as_str());
@@ -450,7 +386,7 @@ fn invalid_event_names_queue_nothing_and_queued_events_wait_for_the_agent() {
         .unwrap();
     assert_eq!(len, 1);
     let out = ctl(&url, &["show", "ctl3", run.as_str()], None);
-    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.code(), 0, "{out:?}");
     assert!(out.stdout.contains("queued (not started yet)"), "{out:?}");
 
     let dirs = EventDirs::new(1);

@@ -5,70 +5,18 @@
 //! Waits are generous and nothing asserts on timing: these tests must pass on a slow machine.
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use agent_tests::{bin, hgetall, stream, wait_for, wait_run_end, Agent, EventDirs, RedisServer};
+use agent_tests::{
+    hgetall, stream, wait_for, wait_run_end, Agent, EventDirs, RedisServer, Run, RunOutput,
+};
 use redis::Commands;
 
 const LONG: Duration = Duration::from_secs(120);
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout ---\n{}--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
 /// Runs `agentctl --redis-url URL ARGS…` and kills it if it outlives [`LONG`].
-fn ctl(url: &str, args: &[&str]) -> Out {
-    let mut child = Command::new(bin("agentctl"))
-        .arg("--redis-url")
-        .arg(url)
-        .args(args)
-        .env_remove("REDIS_URL")
-        .env_remove("AGENT_REDIS_CREDENTIALS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("agentctl starts");
-    let reader = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = pipe.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = reader(Box::new(child.stdout.take().unwrap()));
-    let err = reader(Box::new(child.stderr.take().unwrap()));
-    let end = Instant::now() + LONG;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("agentctl {args:?} still running after {LONG:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Out {
-        code: status.code().unwrap_or(-1),
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+fn ctl(url: &str, args: &[&str]) -> RunOutput {
+    Run::agentctl(url).args(args).timeout(LONG).output()
 }
 
 fn read(path: &std::path::Path) -> String {
@@ -126,7 +74,7 @@ fn add_allocates_ids_writes_module_env_and_runs_module_init() {
             "TITLE=a b=c",
         ],
     );
-    assert_eq!(add.code, 0, "{add:?}");
+    assert_eq!(add.code(), 0, "{add:?}");
     assert_eq!(add.stdout, "hello1\n", "the id alone on stdout: {add:?}");
     assert!(add.stderr.contains("done (exit 0)"), "{add:?}");
     assert_eq!(read(&out), "init argv=hello1 stdin=hello1 on=n1\n");
@@ -148,7 +96,7 @@ fn add_allocates_ids_writes_module_env_and_runs_module_init() {
             "--no-wait",
         ],
     );
-    assert_eq!(add.code, 0, "{add:?}");
+    assert_eq!(add.code(), 0, "{add:?}");
     assert_eq!(add.stdout, "hello2\n", "{add:?}");
     wait_for("module.init hello2", LONG, || {
         read(&out).contains("argv=hello2").then_some(())
@@ -170,7 +118,7 @@ fn add_allocates_ids_writes_module_env_and_runs_module_init() {
         &url,
         &["module", "add", "oci-archive:/srv/web.tar", "--node", "n1"],
     );
-    assert_eq!(add.code, 0, "{add:?}");
+    assert_eq!(add.code(), 0, "{add:?}");
     assert_eq!(add.stdout, "web1\n");
 }
 
@@ -196,7 +144,7 @@ fn a_failing_module_init_passes_its_exit_code_and_is_rolled_back() {
     );
     let _node = Agent::node(&redis, "n2", &dirs, &[]);
     let add = ctl(&url, &["module", "add", "hello", "--node", "n2"]);
-    assert_eq!(add.code, 7, "the run's exit code: {add:?}");
+    assert_eq!(add.code(), 7, "the run's exit code: {add:?}");
     assert_eq!(add.stdout, "hello1\n", "{add:?}");
     assert!(
         add.stderr.contains("failed (exit 7)") && add.stderr.contains("rolled back"),
@@ -220,7 +168,7 @@ fn bad_images_and_env_are_refused_with_nothing_written() {
         long.as_str(),
     ] {
         let add = ctl(&url, &["module", "add", image, "--node", "n1"]);
-        assert_eq!(add.code, 65, "{image:?}: {add:?}");
+        assert_eq!(add.code(), 65, "{image:?}: {add:?}");
         assert!(add.stderr.contains("image"), "{add:?}");
         assert_eq!(add.stdout, "");
     }
@@ -235,11 +183,11 @@ fn bad_images_and_env_are_refused_with_nothing_written() {
             &url,
             &["module", "add", "hello", "--node", "n1", "--env", env],
         );
-        assert_eq!(add.code, 65, "{env:?}: {add:?}");
+        assert_eq!(add.code(), 65, "{env:?}: {add:?}");
         assert!(add.stderr.contains("--env"), "{add:?}");
     }
     let add = ctl(&url, &["module", "add", "hello", "--node", "bad/node"]);
-    assert_eq!(add.code, 65, "{add:?}");
+    assert_eq!(add.code(), 65, "{add:?}");
     assert_eq!(keys(&mut con), Vec::<String>::new(), "nothing written");
 }
 
@@ -256,7 +204,7 @@ fn a_taken_id_is_refused_with_nothing_written() {
     let before = keys(&mut con);
 
     let add = ctl(&url, &["module", "add", "hello", "--node", "n1"]);
-    assert_eq!(add.code, 1, "{add:?}");
+    assert_eq!(add.code(), 1, "{add:?}");
     assert!(
         add.stderr
             .contains("module/hello1/module.env exists already")
@@ -264,7 +212,7 @@ fn a_taken_id_is_refused_with_nothing_written() {
         "{add:?}"
     );
     let add = ctl(&url, &["module", "add", "web", "--node", "n1"]);
-    assert_eq!(add.code, 1, "{add:?}");
+    assert_eq!(add.code(), 1, "{add:?}");
     assert!(add.stderr.contains("node web1 exists"), "{add:?}");
     assert_eq!(keys(&mut con), before, "nothing written");
     let env = hgetall(&mut con, "module/hello1/module.env");
@@ -280,7 +228,7 @@ fn a_taken_id_is_refused_with_nothing_written() {
         &url,
         &["module", "add", "hello", "--node", "n1", "--no-wait"],
     );
-    assert_eq!(add.code, 0, "{add:?}");
+    assert_eq!(add.code(), 0, "{add:?}");
     assert_eq!(add.stdout, "hello2\n");
 }
 
@@ -303,7 +251,7 @@ fn remove_queues_module_remove_on_this_host_by_default() {
     let mut con = redis.conn();
 
     let rm = ctl(&url, &["module", "remove", "hello1"]);
-    assert_eq!(rm.code, 0, "{rm:?}");
+    assert_eq!(rm.code(), 0, "{rm:?}");
     assert_eq!(read(&out), "remove argv=hello1 stdin=hello1\n");
     let runs = ended_runs(&mut con, &host, "module.remove");
     assert_eq!(runs.len(), 1);
@@ -311,12 +259,12 @@ fn remove_queues_module_remove_on_this_host_by_default() {
 
     for bad in ["Hello1", "1hello", "hello-1", "a/b"] {
         let rm = ctl(&url, &["module", "remove", bad, "--node", &host]);
-        assert_eq!(rm.code, 65, "{bad:?}: {rm:?}");
+        assert_eq!(rm.code(), 65, "{bad:?}: {rm:?}");
     }
     // A failing module.remove passes its exit code through.
     dirs.step(0, "module.remove", "20fail", "exit 3");
     let rm = ctl(&url, &["module", "remove", "hello2", "--node", &host]);
-    assert_eq!(rm.code, 3, "{rm:?}");
+    assert_eq!(rm.code(), 3, "{rm:?}");
     let rec = wait_run_end(
         &mut con,
         &format!(
