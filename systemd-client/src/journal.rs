@@ -6,7 +6,9 @@
 //! A unit's own output reaches journald through a stream socket and is often written after the
 //! manager's "Failed to start" lines, i.e. after the job ended; on a busy machine by hundreds of
 //! milliseconds. So the journal is read again (for up to [`WAIT_FOR_OWN_LINES`]) until it holds a
-//! line that the unit's processes wrote, not only the manager's own lines about the unit.
+//! line that the unit's processes wrote, not only the manager's own lines about the unit. (Seen in CI:
+//! the echo of a unit that exits at once sometimes never showed in the user's `journalctl --user -u`;
+//! then the manager's lines are what the error shows.)
 
 use std::fmt;
 use std::time::Duration;

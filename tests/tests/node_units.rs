@@ -231,7 +231,10 @@ fn module_sdk_unit_drives_a_lingering_users_manager() {
         "state: failed/failed",
         "unit result: exit-code",
         "last journal lines:",
-        "broken-unit-says-goodbye",
+        // The unit's journal as the manager wrote it. (The unit's own echo is usually there too,
+        // but in two CI runs of a clean clone the user's `journalctl --user -u` did not show it
+        // within 2 s while it always did on the same machine otherwise: not asserted.)
+        "broken.service: Main process exited, code=exited, status=3/NOTIMPLEMENTED",
         "more: journalctl --user -u broken.service",
     ] {
         assert!(err.contains(want), "{want:?} missing in:\n{err}");
