@@ -19,6 +19,11 @@ use crate::redis_conn::blocking_connection;
 /// How long one blocking read waits before the loop checks for shutdown again.
 const BLOCK: Duration = Duration::from_secs(2);
 
+/// How many entries one read takes. More than one saves a round trip per entry when the queue is
+/// long: the rest wait here in order, already in the consumer's pending list (a crash loses none;
+/// they are read back from it), and a cancel of one of them still finds it in the stream.
+const BATCH: usize = 16;
+
 /// One raw queue entry: its stream id and fields (not yet validated).
 pub(crate) type RawEntry = (String, HashMap<String, Vec<u8>>);
 
@@ -78,9 +83,9 @@ impl QueueReader {
                 .arg(&self.consumer)
                 .arg("COUNT");
             match &self.pending_cursor {
-                Some(cursor) => cmd.arg(16).arg("STREAMS").arg(&self.queue).arg(cursor),
+                Some(cursor) => cmd.arg(BATCH).arg("STREAMS").arg(&self.queue).arg(cursor),
                 None => cmd
-                    .arg(1)
+                    .arg(BATCH)
                     .arg("BLOCK")
                     .arg(BLOCK.as_millis() as u64)
                     .arg("STREAMS")
@@ -100,7 +105,10 @@ impl QueueReader {
                     .extend(entries.into_iter().filter(|(id, _)| !busy.contains(id)));
                 continue;
             }
-            return Ok(entries.into_iter().next());
+            let mut entries = entries.into_iter();
+            let first = entries.next();
+            self.buffered.extend(entries);
+            return Ok(first);
         }
     }
 }
