@@ -237,23 +237,18 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
             kill_now: &kill_now,
             grace: cfg.kill_grace,
         };
-        let progress = Progress {
-            run: run.to_string(),
-            step: Some(step.name.clone()),
-            step_index: Some(i as u32 + 1),
-            steps: Some(total),
-            percent: None,
-            message: None,
-            status: Some(RunStatus::Running),
-        };
-        let (end, output) = run_step(step, &entry.data, &env_vars, signals, || {
-            // Progress is best effort: publish it beside the step rather than in its way.
-            let (store, run) = (store.clone(), run.clone());
-            tokio::spawn(async move { store.publish_progress(&run, &progress).await });
-        })
-        .await;
-        let output = store.scrubber.scrub(&output);
-        append_output(store, run, &step.name, &output, &mut output_left).await?;
+        let position = (i as u32 + 1, total, None);
+        let end = run_step_recorded(
+            store,
+            run,
+            step,
+            position,
+            &entry.data,
+            &env_vars,
+            signals,
+            &mut output_left,
+        )
+        .await?;
         match end {
             StepEnd::Exited(0) => continue,
             StepEnd::Exited(code) => {
@@ -440,22 +435,18 @@ impl Rollback<'_> {
                 kill_now: self.kill_now,
                 grace: cfg.kill_grace,
             };
-            let progress = Progress {
-                run: run.to_string(),
-                step: Some(step.name.clone()),
-                step_index: Some(i as u32 + 1),
-                steps: Some(total),
-                percent: None,
-                message: Some(format!("rollback of {original}")),
-                status: Some(RunStatus::Running),
-            };
-            let (end, output) = run_step(step, &self.entry.data, &env, signals, || {
-                let (store, run) = (store.clone(), run.clone());
-                tokio::spawn(async move { store.publish_progress(&run, &progress).await });
-            })
-            .await;
-            let output = store.scrubber.scrub(&output);
-            append_output(store, run, &step.name, &output, output_left).await?;
+            let position = (i as u32 + 1, total, Some(format!("rollback of {original}")));
+            let end = run_step_recorded(
+                store,
+                run,
+                step,
+                position,
+                &self.entry.data,
+                &env,
+                signals,
+                output_left,
+            )
+            .await?;
             let name = &step.name;
             let stopped = match end {
                 StepEnd::Exited(0) => continue,
@@ -634,6 +625,41 @@ fn step_env(
         ("REDIS_URL".into(), env.redis_url(&store.scrubber)),
     ]);
     vars
+}
+
+/// Runs one step of a run (or of its rollback) and records it: a progress message as it starts
+/// (`position`: its index from 1, the number of steps, a message), its scrubbed output appended to
+/// the run's output.
+#[allow(clippy::too_many_arguments)]
+async fn run_step_recorded(
+    store: &Store,
+    run: &RunId,
+    step: &PlanEntry,
+    position: (u32, u32, Option<String>),
+    data: &str,
+    env: &[(String, String)],
+    signals: Signals<'_>,
+    output_left: &mut usize,
+) -> Result<StepEnd> {
+    let (index, total, message) = position;
+    let progress = Progress {
+        run: run.to_string(),
+        step: Some(step.name.clone()),
+        step_index: Some(index),
+        steps: Some(total),
+        percent: None,
+        message,
+        status: Some(RunStatus::Running),
+    };
+    let (end, output) = run_step(step, data, env, signals, || {
+        // Progress is best effort: publish it beside the step rather than in its way.
+        let (store, run) = (store.clone(), run.clone());
+        tokio::spawn(async move { store.publish_progress(&run, &progress).await });
+    })
+    .await;
+    let output = store.scrubber.scrub(&output);
+    append_output(store, run, &step.name, &output, output_left).await?;
+    Ok(end)
 }
 
 /// Appends one step's output under a `==> step <==` header, within the run's output cap.
