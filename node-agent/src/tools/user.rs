@@ -17,12 +17,36 @@ pub struct ModuleUser {
     pub home: PathBuf,
 }
 
+/// The comment (GECOS field) `create-user` gives a module's user: what tells it from the node's
+/// own users, whose names a module id could also spell (`redis`, `daemon`, `messagebus`, …).
+pub fn module_comment(id: &ModuleId) -> String {
+    format!("module {id}")
+}
+
+/// Lowest uid of a module's user: below are the system's users (Debian's `UID_MIN`).
+const MODULE_UID_MIN: u32 = 1000;
+
+/// Whether a user with this uid and comment is the user of module `id`.
+pub fn is_module_user(id: &ModuleId, uid: u32, comment: &str) -> bool {
+    uid >= MODULE_UID_MIN && uid != 65534 && comment == module_comment(id)
+}
+
 impl ModuleUser {
-    /// The user named `id`, if there is one.
+    /// The user of module `id`, if there is one. A user of that name that is not a module's (a
+    /// system user, or one an admin made) is an error: no tool ever changes or removes it.
     pub fn lookup(id: &ModuleId) -> Result<Option<ModuleUser>> {
         let user = nix::unistd::User::from_name(id.as_str())
             .map_err(|e| ToolError::Failed(format!("cannot look up user {id}: {e}")))?;
-        Ok(user.map(|u| ModuleUser {
+        let Some(u) = user else { return Ok(None) };
+        let comment = u.gecos.to_string_lossy().into_owned();
+        if !is_module_user(id, u.uid.as_raw(), &comment) {
+            return Err(ToolError::Invalid(format!(
+                "user {id} exists and is not a module's user (uid {}, comment '{comment}'): \
+                 left alone; choose another module id",
+                u.uid
+            )));
+        }
+        Ok(Some(ModuleUser {
             name: u.name,
             uid: u.uid.as_raw(),
             home: u.dir,
@@ -62,7 +86,7 @@ pub fn create_user(id: &ModuleId) -> Result<()> {
             "--shell",
             "/bin/bash",
             "--comment",
-            &format!("module {id}"),
+            &module_comment(id),
             id.as_str(),
         ]))?;
         let u = ModuleUser::require(id)?;
@@ -224,6 +248,18 @@ fn remove_if_exists(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_user_made_for_the_module_is_the_modules() {
+        let id = ModuleId::new("redis").unwrap();
+        assert!(is_module_user(&id, 1001, "module redis"));
+        // The node's own users: system uids, other comments, nobody.
+        assert!(!is_module_user(&id, 105, "module redis"));
+        assert!(!is_module_user(&id, 1001, ""));
+        assert!(!is_module_user(&id, 1001, "Redis Server"));
+        assert!(!is_module_user(&id, 1001, "module redis2"));
+        assert!(!is_module_user(&id, 65534, "module redis"));
+    }
 
     #[test]
     fn uids_from_proc_status() {
