@@ -217,6 +217,22 @@ pub fn rollback_keeps(undoes: bool, rollback: bool, installed_before: bool) -> b
     undoes && rollback && installed_before
 }
 
+/// Agent names are one namespace (channels carry the name only): a module id that is the name of a
+/// live node (its `node/<id>/heartbeat` exists) would share that node's channels. Refused.
+fn refuse_node_name(ctx: &Ctx, id: &ModuleId) -> Result<()> {
+    let heartbeat = Prefix::node(id.agent_name().clone()).heartbeat();
+    let live: bool = redis::cmd("EXISTS")
+        .arg(&heartbeat)
+        .query(&mut ctx.con()?)?;
+    if live {
+        return Err(ToolError::Invalid(format!(
+            "{id} is the name of a node ({heartbeat} exists): module ids and node names share \
+             the event channels; choose another id"
+        )));
+    }
+    Ok(())
+}
+
 /// Runs `tool`: checks the id, applies the rollback guard, then does the tool's work.
 pub fn run(tool: &Tool, ctx: &Ctx) -> Result<()> {
     let id = ModuleId::new(tool.id_arg()).map_err(|e| ToolError::Invalid(format!("bad {e}")))?;
@@ -226,7 +242,10 @@ pub fn run(tool: &Tool, ctx: &Ctx) -> Result<()> {
         return Ok(());
     }
     match tool {
-        Tool::CreateUser(_) => user::create_user(&id),
+        Tool::CreateUser(_) => {
+            refuse_node_name(ctx, &id)?;
+            user::create_user(&id)
+        }
         Tool::RedisUser(_) => keys::redis_user(ctx, &id),
         Tool::SecretKey(_) => keys::secret_key(ctx, &id),
         Tool::InstallImage(_) => image::install_image(ctx, &id),
