@@ -239,19 +239,24 @@ pub fn run_clean(name: &str, env: &[(&str, &str)], args: &[&str], stdin: Option<
     run.output_bytes()
 }
 
-/// Polls `f` every 20 ms until it returns `Some`, or panics with `what` after `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+/// Calls `f` every `every` until it returns `Ok`; after `timeout`, panics with its last `Err` (which
+/// says what was awaited and what was seen instead).
+pub fn poll<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
     let end = Instant::now() + timeout;
     loop {
-        if let Some(v) = f() {
-            return v;
+        match f() {
+            Ok(v) => return v,
+            Err(why) => assert!(Instant::now() < end, "timed out after {timeout:?}: {why}"),
         }
-        assert!(
-            Instant::now() < end,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(every);
     }
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    poll(timeout, Duration::from_millis(20), || {
+        f().ok_or_else(|| format!("waiting for {what}"))
+    })
 }
 
 fn free_port() -> u16 {

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The repository's root directory.
 pub fn repo_root() -> PathBuf {
@@ -119,7 +119,7 @@ impl Node {
             if !text(&out.stderr).contains("Transport endpoint is not connected") {
                 break;
             }
-            std::thread::sleep(std::time::Duration::from_millis(500));
+            std::thread::sleep(Duration::from_millis(500));
         }
         self.ok(&all)
     }
@@ -141,6 +141,22 @@ impl Node {
             text(&out.stderr)
         );
         eprintln!("node {} rebooted in {:?}", self.name, started.elapsed());
+    }
+
+    /// Polls `args` inside the node (every 100 ms, for at most `timeout`) until it succeeds with
+    /// stdout `want` (trimmed).
+    pub fn wait_output(&self, args: &[&str], want: &str, timeout: Duration) {
+        crate::poll(timeout, Duration::from_millis(100), || {
+            let out = self.exec(args);
+            let got = text(&out.stdout);
+            if out.status.success() && got == want {
+                return Ok(());
+            }
+            Err(format!(
+                "{args:?} in node {} gives {got:?} ({}), not {want:?}",
+                self.name, out.status
+            ))
+        })
     }
 
     /// Whether `args` fails inside the node.

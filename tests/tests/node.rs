@@ -4,9 +4,10 @@
 //! `redis-cli`, files). Needs root, `debootstrap` and `systemd-container` (see docs/NODE-HARNESS.md).
 //! The first run builds the cached base rootfs (about a minute); later boots take about a second.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agent_tests::node::{repo_root, Node};
+use agent_tests::poll;
 
 fn up() -> Node {
     Node::up("t", &[repo_root().join("tests/node/node-events")])
@@ -26,37 +27,17 @@ fn node_agent_runs_a_published_event_in_a_booted_node() {
     let channel = format!("{}:hello", node.name);
     assert_eq!(node.ok(&["redis-cli", "PUBLISH", &channel, "x"]), "1");
 
-    let end = Instant::now() + Duration::from_secs(30);
-    let content = loop {
+    let content = poll(Duration::from_secs(30), Duration::from_millis(100), || {
         let out = node.exec(&["cat", "/var/lib/agent-test/hello.out"]);
         if out.status.success() {
-            break String::from_utf8_lossy(&out.stdout).trim().to_string();
+            return Ok(String::from_utf8_lossy(&out.stdout).trim().to_string());
         }
-        assert!(Instant::now() < end, "the hello step wrote nothing in 30 s");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        Err("waiting for the hello step to write /var/lib/agent-test/hello.out".to_string())
+    });
     assert_eq!(
         content,
         format!("data=x agent={} event=hello uid=0", node.name)
     );
-}
-
-/// Polls `args` inside the node until it succeeds with stdout `want`, for at most 30 s.
-fn wait_output(node: &Node, args: &[&str], want: &str) {
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = node.exec(args);
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if out.status.success() && text == want {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "{args:?} in node {} gave {text:?}, not {want:?}, for 30 s",
-            node.name
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The module side by hand, as module.init will do it: a Unix user with linger, and the module-agent
@@ -66,10 +47,10 @@ fn module_agent_runs_as_a_lingering_users_systemd_service() {
     let node = up();
     node.ok(&["useradd", "--create-home", "--shell", "/bin/bash", "hello0"]);
     node.ok(&["loginctl", "enable-linger", "hello0"]);
-    wait_output(
-        &node,
+    node.wait_output(
         &["systemctl", "--user", "-M", "hello0@", "is-system-running"],
         "running",
+        Duration::from_secs(30),
     );
     node.ok(&[
         "sh",
@@ -84,8 +65,7 @@ fn module_agent_runs_as_a_lingering_users_systemd_service() {
         node.user_systemctl("hello0", &["is-active", "module-agent"]),
         "active"
     );
-    wait_output(
-        &node,
+    node.wait_output(
         &[
             "redis-cli",
             "HGET",
@@ -93,6 +73,7 @@ fn module_agent_runs_as_a_lingering_users_systemd_service() {
             "status",
         ],
         "done",
+        Duration::from_secs(30),
     );
     let uid = node.ok(&["id", "-u", "hello0"]);
     assert_eq!(

@@ -25,32 +25,15 @@ fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
 
-/// Polls `args` in the node until its stdout is `want` (whatever its exit code), for at most 30 s.
-fn wait_stdout(node: &Node, args: &[&str], want: &str) {
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = text(&node.exec(args).stdout);
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "{args:?} in {} says {got:?}, not {want:?}, after 30 s",
-            node.name
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// A node user with linger and a running user manager; its uid.
 fn lingering_user(node: &Node, user: &str) -> String {
     node.ok(&["useradd", "--create-home", "--shell", "/bin/bash", user]);
     node.ok(&["loginctl", "enable-linger", user]);
     let machine = format!("{user}@");
-    wait_stdout(
-        node,
+    node.wait_output(
         &["systemctl", "--user", "-M", &machine, "is-system-running"],
         "running",
+        Duration::from_secs(30),
     );
     node.ok(&["id", "-u", user])
 }
