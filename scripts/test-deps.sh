@@ -4,11 +4,11 @@
 #   redis-server, redis-tools     the integration tests start their own servers (the packaged service
 #                                 is not used)
 #   libclang-dev, nettle-dev, pkg-config   sequoia-openpgp's nettle backend (module-signing)
-#   debootstrap, systemd-container, binutils   the real systemd nodes of tests/node
+#   debootstrap, systemd-container, binutils, iproute2   the real systemd nodes of tests/node
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
-packages=(redis-server redis-tools libclang-dev nettle-dev pkg-config debootstrap systemd-container binutils)
+packages=(redis-server redis-tools libclang-dev nettle-dev pkg-config debootstrap systemd-container binutils iproute2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
