@@ -37,6 +37,7 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
     let conn = connect(&client, &shutdown).await?;
     let store = Store::new(conn, cfg.clone(), shutdown.clone(), scrubber);
     store.ensure_group().await?;
+    store.load_scripts().await?;
     store.heartbeat(&heartbeat_value()).await?;
 
     let running: Running = Default::default();

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
 use crate::plan::{plan_event, EventPlan, PlanEntry, PlanVerdict};
-use crate::store::Store;
+use crate::store::{Begin, BeginRequest, Store};
 use crate::time::now_rfc3339;
 
 /// What the agent hands to a run task.
@@ -124,33 +124,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
         )
     };
 
-    let (existing, module_env, secret_warnings) = tokio::join!(
-        store.read_record(run),
-        store.module_env(),
-        store.learn_secrets()
-    );
-    let (existing, (module_env, mut env_warnings)) = (existing?, module_env_vars(module_env?));
-    env_warnings.extend(secret_warnings?);
-    let mut attempt = 1;
-    if let Some(rec) = &existing {
-        match rec.status {
-            Some(s) if s.is_terminal() => {
-                let mut j = journal(journal_status::SKIPPED, rec.attempt);
-                j.message = Some(format!(
-                    "run {run} already ended as {s}; queue entry {stream_id} dropped"
-                ));
-                tracing::info!(%run, status = %s, "duplicate queue entry dropped");
-                return store.drop_entry(&stream_id, Some(&j)).await;
-            }
-            Some(RunStatus::Running) => {
-                attempt = rec.attempt + 1;
-                let killed = crate::procs::kill_leftovers(cfg.name.as_str(), run.as_str());
-                tracing::warn!(%run, attempt, killed, "run was interrupted, starting it again");
-            }
-            _ => {}
-        }
-    }
-
+    // Everything about the run that needs no Redis is decided first, so it begins in one round trip.
     let plan = plan_event(&cfg.events_dirs, &entry.event);
     let max_attempts = plan
         .settings
@@ -159,13 +133,23 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
         .unwrap_or(cfg.max_attempts);
     let mut record = RunRecord {
         event: entry.event.to_string(),
-        data: store.scrubber.scrub_str(&entry.data),
         status: Some(RunStatus::Running),
         queued: crate::time::rfc3339_of_stream_id(&stream_id),
         started: Some(now_rfc3339()),
-        attempt,
         ..Default::default()
     };
+    let begun = store
+        .begin_run(&BeginRequest {
+            run,
+            record: &record,
+            journal: &journal(RunStatus::Running.as_str(), 0),
+            start: plan.defined,
+            max_attempts,
+        })
+        .await?;
+    let (module_env, mut env_warnings) = module_env_vars(begun.module_env);
+    env_warnings.extend(begun.secret_warnings);
+    record.data = store.scrubber.scrub_str(&entry.data);
     let finish = |mut record: RunRecord, status: RunStatus, code: i32, error: Option<String>| {
         record.status = Some(status);
         record.exit_code = Some(code);
@@ -178,37 +162,55 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
         (record, j)
     };
 
-    if attempt > max_attempts {
-        let msg = format!(
-            "interrupted {} times by agent restarts; giving up",
-            attempt - 1
-        );
-        let (rec, j) = finish(record, RunStatus::Abandoned, exit::ABANDONED, Some(msg));
-        tracing::error!(%run, "run abandoned");
-        store.finish_run(run, &stream_id, &rec, &[&j]).await?;
-        publish_end(store, run, RunStatus::Abandoned).await;
-        return Ok(());
+    let attempt = match begun.outcome {
+        Begin::Ended { status, attempt } => {
+            let mut j = journal(journal_status::SKIPPED, attempt);
+            j.message = Some(format!(
+                "run {run} already ended as {status}; queue entry {stream_id} dropped"
+            ));
+            tracing::info!(%run, %status, "duplicate queue entry dropped");
+            return store.drop_entry(&stream_id, Some(&j)).await;
+        }
+        Begin::Refused { attempt } => {
+            record.attempt = attempt;
+            let (status, code, msg) = if attempt > max_attempts {
+                tracing::error!(%run, "run abandoned");
+                let msg = format!(
+                    "interrupted {} times by agent restarts; giving up",
+                    attempt - 1
+                );
+                (RunStatus::Abandoned, exit::ABANDONED, msg)
+            } else {
+                let dirs: Vec<_> = cfg
+                    .events_dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect();
+                let msg = format!(
+                    "no event directory defines {:?} (searched {})",
+                    entry.event.as_str(),
+                    dirs.join(", ")
+                );
+                (RunStatus::Failed, exit::NO_SUCH_EVENT, msg)
+            };
+            let (rec, j) = finish(record, status, code, Some(msg));
+            store.finish_run(run, &stream_id, &rec, &[&j]).await?;
+            publish_end(store, run, status);
+            return Ok(());
+        }
+        Begin::Started { attempt } => attempt,
+    };
+    record.attempt = attempt;
+    // The data joins the record beside the first step rather than before it; the end of the run
+    // waits for the write, so the two never land out of order.
+    let data_written = {
+        let (store, run, data) = (store.clone(), run.clone(), record.data.clone());
+        tokio::spawn(async move { store.write_run_data(&run, &data).await })
+    };
+    if attempt > 1 {
+        let killed = crate::procs::kill_leftovers(cfg.name.as_str(), run.as_str());
+        tracing::warn!(%run, attempt, killed, "run was interrupted, starting it again");
     }
-    if !plan.defined {
-        let dirs: Vec<_> = cfg
-            .events_dirs
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect();
-        let msg = format!(
-            "no event directory defines {:?} (searched {})",
-            entry.event.as_str(),
-            dirs.join(", ")
-        );
-        let (rec, j) = finish(record, RunStatus::Failed, exit::NO_SUCH_EVENT, Some(msg));
-        store.finish_run(run, &stream_id, &rec, &[&j]).await?;
-        publish_end(store, run, RunStatus::Failed).await;
-        return Ok(());
-    }
-
-    store
-        .start_run(run, &record, &journal("running", attempt))
-        .await?;
     journal_warnings(
         store,
         &plan,
@@ -335,10 +337,12 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
 
     let (status, code, error) = outcome;
     let (rec, j) = finish(record, status, code, error);
+    // Its failure does not matter: the final record carries the data too.
+    let _ = data_written.await;
     let journals: Vec<&JournalEntry> = rollback_journal.iter().chain([&j]).collect();
     store.finish_run(run, &stream_id, &rec, &journals).await?;
     tracing::info!(%run, status = %status, exit_code = code, rollback = ?rec.rollback, "run ended");
-    publish_end(store, run, status).await;
+    publish_end(store, run, status);
     Ok(())
 }
 
@@ -513,7 +517,9 @@ impl Rollback<'_> {
     }
 }
 
-async fn publish_end(store: &Store, run: &RunId, status: RunStatus) {
+/// Publishes the run's end on its progress channel, beside whatever comes next: progress is best
+/// effort, and the record (written before) is what followers trust.
+fn publish_end(store: &Store, run: &RunId, status: RunStatus) {
     let p = Progress {
         run: run.to_string(),
         step: None,
@@ -523,7 +529,13 @@ async fn publish_end(store: &Store, run: &RunId, status: RunStatus) {
         message: None,
         status: Some(status),
     };
-    store.publish_progress(run, &p).await;
+    publish_detached(store, run, p);
+}
+
+/// Progress is best effort: it is published by a task of its own rather than in the run's way.
+fn publish_detached(store: &Store, run: &RunId, progress: Progress) {
+    let (store, run) = (store.clone(), run.clone());
+    tokio::spawn(async move { store.publish_progress(&run, &progress).await });
 }
 
 /// Skipped steps, bad settings files and unusable module.env entries go to the journal as warnings.
@@ -652,9 +664,7 @@ async fn run_step_recorded(
         status: Some(RunStatus::Running),
     };
     let (end, output) = run_step(step, data, env, signals, || {
-        // Progress is best effort: publish it beside the step rather than in its way.
-        let (store, run) = (store.clone(), run.clone());
-        tokio::spawn(async move { store.publish_progress(&run, &progress).await });
+        publish_detached(store, run, progress)
     })
     .await;
     let output = store.scrubber.scrub(&output);

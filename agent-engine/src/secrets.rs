@@ -1,7 +1,8 @@
 //! Learning the values of a module's secrets so the scrubber can remove them from everything written.
 //!
-//! Before each run a module agent reads `module/<id>/secrets` and decrypts, with the module's age
-//! identity, every ciphertext it has not seen before; each value is registered with the [`Scrubber`].
+//! When a run begins, a module agent gets `module/<id>/secrets` (only when it changed since) and
+//! decrypts, with the module's age identity, every ciphertext it has not seen before; each value is
+//! registered with the [`Scrubber`].
 //! A value stays registered for the life of the agent, so output that mentions a secret removed since
 //! is still scrubbed. Decrypting costs a few hundred microseconds per secret, which is why seen
 //! ciphertexts are remembered.
@@ -17,6 +18,9 @@ use crate::scrub::Scrubber;
 pub(crate) struct SecretScrubbing {
     key: Option<PathBuf>,
     seen: Mutex<HashSet<Vec<u8>>>,
+    /// The digest (computed by Redis, opaque here) of the secrets last learned without a failure:
+    /// while the hash is unchanged, Redis does not send it again.
+    digest: Mutex<String>,
 }
 
 impl SecretScrubbing {
@@ -24,7 +28,16 @@ impl SecretScrubbing {
         SecretScrubbing {
             key,
             seen: Mutex::new(HashSet::new()),
+            digest: Mutex::new(String::new()),
         }
+    }
+
+    pub fn digest(&self) -> String {
+        self.digest.lock().expect("digest lock").clone()
+    }
+
+    pub fn set_digest(&self, digest: String) {
+        *self.digest.lock().expect("digest lock") = digest;
     }
 
     /// Registers the values of `entries` (name → ciphertext, as `HGETALL` returns them) with the

@@ -43,6 +43,105 @@ end
 return false
 "#;
 
+/// Begins a run in one round trip: reads the run's record to decide its attempt (a record still
+/// `running` was interrupted; a terminal one means a duplicate entry), writes the fresh `running`
+/// record and its journal entry unless told not to start, and returns what the steps need from Redis
+/// (module.env, and the secrets when they changed since the agent last learned them).
+///
+/// The record is written without the event's data: the data may hold a secret's value the agent has
+/// not learned yet, so it goes over the wire only once scrubbed with the secrets returned here. The
+/// secrets are compared by a digest of their sorted fields and ciphertexts, computed here, so an
+/// unchanged set costs nothing but the digest.
+///
+/// KEYS: run record, run output, journal, then module.env and secrets (module agents only).
+/// ARGV: 1 status field, 2 attempt field, 3 the running status, 4 the terminal statuses
+/// (space-separated), 5 `1` to start or `0` to only look, 6 most attempts, 7 record TTL, 8 journal
+/// MAXLEN, 9 digest of the secrets known, 10 n, then n record field/value arguments, then the journal
+/// entry's; the script adds the attempt to both.
+/// Returns: outcome (`ended`, `refused` or `started`), attempt, the ended status (or ``), module.env
+/// as a flat list, the digest of the secrets, the secrets as a flat list (or nil when unchanged).
+const BEGIN_SCRIPT: &str = r#"
+local status = redis.call('HGET', KEYS[1], ARGV[1])
+local attempt = 1
+if status then
+  local before = tonumber(redis.call('HGET', KEYS[1], ARGV[2])) or 0
+  if string.find(' ' .. ARGV[4] .. ' ', ' ' .. status .. ' ', 1, true) then
+    return {'ended', before, status, {}, '', false}
+  end
+  if status == ARGV[3] then attempt = before + 1 end
+end
+local env, digest, secrets = {}, '', false
+if #KEYS >= 5 then
+  env = redis.call('HGETALL', KEYS[4])
+  local flat = redis.call('HGETALL', KEYS[5])
+  local sorted = {}
+  for i = 1, #flat, 2 do sorted[#sorted + 1] = {flat[i], flat[i + 1]} end
+  table.sort(sorted, function(a, b) return a[1] < b[1] end)
+  local parts = {}
+  for _, p in ipairs(sorted) do
+    parts[#parts + 1] = #p[1] .. ':' .. p[1] .. #p[2] .. ':' .. p[2]
+  end
+  digest = redis.sha1hex(table.concat(parts))
+  if digest ~= ARGV[9] then secrets = flat end
+end
+if ARGV[5] ~= '1' or attempt > tonumber(ARGV[6]) then
+  return {'refused', attempt, '', env, digest, secrets}
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+local n = tonumber(ARGV[10])
+local h = {'HSET', KEYS[1], ARGV[2], attempt}
+for i = 11, 10 + n do h[#h + 1] = ARGV[i] end
+redis.call(unpack(h))
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+local j = {'XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*'}
+for i = 11 + n, #ARGV do j[#j + 1] = ARGV[i] end
+j[#j + 1] = ARGV[2]
+j[#j + 1] = attempt
+redis.call(unpack(j))
+return {'started', attempt, '', env, digest, secrets}
+"#;
+
+/// The script's reply: outcome, attempt, ended status, module.env, digest of the secrets, the secrets
+/// (when they changed).
+type BeginReply = (
+    String,
+    u32,
+    String,
+    Vec<(String, Vec<u8>)>,
+    String,
+    Option<Vec<(Vec<u8>, Vec<u8>)>>,
+);
+
+/// What [`Store::begin_run`] found and did.
+pub(crate) enum Begin {
+    /// The run ended before (a duplicate queue entry): nothing was written.
+    Ended { status: RunStatus, attempt: u32 },
+    /// Not started, as asked (`start` false) or because `attempt` is over the limit: nothing written.
+    Refused { attempt: u32 },
+    /// The `running` record and journal entry are written.
+    Started { attempt: u32 },
+}
+
+pub(crate) struct Begun {
+    pub outcome: Begin,
+    /// `module/<id>/module.env`, raw (values need not be UTF-8); empty for a node agent.
+    pub module_env: HashMap<String, Vec<u8>>,
+    /// Secrets that could not be decrypted, so cannot be scrubbed (for the journal).
+    pub secret_warnings: Vec<String>,
+}
+
+/// How a run should begin: see [`Store::begin_run`].
+pub(crate) struct BeginRequest<'a> {
+    pub run: &'a RunId,
+    /// The `running` record; its `data` and `attempt` are left out (see [`BEGIN_SCRIPT`]).
+    pub record: &'a RunRecord,
+    /// The `running` journal entry (its attempt is set by the script).
+    pub journal: &'a JournalEntry,
+    /// False: only look at the record (the event has no steps; the run fails without starting).
+    pub start: bool,
+    pub max_attempts: u32,
+}
+
 #[derive(Clone)]
 pub(crate) struct Store {
     conn: ConnectionManager,
@@ -52,6 +151,7 @@ pub(crate) struct Store {
     pub scrubber: Scrubber,
     enqueue: Arc<redis::Script>,
     startup: Arc<redis::Script>,
+    begin: Arc<redis::Script>,
     secrets: Arc<SecretScrubbing>,
 }
 
@@ -70,6 +170,7 @@ impl Store {
             scrubber,
             enqueue: Arc::new(redis::Script::new(ENQUEUE_SCRIPT)),
             startup: Arc::new(redis::Script::new(STARTUP_SCRIPT)),
+            begin: Arc::new(redis::Script::new(BEGIN_SCRIPT)),
             secrets: Arc::new(SecretScrubbing::new(cfg.secret_key_file.clone())),
         }
     }
@@ -80,6 +181,20 @@ impl Store {
 
     fn ttl(&self) -> i64 {
         self.cfg.run_ttl.as_secs().max(1) as i64
+    }
+
+    /// Loads the scripts into Redis's cache, so the first event does not pay for a `NOSCRIPT` reply and
+    /// a `SCRIPT LOAD` (after a Redis restart, the scripts are loaded again on first use).
+    pub async fn load_scripts(&self) -> Result<()> {
+        for script in [&self.enqueue, &self.startup, &self.begin] {
+            retry("load script", &self.shutdown, || {
+                let mut c = self.conn();
+                let script = script.clone();
+                async move { script.load_async(&mut c).await.map(drop) }
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Creates the consumer group (and the stream) if missing. Starting at `0` means entries added
@@ -101,38 +216,88 @@ impl Store {
         .await
     }
 
-    pub async fn read_record(&self, run: &RunId) -> Result<Option<RunRecord>> {
-        let key = self.prefix.run(run);
-        let map: HashMap<String, String> = retry("read run record", &self.shutdown, || {
+    /// Begins a run in one round trip ([`BEGIN_SCRIPT`]): decides its attempt from the record,
+    /// writes the `running` record and journal entry, and reads module.env and the secrets (learned
+    /// here, so the caller can scrub the data before [`Store::write_run_data`]).
+    pub async fn begin_run(&self, req: &BeginRequest<'_>) -> Result<Begun> {
+        use core_events::record::{RECORD_FIELD_ATTEMPT, RECORD_FIELD_DATA, RECORD_FIELD_STATUS};
+        let (rkey, okey) = (self.prefix.run(req.run), self.prefix.run_output(req.run));
+        let module = self.prefix.kind() == core_events::AgentKind::Module;
+        let terminal: Vec<&str> = RunStatus::ALL
+            .iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| s.as_str())
+            .collect();
+        let record: Vec<(&str, String)> = req
+            .record
+            .to_fields()
+            .into_iter()
+            .filter(|(k, _)| *k != RECORD_FIELD_DATA && *k != RECORD_FIELD_ATTEMPT)
+            .collect();
+        let mut journal = req.journal.clone();
+        journal.message = journal.message.map(|m| self.scrubber.scrub_str(&m));
+        let journal: Vec<(&str, String)> = journal
+            .to_fields()
+            .into_iter()
+            .filter(|(k, _)| *k != RECORD_FIELD_ATTEMPT)
+            .collect();
+        let known = self.secrets.digest();
+        let reply: BeginReply = retry("begin run", &self.shutdown, || {
             let mut c = self.conn();
-            let key = key.clone();
-            async move { c.hgetall(&key).await }
+            let mut inv = self.begin.prepare_invoke();
+            inv.key(&rkey).key(&okey).key(self.prefix.journal());
+            if module {
+                inv.key(self.prefix.module_env()).key(self.prefix.secrets());
+            }
+            inv.arg(RECORD_FIELD_STATUS)
+                .arg(RECORD_FIELD_ATTEMPT)
+                .arg(RunStatus::Running.as_str())
+                .arg(terminal.join(" "))
+                .arg(if req.start { "1" } else { "0" })
+                .arg(req.max_attempts)
+                .arg(self.ttl())
+                .arg(self.cfg.journal_maxlen)
+                .arg(&known)
+                .arg(record.len() * 2);
+            for (k, v) in record.iter().chain(&journal) {
+                inv.arg(*k).arg(v);
+            }
+            async move { inv.invoke_async(&mut c).await }
         })
         .await?;
-        Ok((!map.is_empty()).then(|| RunRecord::from_fields(&map)))
+        let (outcome, attempt, ended, env, digest, secrets) = reply;
+        let outcome = match outcome.as_str() {
+            "ended" => Begin::Ended {
+                status: ended.parse().unwrap_or(RunStatus::Done),
+                attempt,
+            },
+            "refused" => Begin::Refused { attempt },
+            _ => Begin::Started { attempt },
+        };
+        let mut secret_warnings = Vec::new();
+        if let Some(secrets) = secrets {
+            secret_warnings = self.secrets.learn(secrets, &self.scrubber);
+            if secret_warnings.is_empty() {
+                self.secrets.set_digest(digest);
+            }
+        }
+        Ok(Begun {
+            outcome,
+            module_env: env.into_iter().collect(),
+            secret_warnings,
+        })
     }
 
-    /// Writes a fresh record for a run that starts now (a previous attempt's fields and output are
-    /// replaced) and journals it.
-    pub async fn start_run(
-        &self,
-        run: &RunId,
-        record: &RunRecord,
-        journal: &JournalEntry,
-    ) -> Result<()> {
-        let (rkey, okey) = (self.prefix.run(run), self.prefix.run_output(run));
+    /// Adds the event's data, scrubbed, to the record of a run that began.
+    pub async fn write_run_data(&self, run: &RunId, scrubbed: &str) -> Result<()> {
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .del(&rkey)
-            .ignore()
-            .del(&okey)
-            .ignore()
-            .hset_multiple(&rkey, &record.to_fields())
-            .ignore()
-            .expire(&rkey, self.ttl())
-            .ignore();
-        self.add_journal(&mut pipe, journal);
-        self.run_pipe("start run", &pipe).await
+        pipe.hset(
+            self.prefix.run(run),
+            core_events::record::RECORD_FIELD_DATA,
+            scrubbed,
+        )
+        .ignore();
+        self.run_pipe("write run data", &pipe).await
     }
 
     /// Records the final state of a run and removes its entry from the queue, atomically. The
@@ -232,36 +397,6 @@ impl Store {
             async move { pipe.query_async::<()>(&mut c).await }
         })
         .await
-    }
-
-    /// `module/<id>/module.env` of a module agent, raw (values need not be UTF-8); empty for a node agent.
-    pub async fn module_env(&self) -> Result<HashMap<String, Vec<u8>>> {
-        if self.prefix.kind() != core_events::AgentKind::Module {
-            return Ok(HashMap::new());
-        }
-        let key = self.prefix.module_env();
-        retry("read module.env", &self.shutdown, || {
-            let mut c = self.conn();
-            let key = key.clone();
-            async move { c.hgetall(&key).await }
-        })
-        .await
-    }
-
-    /// Reads the module's secrets and registers the values it can decrypt with the scrubber, before
-    /// anything of the run is written. Returns warnings for secrets it cannot decrypt.
-    pub async fn learn_secrets(&self) -> Result<Vec<String>> {
-        if self.prefix.kind() != core_events::AgentKind::Module {
-            return Ok(Vec::new());
-        }
-        let key = self.prefix.secrets();
-        let raw: Vec<(Vec<u8>, Vec<u8>)> = retry("read secrets", &self.shutdown, || {
-            let mut c = self.conn();
-            let key = key.clone();
-            async move { c.hgetall(&key).await }
-        })
-        .await?;
-        Ok(self.secrets.learn(raw, &self.scrubber))
     }
 
     /// Progress is best effort: a lost report is not worth delaying a run for.

@@ -23,6 +23,15 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
+    pub const ALL: [RunStatus; 6] = [
+        RunStatus::Queued,
+        RunStatus::Running,
+        RunStatus::Done,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+        RunStatus::Abandoned,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RunStatus::Queued => "queued",
@@ -107,6 +116,11 @@ impl FromStr for RollbackStatus {
 
 /// Record field holding the [`RollbackStatus`].
 pub const RECORD_FIELD_ROLLBACK: &str = "rollback";
+/// Record fields the engine's begin-run script reads or sets itself (a journal entry's attempt field
+/// has the same name).
+pub const RECORD_FIELD_STATUS: &str = "status";
+pub const RECORD_FIELD_ATTEMPT: &str = "attempt";
+pub const RECORD_FIELD_DATA: &str = "data";
 /// Record field listing the rollback steps that failed, comma-separated.
 pub const RECORD_FIELD_ROLLBACK_FAILED: &str = "rollback_failed";
 
@@ -135,9 +149,12 @@ pub struct RunRecord {
 impl RunRecord {
     /// The fields to `HSET`, in a stable order.
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
-        let mut f = vec![("event", self.event.clone()), ("data", self.data.clone())];
+        let mut f = vec![
+            ("event", self.event.clone()),
+            (RECORD_FIELD_DATA, self.data.clone()),
+        ];
         if let Some(s) = self.status {
-            f.push(("status", s.as_str().to_string()));
+            f.push((RECORD_FIELD_STATUS, s.as_str().to_string()));
         }
         if let Some(c) = self.exit_code {
             f.push(("exit_code", c.to_string()));
@@ -154,7 +171,7 @@ impl RunRecord {
                 f.push((k, v.clone()));
             }
         }
-        f.push(("attempt", self.attempt.to_string()));
+        f.push((RECORD_FIELD_ATTEMPT, self.attempt.to_string()));
         if let Some(r) = self.rollback {
             f.push((RECORD_FIELD_ROLLBACK, r.as_str().to_string()));
         }
@@ -178,7 +195,7 @@ impl RunRecord {
             started: get("started"),
             ended: get("ended"),
             attempt: fields
-                .get("attempt")
+                .get(RECORD_FIELD_ATTEMPT)
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0),
             error: get("error"),
@@ -259,7 +276,7 @@ impl JournalEntry {
             ("run", self.run.clone()),
             ("event", self.event.clone()),
             ("status", self.status.clone()),
-            ("attempt", self.attempt.to_string()),
+            (RECORD_FIELD_ATTEMPT, self.attempt.to_string()),
             ("time", self.time.clone()),
         ];
         if let Some(c) = self.exit_code {
@@ -281,7 +298,7 @@ impl JournalEntry {
             event: get("event").unwrap_or_default(),
             status: get("status").unwrap_or_default(),
             attempt: fields
-                .get("attempt")
+                .get(RECORD_FIELD_ATTEMPT)
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0),
             time: get("time").unwrap_or_default(),
