@@ -203,10 +203,10 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
     record.attempt = attempt;
     // The data joins the record beside the first step rather than before it; the end of the run
     // waits for the write, so the two never land out of order.
-    let data_written = {
+    let data_written = (!record.data.is_empty()).then(|| {
         let (store, run, data) = (store.clone(), run.clone(), record.data.clone());
         tokio::spawn(async move { store.write_run_data(&run, &data).await })
-    };
+    });
     if attempt > 1 {
         let killed = crate::procs::kill_leftovers(cfg.name.as_str(), run.as_str());
         tracing::warn!(%run, attempt, killed, "run was interrupted, starting it again");
@@ -338,7 +338,9 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
     let (status, code, error) = outcome;
     let (rec, j) = finish(record, status, code, error);
     // Its failure does not matter: the final record carries the data too.
-    let _ = data_written.await;
+    if let Some(write) = data_written {
+        let _ = write.await;
+    }
     let journals: Vec<&JournalEntry> = rollback_journal.iter().chain([&j]).collect();
     store.finish_run(run, &stream_id, &rec, &journals).await?;
     tracing::info!(%run, status = %status, exit_code = code, rollback = ?rec.rollback, "run ended");
@@ -732,7 +734,7 @@ async fn run_step(
     signals: Signals<'_>,
     announce: impl FnOnce(),
 ) -> (StepEnd, Vec<u8>) {
-    let pipes = match StepPipes::new() {
+    let pipes = match StepPipes::new(data.is_empty()) {
         Ok(p) => p,
         Err(e) => {
             return (
@@ -759,7 +761,9 @@ async fn run_step(
     let pgid = Pid::from_raw(child.id().expect("running child has a pid") as i32);
     announce();
 
-    feed_stdin(pipes.stdin_writer, data.as_bytes());
+    if let Some(writer) = pipes.stdin_writer {
+        feed_stdin(writer, data.as_bytes());
+    }
     let captured = Arc::new(Mutex::new(Vec::new()));
     let readers = [pipe::Receiver::from_owned_fd(pipes.output)
         .ok()
@@ -796,23 +800,29 @@ async fn run_step(
 }
 
 /// The pipes of one step: stdin, and one pipe that stdout and stderr share, so the output keeps the
-/// order in which the step wrote its lines (and costs one pipe and one reader instead of two).
+/// order in which the step wrote its lines (and costs one pipe and one reader instead of two). With
+/// no data, stdin is `/dev/null`: the step reads the same (nothing), and a pipe fewer is made.
 struct StepPipes {
     stdin: Stdio,
-    stdin_writer: OwnedFd,
+    stdin_writer: Option<OwnedFd>,
     stdout: Stdio,
     stderr: Stdio,
     output: OwnedFd,
 }
 
 impl StepPipes {
-    fn new() -> std::io::Result<Self> {
-        let (stdin_r, stdin_w) = pipe2(OFlag::O_CLOEXEC)?;
+    fn new(no_data: bool) -> std::io::Result<Self> {
+        let (stdin, stdin_writer) = if no_data {
+            (Stdio::null(), None)
+        } else {
+            let (stdin_r, stdin_w) = pipe2(OFlag::O_CLOEXEC)?;
+            (Stdio::from(stdin_r), Some(stdin_w))
+        };
         let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC)?;
         let err_w = out_w.try_clone()?;
         Ok(StepPipes {
-            stdin: Stdio::from(stdin_r),
-            stdin_writer: stdin_w,
+            stdin,
+            stdin_writer,
             stdout: Stdio::from(out_w),
             stderr: Stdio::from(err_w),
             output: out_r,
