@@ -21,7 +21,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{pipe2, Pid};
 use std::os::fd::OwnedFd;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -764,39 +764,36 @@ async fn run_step(
     if let Some(writer) = pipes.stdin_writer {
         feed_stdin(writer, data.as_bytes());
     }
-    let captured = Arc::new(Mutex::new(Vec::new()));
-    let readers = [pipe::Receiver::from_owned_fd(pipes.output)
-        .ok()
-        .map(|r| tokio::spawn(capture(r, captured.clone())))];
-
-    let end = tokio::select! {
-        status = child.wait() => StepEnd::Exited(status.map(exit_code).unwrap_or(exit::SPAWN_FAILED)),
-        _ = tokio::time::sleep_until(signals.deadline) => {
-            terminate(&mut child, pgid, signals.grace).await;
-            StepEnd::Interrupted(Interrupt::Timeout)
-        }
-        _ = signals.cancel.cancelled() => {
-            terminate(&mut child, pgid, signals.grace).await;
-            StepEnd::Interrupted(Interrupt::Cancel)
-        }
-        _ = signals.kill_now.cancelled() => {
-            terminate(&mut child, pgid, Duration::ZERO).await;
-            StepEnd::Interrupted(Interrupt::Shutdown)
+    // The output is read by this task while it waits for the step (a chatty step must not block on
+    // a full pipe), and while a timed-out or cancelled step is being killed.
+    let mut output = Capture::new(pipes.output);
+    // `Ok`: the step exited with this code; `Err`: it must be killed, with this grace period.
+    let waited = loop {
+        tokio::select! {
+            status = child.wait() => break Ok(status.map(exit_code).unwrap_or(exit::SPAWN_FAILED)),
+            _ = output.read_some() => {}
+            _ = tokio::time::sleep_until(signals.deadline) => break Err((Interrupt::Timeout, signals.grace)),
+            _ = signals.cancel.cancelled() => break Err((Interrupt::Cancel, signals.grace)),
+            _ = signals.kill_now.cancelled() => break Err((Interrupt::Shutdown, Duration::ZERO)),
         }
     };
-
-    // A background process of the step may keep the pipes open: do not wait for EOF forever.
-    for r in readers.into_iter().flatten() {
-        let abort = r.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), r)
-            .await
-            .is_err()
-        {
-            abort.abort();
+    let end = match waited {
+        Ok(code) => StepEnd::Exited(code),
+        Err((why, grace)) => {
+            let killed = terminate(&mut child, pgid, grace);
+            tokio::pin!(killed);
+            loop {
+                tokio::select! {
+                    _ = &mut killed => break,
+                    _ = output.read_some() => {}
+                }
+            }
+            StepEnd::Interrupted(why)
         }
-    }
-    let out = std::mem::take(&mut *captured.lock().expect("capture lock"));
-    (end, out)
+    };
+    // A background process of the step may keep the pipe open: do not wait for EOF forever.
+    let _ = tokio::time::timeout(Duration::from_secs(2), output.drain()).await;
+    (end, output.into_bytes())
 }
 
 /// The pipes of one step: stdin, and one pipe that stdout and stderr share, so the output keeps the
@@ -856,17 +853,47 @@ fn feed_stdin(writer: OwnedFd, data: &[u8]) {
     }
 }
 
-async fn capture(mut pipe: impl AsyncRead + Unpin, into: Arc<Mutex<Vec<u8>>>) {
-    let mut buf = [0u8; 8192];
-    loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+/// A step's output pipe and what was read from it (at most [`STEP_CAPTURE_CAP`] bytes kept; the rest
+/// is read and dropped, so the step never blocks on a full pipe).
+struct Capture {
+    pipe: Option<pipe::Receiver>,
+    kept: Vec<u8>,
+    buf: Box<[u8; 8192]>,
+}
+
+impl Capture {
+    fn new(fd: OwnedFd) -> Self {
+        Capture {
+            pipe: pipe::Receiver::from_owned_fd(fd).ok(),
+            kept: Vec::new(),
+            buf: Box::new([0; 8192]),
+        }
+    }
+
+    /// Reads once: returns when some output arrived or the pipe closed; never, once it is closed.
+    /// Cancel-safe (a read that loses a `select!` has taken nothing).
+    async fn read_some(&mut self) {
+        let Some(pipe) = &mut self.pipe else {
+            return std::future::pending().await;
+        };
+        match pipe.read(&mut self.buf[..]).await {
+            Ok(0) | Err(_) => self.pipe = None,
             Ok(n) => {
-                let mut out = into.lock().expect("capture lock");
-                let room = STEP_CAPTURE_CAP.saturating_sub(out.len());
-                out.extend_from_slice(&buf[..n.min(room)]);
+                let room = STEP_CAPTURE_CAP.saturating_sub(self.kept.len());
+                self.kept.extend_from_slice(&self.buf[..n.min(room)]);
             }
         }
+    }
+
+    /// Reads until every writer has closed the pipe.
+    async fn drain(&mut self) {
+        while self.pipe.is_some() {
+            self.read_some().await;
+        }
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        self.kept
     }
 }
 

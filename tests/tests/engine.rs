@@ -845,6 +845,35 @@ fn large_stdin_is_delivered_and_output_keeps_its_order() {
 }
 
 #[test]
+fn output_beyond_a_pipe_and_the_cap_is_drained_and_truncated() {
+    let redis = RedisServer::start();
+    let dirs = EventDirs::new(1);
+    // 1 MiB: sixteen times what a pipe holds, four times the run's output cap (256 KiB). The step
+    // must not block on a full pipe, and the run's output must say what was dropped.
+    dirs.step(
+        0,
+        "loud",
+        "10",
+        "head -c 1048576 /dev/zero | tr '\\0' x; echo; echo still running >&2",
+    );
+    dirs.step(0, "loud", "20", "echo second step");
+    let mut con = redis.conn();
+    let _agent = Agent::module(&redis, "loud0", &dirs, &[]);
+    xadd(
+        &mut con,
+        "module/loud0/queue",
+        &[("event", "loud"), ("id", "l")],
+    );
+    let rec = wait_run_end(&mut con, "module/loud0/run/l", LONG);
+    assert_eq!(rec["status"], "done", "{:?}", rec.get("error"));
+    let output: Vec<u8> = con.get("module/loud0/run/l/output").unwrap();
+    let output = String::from_utf8(output).unwrap();
+    assert!(output.len() <= 256 * 1024 + 100, "{} bytes", output.len());
+    assert!(output.starts_with("==> 10 <==\nxxxx"), "{}", &output[..40]);
+    assert!(output.contains("[output truncated: "), "no truncation note");
+}
+
+#[test]
 fn steps_get_a_rotated_password_without_an_agent_restart() {
     let redis = RedisServer::start_with(&["--requirepass", "old-pass-1234"]);
     let dirs = EventDirs::new(1);
