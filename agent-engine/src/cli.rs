@@ -164,11 +164,18 @@ fn default_credentials_path(kind: AgentKind) -> PathBuf {
 }
 
 /// Logs to the journal when started by systemd with a journal stream, else to stderr.
-/// `RUST_LOG` sets the filter (default `info`).
+/// `RUST_LOG` sets the filter: a level, or `target=level` pairs separated by commas (default `info`).
 pub fn init_logging() {
+    use tracing_subscriber::filter::Targets;
     use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let default = || Targets::new().with_default(tracing::Level::INFO);
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => spec.parse().unwrap_or_else(|e| {
+            eprintln!("RUST_LOG={spec:?} is not a filter ({e}); logging at info");
+            default()
+        }),
+        _ => default(),
+    };
     let registry = tracing_subscriber::registry().with(filter);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         match tracing_journald::layer() {
