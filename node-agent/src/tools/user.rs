@@ -76,23 +76,101 @@ impl ModuleUser {
     }
 }
 
-/// module.init/10create-user.
+/// module.init/10create-user, with a uid no module had before ([`next_module_uid`]).
 pub fn create_user(id: &ModuleId) -> Result<()> {
     if let Some(u) = ModuleUser::lookup(id)? {
         println!("user {id} exists (uid {})", u.uid);
     } else {
+        let uid = next_module_uid(Path::new(UID_HIGH_WATER), Path::new("/etc/passwd"))?;
         run_ok(Command::new("useradd").args([
             "--create-home",
             "--shell",
             "/bin/bash",
+            "--uid",
+            &uid.to_string(),
             "--comment",
             &module_comment(id),
             id.as_str(),
         ]))?;
         let u = ModuleUser::require(id)?;
+        record_module_uid(Path::new(UID_HIGH_WATER), u.uid)?;
         println!("created user {id} (uid {})", u.uid);
     }
     run_ok(Command::new("loginctl").args(["enable-linger", id.as_str()]))
+}
+
+/// The highest uid ever given to a module's user on this node.
+const UID_HIGH_WATER: &str = "/var/lib/agent/module-uid-high";
+
+/// Highest uid of a module's user (Debian's `UID_MAX` is 60000).
+const MODULE_UID_MAX: u32 = 59_999;
+
+/// A uid above every uid in use and every uid a module ever had: a uid is never given twice.
+///
+/// Files a removed module left outside its home (in `/tmp`, `/dev/shm`) never become a new module's,
+/// and a new module never meets the systemd units of an old one with its uid still stopping
+/// (`user@UID.service`, `user-UID.slice`: seen racing on test nodes when a failed install was rolled
+/// back and installed again at once).
+fn next_module_uid(high_water: &Path, passwd: &Path) -> Result<u32> {
+    let high = match std::fs::read_to_string(high_water) {
+        Ok(text) => text.trim().parse::<u32>().map_err(|_| {
+            ToolError::Failed(format!(
+                "{} holds {:?}, not a uid",
+                high_water.display(),
+                text.trim()
+            ))
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => {
+            return Err(ToolError::OsError(format!(
+                "cannot read {}: {e}",
+                high_water.display()
+            )))
+        }
+    };
+    let passwd = std::fs::read_to_string(passwd)
+        .map_err(|e| ToolError::OsError(format!("cannot read {}: {e}", passwd.display())))?;
+    let in_use = passwd
+        .lines()
+        .filter_map(|l| l.split(':').nth(2)?.parse::<u32>().ok())
+        .filter(|uid| (MODULE_UID_MIN..=MODULE_UID_MAX).contains(uid))
+        .max()
+        .unwrap_or(0);
+    let mut uid = high.max(in_use).max(MODULE_UID_MIN - 1) + 1;
+    // Users known to NSS but not to the file (a directory service) are skipped too.
+    while nix::unistd::User::from_uid(uid.into())
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        uid += 1;
+    }
+    if uid > MODULE_UID_MAX {
+        return Err(ToolError::Failed(format!(
+            "no uid left for a module user: the next would be {uid}, above {MODULE_UID_MAX}"
+        )));
+    }
+    Ok(uid)
+}
+
+/// Raises the high-water mark to `uid` (written to a temporary file, then renamed).
+fn record_module_uid(high_water: &Path, uid: u32) -> Result<()> {
+    let os = |what: &str, e: std::io::Error| {
+        ToolError::OsError(format!("cannot {what} {}: {e}", high_water.display()))
+    };
+    let current = std::fs::read_to_string(high_water)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    if current >= uid {
+        return Ok(());
+    }
+    if let Some(dir) = high_water.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| os("create the directory of", e))?;
+    }
+    let tmp = high_water.with_extension("tmp");
+    std::fs::write(&tmp, format!("{uid}\n")).map_err(|e| os("write", e))?;
+    std::fs::rename(&tmp, high_water).map_err(|e| os("replace", e))
 }
 
 /// module.remove/20disable-linger: linger off, so the user's manager does not come back.
@@ -144,7 +222,10 @@ fn stop_user_manager(uid: u32) {
     let stop = async {
         let unit = systemd_client::UnitName::new(&format!("user@{uid}.service"))?;
         let systemd = systemd_client::Systemd::connect(systemd_client::Bus::System).await?;
-        systemd.stop(&unit).await
+        tokio::select! {
+            stopped = systemd.stop(&unit) => stopped.map(|()| true),
+            () = manager_cgroup_emptied(uid) => Ok(false),
+        }
     };
     let done = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -152,8 +233,35 @@ fn stop_user_manager(uid: u32) {
         .map_err(|e| e.to_string())
         .and_then(|rt| rt.block_on(stop).map_err(|e| e.to_string()));
     match done {
-        Ok(()) => println!("user@{uid}.service stopped"),
+        Ok(true) => println!("user@{uid}.service stopped"),
+        Ok(false) => println!(
+            "user@{uid}.service: every process gone, systemd's stop job still pending; going on"
+        ),
         Err(e) => eprintln!("warning: stopping user@{uid}.service: {e} (killing its processes)"),
+    }
+}
+
+/// Resolves once the user manager's cgroup has had no process for a while after the stop began.
+///
+/// Seen on test nodes under load (systemd 252 in a container): the manager and every process of its
+/// cgroup had exited, yet the unit stayed `deactivating (final-sigkill)` until its stop timeout
+/// (two minutes), as if systemd had missed the cgroup's "empty" event. What systemd waits for is
+/// checked here directly, so the removal does not wait on a notification that will not come. The
+/// first seconds are left to systemd alone: it stops the user's units gracefully in that time.
+async fn manager_cgroup_emptied(uid: u32) {
+    let events =
+        format!("/sys/fs/cgroup/user.slice/user-{uid}.slice/user@{uid}.service/cgroup.events");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    loop {
+        let empty = match std::fs::read_to_string(&events) {
+            Ok(text) => text.lines().any(|l| l == "populated 0"),
+            // The cgroup is removed once the unit has stopped (or this is not cgroup v2).
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        };
+        if empty {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -291,6 +399,36 @@ mod tests {
             "runuser -u hello0 -- env -C /home/hello0 HOME=/home/hello0 XDG_RUNTIME_DIR=/run/user/1001 \
              DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/1001/bus podman load --quiet"
         );
+    }
+
+    #[test]
+    fn a_module_uid_is_never_given_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let (high, passwd) = (dir.path().join("state/high"), dir.path().join("passwd"));
+        // Uids far above any this test machine has, so NSS knows none of them.
+        std::fs::write(
+            &passwd,
+            "root:x:0:0::/root:/bin/bash\nnobody:x:65534:65534::/:/bin/false\nm1:x:41000:41000:module m1:/home/m1:/bin/bash\n",
+        )
+        .unwrap();
+        assert_eq!(next_module_uid(&high, &passwd).unwrap(), 41001);
+        record_module_uid(&high, 41001).unwrap();
+        // m2 (41001) was removed again: its uid is not given to the next module.
+        assert_eq!(next_module_uid(&high, &passwd).unwrap(), 41002);
+        record_module_uid(&high, 41000).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&high).unwrap(),
+            "41001\n",
+            "never lowered"
+        );
+        // A fresh node: the first module uid.
+        std::fs::write(&passwd, "root:x:0:0::/root:/bin/bash\n").unwrap();
+        let fresh = next_module_uid(&dir.path().join("none"), &passwd).unwrap();
+        assert!(fresh >= MODULE_UID_MIN, "{fresh}");
+        std::fs::write(&high, "not a number").unwrap();
+        assert!(next_module_uid(&high, &passwd).is_err());
+        std::fs::write(&high, format!("{MODULE_UID_MAX}")).unwrap();
+        assert!(next_module_uid(&high, &passwd).is_err());
     }
 
     #[test]
