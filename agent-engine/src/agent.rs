@@ -86,6 +86,11 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
         &store, &client, &step_env, &running, &tracker, &kill_now, &fatal,
     )
     .await;
+    if let Err(e) = &result {
+        // The queue side met an error no retry fixes (say, refused credentials on reconnection):
+        // said the same way as when another task of the agent meets one (`Fatal`).
+        tracing::error!(error = %e, "cannot go on; shutting down");
+    }
 
     // Shutdown: stop taking work, let runs finish within the grace period, then kill their steps.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);

@@ -162,6 +162,14 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
         (record, j)
     };
 
+    if let Begin::Started { attempt } | Begin::Refused { attempt } = begun.outcome {
+        if attempt > 1 {
+            // An earlier attempt was interrupted (its record still said `running`): whatever its
+            // steps left running goes before this one starts, or before it is abandoned.
+            let killed = crate::procs::kill_leftovers(cfg.name.as_str(), run.as_str());
+            tracing::warn!(%run, attempt, killed, "run was interrupted");
+        }
+    }
     let attempt = match begun.outcome {
         Begin::Ended { status, attempt } => {
             let mut j = journal(journal_status::SKIPPED, attempt);
@@ -207,10 +215,6 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
         let (store, run, data) = (store.clone(), run.clone(), record.data.clone());
         tokio::spawn(async move { store.write_run_data(&run, &data).await })
     });
-    if attempt > 1 {
-        let killed = crate::procs::kill_leftovers(cfg.name.as_str(), run.as_str());
-        tracing::warn!(%run, attempt, killed, "run was interrupted, starting it again");
-    }
     journal_warnings(
         store,
         &plan,
