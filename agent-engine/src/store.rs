@@ -53,22 +53,21 @@ return false
 /// secrets are compared by a digest of their sorted fields and ciphertexts, computed here, so an
 /// unchanged set costs nothing but the digest.
 ///
+/// A retry of the script after a lost reply must not count as a new attempt: a `running` record whose
+/// `started` is this begin's own (the caller keeps one value across retries) is taken as begun.
+///
 /// KEYS: run record, run output, journal, then module.env and secrets (module agents only).
-/// ARGV: 1 status field, 2 attempt field, 3 the running status, 4 the terminal statuses
-/// (space-separated), 5 `1` to start or `0` to only look, 6 most attempts, 7 record TTL, 8 journal
-/// MAXLEN, 9 digest of the secrets known, 10 n, then n record field/value arguments, then the journal
-/// entry's; the script adds the attempt to both.
+/// ARGV: 1 status field, 2 attempt field, 3 started field, 4 the running status, 5 the terminal
+/// statuses (space-separated), 6 `1` to start or `0` to only look, 7 most attempts, 8 record TTL,
+/// 9 journal MAXLEN, 10 digest of the secrets known, 11 this begin's `started`, 12 n, then n record
+/// field/value arguments, then the journal entry's; the script adds the attempt to both.
 /// Returns: outcome (`ended`, `refused` or `started`), attempt, the ended status (or ``), module.env
 /// as a flat list, the digest of the secrets, the secrets as a flat list (or nil when unchanged).
 const BEGIN_SCRIPT: &str = r#"
 local status = redis.call('HGET', KEYS[1], ARGV[1])
-local attempt = 1
-if status then
-  local before = tonumber(redis.call('HGET', KEYS[1], ARGV[2])) or 0
-  if string.find(' ' .. ARGV[4] .. ' ', ' ' .. status .. ' ', 1, true) then
-    return {'ended', before, status, {}, '', false}
-  end
-  if status == ARGV[3] then attempt = before + 1 end
+local before = tonumber(redis.call('HGET', KEYS[1], ARGV[2])) or 0
+if status and string.find(' ' .. ARGV[5] .. ' ', ' ' .. status .. ' ', 1, true) then
+  return {'ended', before, status, {}, '', false}
 end
 local env, digest, secrets = {}, '', false
 if #KEYS >= 5 then
@@ -82,19 +81,26 @@ if #KEYS >= 5 then
     parts[#parts + 1] = #p[1] .. ':' .. p[1] .. #p[2] .. ':' .. p[2]
   end
   digest = redis.sha1hex(table.concat(parts))
-  if digest ~= ARGV[9] then secrets = flat end
+  if digest ~= ARGV[10] then secrets = flat end
 end
-if ARGV[5] ~= '1' or attempt > tonumber(ARGV[6]) then
+local attempt = 1
+if status == ARGV[4] then
+  if redis.call('HGET', KEYS[1], ARGV[3]) == ARGV[11] then
+    return {'started', before, '', env, digest, secrets}
+  end
+  attempt = before + 1
+end
+if ARGV[6] ~= '1' or attempt > tonumber(ARGV[7]) then
   return {'refused', attempt, '', env, digest, secrets}
 end
 redis.call('DEL', KEYS[1], KEYS[2])
-local n = tonumber(ARGV[10])
+local n = tonumber(ARGV[12])
 local h = {'HSET', KEYS[1], ARGV[2], attempt}
-for i = 11, 10 + n do h[#h + 1] = ARGV[i] end
+for i = 13, 12 + n do h[#h + 1] = ARGV[i] end
 redis.call(unpack(h))
-redis.call('EXPIRE', KEYS[1], ARGV[7])
-local j = {'XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*'}
-for i = 11 + n, #ARGV do j[#j + 1] = ARGV[i] end
+redis.call('EXPIRE', KEYS[1], ARGV[8])
+local j = {'XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*'}
+for i = 13 + n, #ARGV do j[#j + 1] = ARGV[i] end
 j[#j + 1] = ARGV[2]
 j[#j + 1] = attempt
 redis.call(unpack(j))
@@ -220,7 +226,9 @@ impl Store {
     /// writes the `running` record and journal entry, and reads module.env and the secrets (learned
     /// here, so the caller can scrub the data before [`Store::write_run_data`]).
     pub async fn begin_run(&self, req: &BeginRequest<'_>) -> Result<Begun> {
-        use core_events::record::{RECORD_FIELD_ATTEMPT, RECORD_FIELD_DATA, RECORD_FIELD_STATUS};
+        use core_events::record::{
+            RECORD_FIELD_ATTEMPT, RECORD_FIELD_DATA, RECORD_FIELD_STARTED, RECORD_FIELD_STATUS,
+        };
         let (rkey, okey) = (self.prefix.run(req.run), self.prefix.run_output(req.run));
         let module = self.prefix.kind() == core_events::AgentKind::Module;
         let terminal: Vec<&str> = RunStatus::ALL
@@ -242,6 +250,7 @@ impl Store {
             .filter(|(k, _)| *k != RECORD_FIELD_ATTEMPT)
             .collect();
         let known = self.secrets.digest();
+        let started = req.record.started.clone().unwrap_or_default();
         let reply: BeginReply = retry("begin run", &self.shutdown, || {
             let mut c = self.conn();
             let mut inv = self.begin.prepare_invoke();
@@ -251,6 +260,7 @@ impl Store {
             }
             inv.arg(RECORD_FIELD_STATUS)
                 .arg(RECORD_FIELD_ATTEMPT)
+                .arg(RECORD_FIELD_STARTED)
                 .arg(RunStatus::Running.as_str())
                 .arg(terminal.join(" "))
                 .arg(if req.start { "1" } else { "0" })
@@ -258,6 +268,7 @@ impl Store {
                 .arg(self.ttl())
                 .arg(self.cfg.journal_maxlen)
                 .arg(&known)
+                .arg(&started)
                 .arg(record.len() * 2);
             for (k, v) in record.iter().chain(&journal) {
                 inv.arg(*k).arg(v);
@@ -521,5 +532,117 @@ impl Store {
             .ignore();
         let mut c = self.conn();
         pipe.query_async::<()>(&mut c).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core_events::{AgentKind, AgentName};
+
+    /// A private redis-server on a unix socket in its own directory, stopped on drop.
+    struct Server {
+        child: std::process::Child,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    async fn store() -> (Store, Server) {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("redis.sock");
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--unixsocket"])
+            .arg(&sock)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        let server = Server { child, _dir: dir };
+        let url = format!("unix://{}", sock.display());
+        let client = crate::redis_conn::client(&url, None, false).unwrap();
+        let mut conn = None;
+        for _ in 0..100 {
+            if sock.exists() {
+                if let Ok(c) = crate::redis_conn::manager(&client).await {
+                    conn = Some(c);
+                    break;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let cfg = EngineConfig::new(AgentKind::Module, AgentName::new("m0").unwrap());
+        let store = Store::new(
+            conn.expect("redis-server answers"),
+            Arc::new(cfg),
+            CancellationToken::new(),
+            Scrubber::new(),
+        );
+        (store, server)
+    }
+
+    async fn begin(store: &Store, run: &RunId, started: &str) -> Begin {
+        let record = RunRecord {
+            event: "e".into(),
+            status: Some(RunStatus::Running),
+            started: Some(started.into()),
+            ..Default::default()
+        };
+        let journal = JournalEntry::new(run.as_str(), "e", "running", 0, started.to_string());
+        let req = BeginRequest {
+            run,
+            record: &record,
+            journal: &journal,
+            start: true,
+            max_attempts: 3,
+        };
+        store.begin_run(&req).await.unwrap().outcome
+    }
+
+    #[tokio::test]
+    async fn begin_counts_attempts_but_not_its_own_retries() {
+        let (store, _server) = store().await;
+        let run = RunId::new("r1").unwrap();
+        let t1 = "2026-11-25T10:00:00.001Z";
+        assert!(matches!(
+            begin(&store, &run, t1).await,
+            Begin::Started { attempt: 1 }
+        ));
+        // The same begin again (its reply was lost, the call retried): still attempt 1.
+        assert!(matches!(
+            begin(&store, &run, t1).await,
+            Begin::Started { attempt: 1 }
+        ));
+        // A begin of another agent process (the first died mid-run): attempt 2, then 3, then over.
+        let t2 = "2026-11-25T10:00:05.002Z";
+        assert!(matches!(
+            begin(&store, &run, t2).await,
+            Begin::Started { attempt: 2 }
+        ));
+        assert!(matches!(
+            begin(&store, &run, "2026-11-25T10:00:09.003Z").await,
+            Begin::Started { attempt: 3 }
+        ));
+        assert!(matches!(
+            begin(&store, &run, "2026-11-25T10:00:12.004Z").await,
+            Begin::Refused { attempt: 4 }
+        ));
+        // A run that ended is a duplicate.
+        let mut con = store.conn();
+        let _: () = con
+            .hset(store.prefix.run(&run), "status", "done")
+            .await
+            .unwrap();
+        assert!(matches!(
+            begin(&store, &run, t2).await,
+            Begin::Ended {
+                status: RunStatus::Done,
+                attempt: 3
+            }
+        ));
     }
 }

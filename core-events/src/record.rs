@@ -121,6 +121,7 @@ pub const RECORD_FIELD_ROLLBACK: &str = "rollback";
 pub const RECORD_FIELD_STATUS: &str = "status";
 pub const RECORD_FIELD_ATTEMPT: &str = "attempt";
 pub const RECORD_FIELD_DATA: &str = "data";
+pub const RECORD_FIELD_STARTED: &str = "started";
 /// Record field listing the rollback steps that failed, comma-separated.
 pub const RECORD_FIELD_ROLLBACK_FAILED: &str = "rollback_failed";
 
@@ -162,7 +163,7 @@ impl RunRecord {
         let opt = [
             ("failed_step", &self.failed_step),
             ("queued", &self.queued),
-            ("started", &self.started),
+            (RECORD_FIELD_STARTED, &self.started),
             ("ended", &self.ended),
             ("error", &self.error),
         ];
