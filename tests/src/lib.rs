@@ -633,6 +633,21 @@ impl Drop for Agent {
     }
 }
 
+/// `XADD key * fields…`: queues an entry directly, as a client that does not PUBLISH would.
+pub fn xadd(con: &mut redis::Connection, key: &str, fields: &[(&str, &str)]) -> String {
+    redis::cmd("XADD")
+        .arg(key)
+        .arg("*")
+        .arg(fields)
+        .query(con)
+        .unwrap()
+}
+
+/// The text of a file steps append to, empty while no step has written it.
+pub fn read_or_empty(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
 pub fn hgetall(con: &mut redis::Connection, key: &str) -> HashMap<String, String> {
     redis::cmd("HGETALL").arg(key).query(con).unwrap()
 }

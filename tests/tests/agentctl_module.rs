@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use agent_tests::{
-    hgetall, stream, wait_for, wait_run_end, Agent, EventDirs, RedisServer, Run, RunOutput,
+    hgetall, read_or_empty, stream, wait_for, wait_run_end, Agent, EventDirs, RedisServer, Run,
+    RunOutput,
 };
 use redis::Commands;
 
@@ -17,10 +18,6 @@ const LONG: Duration = Duration::from_secs(120);
 /// Runs `agentctl --redis-url URL ARGS…` and kills it if it outlives [`LONG`].
 fn ctl(url: &str, args: &[&str]) -> RunOutput {
     Run::agentctl(url).args(args).timeout(LONG).output()
-}
-
-fn read(path: &std::path::Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 fn keys(con: &mut redis::Connection) -> Vec<String> {
@@ -77,7 +74,7 @@ fn add_allocates_ids_writes_module_env_and_runs_module_init() {
     assert_eq!(add.code(), 0, "{add:?}");
     assert_eq!(add.stdout, "hello1\n", "the id alone on stdout: {add:?}");
     assert!(add.stderr.contains("done (exit 0)"), "{add:?}");
-    assert_eq!(read(&out), "init argv=hello1 stdin=hello1 on=n1\n");
+    assert_eq!(read_or_empty(&out), "init argv=hello1 stdin=hello1 on=n1\n");
     let env = hgetall(&mut con, "module/hello1/module.env");
     assert_eq!(env["EVENTS_IMAGE"], "localhost/hello:latest");
     assert_eq!(env["PORT"], "8080");
@@ -99,7 +96,7 @@ fn add_allocates_ids_writes_module_env_and_runs_module_init() {
     assert_eq!(add.code(), 0, "{add:?}");
     assert_eq!(add.stdout, "hello2\n", "{add:?}");
     wait_for("module.init hello2", LONG, || {
-        read(&out).contains("argv=hello2").then_some(())
+        read_or_empty(&out).contains("argv=hello2").then_some(())
     });
     let seq: i64 = con.get("cluster/module_sequence/hello").unwrap();
     assert_eq!(seq, 2);
@@ -151,7 +148,10 @@ fn a_failing_module_init_passes_its_exit_code_and_is_rolled_back() {
         "{add:?}"
     );
     assert!(add.stderr.contains("cannot-start"), "{add:?}");
-    assert_eq!(read(&out), "create hello1\nundo hello1 after 20start\n");
+    assert_eq!(
+        read_or_empty(&out),
+        "create hello1\nundo hello1 after 20start\n"
+    );
 }
 
 #[test]
@@ -252,7 +252,7 @@ fn remove_queues_module_remove_on_this_host_by_default() {
 
     let rm = ctl(&url, &["module", "remove", "hello1"]);
     assert_eq!(rm.code(), 0, "{rm:?}");
-    assert_eq!(read(&out), "remove argv=hello1 stdin=hello1\n");
+    assert_eq!(read_or_empty(&out), "remove argv=hello1 stdin=hello1\n");
     let runs = ended_runs(&mut con, &host, "module.remove");
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0]["data"], "hello1");

@@ -3,26 +3,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use agent_tests::{hgetall, stream, wait_for, wait_run_end, Agent, EventDirs, RedisServer};
+use agent_tests::{
+    hgetall, read_or_empty, stream, wait_for, wait_run_end, xadd, Agent, EventDirs, RedisServer,
+};
 use redis::Commands;
 
 const LONG: Duration = Duration::from_secs(60);
 
-fn xadd(con: &mut redis::Connection, queue: &str, fields: &[(&str, &str)]) -> String {
-    redis::cmd("XADD")
-        .arg(queue)
-        .arg("*")
-        .arg(fields)
-        .query(con)
-        .unwrap()
-}
-
 fn publish(con: &mut redis::Connection, channel: &str, data: &str) -> i64 {
     con.publish(channel, data).unwrap()
-}
-
-fn read(path: &std::path::Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 /// Starts a node-agent whose password comes only from the credentials file `creds` (its URL carries
@@ -92,7 +81,7 @@ fn steps_run_in_order_with_argv_stdin_and_env() {
     assert_eq!(rec["attempt"], "1");
     assert_eq!(rec["data"], "the data");
     assert_eq!(
-        read(&out),
+        read_or_empty(&out),
         "first hello0 hello r1 10first 1 module/hello0 PORT=8080\nredis=redis\nsecond argv=the data stdin=the data\nthird\n"
     );
     let output: String = con.get("module/hello0/run/r1/output").unwrap();
@@ -134,7 +123,7 @@ fn later_dir_overrides_and_dev_null_masks() {
     xadd(&mut con, "module/m1/queue", &[("event", "ev"), ("id", "r")]);
     let rec = wait_run_end(&mut con, "module/m1/run/r", LONG);
     assert_eq!(rec["status"], "done");
-    assert_eq!(read(&out), "core-a\nlocal-b\nlocal-insert\n");
+    assert_eq!(read_or_empty(&out), "core-a\nlocal-b\nlocal-insert\n");
     let journal = stream(&mut con, "module/m1/journal");
     let warn = journal
         .iter()
@@ -199,7 +188,7 @@ fn publish_reaches_exactly_one_agent_and_queued_events_wait_for_it() {
     let _other = Agent::module(&redis, "pub00", &dirs, &[]);
     assert_eq!(publish(&mut con, "pub0:ping", "one"), 1);
     wait_for("first event to run", LONG, || {
-        (read(&out) == "one\n").then_some(())
+        (read_or_empty(&out) == "one\n").then_some(())
     });
 
     agent.terminate();
@@ -215,13 +204,13 @@ fn publish_reaches_exactly_one_agent_and_queued_events_wait_for_it() {
         &[("event", "ping"), ("data", "two"), ("id", "q2")],
     );
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(read(&out), "one\n");
+    assert_eq!(read_or_empty(&out), "one\n");
     agent.restart();
     wait_run_end(&mut con, "module/pub0/run/q2", LONG);
-    assert_eq!(read(&out), "one\ntwo\n");
+    assert_eq!(read_or_empty(&out), "one\ntwo\n");
     assert_eq!(publish(&mut con, "pub0:ping", "three"), 1);
     wait_for("third event to run", LONG, || {
-        (read(&out) == "one\ntwo\nthree\n").then_some(())
+        (read_or_empty(&out) == "one\ntwo\nthree\n").then_some(())
     });
 }
 
@@ -255,7 +244,7 @@ fn kill_9_mid_step_reruns_once_with_attempt_2() {
         &[("event", "slow"), ("id", "after")],
     );
     wait_for("first attempt to start", LONG, || {
-        (read(&starts) == "1\n").then_some(())
+        (read_or_empty(&starts) == "1\n").then_some(())
     });
     agent.kill9();
     let rec = hgetall(&mut con, "module/k0/run/k");
@@ -273,12 +262,12 @@ fn kill_9_mid_step_reruns_once_with_attempt_2() {
     // The orphaned first attempt was killed, so it never wrote "end".
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
-        read(&starts),
+        read_or_empty(&starts),
         "1\n2\n1\n",
         "k ran twice, `after` once (its own attempt 1)"
     );
     assert_eq!(
-        read(&done),
+        read_or_empty(&done),
         "end\nend\n",
         "attempt 2 of k and `after` finished; attempt 1 never did"
     );
@@ -307,7 +296,7 @@ fn a_run_interrupted_too_often_is_abandoned() {
     );
     for n in 1..=2 {
         wait_for("attempt to start", LONG, || {
-            (read(&starts).lines().count() == n).then_some(())
+            (read_or_empty(&starts).lines().count() == n).then_some(())
         });
         agent.kill9();
         agent.restart();
@@ -316,7 +305,7 @@ fn a_run_interrupted_too_often_is_abandoned() {
     assert_eq!(rec["status"], "abandoned", "{rec:?}");
     assert_eq!(rec["exit_code"], core_events::exit::ABANDONED.to_string());
     assert_eq!(
-        read(&starts).lines().count(),
+        read_or_empty(&starts).lines().count(),
         2,
         ".retries 1 allows two attempts"
     );
@@ -347,7 +336,7 @@ fn redis_restart_with_queued_events_loses_nothing() {
         );
     }
     wait_for("some runs to finish", LONG, || {
-        (read(&out).lines().count() >= 3).then_some(())
+        (read_or_empty(&out).lines().count() >= 3).then_some(())
     });
     redis.restart();
     std::thread::sleep(Duration::from_millis(500));
@@ -367,7 +356,10 @@ fn redis_restart_with_queued_events_loses_nothing() {
         let rec = wait_run_end(&mut con, &format!("module/r0/run/t{i}"), LONG);
         assert_eq!(rec["status"], "done", "t{i}: {rec:?}");
     }
-    let mut seen: Vec<u32> = read(&out).lines().map(|l| l.parse().unwrap()).collect();
+    let mut seen: Vec<u32> = read_or_empty(&out)
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
     seen.sort();
     seen.dedup();
     assert_eq!(seen, (0..40).collect::<Vec<_>>());
@@ -381,7 +373,7 @@ fn redis_restart_with_queued_events_loses_nothing() {
     let mut con = redis.conn();
     assert_eq!(publish(&mut con, "r0:tick", "41"), 1);
     wait_for("event after reconnect", LONG, || {
-        read(&out).lines().any(|l| l == "41").then_some(())
+        read_or_empty(&out).lines().any(|l| l == "41").then_some(())
     });
 }
 
@@ -409,7 +401,7 @@ fn cancel_a_running_and_a_queued_run() {
         &[("event", "long"), ("id", "run2")],
     );
     wait_for("run1 to start", LONG, || {
-        (read(&out) == "started\n").then_some(())
+        (read_or_empty(&out) == "started\n").then_some(())
     });
     // run2 waits behind run1 (concurrency 1): cancel it before it starts, then run1.
     assert_eq!(publish(&mut con, "cancel/c0", "run2"), 1);
@@ -424,7 +416,7 @@ fn cancel_a_running_and_a_queued_run() {
         (con.xlen::<_, i64>("module/c0/queue").ok()? == 0).then_some(())
     });
     assert_eq!(
-        read(&out),
+        read_or_empty(&out),
         "started\n",
         "the cancelled queued run never started"
     );
@@ -461,7 +453,7 @@ fn timeout_kills_the_whole_process_group() {
     assert_eq!(rec["status"], "failed");
     assert_eq!(rec["exit_code"], core_events::exit::TIMEOUT.to_string());
     assert!(rec["error"].contains("timed out after 2s"), "{rec:?}");
-    let pid: i32 = read(&pidfile).trim().parse().unwrap();
+    let pid: i32 = read_or_empty(&pidfile).trim().parse().unwrap();
     wait_for("grandchild to be gone", LONG, || {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // Gone, or a zombie waiting for its reaper.
@@ -540,7 +532,7 @@ fn malformed_events_are_refused_clearly_and_nothing_panics() {
     assert!(refused
         .iter()
         .all(|e| e["message"].starts_with("refused PUBLISH")));
-    assert_eq!(read(&out), "ok\n", "only the good event ran");
+    assert_eq!(read_or_empty(&out), "ok\n", "only the good event ran");
     // The agent is alive and well.
     assert!(agent.log().contains("agent ready"));
     assert!(!agent.log().contains("panicked"));
@@ -572,10 +564,13 @@ fn a_thousand_events_each_end_done_exactly_once() {
         assert_eq!(publish(&mut con, "thousand:n", &i.to_string()), 1);
     }
     wait_for("1000 runs", Duration::from_secs(300), || {
-        (read(&out).lines().count() >= 1000).then_some(())
+        (read_or_empty(&out).lines().count() >= 1000).then_some(())
     });
     std::thread::sleep(Duration::from_millis(300));
-    let mut seen: Vec<u32> = read(&out).lines().map(|l| l.parse().unwrap()).collect();
+    let mut seen: Vec<u32> = read_or_empty(&out)
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
     seen.sort();
     assert_eq!(
         seen,
@@ -607,7 +602,7 @@ fn startup_event_runs_on_first_start_only() {
     agent.terminate();
     agent.restart();
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(read(&out), "init\n");
+    assert_eq!(read_or_empty(&out), "init\n");
 }
 
 #[test]
@@ -684,7 +679,7 @@ fn unusable_module_env_fields_are_journaled_and_do_not_block_runs() {
     );
     let rec = wait_run_end(&mut con, "module/env0/run/e", LONG);
     assert_eq!(rec["status"], "done", "{rec:?}");
-    assert_eq!(read(&out), "yes|env0\n");
+    assert_eq!(read_or_empty(&out), "yes|env0\n");
     let warnings: Vec<String> = stream(&mut con, "module/env0/journal")
         .into_iter()
         .filter(|e| e["status"] == "warning")
@@ -739,7 +734,7 @@ fn a_full_queue_refuses_published_events() {
         (con.xlen::<_, i64>("module/full0/queue").ok()? == 0).then_some(())
     });
     assert_eq!(
-        read(&out),
+        read_or_empty(&out),
         "q0\nq1\nq2\n",
         "the queued entries ran in order; the refused one did not"
     );
@@ -767,7 +762,7 @@ fn sigterm_waits_for_the_grace_period_then_the_run_restarts() {
         &[("event", "long"), ("id", "l")],
     );
     wait_for("attempt 1 to start", LONG, || {
-        (read(&starts) == "1\n").then_some(())
+        (read_or_empty(&starts) == "1\n").then_some(())
     });
     let status = agent.terminate();
     assert_eq!(status.code(), Some(0), "clean exit after killing the step");
@@ -836,7 +831,7 @@ fn large_stdin_is_delivered_and_output_keeps_its_order() {
     );
     let rec = wait_run_end(&mut con, "module/big0/run/b", LONG);
     assert_eq!(rec["status"], "done", "{:?}", rec.get("error"));
-    assert_eq!(read(&out).trim(), "120000");
+    assert_eq!(read_or_empty(&out).trim(), "120000");
     let output: String = con.get("module/big0/run/b/output").unwrap();
     assert!(
         output.ends_with("==> 20 <==\none\ntwo\nthree\nfour\n"),
@@ -951,5 +946,5 @@ fn an_agent_whose_password_stops_working_exits_instead_of_running_half_deaf() {
     );
     let rec = wait_run_end(&mut con, "node/deaf0/run/after", LONG);
     assert_eq!(rec["status"], "done");
-    assert_eq!(read(&out), "ran\n");
+    assert_eq!(read_or_empty(&out), "ran\n");
 }

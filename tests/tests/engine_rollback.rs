@@ -8,23 +8,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use agent_tests::{hgetall, stream, wait_for, wait_run_end, Agent, EventDirs, RedisServer};
+use agent_tests::{
+    hgetall, read_or_empty, stream, wait_for, wait_run_end, xadd, Agent, EventDirs, RedisServer,
+};
 use redis::Commands;
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn xadd(con: &mut redis::Connection, queue: &str, fields: &[(&str, &str)]) -> String {
-    redis::cmd("XADD")
-        .arg(queue)
-        .arg("*")
-        .arg(fields)
-        .query(con)
-        .unwrap()
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
 
 /// The journal entries of one run, oldest first.
 fn journal_of(
@@ -92,7 +81,7 @@ fn rollback_runs_after_a_failing_middle_step_with_the_run_env() {
     assert!(!rec.contains_key("rollback_failed"), "{rec:?}");
     let common = "event=ev run=r1 argv=the data stdin=the data rollback=1 failed=20fail status=failed port=8080";
     assert_eq!(
-        read(&out),
+        read_or_empty(&out),
         format!("created\nundo-a step=10undo-a {common}\nundo-b step=20undo-b {common}\n"),
         "rollback steps run in order, later steps of ev never"
     );
@@ -187,7 +176,7 @@ fn a_failing_rollback_step_does_not_stop_the_next() {
     assert_eq!(rec["failed_step"], "10fail");
     assert_eq!(rec["rollback"], "failed");
     assert_eq!(rec["rollback_failed"], "10a,30c");
-    assert_eq!(read(&out), "a\nb\nd\n", "every rollback step ran");
+    assert_eq!(read_or_empty(&out), "a\nb\nd\n", "every rollback step ran");
     let journal = journal_of(&mut con, "module/rb1", "f");
     assert_eq!(states(&journal), ["running", "rollback", "failed"]);
     let rb = &journal[1];
@@ -233,7 +222,7 @@ fn no_rollback_when_the_run_succeeds_or_defines_none() {
     let rec = wait_run_end(&mut con, "module/rb2/run/b", LONG);
     assert_eq!(rec["status"], "failed");
     assert!(!rec.contains_key("rollback"), "{rec:?}");
-    assert_eq!(read(&out), "");
+    assert_eq!(read_or_empty(&out), "");
     for run in ["a", "b"] {
         let journal = journal_of(&mut con, "module/rb2", run);
         assert!(!states(&journal).contains(&"rollback"), "{journal:?}");
@@ -274,7 +263,7 @@ fn a_timeout_triggers_the_rollback_which_has_its_own_timeout() {
     assert_eq!(rec["rollback"], "failed");
     assert_eq!(rec["rollback_failed"], "20stuck");
     assert_eq!(
-        read(&out),
+        read_or_empty(&out),
         "undo step=10undo event=ev run=t argv=d stdin=d rollback=1 failed=10slow status=failed port=\nstuck\n",
         "the rollback got its own 3s (not the run's spent 1s); its timeout stopped it"
     );
@@ -315,11 +304,11 @@ fn cancel_triggers_the_rollback_and_a_second_cancel_stops_it() {
         &[("event", "ev"), ("id", "c")],
     );
     wait_for("the run to start", LONG, || {
-        (read(&out) == "started\n").then_some(())
+        (read_or_empty(&out) == "started\n").then_some(())
     });
     let _: i64 = con.publish("cancel/rb4", "c").unwrap();
     wait_for("the slow rollback step to start", LONG, || {
-        read(&out).ends_with("slow\n").then_some(())
+        read_or_empty(&out).ends_with("slow\n").then_some(())
     });
     let rec = hgetall(&mut con, "module/rb4/run/c");
     assert_eq!(rec["status"], "running", "{rec:?}");
@@ -331,7 +320,7 @@ fn cancel_triggers_the_rollback_and_a_second_cancel_stops_it() {
     assert_eq!(rec["rollback"], "failed");
     assert_eq!(rec["rollback_failed"], "20slow");
     assert_eq!(
-        read(&out),
+        read_or_empty(&out),
         "started\nundo step=10undo event=ev run=c argv= stdin= rollback=1 failed= status=cancelled port=\nslow\n",
         "a cancel during the rollback stops it: 30after never runs"
     );
@@ -362,7 +351,7 @@ fn a_masked_rollback_step_in_a_later_dir_is_not_run() {
     );
     let rec = wait_run_end(&mut con, "module/rb5/run/m", LONG);
     assert_eq!(rec["rollback"], "done", "{rec:?}");
-    assert_eq!(read(&out), "core\nlocal\n");
+    assert_eq!(read_or_empty(&out), "core\nlocal\n");
 }
 
 #[test]
@@ -394,7 +383,7 @@ fn a_rollback_event_run_directly_gets_no_rollback_of_its_own() {
     assert_eq!(rec["status"], "failed");
     assert_eq!(rec["exit_code"], "5");
     assert!(!rec.contains_key("rollback"), "{rec:?}");
-    assert_eq!(read(&out), "direct rollback=unset\n");
+    assert_eq!(read_or_empty(&out), "direct rollback=unset\n");
     let journal = journal_of(&mut con, "module/rb6", &run);
     assert!(!states(&journal).contains(&"rollback"), "{journal:?}");
 }

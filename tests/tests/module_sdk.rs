@@ -9,7 +9,9 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use agent_tests::redis;
-use agent_tests::{bin, hgetall, stream, wait_for, wait_run_end, Agent, EventDirs, RedisServer};
+use agent_tests::{
+    bin, hgetall, stream, wait_for, wait_run_end, xadd, Agent, EventDirs, RedisServer,
+};
 use core_events::record::{QUEUE_FIELD_DATA, QUEUE_FIELD_EVENT, QUEUE_FIELD_ID};
 use core_events::Progress;
 
@@ -31,17 +33,15 @@ fn quoted(p: &Path) -> String {
 
 /// `XADD <queue> * event E data D id RUN`.
 fn queue_event(con: &mut redis::Connection, queue: &str, event: &str, data: &str, run: &str) {
-    let _: String = redis::cmd("XADD")
-        .arg(queue)
-        .arg("*")
-        .arg(QUEUE_FIELD_EVENT)
-        .arg(event)
-        .arg(QUEUE_FIELD_DATA)
-        .arg(data)
-        .arg(QUEUE_FIELD_ID)
-        .arg(run)
-        .query(con)
-        .unwrap();
+    xadd(
+        con,
+        queue,
+        &[
+            (QUEUE_FIELD_EVENT, event),
+            (QUEUE_FIELD_DATA, data),
+            (QUEUE_FIELD_ID, run),
+        ],
+    );
 }
 
 /// Waits for a run to end and asserts it succeeded, showing its output otherwise.

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use agent_tests::{bin, stream, wait_for, wait_run_end, Agent, EventDirs, RedisServer};
+use agent_tests::{bin, stream, wait_for, wait_run_end, xadd, Agent, EventDirs, RedisServer};
 
 const LONG: Duration = Duration::from_secs(60);
 const SECRET: &str = "Sup3r-s3cret-DB-passw0rd";
@@ -78,17 +78,12 @@ fn secret_values_never_reach_redis_or_the_logs() {
     agent.restart();
     let mut con = redis.conn();
     // The secret also arrives as event data: it must not be stored in the record either.
-    let _: String = redis::cmd("XADD")
-        .arg("module/sec0/queue")
-        .arg("*")
-        .arg("event")
-        .arg("leak")
-        .arg("data")
-        .arg(format!("data with {SECRET} inside"))
-        .arg("id")
-        .arg("l1")
-        .query(&mut con)
-        .unwrap();
+    let data = format!("data with {SECRET} inside");
+    xadd(
+        &mut con,
+        "module/sec0/queue",
+        &[("event", "leak"), ("data", &data), ("id", "l1")],
+    );
     let rec = wait_run_end(&mut con, "module/sec0/run/l1", LONG);
     assert_eq!(rec["status"], "failed");
     assert_eq!(rec["exit_code"], "4");

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use agent_tests::redis;
-use agent_tests::{bin, stream, wait_for, wait_run_end, Agent, EventDirs, RedisServer};
+use agent_tests::{bin, stream, wait_for, wait_run_end, xadd, Agent, EventDirs, RedisServer};
 
 const LONG: Duration = Duration::from_secs(60);
 const BEGIN: &str = "-----BEGIN AGE ENCRYPTED FILE-----";
@@ -474,17 +474,11 @@ fn a_step_uses_its_own_modules_secrets() {
     );
     let _agent = Agent::module(&redis, "mod0", &dirs, &[]);
     let mut con = redis.conn();
-    let _: String = redis::cmd("XADD")
-        .arg("module/mod0/queue")
-        .arg("*")
-        .arg("event")
-        .arg("secrets")
-        .arg("data")
-        .arg("")
-        .arg("id")
-        .arg("sec-1")
-        .query(&mut con)
-        .unwrap();
+    xadd(
+        &mut con,
+        "module/mod0/queue",
+        &[("event", "secrets"), ("data", ""), ("id", "sec-1")],
+    );
     let rec = wait_run_end(&mut con, "module/mod0/run/sec-1", LONG);
     let output: Option<String> = redis::cmd("GET")
         .arg("module/mod0/run/sec-1/output")
