@@ -158,6 +158,8 @@ pub(crate) struct Store {
     enqueue: Arc<redis::Script>,
     startup: Arc<redis::Script>,
     begin: Arc<redis::Script>,
+    /// The terminal run statuses, space-separated, as the begin script takes them.
+    terminal_statuses: Arc<str>,
     secrets: Arc<SecretScrubbing>,
 }
 
@@ -177,6 +179,13 @@ impl Store {
             enqueue: Arc::new(redis::Script::new(ENQUEUE_SCRIPT)),
             startup: Arc::new(redis::Script::new(STARTUP_SCRIPT)),
             begin: Arc::new(redis::Script::new(BEGIN_SCRIPT)),
+            terminal_statuses: RunStatus::ALL
+                .iter()
+                .filter(|s| s.is_terminal())
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+                .into(),
             secrets: Arc::new(SecretScrubbing::new(cfg.secret_key_file.clone())),
         }
     }
@@ -231,11 +240,6 @@ impl Store {
         };
         let (rkey, okey) = (self.prefix.run(req.run), self.prefix.run_output(req.run));
         let module = self.prefix.kind() == core_events::AgentKind::Module;
-        let terminal: Vec<&str> = RunStatus::ALL
-            .iter()
-            .filter(|s| s.is_terminal())
-            .map(|s| s.as_str())
-            .collect();
         let record: Vec<(&str, String)> = req
             .record
             .to_fields()
@@ -262,7 +266,7 @@ impl Store {
                 .arg(RECORD_FIELD_ATTEMPT)
                 .arg(RECORD_FIELD_STARTED)
                 .arg(RunStatus::Running.as_str())
-                .arg(terminal.join(" "))
+                .arg(&*self.terminal_statuses)
                 .arg(if req.start { "1" } else { "0" })
                 .arg(req.max_attempts)
                 .arg(self.ttl())
