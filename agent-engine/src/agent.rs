@@ -75,10 +75,21 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
     let heartbeat = tokio::spawn(heartbeat_loop(store.clone()));
     tracing::info!(agent = %cfg.name, prefix = %store.prefix.as_str(), "agent ready");
 
+    let cgroups = match crate::cgroup::RunCgroups::detect() {
+        Ok(c) => {
+            tracing::info!(cgroup = %c.base().display(), "runs tracked by cgroup");
+            Some(c)
+        }
+        Err(why) => {
+            tracing::warn!("runs tracked by process environment, not by cgroup: {why}");
+            None
+        }
+    };
     let step_env = StepEnv {
         base_url: cfg.redis_url.clone(),
         credentials_file: cfg.credentials_file.clone(),
         credentials: cfg.credentials.clone(),
+        cgroups,
     };
     let tracker = TaskTracker::new();
     let kill_now = CancellationToken::new();

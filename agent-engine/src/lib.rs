@@ -6,6 +6,7 @@
 //! progress). The binaries only parse arguments and build an [`EngineConfig`].
 
 pub mod agent;
+mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod error;

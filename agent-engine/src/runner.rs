@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use core_events::record::journal_status;
+use core_events::step::{StepMessageError, CONTROL_FD, CONTROL_FD_ENV, MAX_MESSAGE};
+use core_events::StepMessage;
 use core_events::{
     exit, EventName, JournalEntry, Progress, QueueEntry, RollbackStatus, RunId, RunRecord,
     RunStatus,
@@ -20,7 +22,7 @@ use core_events::{
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{pipe2, Pid};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::time::Instant;
@@ -85,6 +87,8 @@ pub(crate) struct StepEnv {
     pub credentials_file: Option<std::path::PathBuf>,
     /// The credentials read at start, used when the file cannot be read now.
     pub credentials: Option<crate::config::RedisCredentials>,
+    /// Where run cgroups are made; `None`: runs are tracked by their processes' environment.
+    pub cgroups: Option<crate::cgroup::RunCgroups>,
 }
 
 impl StepEnv {
@@ -209,6 +213,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
         Begin::Started { attempt } => attempt,
     };
     record.attempt = attempt;
+    let processes = RunProcesses::new(env, cfg.name.as_str(), run);
     // The data joins the record beside the first step rather than before it; the end of the run
     // waits for the write, so the two never land out of order.
     let data_written = (!record.data.is_empty()).then(|| {
@@ -253,6 +258,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
             &env_vars,
             signals,
             &mut output_left,
+            processes.cgroup_fd(),
         )
         .await?;
         match end {
@@ -326,6 +332,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
                 attempt,
                 cancel: &cancel_token,
                 kill_now: &kill_now,
+                cgroup_fd: processes.cgroup_fd(),
             };
             let Some(result) = rb.run(&mut output_left).await? else {
                 return Ok(());
@@ -339,6 +346,14 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
         }
     }
 
+    // Nothing the run started outlives it: what its steps left running (a daemon, a `setsid`
+    // grandchild) is killed before its end is recorded.
+    let left = processes.end().await;
+    if left > 0 {
+        let line = format!("--- {left} processes left running by the run's steps were killed ---");
+        tracing::info!(%run, left, "killed processes the run's steps left running");
+        append_line(store, run, &line, &mut output_left).await?;
+    }
     let (status, code, error) = outcome;
     let (rec, j) = finish(record, status, code, error);
     // Its failure does not matter: the final record carries the data too.
@@ -378,6 +393,7 @@ struct Rollback<'a> {
     attempt: u32,
     cancel: &'a CancellationToken,
     kill_now: &'a CancellationToken,
+    cgroup_fd: Option<RawFd>,
 }
 
 struct RollbackResult {
@@ -455,6 +471,7 @@ impl Rollback<'_> {
                 &env,
                 signals,
                 output_left,
+                self.cgroup_fd,
             )
             .await?;
             let name = &step.name;
@@ -658,6 +675,7 @@ async fn run_step_recorded(
     env: &[(String, String)],
     signals: Signals<'_>,
     output_left: &mut usize,
+    cgroup_fd: Option<RawFd>,
 ) -> Result<StepEnd> {
     let (index, total, message) = position;
     let progress = Progress {
@@ -669,7 +687,16 @@ async fn run_step_recorded(
         message,
         status: Some(RunStatus::Running),
     };
-    let (end, output) = run_step(step, data, env, signals, || {
+    let reporter = Reporter {
+        store,
+        run,
+        progress: progress.clone(),
+    };
+    let spawn = Spawn {
+        cgroup_fd,
+        reporter: &reporter,
+    };
+    let (end, output) = run_step(step, data, env, signals, spawn, || {
         publish_detached(store, run, progress)
     })
     .await;
@@ -731,13 +758,31 @@ struct Signals<'a> {
 /// Largest output kept from one step before the run's own cap applies.
 const STEP_CAPTURE_CAP: usize = 4 << 20;
 
+/// How a step is started and heard from, beside its argument, environment and pipes.
+struct Spawn<'a> {
+    /// The run's `cgroup.procs`, which the step's process joins before exec.
+    cgroup_fd: Option<RawFd>,
+    /// Publishes what the step sends on its control socket.
+    reporter: &'a Reporter<'a>,
+}
+
 async fn run_step(
     step: &PlanEntry,
     data: &str,
     env: &[(String, String)],
     signals: Signals<'_>,
+    spawn: Spawn<'_>,
     announce: impl FnOnce(),
 ) -> (StepEnd, Vec<u8>) {
+    let control = match ControlSocket::new() {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                StepEnd::SpawnFailed(format!("cannot create the control socket: {e}")),
+                Vec::new(),
+            )
+        }
+    };
     let pipes = match StepPipes::new(data.is_empty()) {
         Ok(p) => p,
         Err(e) => {
@@ -754,15 +799,34 @@ async fn run_step(
         .stdin(pipes.stdin)
         .stdout(pipes.stdout)
         .stderr(pipes.stderr)
+        .env(CONTROL_FD_ENV, CONTROL_FD.to_string())
         .process_group(0);
+    let (cgroup_fd, control_fd) = (spawn.cgroup_fd, control.step_fd());
+    // SAFETY: the closure runs between fork and exec and makes only async-signal-safe calls
+    // (write, dup2, fcntl) on descriptors this process keeps open until `spawn` returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(fd) = cgroup_fd {
+                crate::cgroup::join_in_child(fd)?;
+            }
+            ControlSocket::install_in_child(control_fd)
+        });
+    }
     let spawned = cmd.spawn();
     // The command holds our copies of the child's pipe ends: drop it so EOF can be seen.
     drop(cmd);
+    let mut control = control.into_agent_end();
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => return (StepEnd::SpawnFailed(e.to_string()), Vec::new()),
     };
-    let pgid = Pid::from_raw(child.id().expect("running child has a pid") as i32);
+    let Some(pid) = child.id() else {
+        return (
+            StepEnd::SpawnFailed("the step's process vanished at once".into()),
+            Vec::new(),
+        );
+    };
+    let pgid = Pid::from_raw(pid as i32);
     announce();
 
     if let Some(writer) = pipes.stdin_writer {
@@ -776,6 +840,7 @@ async fn run_step(
         tokio::select! {
             status = child.wait() => break Ok(status.map(exit_code).unwrap_or(exit::SPAWN_FAILED)),
             _ = output.read_some() => {}
+            msg = control.recv() => spawn.reporter.handle(msg).await,
             _ = tokio::time::sleep_until(signals.deadline) => break Err((Interrupt::Timeout, signals.grace)),
             _ = signals.cancel.cancelled() => break Err((Interrupt::Cancel, signals.grace)),
             _ = signals.kill_now.cancelled() => break Err((Interrupt::Shutdown, Duration::ZERO)),
@@ -795,9 +860,172 @@ async fn run_step(
             StepEnd::Interrupted(why)
         }
     };
+    // What the step sent just before it exited is published too.
+    while let Some(msg) = control.try_recv() {
+        spawn.reporter.handle(msg).await;
+    }
     // A background process of the step may keep the pipe open: do not wait for EOF forever.
     let _ = tokio::time::timeout(Duration::from_secs(2), output.drain()).await;
     (end, output.into_bytes())
+}
+
+/// The datagram socket a step reports through (core_events::step): the agent keeps one end, the
+/// step gets the other as fd [`CONTROL_FD`].
+struct ControlSocket {
+    agent: std::os::unix::net::UnixDatagram,
+    step: std::os::unix::net::UnixDatagram,
+}
+
+impl ControlSocket {
+    fn new() -> std::io::Result<Self> {
+        // `pair` makes both ends close-on-exec: only the step's own fd 3 crosses exec.
+        let (agent, step) = std::os::unix::net::UnixDatagram::pair()?;
+        agent.set_nonblocking(true)?;
+        Ok(ControlSocket { agent, step })
+    }
+
+    fn step_fd(&self) -> RawFd {
+        self.step.as_raw_fd()
+    }
+
+    /// In the forked step: the step's end becomes fd [`CONTROL_FD`], kept across exec.
+    fn install_in_child(fd: RawFd) -> std::io::Result<()> {
+        use nix::libc;
+        // SAFETY: dup2 and fcntl are async-signal-safe; `fd` is open in this process.
+        let ok = unsafe {
+            if fd == CONTROL_FD {
+                libc::fcntl(fd, libc::F_SETFD, 0) != -1
+            } else {
+                libc::dup2(fd, CONTROL_FD) != -1
+            }
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    /// After the spawn: the step's end is closed here (the step has its copy), the agent's is kept.
+    fn into_agent_end(self) -> ControlReceiver {
+        drop(self.step);
+        ControlReceiver {
+            socket: tokio::net::UnixDatagram::from_std(self.agent).ok(),
+            buf: vec![0; MAX_MESSAGE + 1],
+        }
+    }
+}
+
+/// The agent's end of a step's control socket.
+struct ControlReceiver {
+    socket: Option<tokio::net::UnixDatagram>,
+    buf: Vec<u8>,
+}
+
+impl ControlReceiver {
+    /// The next datagram, decoded (or why it was refused). Cancel-safe; never returns once the
+    /// socket is unusable.
+    async fn recv(&mut self) -> std::result::Result<StepMessage, StepMessageError> {
+        let Some(socket) = &self.socket else {
+            return std::future::pending().await;
+        };
+        match socket.recv(&mut self.buf).await {
+            Ok(n) => StepMessage::decode(&self.buf[..n]),
+            Err(_) => {
+                self.socket = None;
+                std::future::pending().await
+            }
+        }
+    }
+
+    /// A datagram already waiting, if any.
+    fn try_recv(&mut self) -> Option<std::result::Result<StepMessage, StepMessageError>> {
+        let n = self.socket.as_ref()?.try_recv(&mut self.buf).ok()?;
+        Some(StepMessage::decode(&self.buf[..n]))
+    }
+}
+
+/// Publishes what a step sends through its control socket, as the agent: progress on the run's
+/// channel (the run and step are the agent's, whatever the step claims), events on the agent's
+/// `event/<agent>/<event>`; secret values are removed by the store on the way.
+struct Reporter<'a> {
+    store: &'a Store,
+    run: &'a RunId,
+    /// The step's start report; a progress message updates its percent and message.
+    progress: Progress,
+}
+
+impl Reporter<'_> {
+    async fn handle(&self, msg: std::result::Result<StepMessage, StepMessageError>) {
+        let (store, run) = (self.store, self.run);
+        match msg {
+            Ok(StepMessage::Progress { percent, message }) => {
+                let mut p = self.progress.clone();
+                p.percent = Some(percent);
+                p.message = message;
+                store.publish_progress(run, &p).await;
+            }
+            Ok(StepMessage::Emit { event, data }) => {
+                if let Err(e) = store.publish_emitted(&event, &data).await {
+                    tracing::warn!(%run, %event, error = %e, "emitted event not published");
+                }
+            }
+            Err(e) => {
+                let why = store.scrubber.scrub_str(&e.to_string());
+                tracing::warn!(%run, step = ?self.progress.step, "step message refused: {why}");
+            }
+        }
+    }
+}
+
+/// The processes of one run, and how they are found when it ends: its cgroup, or else their
+/// environment (`AGENT_NAME` + `AGENT_RUN_ID`, see `procs.rs`). Dropped without [`Self::end`] (the
+/// agent shutting down mid-run), it still kills them.
+struct RunProcesses {
+    cgroup: Option<crate::cgroup::RunCgroup>,
+    agent: String,
+    run: String,
+    ended: bool,
+}
+
+impl RunProcesses {
+    fn new(env: &StepEnv, agent: &str, run: &RunId) -> Self {
+        let cgroup = env.cgroups.as_ref().and_then(|c| {
+            c.create()
+                .inspect_err(|e| {
+                    tracing::warn!(%run, error = %e, "no cgroup for the run; its processes are tracked by environment")
+                })
+                .ok()
+        });
+        RunProcesses {
+            cgroup,
+            agent: agent.to_owned(),
+            run: run.to_string(),
+            ended: false,
+        }
+    }
+
+    fn cgroup_fd(&self) -> Option<RawFd> {
+        self.cgroup.as_ref().map(|c| c.procs_fd())
+    }
+
+    /// Kills whatever of the run is still running; returns how many processes that was.
+    async fn end(mut self) -> usize {
+        self.ended = true;
+        match self.cgroup.take() {
+            Some(cg) => cg.end().await,
+            None => crate::procs::kill_leftovers(&self.agent, &self.run),
+        }
+    }
+}
+
+impl Drop for RunProcesses {
+    fn drop(&mut self) {
+        if !self.ended && self.cgroup.is_none() {
+            crate::procs::kill_leftovers(&self.agent, &self.run);
+        }
+        // A cgroup kills what is left in it when it is dropped.
+    }
 }
 
 /// The pipes of one step: stdin, and one pipe that stdout and stderr share, so the output keeps the

@@ -8,7 +8,9 @@ pub mod exit;
 pub mod keys;
 pub mod name;
 pub mod record;
+pub mod step;
 
 pub use keys::{AgentKind, Prefix};
 pub use name::{AgentName, EventName, ModuleId, NameError, RunId};
 pub use record::{JournalEntry, Progress, QueueEntry, RollbackStatus, RunRecord, RunStatus};
+pub use step::StepMessage;

@@ -362,6 +362,31 @@ pub enum EntryError {
     NotUtf8(&'static str),
     #[error("payload is {len} bytes, the limit is {max}")]
     PayloadTooLarge { len: usize, max: usize },
+    /// A step gets the data as `argv[1]`, and no argument can hold a NUL byte.
+    #[error("field {0:?} contains a NUL byte (a step's argument cannot hold one)")]
+    Nul(&'static str),
+}
+
+/// The last millisecond a record's time can say: 9999-12-31T23:59:59.999Z (RFC 3339 years have
+/// four digits). A queue entry whose stream id is later still runs (refusing it would refuse every
+/// entry `XADD *` adds after it, as Redis numbers them from the highest id): its record has no
+/// `queued` time.
+pub const MAX_RECORDABLE_MS: u64 = 253_402_300_799_999;
+
+/// Checks an event's data as it arrives, by PUBLISH or in a queue entry: at most `max_payload`
+/// bytes, UTF-8, no NUL byte. What passes can be a step's `argv[1]`.
+pub fn check_data(data: &[u8], max_payload: usize) -> Result<&str, EntryError> {
+    if data.len() > max_payload {
+        return Err(EntryError::PayloadTooLarge {
+            len: data.len(),
+            max: max_payload,
+        });
+    }
+    let text = std::str::from_utf8(data).map_err(|_| EntryError::NotUtf8(QUEUE_FIELD_DATA))?;
+    if data.contains(&0) {
+        return Err(EntryError::Nul(QUEUE_FIELD_DATA));
+    }
+    Ok(text)
 }
 
 impl QueueEntry {
@@ -403,14 +428,10 @@ impl QueueEntry {
             .map_err(fail)?
             .ok_or_else(|| fail(EntryError::MissingEvent))?;
         let event = EventName::new(event).map_err(|e| fail(EntryError::BadEvent(e)))?;
-        let data = fields.get(QUEUE_FIELD_DATA).map(Vec::len).unwrap_or(0);
-        if data > max_payload {
-            return Err(fail(EntryError::PayloadTooLarge {
-                len: data,
-                max: max_payload,
-            }));
-        }
-        let data = text(QUEUE_FIELD_DATA).map_err(fail)?.unwrap_or_default();
+        let data = match fields.get(QUEUE_FIELD_DATA) {
+            Some(raw) => check_data(raw, max_payload).map_err(fail)?.to_owned(),
+            None => String::new(),
+        };
         Ok(QueueEntry { run, event, data })
     }
 }
@@ -466,6 +487,7 @@ mod tests {
                 "11 bytes",
             ),
             (fields(&[("event", b"a"), ("data", b"\xc3")]), "UTF-8"),
+            (fields(&[("event", b"a"), ("data", b"a\0b")]), "NUL"),
         ];
         for (f, want) in cases {
             let (run, err) = QueueEntry::parse("7-1", &f, 10).unwrap_err();
@@ -475,6 +497,17 @@ mod tests {
             );
             assert!(!run.as_str().is_empty());
         }
+    }
+
+    #[test]
+    fn data_checks() {
+        assert_eq!(check_data(b"ok", 10), Ok("ok"));
+        assert_eq!(check_data(b"a\0", 10), Err(EntryError::Nul("data")));
+        assert_eq!(check_data(b"\xff", 10), Err(EntryError::NotUtf8("data")));
+        assert!(matches!(
+            check_data(&[b'x'; 11], 10),
+            Err(EntryError::PayloadTooLarge { len: 11, max: 10 })
+        ));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod args;
 pub mod context;
+pub mod control;
 pub mod error;
 pub mod ops;
 pub mod redis_url;

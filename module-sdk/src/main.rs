@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use core_events::{AgentKind, AgentName, EventName, Prefix, RunId};
+use core_events::{AgentKind, AgentName, EventName, Prefix, RunId, StepMessage};
 use module_sdk::args::{self, EnvKey, STDIN_ARG};
 use module_sdk::context::{process_env, redis_url_from};
 use module_sdk::{exit_code, AgentContext, Error, RedisUrl, Session, StepContext, Timeouts};
@@ -62,7 +62,7 @@ a progress report never fails a step.";
     after_help = AFTER_HELP
 )]
 struct Cli {
-    /// Say more on stderr (and `emit` prints its number of receivers on stdout).
+    /// Say more on stderr (and `emit` outside a step prints its number of receivers on stdout).
     #[arg(short, long, global = true)]
     verbose: bool,
 
@@ -74,9 +74,11 @@ struct Cli {
 enum Cmd {
     /// Report how far the step is: `module-sdk progress 50 dumping the database`.
     ///
-    /// Publishes {"run":…, "step":…, "percent":N, "message":…} on progress/<agent>/<run>, where
-    /// `agentctl` and other subscribers follow the run. Best effort: if Redis cannot be reached a
-    /// warning goes to stderr and the exit code is still 0, so progress never fails a step.
+    /// The step's agent publishes {"run":…, "step":…, "percent":N, "message":…} on
+    /// progress/<agent>/<run>, where `agentctl` and other subscribers follow the run. Inside a step
+    /// the report goes to the agent (the control socket of AGENT_CONTROL_FD), which removes known
+    /// secret values first; outside one it is published directly. Best effort: when it cannot be
+    /// sent a warning goes to stderr and the exit code is still 0, so progress never fails a step.
     ///
     /// Example: module-sdk progress 50 dumping the database
     #[command(after_help = "Needs AGENT_NAME, AGENT_KIND, AGENT_EVENT, AGENT_RUN_ID, REDIS_URL.")]
@@ -104,9 +106,11 @@ enum Cmd {
 
     /// Emit an event: `module-sdk emit backup-done '{"size":1024}'`.
     ///
-    /// Publishes JSON (default {}) on event/<agent>/<EVENT>; subscribers use
-    /// PSUBSCRIBE 'event/<agent>/*'. Fire and forget: nobody listening is not an error
-    /// (-v prints the number of receivers).
+    /// JSON (default {}) is published on event/<agent>/<EVENT>; subscribers use
+    /// PSUBSCRIBE 'event/<agent>/*'. Inside a step the event goes to the agent (the control socket
+    /// of AGENT_CONTROL_FD), which removes known secret values from it and publishes it; outside
+    /// one it is published directly (-v then prints the number of receivers). Fire and forget:
+    /// nobody listening is not an error. At most 128 KiB of data.
     ///
     /// Example: module-sdk emit backup-done '{"size":1024}'
     Emit {
@@ -261,6 +265,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(j) => j.to_string(),
             };
             let json = args::parse_json(&json)?;
+            let msg = StepMessage::emit(event.clone(), json.clone())
+                .map_err(|e| Error::Usage(e.to_string()))?;
+            if module_sdk::control::send(&msg)? {
+                if verbose {
+                    eprintln!("event {event} handed to the agent, which publishes it");
+                }
+                return Ok(());
+            }
+            // Not in a step: nobody to hand it to, so it is published from here.
             let ctx = AgentContext::from_env()?;
             let n =
                 Session::connect(&ctx.redis, Timeouts::NORMAL)?.emit(ctx.name(), &event, &json)?;
@@ -312,6 +325,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn progress(percent: u8, message: Vec<String>, verbose: bool) -> anyhow::Result<()> {
     let ctx = StepContext::from_env()?;
     let message = (!message.is_empty()).then(|| message.join(" "));
+    let msg =
+        StepMessage::progress(percent, message.clone()).map_err(|e| Error::Usage(e.to_string()))?;
+    match module_sdk::control::send(&msg) {
+        Ok(true) => {
+            if verbose {
+                eprintln!("progress {percent}% of run {} handed to the agent", ctx.run);
+            }
+            return Ok(());
+        }
+        Ok(false) => {}
+        Err(e) => {
+            eprintln!(
+                "module-sdk: warning: progress not reported (this does not fail the step): {e}"
+            );
+            return Ok(());
+        }
+    }
+    // Not in a step: nobody to hand it to, so it is published from here.
     let report = ctx.progress(percent, message);
     let sent = Session::connect(&ctx.agent.redis, Timeouts::BEST_EFFORT)
         .and_then(|mut s| s.publish_progress(&ctx, &report));

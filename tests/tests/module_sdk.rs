@@ -238,12 +238,12 @@ fn emit_from_a_step_reaches_a_pattern_subscriber() {
     let json: serde_json::Value = serde_json::from_str(&payload).unwrap();
     assert_eq!(json, serde_json::json!({"size": 1024}));
     assert_run_done(&mut con, "module/mod0", "backup-1");
-    let receivers: i64 = std::fs::read_to_string(work.join("receivers"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(receivers >= 1, "{receivers}");
+    // In a step the event is handed to the agent, which publishes it: the step learns no
+    // receiver count (that is for `emit` outside a step).
+    assert_eq!(
+        std::fs::read_to_string(work.join("receivers")).unwrap(),
+        ""
+    );
 }
 
 #[test]

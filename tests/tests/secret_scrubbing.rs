@@ -1,5 +1,6 @@
 //! The engine removes the values of a module's secrets from everything it writes: run output, run
-//! record, journal, its own log, and therefore from every command Redis sees (checked with MONITOR).
+//! record, journal, its own log, progress reports and events its steps emit, and therefore from
+//! every command Redis sees (checked with MONITOR) and every message a subscriber gets.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -57,15 +58,33 @@ fn secret_values_never_reach_redis_or_the_logs() {
         (std::fs::read_to_string(&monitor_log).ok()? == "OK\n").then_some(())
     });
 
-    // A failing step that prints the secret on stdout and stderr, and puts it in its error text.
+    // Every message published from now on, as a subscriber of all channels sees it.
+    let sub_log = work.join("subscriber.log");
+    let mut subscriber = Command::new("redis-cli")
+        .args(["-p", &redis.port().to_string(), "PSUBSCRIBE", "*"])
+        .stdout(std::fs::File::create(&sub_log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("the subscriber to start", LONG, || {
+        std::fs::read_to_string(&sub_log)
+            .ok()?
+            .contains("psubscribe")
+            .then_some(())
+    });
+
+    // A failing step that prints the secret on stdout and stderr, reports it as progress, emits
+    // it in an event (as a value and as a key) and puts it in its error text.
+    let script = r#"v=$("$SDK" secret get DBPASS)
+echo "password is $v"
+echo "stderr has $v too" >&2
+"$SDK" progress 40 "progress has $v"
+"$SDK" emit leaked "{\"pw\":\"$v\",\"$v\":1}"
+exit 4"#;
     dirs.step(
         0,
         "leak",
         "10leak",
-        &format!(
-            "v=$('{sdk}' secret get DBPASS)\necho \"password is $v\"\necho \"stderr has $v too\" >&2\nexit 4",
-            sdk = bin("module-sdk").display()
-        ),
+        &format!("SDK='{}'\n{script}", bin("module-sdk").display()),
     );
     let mut agent = Agent::module(
         &redis,
@@ -100,6 +119,14 @@ fn secret_values_never_reach_redis_or_the_logs() {
     std::thread::sleep(Duration::from_millis(300));
     let _ = monitor.kill();
     let _ = monitor.wait();
+    let _ = subscriber.kill();
+    let _ = subscriber.wait();
+    let heard = std::fs::read_to_string(&sub_log).unwrap();
+    // The reports did arrive, scrubbed.
+    assert!(heard.contains("progress has ***"), "{heard}");
+    assert!(heard.contains("event/sec0/leaked"), "{heard}");
+    assert!(heard.contains("\"pw\":\"***\""), "{heard}");
+    assert!(!heard.contains(SECRET), "plaintext reached a subscriber:\n{heard}");
     let seen = std::fs::read_to_string(&monitor_log).unwrap();
     assert!(
         seen.contains("APPEND") && seen.contains("module/sec0/run/l1/output"),
