@@ -6,7 +6,6 @@
 //! kills the step but does *not* finish the run: its queue entry stays pending, and the next start runs
 //! it again with `attempt` incremented.
 
-use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -603,10 +602,12 @@ async fn journal_warnings(
 const RESERVED_ENV: &[&str] = &["REDIS_URL", "AGENT_"];
 
 /// Splits module.env into the variables steps get (sorted) and a warning for each field left out.
-fn module_env_vars(raw: HashMap<String, Vec<u8>>) -> (Vec<(String, String)>, Vec<String>) {
+fn module_env_vars(raw: Vec<(Vec<u8>, Vec<u8>)>) -> (Vec<(String, String)>, Vec<String>) {
     let mut vars = Vec::new();
     let mut warnings = Vec::new();
     for (k, v) in raw {
+        // A name that is not UTF-8 is not a valid variable name either: shown lossily.
+        let k = String::from_utf8(k).unwrap_or_else(|e| crate::shown(e.as_bytes()));
         let why = if !is_env_name(&k) {
             Some("is not a valid variable name")
         } else if RESERVED_ENV.iter().any(|r| {
@@ -1160,17 +1161,18 @@ mod tests {
 
     #[test]
     fn module_env_filtering() {
-        let raw: HashMap<String, Vec<u8>> = [
-            ("PORT", &b"8080"[..]),
-            ("bad-name", b"x"),
-            ("REDIS_URL", b"redis://evil"),
-            ("AGENT_NAME", b"other"),
-            ("BIN", b"\xff"),
-            ("NUL", b"a\0b"),
-            ("_OK", b""),
+        let raw: Vec<(Vec<u8>, Vec<u8>)> = [
+            (&b"PORT"[..], &b"8080"[..]),
+            (b"\xffNAME", b"x"),
+            (b"bad-name", b"x"),
+            (b"REDIS_URL", b"redis://evil"),
+            (b"AGENT_NAME", b"other"),
+            (b"BIN", b"\xff"),
+            (b"NUL", b"a\0b"),
+            (b"_OK", b""),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_vec()))
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
         .collect();
         let (vars, warnings) = module_env_vars(raw);
         assert_eq!(
@@ -1180,7 +1182,7 @@ mod tests {
                 ("_OK".into(), String::new())
             ]
         );
-        assert_eq!(warnings.len(), 5, "{warnings:?}");
+        assert_eq!(warnings.len(), 6, "{warnings:?}");
         assert!(warnings
             .iter()
             .any(|w| w.contains("REDIS_URL") && w.contains("sets itself")));

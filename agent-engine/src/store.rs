@@ -4,7 +4,6 @@
 //! a run (final record, journal entry, `XACK`, `XDEL`) is one `MULTI`, so a crash can never leave a run
 //! recorded as done but still pending in the queue, or acknowledged but not recorded.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use core_events::keys::QUEUE_GROUP;
@@ -23,7 +22,13 @@ use crate::secrets::SecretScrubbing;
 /// round trip. Field names come from the caller (`core_events::record`), so the script spells none.
 /// ARGV: max queue length, journal MAXLEN, event field, event, data field, data, journal run field,
 /// then the other journal fields as name/value pairs.
+/// A queue or journal that is not a stream (anyone who may write the agent's keys can put a string
+/// there) is removed first: they are the agent's own, and an error here would stop its listener.
 const ENQUEUE_SCRIPT: &str = r#"
+for _, key in ipairs(KEYS) do
+  local t = redis.call('TYPE', key).ok
+  if t ~= 'none' and t ~= 'stream' then redis.call('DEL', key) end
+end
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
 local id = redis.call('XADD', KEYS[1], '*', ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 local j = {'XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', ARGV[7], id}
@@ -63,16 +68,41 @@ return false
 /// field/value arguments, then the journal entry's; the script adds the attempt to both.
 /// Returns: outcome (`ended`, `refused` or `started`), attempt, the ended status (or ``), module.env
 /// as a flat list, the digest of the secrets, the secrets as a flat list (or nil when unchanged).
+///
+/// Nothing in these keys can stop the script: a run record or output of the wrong type (anyone who
+/// may write the agent's keys can put a string there) is removed, as it is the agent's own and about
+/// to be written anew, and so is a journal that is not a stream; a module.env or secrets key of the
+/// wrong type is read as empty and reported; an `attempt` that is not a small whole number counts as
+/// 0. Each such finding is returned as a warning.
 const BEGIN_SCRIPT: &str = r#"
+local warn = {}
+local function owned(key, want)
+  local t = redis.call('TYPE', key).ok
+  if t ~= 'none' and t ~= want then
+    redis.call('DEL', key)
+    warn[#warn + 1] = key .. ' held a ' .. t .. ', not a ' .. want .. ': removed'
+  end
+end
+local function readable(key)
+  local t = redis.call('TYPE', key).ok
+  if t == 'hash' then return redis.call('HGETALL', key) end
+  if t ~= 'none' then warn[#warn + 1] = key .. ' is a ' .. t .. ', not a hash: read as empty' end
+  return {}
+end
+owned(KEYS[1], 'hash')
+owned(KEYS[2], 'string')
+owned(KEYS[3], 'stream')
 local status = redis.call('HGET', KEYS[1], ARGV[1])
 local before = tonumber(redis.call('HGET', KEYS[1], ARGV[2])) or 0
+if before ~= before or before < 0 or before > 1000000 then before = 0 end
+before = math.floor(before)
 if status and string.find(' ' .. ARGV[5] .. ' ', ' ' .. status .. ' ', 1, true) then
-  return {'ended', before, status, {}, '', false}
+  return {'ended', before, status, {}, '', false, warn}
 end
 local env, digest, secrets = {}, '', false
 if #KEYS >= 5 then
-  env = redis.call('HGETALL', KEYS[4])
-  local flat = redis.call('HGETALL', KEYS[5])
+  env = readable(KEYS[4])
+  local flat = readable(KEYS[5])
   local sorted = {}
   for i = 1, #flat, 2 do sorted[#sorted + 1] = {flat[i], flat[i + 1]} end
   table.sort(sorted, function(a, b) return a[1] < b[1] end)
@@ -86,12 +116,12 @@ end
 local attempt = 1
 if status == ARGV[4] then
   if redis.call('HGET', KEYS[1], ARGV[3]) == ARGV[11] then
-    return {'started', before, '', env, digest, secrets}
+    return {'started', before, '', env, digest, secrets, warn}
   end
   attempt = before + 1
 end
 if ARGV[6] ~= '1' or attempt > tonumber(ARGV[7]) then
-  return {'refused', attempt, '', env, digest, secrets}
+  return {'refused', attempt, '', env, digest, secrets, warn}
 end
 redis.call('DEL', KEYS[1], KEYS[2])
 local n = tonumber(ARGV[12])
@@ -104,18 +134,19 @@ for i = 13 + n, #ARGV do j[#j + 1] = ARGV[i] end
 j[#j + 1] = ARGV[2]
 j[#j + 1] = attempt
 redis.call(unpack(j))
-return {'started', attempt, '', env, digest, secrets}
+return {'started', attempt, '', env, digest, secrets, warn}
 "#;
 
 /// The script's reply: outcome, attempt, ended status, module.env, digest of the secrets, the secrets
-/// (when they changed).
+/// (when they changed), warnings. Byte strings wherever the content is anyone's.
 type BeginReply = (
     String,
     u32,
-    String,
-    Vec<(String, Vec<u8>)>,
+    Vec<u8>,
+    Vec<(Vec<u8>, Vec<u8>)>,
     String,
     Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    Vec<Vec<u8>>,
 );
 
 /// What [`Store::begin_run`] found and did.
@@ -131,7 +162,7 @@ pub(crate) enum Begin {
 pub(crate) struct Begun {
     pub outcome: Begin,
     /// `module/<id>/module.env`, raw (values need not be UTF-8); empty for a node agent.
-    pub module_env: HashMap<String, Vec<u8>>,
+    pub module_env: Vec<(Vec<u8>, Vec<u8>)>,
     /// Secrets that could not be decrypted, so cannot be scrubbed (for the journal).
     pub secret_warnings: Vec<String>,
 }
@@ -280,25 +311,31 @@ impl Store {
             async move { inv.invoke_async(&mut c).await }
         })
         .await?;
-        let (outcome, attempt, ended, env, digest, secrets) = reply;
+        let (outcome, attempt, ended, env, digest, secrets, warnings) = reply;
         let outcome = match outcome.as_str() {
             "ended" => Begin::Ended {
-                status: ended.parse().unwrap_or(RunStatus::Done),
+                status: String::from_utf8_lossy(&ended)
+                    .parse()
+                    .unwrap_or(RunStatus::Done),
                 attempt,
             },
             "refused" => Begin::Refused { attempt },
             _ => Begin::Started { attempt },
         };
-        let mut secret_warnings = Vec::new();
+        let mut secret_warnings: Vec<String> = warnings.iter().map(|w| crate::shown(w)).collect();
+        for w in &secret_warnings {
+            tracing::warn!(run = %req.run, "{w}");
+        }
         if let Some(secrets) = secrets {
-            secret_warnings = self.secrets.learn(secrets, &self.scrubber);
-            if secret_warnings.is_empty() {
+            let failed = self.secrets.learn(secrets, &self.scrubber);
+            if failed.is_empty() {
                 self.secrets.set_digest(digest);
             }
+            secret_warnings.extend(failed);
         }
         Ok(Begun {
             outcome,
-            module_env: env.into_iter().collect(),
+            module_env: env,
             secret_warnings,
         })
     }

@@ -127,7 +127,10 @@ fn hostile_queue_entries_never_stop_the_agent_and_all_leave_the_pending_list() {
         if let Some(status) = rec.get("status") {
             assert!(terminal.contains(&status.as_str()), "{id}: {rec:?}");
             if status == "failed" {
-                assert!(rec["exit_code"] == "65" || rec["exit_code"] == "69", "{rec:?}");
+                assert!(
+                    rec["exit_code"] == "65" || rec["exit_code"] == "69",
+                    "{rec:?}"
+                );
             }
             ended += 1;
         }
@@ -136,7 +139,10 @@ fn hostile_queue_entries_never_stop_the_agent_and_all_leave_the_pending_list() {
     // The run with the id past the year 9999 has no `queued` time, and is otherwise an ordinary run.
     let log = agent.log();
     assert!(!log.contains("panicked"), "{log}");
-    assert!(agent.wait_exit(Duration::ZERO).is_none(), "the agent is still running");
+    assert!(
+        agent.wait_exit(Duration::ZERO).is_none(),
+        "the agent is still running"
+    );
     assert_eq!(agent.terminate().code(), Some(0));
     assert!(!read_or_empty(&out).is_empty());
 }
@@ -197,7 +203,11 @@ fn no_process_a_run_started_outlives_the_run() {
             pidfile.display()
         )
     };
-    let cases = [("quick", "exit 0"), ("slow", "sleep 1000"), ("stopped", "sleep 1000")];
+    let cases = [
+        ("quick", "exit 0"),
+        ("slow", "sleep 1000"),
+        ("stopped", "sleep 1000"),
+    ];
     for (event, then) in cases {
         let pidfile = work.join(format!("{event}.pid"));
         dirs.step(0, event, "10", &format!("{}\n{then}", escape(&pidfile)));
@@ -241,4 +251,107 @@ fn no_process_a_run_started_outlives_the_run() {
             "{event}: {output}"
         );
     }
+}
+
+/// What anyone who may write the agent's keys can leave there — a run record, output or journal of
+/// the wrong type, an absurd attempt count, a module.env or secrets key that is not a hash, a
+/// module.env field name that is not UTF-8 — cannot stop the agent: runs go on, with warnings.
+#[test]
+fn hostile_record_contents_never_stop_the_agent() {
+    let redis = RedisServer::start();
+    let dirs = EventDirs::new(1);
+    let out = dirs.work().join("out");
+    dirs.step(0, "ok", "10", &format!("echo ran >> {}", out.display()));
+    let mut con = redis.conn();
+    let mut set = |args: &[&[u8]]| {
+        let mut cmd = redis::cmd(std::str::from_utf8(args[0]).unwrap());
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        let _: () = cmd.query(&mut con).unwrap();
+    };
+    set(&[b"SET", b"module/r0/run/r1", b"not a hash"]);
+    set(&[
+        b"HSET",
+        b"module/r0/run/r2",
+        b"status",
+        b"running",
+        b"attempt",
+        b"99999999999999999999",
+    ]);
+    set(&[
+        b"HSET",
+        b"module/r0/run/r3",
+        b"status",
+        b"running",
+        b"attempt",
+        b"nan",
+    ]);
+    set(&[b"LPUSH", b"module/r0/run/r4/output", b"not a string"]);
+    set(&[b"SET", b"module/r0/journal", b"not a stream"]);
+    set(&[b"SET", b"module/r0/secrets", b"not a hash"]);
+    set(&[
+        b"HSET",
+        b"module/r0/module.env",
+        b"\xffBAD",
+        b"x",
+        b"GOOD",
+        b"1",
+    ]);
+    let agent = Agent::module(&redis, "r0", &dirs, &[]);
+    let mut con = redis.conn();
+    for run in ["r1", "r2", "r3", "r4"] {
+        xadd(&mut con, "module/r0/queue", &[("event", "ok"), ("id", run)]);
+        // Until the agent has replaced it, the record may still be the planted string.
+        let key = format!("module/r0/run/{run}");
+        let status = wait_for(&format!("{run} to end"), LONG, || {
+            let rec: HashMap<String, String> =
+                redis::cmd("HGETALL").arg(&key).query(&mut con).ok()?;
+            let s = rec.get("status")?.clone();
+            (s != "running").then_some(s)
+        });
+        assert_eq!(status, "done", "{run}");
+    }
+    // A module.env that is not a hash is read as empty, and said so.
+    let _: () = redis::cmd("DEL")
+        .arg("module/r0/module.env")
+        .query(&mut con)
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("module/r0/module.env")
+        .arg("x")
+        .query(&mut con)
+        .unwrap();
+    xadd(
+        &mut con,
+        "module/r0/queue",
+        &[("event", "ok"), ("id", "r5")],
+    );
+    assert_eq!(
+        wait_run_end(&mut con, "module/r0/run/r5", LONG)["status"],
+        "done"
+    );
+    // A PUBLISH while the journal is not a stream still queues.
+    let _: () = redis::cmd("DEL")
+        .arg("module/r0/journal")
+        .query(&mut con)
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("module/r0/journal")
+        .arg("x")
+        .query(&mut con)
+        .unwrap();
+    let _: i64 = con.publish("r0:ok", "published").unwrap();
+    wait_for("the published event to run", LONG, || {
+        (read_or_empty(&out).lines().count() == 6).then_some(())
+    });
+    let log = agent.log();
+    assert!(
+        !log.contains("panicked") && !log.contains("cannot go on"),
+        "{log}"
+    );
+    assert!(
+        log.contains("not a hash") && log.contains("removed"),
+        "the repairs are logged: {log}"
+    );
 }
