@@ -187,7 +187,7 @@ fn gone(pid: i32) -> bool {
 }
 
 /// A step's grandchild that leaves the process group (`setsid`), forks again and clears its
-/// environment is gone when the run ends, however it ends: done, timed out, cancelled.
+/// environment is gone when the run ends, however it ends: done, failed, timed out, cancelled.
 #[test]
 fn no_process_a_run_started_outlives_the_run() {
     let redis = RedisServer::start();
@@ -205,6 +205,7 @@ fn no_process_a_run_started_outlives_the_run() {
     };
     let cases = [
         ("quick", "exit 0"),
+        ("failing", "exit 3"),
         ("slow", "sleep 1000"),
         ("stopped", "sleep 1000"),
     ];
@@ -233,7 +234,7 @@ fn no_process_a_run_started_outlives_the_run() {
         let rec = wait_run_end(&mut con, &format!("module/p0/run/{event}"), LONG);
         let want = match event {
             "quick" => "done",
-            "slow" => "failed",
+            "failing" | "slow" => "failed",
             _ => "cancelled",
         };
         assert_eq!(rec["status"], want, "{rec:?}");
