@@ -3,10 +3,12 @@
 //! A process group is not enough: a step's child that calls `setsid` (or double-forks, as daemons
 //! do) leaves it, and a timeout or cancel that signals the group misses it. A cgroup cannot be left
 //! by an unprivileged process, and the kernel kills all of it at once (`cgroup.kill`). So each run
-//! gets `<agent's cgroup>/run-<agent pid>-<n>` in the cgroup v2 hierarchy; every step is moved into
+//! gets `<agent's cgroup>/run-<random>-<n>` in the cgroup v2 hierarchy; every step is moved into
 //! it between fork and exec (before it can start anything); when the run ends — done, failed, timed
 //! out, cancelled, or interrupted by the agent's shutdown — whatever is left in it is killed and the
-//! cgroup removed.
+//! cgroup removed. (An agent killed with SIGKILL leaves its run cgroups: under systemd the unit's stop
+//! kills and removes its whole subtree; elsewhere the next attempt of the run kills what is left by
+//! environment, as `procs.rs` always did, and an empty directory stays behind.)
 //!
 //! This needs the agent's own cgroup to be writable: systemd gives that with `Delegate=yes` (both
 //! unit files say so), and root has it on a host without systemd. Where it is not (an agent started
@@ -29,6 +31,9 @@ use nix::unistd::Pid;
 #[derive(Debug, Clone)]
 pub(crate) struct RunCgroups {
     base: Arc<PathBuf>,
+    /// Random, chosen at start: agents in different pid namespaces (containers) can share one
+    /// cgroup directory, so neither a pid nor a counter alone names a run cgroup uniquely.
+    token: Arc<str>,
     next: Arc<AtomicU64>,
 }
 
@@ -45,14 +50,15 @@ impl RunCgroups {
             .trim();
         let mount = cgroup2_mount().ok_or("cgroup2 is not mounted")?;
         let base = mount.join(rel.trim_start_matches('/'));
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).map_err(|e| format!("no randomness: {e}"))?;
+        let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
         let cgroups = RunCgroups {
             base: Arc::new(base),
+            token: token.into(),
             next: Arc::new(AtomicU64::new(0)),
         };
-        cgroups.remove_stale();
-        let probe = cgroups
-            .base
-            .join(format!("run-{}-probe", std::process::id()));
+        let probe = cgroups.base.join(format!("run-{}-probe", cgroups.token));
         std::fs::create_dir(&probe)
             .map_err(|e| format!("cannot create a cgroup in {}: {e}", cgroups.base.display()))?;
         let writable = OpenOptions::new()
@@ -71,7 +77,7 @@ impl RunCgroups {
     /// A new cgroup for one run.
     pub fn create(&self) -> std::io::Result<RunCgroup> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let dir = self.base.join(format!("run-{}-{n}", std::process::id()));
+        let dir = self.base.join(format!("run-{}-{n}", self.token));
         std::fs::create_dir(&dir)?;
         let procs = OpenOptions::new()
             .write(true)
@@ -84,34 +90,6 @@ impl RunCgroups {
             procs,
             ended: false,
         })
-    }
-
-    /// Run cgroups of an agent process that is gone (killed before it could clean up): what is
-    /// left in them is killed and they are removed. Those of live agents (several agents may share
-    /// one cgroup when not started by systemd) are left alone.
-    fn remove_stale(&self) {
-        let Ok(entries) = std::fs::read_dir(&*self.base) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let Some(pid) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("run-"))
-                .and_then(|n| n.split('-').next())
-                .and_then(|p| p.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let alive = pid == std::process::id() as i32 || kill(Pid::from_raw(pid), None).is_ok();
-            if !alive {
-                let left = kill_cgroup(&e.path());
-                let _ = std::fs::remove_dir(e.path());
-                if left > 0 {
-                    tracing::warn!(cgroup = %e.path().display(), "killed processes of an earlier agent's run");
-                }
-            }
-        }
     }
 }
 
