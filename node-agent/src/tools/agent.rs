@@ -7,9 +7,14 @@ use std::time::{Duration, Instant};
 use core_events::{EventName, ModuleId, Prefix, RunId};
 
 use super::user::ModuleUser;
-use super::{env_secs, quiet_stdout_of, status, Ctx, Result, ToolError};
+use super::{
+    env_secs, quiet_stdout_of, run_ok, status, with_private_umask, Ctx, Result, ToolError,
+};
 
 const UNIT: &str = "module-agent.service";
+
+/// Where `enable` links [`UNIT`] (its `WantedBy=default.target`), relative to the home.
+const WANTS_DIR: &str = ".config/systemd/user/default.target.wants";
 
 /// `systemctl --user -M ID@ ARGS…`: the module user's systemd manager.
 fn user_systemctl(id: &ModuleId) -> Command {
@@ -44,6 +49,14 @@ pub fn start_agent(id: &ModuleId) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // `enable` links the unit into this directory, which the user's manager would make 0755
+    // (its umask): made by the user first, private, so every path below is there to check.
+    let user = ModuleUser::require(id)?;
+    let mut mkdir = user.command("mkdir");
+    mkdir
+        .args(["-p", "-m", "0700", "--"])
+        .arg(user.home.join(WANTS_DIR));
+    with_private_umask(|| run_ok(&mut mkdir))?;
     // The user manager's bus can drop a just-opened connection ("Transport endpoint is not
     // connected"), seen intermittently on test nodes: retry a few times; enable --now is idempotent.
     let mut n = 0;
@@ -57,6 +70,12 @@ pub fn start_agent(id: &ModuleId) -> Result<()> {
         eprintln!("retrying systemctl --user -M {id}@ enable --now module-agent ({n})");
         std::thread::sleep(Duration::from_secs(1));
     }
+    user.make_private_paths(&[
+        ".config",
+        ".config/systemd",
+        ".config/systemd/user",
+        WANTS_DIR,
+    ])?;
     let (_, active) = quiet_stdout_of(user_systemctl(id).args(["is-active", UNIT]))?;
     println!("module-agent of {id}: {active}");
     Ok(())

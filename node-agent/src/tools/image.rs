@@ -5,20 +5,23 @@
 //! 2. its labels say where its imageroot is and which images its containers run;
 //! 3. the imageroot tree is extracted into the module's home **by the module's user**: a stopped
 //!    container of the image, `podman cp CTR:PATH/. -` (as root) piped into
-//!    `runuser -u ID -- tar -x -C HOME` — root never writes through paths the user controls;
+//!    `runuser -u ID -- tar -x -C HOME` — root never writes through paths the user controls —,
+//!    under umask 077, and every member is then checked to be private to the user, the home
+//!    itself `0700` ([`extract`] says how);
 //! 4. each image the module runs is copied from root's storage into the user's rootless storage
 //!    (`podman save` into a file only root can read, handed to `podman load` as the user on
 //!    stdin), or pulled by the user when root does not have it.
 //!
 //! Idempotent: extracting again rewrites the same files; an image the user has (same id) is kept.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::io::{Read, Write};
 use std::path::{Component, Path};
 use std::process::{Command, Stdio};
 
 use core_events::{ModuleId, Prefix};
 
-use super::user::ModuleUser;
+use super::user::{home_relative, ModuleUser};
 use super::{quiet_stdout_of, shown, stdout_of, stdout_ok, Ctx, Result, ToolError};
 
 /// Namespace of the module labels.
@@ -207,7 +210,24 @@ pub fn install_image(ctx: &Ctx, id: &ModuleId) -> Result<()> {
     Ok(())
 }
 
-/// `podman cp CTR:IMAGEROOT/. -` (root) | `runuser -u ID -- tar -x -C HOME -f -`.
+/// `podman cp CTR:IMAGEROOT/. -` (root) | `runuser -u ID -- tar -x -C HOME -f -` (umask 077),
+/// the stream read by root on its way (the member list), then the members made private.
+///
+/// What the image brings is private to the module however its files are made (world-readable
+/// or world-writable files, a `./` member with the image's mode for the home itself):
+/// * the user's `tar` runs with umask 077 ([`super::with_private_umask`]) and
+///   `--no-same-permissions` (the default for a user, said anyway): GNU tar gives every member it
+///   extracts — a file replaced, an existing directory, the home from a `./` member — the
+///   archive's mode minus the umask, so no group or other bit. Not `--no-overwrite-dir`: that would
+///   keep the modes of directories an earlier install left (0755 before homes were private),
+///   while this way a re-run fixes them;
+/// * checked, not assumed: the members' paths, read from the stream as it passes through root
+///   ([`Tee`], the `tar` crate; nothing of the home is read), are handed to
+///   [`ModuleUser::make_private`], which fixes (and prints) any member that still has a group or
+///   other bit — exactly the members, not the rest of the home: what the module made there
+///   itself and its container storage (whose layers must keep their modes) are its business;
+/// * the home itself, which a `./` member may have changed (to 0500 say), is made exactly 0700
+///   again by root on its own inode ([`ModuleUser::make_home_private`]).
 fn extract(user: &ModuleUser, image: &str, imageroot: &str) -> Result<()> {
     let name = format!("agent-extract-{}-{}", user.name, std::process::id());
     let ctr = stdout_ok(podman().args([
@@ -231,16 +251,30 @@ fn extract(user: &ModuleUser, image: &str, imageroot: &str) -> Result<()> {
     tar.args(["-u", &user.name, "--", "tar", "-x", "--no-same-owner"])
         .args(["--no-same-permissions", "--delay-directory-restore", "-C"])
         .arg(&user.home)
-        .args(["-f", "-"]);
-    // The pipe's read end lives in `tar` until this statement ends; then podman cp sees EPIPE if
-    // tar stopped reading early.
-    let tar_status = tar.stdin(Stdio::from(stream)).status();
-    drop(tar);
+        .args(["-f", "-"])
+        .stdin(Stdio::piped());
+    let tar_child = super::with_private_umask(|| tar.spawn());
+    let mut tar_child = match tar_child {
+        Ok(child) => child,
+        Err(e) => {
+            drop(stream);
+            let _ = cp_child.wait();
+            return Err(ToolError::OsError(format!("cannot run runuser: {e}")));
+        }
+    };
+    let input = tar_child.stdin.take().expect("piped stdin");
+    // Both pipe ends are closed when this returns: tar sees the end of its input, and podman cp
+    // EPIPE if tar (or the listing) stopped early.
+    let members = member_paths(Tee {
+        from: stream,
+        to: input,
+    });
+    let tar_status = tar_child
+        .wait()
+        .map_err(|e| ToolError::OsError(format!("runuser: {e}")))?;
     let cp_status = cp_child
         .wait()
         .map_err(|e| ToolError::OsError(format!("podman cp: {e}")))?;
-    let tar_status =
-        tar_status.map_err(|e| ToolError::OsError(format!("cannot run runuser: {e}")))?;
     if !tar_status.success() {
         return Err(ToolError::Failed(format!(
             "extracting {imageroot} of the image as {} failed (tar: {tar_status})",
@@ -253,7 +287,49 @@ fn extract(user: &ModuleUser, image: &str, imageroot: &str) -> Result<()> {
             shown(&cp)
         )));
     }
-    Ok(())
+    let members = members.map_err(|e| {
+        ToolError::Failed(format!(
+            "cannot read the members of {imageroot} of the image: {e}"
+        ))
+    })?;
+    user.make_private(&members)?;
+    user.make_home_private()
+}
+
+/// A reader that writes everything read through it to `to`: the imageroot stream, on its way
+/// from `podman cp` to the user's `tar`.
+struct Tee<R, W> {
+    from: R,
+    to: W,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.from.read(buf)?;
+        self.to.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// The paths of the members of the tar archive read from `reader`, relative to the extraction
+/// directory ([`home_relative`]), sorted, each once; the whole stream is read (what follows the
+/// end-of-archive blocks too).
+fn member_paths(reader: impl Read) -> std::io::Result<Vec<Vec<u8>>> {
+    // Buffered above the tee: bytes buffered but not parsed yet were forwarded already.
+    let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 16, reader));
+    let mut paths = BTreeSet::new();
+    for entry in archive.entries()? {
+        if let Some(path) = home_relative(&entry?.path_bytes()) {
+            paths.insert(path);
+        }
+    }
+    // The end-of-archive blocks and any padding. A tar that stopped reading at the end of the
+    // archive is no error here; whether its extraction worked is its exit status.
+    match std::io::copy(&mut archive.into_inner(), &mut std::io::sink()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e),
+        _ => {}
+    }
+    Ok(paths.into_iter().collect())
 }
 
 /// One image the module runs, into the user's storage: copied from root's, else pulled.
@@ -374,6 +450,63 @@ mod tests {
         let e =
             parse_labels("r", &labels(&[("imageroot", "/i"), ("images", "a --rm")])).unwrap_err();
         assert!(e.to_string().contains("bad entry '--rm'"), "{e}");
+    }
+
+    #[test]
+    fn the_member_list_is_read_on_the_way_and_everything_is_passed_on() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, kind: tar::EntryType, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(0o777);
+            h.set_size(data.len() as u64);
+            // Raw names: "./" and ".." members as an archive may carry them.
+            b.append_data(&mut h, path, data)
+                .or_else(|_| {
+                    h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+                    h.set_cksum();
+                    b.append(&h, data)
+                })
+                .unwrap();
+        };
+        add("./", tar::EntryType::Directory, b"");
+        add("./.config/", tar::EntryType::Directory, b"");
+        add(
+            ".config/module-events/x",
+            tar::EntryType::Regular,
+            b"#!/bin/sh\n",
+        );
+        add("../escape", tar::EntryType::Regular, b"no");
+        let long = format!("{}/f", "d".repeat(150));
+        add(&long, tar::EntryType::Regular, &[7u8; 3000]);
+        add(".config/module-events/x", tar::EntryType::Regular, b"again");
+        let archive = b.into_inner().unwrap();
+        let raw = tar::Archive::new(&archive[..]).entries().unwrap().count();
+        assert_eq!(raw, 6, "the odd members are in the archive");
+
+        let mut passed = Vec::new();
+        let paths = member_paths(Tee {
+            from: &archive[..],
+            to: &mut passed,
+        })
+        .unwrap();
+        assert!(
+            passed == archive,
+            "every byte reaches tar, the end blocks too"
+        );
+        let paths: Vec<String> = paths
+            .into_iter()
+            .map(|p| String::from_utf8(p).unwrap())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "./.config".to_string(),
+                "./.config/module-events/x".into(),
+                format!("./{long}"),
+            ]
+        );
+        assert!(member_paths(&b"not a tar archive, far too short"[..]).is_err());
     }
 
     #[test]

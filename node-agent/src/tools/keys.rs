@@ -10,7 +10,7 @@ use core_events::{ModuleId, Prefix};
 use redis::Commands;
 
 use super::user::ModuleUser;
-use super::{run_ok, Ctx, Result, ToolError};
+use super::{run_ok, with_private_umask, Ctx, Result, ToolError};
 
 fn module_prefix(id: &ModuleId) -> Prefix {
     Prefix::module(id.agent_name().clone())
@@ -33,7 +33,7 @@ fn agent_config(user: &ModuleUser, file: &str) -> String {
 }
 
 /// module.init/20redis-user: the module's ACL user module-ID and its credentials file
-/// ~ID/.config/agent/redis.env (0600, owned by ID). Idempotent: add-agent keeps a password already
+/// ~ID/.config/agent/redis.env (0600, owned by ID; its directories 0700). Idempotent: add-agent keeps a password already
 /// in the credentials file.
 pub fn redis_user(ctx: &Ctx, id: &ModuleId) -> Result<()> {
     if !uses_acl_users(ctx)? {
@@ -41,10 +41,13 @@ pub fn redis_user(ctx: &Ctx, id: &ModuleId) -> Result<()> {
         return Ok(());
     }
     let user = ModuleUser::require(id)?;
-    // The config dir is made by the user itself: root never writes through paths the user controls.
+    // The config dir is made by the user itself (root never writes through paths the user
+    // controls), private like every directory it needs.
     let mut mkdir = user.command("mkdir");
-    mkdir.args(["-p", &user.home.join(".config/agent").to_string_lossy()]);
-    run_ok(&mut mkdir)?;
+    mkdir
+        .args(["-p", "-m", "0700", "--"])
+        .arg(user.home.join(".config/agent"));
+    with_private_umask(|| run_ok(&mut mkdir))?;
     run_ok(Command::new("agentctl").args([
         "redis",
         "add-agent",
@@ -53,7 +56,9 @@ pub fn redis_user(ctx: &Ctx, id: &ModuleId) -> Result<()> {
         &agent_config(&user, "redis.env"),
         "--owner",
         id.as_str(),
-    ]))
+    ]))?;
+    // Checked: directories an older install made 0755 are fixed too.
+    user.make_private_paths(&[".config", ".config/agent", ".config/agent/redis.env"])
 }
 
 /// module.remove/50redis-user: the module's ACL user deleted (its credentials file went with the
@@ -114,7 +119,8 @@ pub fn secret_key(ctx: &Ctx, id: &ModuleId) -> Result<()> {
         &agent_config(&user, "secret.key"),
         "init",
     ]);
-    run_ok(&mut init)
+    with_private_umask(|| run_ok(&mut init))?;
+    user.make_private_paths(&[".config", ".config/agent", ".config/agent/secret.key"])
 }
 
 /// module.init/70register: HSET node/NODE/modules ID IMAGE. Idempotent.

@@ -8,6 +8,10 @@
 //!   a shell: nothing from the wire (ids, image references, labels) is ever interpreted by one;
 //! * root never writes into a module's home: what goes there is written by the module's own user
 //!   (`runuser -u ID -- …`), so a symlink planted by the user cannot redirect a root write;
+//! * a module's home is private to it: `0700`, checked on every run (`user::ModuleUser::
+//!   make_home_private`), and what the core makes in it has no permission for group or other —
+//!   made under umask 077 ([`with_private_umask`]) and checked afterwards
+//!   (`user::ModuleUser::make_private`);
 //! * every tool is idempotent (a run is re-run from its first step after a crash);
 //! * the `module.remove` tools, run as the rollback of a failed `module.init` (`AGENT_ROLLBACK=1`),
 //!   undo nothing of a module that was installed before that run (field in `node/NODE/modules`).
@@ -77,8 +81,8 @@ pub struct IdArg {
 /// The node's module tools. Each is one step of imageroot/node-events/.
 #[derive(Debug, clap::Subcommand)]
 pub enum Tool {
-    /// module.init/10create-user: the module's Unix user with a home and subordinate ids
-    /// (`useradd`, kept when it exists), linger on.
+    /// module.init/10create-user: the module's Unix user with a private home (0700, checked on
+    /// every run) and subordinate ids (`useradd`, kept when it exists), linger on.
     CreateUser(IdArg),
     /// module.init/20redis-user: the module's Redis ACL user and its credentials file
     /// ~ID/.config/agent/redis.env (`agentctl redis add-agent`); skipped without ACL users.
@@ -287,6 +291,20 @@ fn parse_secs(var: &str, v: &str) -> Result<Duration> {
 
 // ---- running programs -------------------------------------------------------------------------
 
+/// Runs `f`, which starts programs, with this process's umask at 077, then puts the old one back:
+/// what those programs create (the module's user's `tar`, `mkdir`, `module-sdk`: a child keeps the
+/// umask it was started with) has no permission for group or other unless they set it
+/// themselves. Never around `podman`: rootless Podman makes files its containers' other users
+/// must read. The tools are single-threaded, so nothing else of this process starts or creates
+/// anything meanwhile.
+pub fn with_private_umask<T>(f: impl FnOnce() -> T) -> T {
+    use nix::sys::stat::{umask, Mode};
+    let old = umask(Mode::from_bits_truncate(0o077));
+    let out = f();
+    umask(old);
+    out
+}
+
 /// `prog arg…` for messages (arguments quoted as needed, never a secret: secrets go by environment
 /// or stdin).
 pub fn shown(cmd: &Command) -> String {
@@ -438,6 +456,17 @@ mod tests {
         assert_eq!(message_label(&t, None), "node-agent module install-image");
         assert_eq!(parse_secs("W", " 7").unwrap(), Duration::from_secs(7));
         assert_eq!(parse_secs("W", "x").unwrap_err().exit_code(), 65);
+    }
+
+    #[test]
+    fn programs_started_under_the_private_umask_have_it() {
+        let umask_of_child = || {
+            let out = Command::new("sh").args(["-c", "umask"]).output().unwrap();
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        let before = umask_of_child();
+        assert_eq!(with_private_umask(umask_of_child), "0077");
+        assert_eq!(umask_of_child(), before, "put back");
     }
 
     #[test]

@@ -1,8 +1,17 @@
 //! The module's Unix user: created with a home and linger (module.init), and taken away with every
 //! process, its home and its subordinate ids (module.remove).
+//!
+//! A module's home is private to it: `0700` (`useradd -K HOME_MODE=0700`, then checked on every
+//! run by [`ModuleUser::make_home_private`], so a module installed before this rule is fixed by a
+//! re-run of module.init), and what the core puts in it has no permission for group or other
+//! ([`ModuleUser::make_private`]). The module isolation of one Unix user per module means nothing
+//! if another module's user can list and read the home (docs/SECURITY.md, "Module homes are
+//! private").
 
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use core_events::ModuleId;
@@ -74,16 +83,156 @@ impl ModuleUser {
             .arg(program);
         c
     }
+
+    /// Makes the home exactly `0700` when it is not (see [`private_dir`]); says so when it did.
+    pub fn make_home_private(&self) -> Result<()> {
+        if let Some(was) = private_dir(&self.home, self.uid)? {
+            println!(
+                "home {} of {} made private (mode was {was:o}, now 700)",
+                self.home.display(),
+                self.name
+            );
+        }
+        Ok(())
+    }
+
+    /// Takes every permission of group and other away from `paths` — each exactly, not what is
+    /// below it — **as the module's user**: `find -files0-from - -maxdepth 0 -uid UID ! -type l
+    /// -perm /go=rwx -exec chmod go-rwx -- {} +`, the paths NUL-separated on its stdin, relative
+    /// to the home (`./…`, see [`home_relative`]). Each path must exist (the caller has just made
+    /// it). Symlinks are left alone (their mode means nothing) and so is what the user does not
+    /// own (what a container chowned to a subordinate uid), so nothing outside the user's own
+    /// files can be reached; being the user's own doing, a race the user plays with its paths
+    /// changes only its own files. Every path changed is printed (`made private: ./x (mode was
+    /// 644)`).
+    pub fn make_private(&self, paths: &[Vec<u8>]) -> Result<()> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let mut find = self.command("find");
+        find.args(["-files0-from", "-", "-maxdepth", "0"]);
+        self.private_pass(find, Some(paths))
+    }
+
+    /// [`make_private`](Self::make_private) of paths relative to the home (`.config/agent`).
+    pub fn make_private_paths(&self, paths: &[&str]) -> Result<()> {
+        let paths: Vec<Vec<u8>> = paths
+            .iter()
+            .filter_map(|p| home_relative(p.as_bytes()))
+            .collect();
+        self.make_private(&paths)
+    }
+
+    /// [`make_private`](Self::make_private) for everything below the home, recursively. Only for
+    /// a home `useradd` has just made: every file in it then is the core's (`/etc/skel`'s copies).
+    /// Never on an installed module, whose own files (and container storage) are its business.
+    fn make_tree_private(&self) -> Result<()> {
+        let mut find = self.command("find");
+        find.args([".", "-mindepth", "1"]);
+        self.private_pass(find, None)
+    }
+
+    fn private_pass(&self, mut find: Command, stdin: Option<&[Vec<u8>]>) -> Result<()> {
+        find.args(["-uid", &self.uid.to_string(), "!", "-type", "l"])
+            .args([
+                "-perm",
+                "/go=rwx",
+                "-printf",
+                "made private: %p (mode was %m)\n",
+            ])
+            .args(["-exec", "chmod", "go-rwx", "--", "{}", "+"]);
+        find.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        let mut child = find
+            .spawn()
+            .map_err(|e| ToolError::OsError(format!("cannot run runuser: {e}")))?;
+        let written = match (stdin, child.stdin.take()) {
+            (Some(paths), Some(mut input)) => paths.iter().try_for_each(|p| {
+                input.write_all(p)?;
+                input.write_all(b"\0")
+            }),
+            _ => Ok(()),
+        };
+        let st = child
+            .wait()
+            .map_err(|e| ToolError::OsError(format!("runuser: {e}")))?;
+        if !st.success() || written.is_err() {
+            return Err(ToolError::Failed(format!(
+                "cannot make the files of {} private ({} failed: {st})",
+                self.name,
+                super::shown(&find)
+            )));
+        }
+        Ok(())
+    }
 }
 
-/// module.init/10create-user, with a uid no module had before ([`next_module_uid`]).
+/// Makes directory `dir` exactly mode `0700` if it is not; returns the mode it had then. Done as
+/// root on the directory's own inode, never through a path the user controls: `dir` (a home,
+/// whose parent `/home` is root's) is opened with `O_NOFOLLOW | O_DIRECTORY` — a symlink or
+/// anything but a directory is refused, not followed —, must be owned by `uid`, and is changed
+/// with `fchmod` on that descriptor. Nothing is written into the directory.
+fn private_dir(dir: &Path, uid: u32) -> Result<Option<u32>> {
+    let fail = |what: &str, e: std::io::Error| {
+        ToolError::Failed(format!("cannot {what} the home {}: {e}", dir.display()))
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_DIRECTORY)
+        .open(dir)
+        .map_err(|e| fail("open (not following a symlink)", e))?;
+    let meta = file.metadata().map_err(|e| fail("stat", e))?;
+    if meta.uid() != uid {
+        return Err(ToolError::Failed(format!(
+            "the home {} is owned by uid {}, not by the module's user (uid {uid}): left alone",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode == 0o700 {
+        return Ok(None);
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| fail("change the mode of", e))?;
+    Ok(Some(mode))
+}
+
+/// A path of an archive's member as [`ModuleUser::make_private`] takes it: relative to the
+/// extraction directory, `./` first (so it never looks like an option), without `.` or empty
+/// components. `None` for the directory itself (`./`) and for what tar does not extract there
+/// (a `..` component).
+pub fn home_relative(member: &[u8]) -> Option<Vec<u8>> {
+    let mut out = b".".to_vec();
+    for part in member.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => return None,
+            name => {
+                out.push(b'/');
+                out.extend_from_slice(name);
+            }
+        }
+    }
+    (out.len() > 1).then_some(out)
+}
+
+/// module.init/10create-user, with a uid no module had before ([`next_module_uid`]) and a
+/// private home.
 pub fn create_user(id: &ModuleId) -> Result<()> {
-    if let Some(u) = ModuleUser::lookup(id)? {
+    let (user, created) = if let Some(u) = ModuleUser::lookup(id)? {
         println!("user {id} exists (uid {})", u.uid);
+        (u, false)
     } else {
         let uid = next_module_uid(Path::new(UID_HIGH_WATER), Path::new("/etc/passwd"))?;
         run_ok(Command::new("useradd").args([
             "--create-home",
+            // Private from its first moment (login.defs' default is 0777 & ~UMASK: 0755).
+            "--key",
+            "HOME_MODE=0700",
             "--shell",
             "/bin/bash",
             "--uid",
@@ -95,6 +244,14 @@ pub fn create_user(id: &ModuleId) -> Result<()> {
         let u = ModuleUser::require(id)?;
         record_module_uid(Path::new(UID_HIGH_WATER), u.uid)?;
         println!("created user {id} (uid {})", u.uid);
+        (u, true)
+    };
+    // Checked, not assumed (a useradd that ignores HOME_MODE), and on every run: a module
+    // installed before homes were private is fixed by a re-run.
+    user.make_home_private()?;
+    if created {
+        // The copies of /etc/skel (0644): all a new home holds.
+        user.make_tree_private()?;
     }
     run_ok(Command::new("loginctl").args(["enable-linger", id.as_str()]))
 }
@@ -429,6 +586,46 @@ mod tests {
         assert!(next_module_uid(&high, &passwd).is_err());
         std::fs::write(&high, format!("{MODULE_UID_MAX}")).unwrap();
         assert!(next_module_uid(&high, &passwd).is_err());
+    }
+
+    #[test]
+    fn member_paths_relative_to_the_home() {
+        let rel = |m: &str| home_relative(m.as_bytes()).map(|p| String::from_utf8(p).unwrap());
+        assert_eq!(rel(".config/agent").as_deref(), Some("./.config/agent"));
+        assert_eq!(rel("./a/b/").as_deref(), Some("./a/b"));
+        assert_eq!(rel("/abs//x/./y").as_deref(), Some("./abs/x/y"));
+        assert_eq!(rel("-rf").as_deref(), Some("./-rf"), "never an option");
+        for none in ["", ".", "./", "/", "..", "a/../b", "../etc/passwd"] {
+            assert_eq!(rel(none), None, "{none:?}");
+        }
+    }
+
+    #[test]
+    fn a_home_is_made_0700_on_its_own_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = nix::unistd::getuid().as_raw();
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o2755)).unwrap();
+        assert_eq!(private_dir(&home, me).unwrap(), Some(0o2755));
+        let mode = std::fs::metadata(&home).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o700);
+        assert_eq!(private_dir(&home, me).unwrap(), None, "already private");
+
+        // A symlink is refused, not followed: its target keeps its mode.
+        let target = dir.path().join("target");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(private_dir(&link, me).is_err());
+        assert_eq!(std::fs::metadata(&target).unwrap().mode() & 0o7777, 0o755);
+        // Not a directory; not the user's.
+        std::fs::write(dir.path().join("file"), "x").unwrap();
+        assert!(private_dir(&dir.path().join("file"), me).is_err());
+        let e = private_dir(&target, me.wrapping_add(1)).unwrap_err();
+        assert!(e.to_string().contains("left alone"), "{e}");
+        assert_eq!(std::fs::metadata(&target).unwrap().mode() & 0o7777, 0o755);
     }
 
     #[test]
