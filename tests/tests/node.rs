@@ -57,7 +57,9 @@ fn module_agent_runs_as_a_lingering_users_systemd_service() {
         "-c",
         "d=/home/hello0/.config/module-events/module.init && mkdir -p $d && \
          printf '#!/bin/sh\\necho \"$AGENT_NAME attempt $AGENT_ATTEMPT uid $(id -u)\" > \"$HOME/init.out\"\\n' > $d/10init && \
-         chmod +x $d/10init && chown -R hello0: /home/hello0/.config",
+         chmod +x $d/10init && \
+         printf '#!/bin/sh\\ngrep ^0:: /proc/self/cgroup > \"$HOME/init.cgroup\"\\n' > $d/20cgroup && \
+         chmod +x $d/20cgroup && chown -R hello0: /home/hello0/.config",
     ]);
     // `start` returns when the agent has sent READY=1 (Type=notify).
     node.user_systemctl("hello0", &["start", "module-agent"]);
@@ -79,6 +81,12 @@ fn module_agent_runs_as_a_lingering_users_systemd_service() {
     assert_eq!(
         node.ok(&["cat", "/home/hello0/init.out"]),
         format!("hello0 attempt 1 uid {uid}")
+    );
+    // The user unit's Delegate=yes lets the agent give each run a cgroup of its own.
+    let cgroup = node.ok(&["cat", "/home/hello0/init.cgroup"]);
+    assert!(
+        cgroup.contains("/module-agent.service/run-"),
+        "a step runs in its run's cgroup: {cgroup}"
     );
     assert_eq!(
         node.ok(&["redis-cli", "PUBLISH", "hello0:module.init", "again"]),
