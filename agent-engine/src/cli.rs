@@ -62,6 +62,12 @@ pub struct AgentArgs {
     #[arg(long, env = "AGENT_MAX_QUEUE", default_value_t = 10_000)]
     pub max_queue: usize,
 
+    /// Bytes of PUBLISHed events received and not yet queued the agent holds (payload, channel and
+    /// 128 bytes each) before it refuses more (journaled): its memory under a flood. At least the
+    /// max payload + 4096.
+    #[arg(long, env = "AGENT_LISTEN_BUFFER", default_value_t = crate::config::DEFAULT_LISTEN_BUFFER)]
+    pub listen_buffer: usize,
+
     /// How many times a run may be started (runs interrupted by an agent crash are started again),
     /// unless the event has a `.retries` file. Beyond it the run is abandoned.
     #[arg(long, env = "AGENT_MAX_ATTEMPTS", default_value_t = 3)]
@@ -121,6 +127,7 @@ impl AgentArgs {
         cfg.kill_grace = Duration::from_secs(self.kill_grace);
         cfg.max_payload = self.max_payload;
         cfg.max_queue = self.max_queue;
+        cfg.listen_buffer = self.listen_buffer;
         cfg.max_attempts = self.max_attempts;
         cfg.run_ttl = Duration::from_secs(self.run_ttl.max(1));
         cfg.output_cap = self.output_cap;

@@ -7,6 +7,10 @@ use core_events::{AgentKind, AgentName, EventName, Prefix};
 
 use crate::error::{Error, Result};
 
+/// Default of [`EngineConfig::listen_buffer`]: 31 events of the largest payload, or as many small
+/// ones as the count bound allows (`max_queue`, at least 1024: by default 10 000, ~1.5 MiB).
+pub const DEFAULT_LISTEN_BUFFER: usize = 4 * 1024 * 1024;
+
 /// Everything one agent needs to run. Built by the binaries; defaults are those of SYSTEM.md.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -31,6 +35,10 @@ pub struct EngineConfig {
     pub max_payload: usize,
     /// Largest number of entries the queue may hold before PUBLISHed events are refused.
     pub max_queue: usize,
+    /// Bytes of PUBLISHed events the listener holds, received and not yet queued, before it refuses
+    /// more (each counted with its channel and a fixed overhead): what a flood can cost in memory.
+    /// Their count is bounded too, by `max_queue` (at least 1024).
+    pub listen_buffer: usize,
     /// How many times a run may be started before it is abandoned (interrupted runs are retried).
     pub max_attempts: u32,
     /// How long run records and outputs are kept.
@@ -68,6 +76,7 @@ impl EngineConfig {
             kill_grace: Duration::from_secs(5),
             max_payload: core_events::record::MAX_PAYLOAD,
             max_queue: 10_000,
+            listen_buffer: DEFAULT_LISTEN_BUFFER,
             max_attempts: 3,
             run_ttl: Duration::from_secs(7 * 24 * 3600),
             output_cap: 256 * 1024,
@@ -98,6 +107,12 @@ impl EngineConfig {
                 "max payload {} is above {}, the longest argument Linux passes to a step",
                 self.max_payload,
                 core_events::record::MAX_PAYLOAD
+            )));
+        }
+        if self.listen_buffer < self.max_payload + 4096 {
+            return Err(Error::Config(format!(
+                "listen buffer {} is too small for one event of the largest payload (max payload {} + 4096)",
+                self.listen_buffer, self.max_payload
             )));
         }
         if self.events_dirs.is_empty() {

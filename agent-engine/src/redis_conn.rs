@@ -102,6 +102,17 @@ pub async fn blocking_connection(
         .await?)
 }
 
+/// True when Redis answered `WRONGTYPE` (a key holds another type than the command works on), for
+/// a single command or any command of a pipeline: someone put other data where the agent keeps
+/// its own.
+pub fn is_wrong_type(e: &RedisError) -> bool {
+    const WRONGTYPE: &str = "WRONGTYPE";
+    e.code() == Some(WRONGTYPE)
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|errs| errs.iter().any(|(_, s)| s.code() == WRONGTYPE))
+}
+
 /// True for errors that mean "Redis is not reachable right now" rather than "this command is wrong".
 pub fn is_transient(e: &RedisError) -> bool {
     e.is_io_error()

@@ -427,7 +427,26 @@ impl Store {
     pub async fn journal(&self, entry: &JournalEntry) -> Result<()> {
         let mut pipe = redis::pipe();
         self.add_journal(&mut pipe, entry);
-        self.run_pipe("journal", &pipe).await
+        match self.run_pipe("journal", &pipe).await {
+            // Anyone who may write the agent's keys can put a string where the journal is: it is
+            // the agent's own, so it is replaced rather than let stop the agent.
+            Err(crate::error::Error::Redis(e)) if crate::redis_conn::is_wrong_type(&e) => {
+                let key = self.prefix.journal();
+                let kind: String = redis::cmd("TYPE")
+                    .arg(&key)
+                    .query_async(&mut self.conn())
+                    .await?;
+                if kind != "stream" {
+                    tracing::warn!("{key} held a {kind}, not a stream: removed");
+                    redis::cmd("DEL")
+                        .arg(&key)
+                        .query_async::<()>(&mut self.conn())
+                        .await?;
+                }
+                self.run_pipe("journal", &pipe).await
+            }
+            other => other,
+        }
     }
 
     fn add_journal(&self, pipe: &mut redis::Pipeline, entry: &JournalEntry) {

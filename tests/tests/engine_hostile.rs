@@ -346,6 +346,25 @@ fn hostile_record_contents_never_stop_the_agent() {
     wait_for("the published event to run", LONG, || {
         (read_or_empty(&out).lines().count() == 6).then_some(())
     });
+    // A refusal to journal while the journal is not a stream: the agent goes on.
+    let _: () = redis::cmd("DEL")
+        .arg("module/r0/journal")
+        .query(&mut con)
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("module/r0/journal")
+        .arg("x")
+        .query(&mut con)
+        .unwrap();
+    let _: i64 = con.publish("r0:..", "bad name").unwrap();
+    xadd(
+        &mut con,
+        "module/r0/queue",
+        &[("event", "ok"), ("id", "r6")],
+    );
+    wait_for("the event after the refusal to run", LONG, || {
+        (read_or_empty(&out).lines().count() == 7).then_some(())
+    });
     let log = agent.log();
     assert!(
         !log.contains("panicked") && !log.contains("cannot go on"),

@@ -240,10 +240,7 @@ fn emit_from_a_step_reaches_a_pattern_subscriber() {
     assert_run_done(&mut con, "module/mod0", "backup-1");
     // In a step the event is handed to the agent, which publishes it: the step learns no
     // receiver count (that is for `emit` outside a step).
-    assert_eq!(
-        std::fs::read_to_string(work.join("receivers")).unwrap(),
-        ""
-    );
+    assert_eq!(std::fs::read_to_string(work.join("receivers")).unwrap(), "");
 }
 
 #[test]

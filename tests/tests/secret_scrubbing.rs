@@ -126,7 +126,10 @@ exit 4"#;
     assert!(heard.contains("progress has ***"), "{heard}");
     assert!(heard.contains("event/sec0/leaked"), "{heard}");
     assert!(heard.contains("\"pw\":\"***\""), "{heard}");
-    assert!(!heard.contains(SECRET), "plaintext reached a subscriber:\n{heard}");
+    assert!(
+        !heard.contains(SECRET),
+        "plaintext reached a subscriber:\n{heard}"
+    );
     let seen = std::fs::read_to_string(&monitor_log).unwrap();
     assert!(
         seen.contains("APPEND") && seen.contains("module/sec0/run/l1/output"),
