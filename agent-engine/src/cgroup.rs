@@ -85,9 +85,13 @@ impl RunCgroups {
             .inspect_err(|_| {
                 let _ = std::fs::remove_dir(&dir);
             })?;
+        let dir_fd = std::fs::File::open(&dir).inspect_err(|_| {
+            let _ = std::fs::remove_dir(&dir);
+        })?;
         Ok(RunCgroup {
             dir,
             procs,
+            dir_fd,
             ended: false,
         })
     }
@@ -99,6 +103,8 @@ pub(crate) struct RunCgroup {
     dir: PathBuf,
     /// `cgroup.procs`, opened once: a step's process writes to it between fork and exec.
     procs: File,
+    /// The directory, for `clone3(CLONE_INTO_CGROUP)`.
+    dir_fd: File,
     ended: bool,
 }
 
@@ -106,6 +112,11 @@ impl RunCgroup {
     /// The descriptor a forked step writes "0" to, to move itself in.
     pub fn procs_fd(&self) -> RawFd {
         self.procs.as_raw_fd()
+    }
+
+    /// The cgroup's directory, open: a step started by `clone3` is born in it.
+    pub fn dir_fd(&self) -> RawFd {
+        self.dir_fd.as_raw_fd()
     }
 
     /// Kills every process left in the run's cgroup and removes it; returns how many were left.

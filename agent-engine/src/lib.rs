@@ -18,6 +18,7 @@ pub mod redis_conn;
 mod runner;
 pub mod scrub;
 mod secrets;
+mod spawn;
 mod store;
 pub mod time;
 

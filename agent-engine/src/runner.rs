@@ -392,7 +392,7 @@ struct Rollback<'a> {
     attempt: u32,
     cancel: &'a CancellationToken,
     kill_now: &'a CancellationToken,
-    cgroup_fd: Option<RawFd>,
+    cgroup_fd: Option<(RawFd, RawFd)>,
 }
 
 struct RollbackResult {
@@ -676,7 +676,7 @@ async fn run_step_recorded(
     env: &[(String, String)],
     signals: Signals<'_>,
     output_left: &mut usize,
-    cgroup_fd: Option<RawFd>,
+    cgroup_fd: Option<(RawFd, RawFd)>,
 ) -> Result<StepEnd> {
     let (index, total, message) = position;
     let progress = Progress {
@@ -694,7 +694,7 @@ async fn run_step_recorded(
         progress: progress.clone(),
     };
     let spawn = Spawn {
-        cgroup_fd,
+        cgroup: cgroup_fd,
         reporter: &reporter,
     };
     let (end, output) = run_step(step, data, env, signals, spawn, || {
@@ -761,8 +761,8 @@ const STEP_CAPTURE_CAP: usize = 4 << 20;
 
 /// How a step is started and heard from, beside its argument, environment and pipes.
 struct Spawn<'a> {
-    /// The run's `cgroup.procs`, which the step's process joins before exec.
-    cgroup_fd: Option<RawFd>,
+    /// The run's cgroup: its `cgroup.procs` and its directory (see [`start_step`]).
+    cgroup: Option<(RawFd, RawFd)>,
     /// Publishes what the step sends on its control socket.
     reporter: &'a Reporter<'a>,
 }
@@ -793,29 +793,16 @@ async fn run_step(
             )
         }
     };
-    let mut cmd = tokio::process::Command::new(&step.path);
-    cmd.arg(data)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("AGENT_STEP", &step.name)
-        .stdin(pipes.stdin)
-        .stdout(pipes.stdout)
-        .stderr(pipes.stderr)
-        .env(CONTROL_FD_ENV, CONTROL_FD.to_string())
-        .process_group(0);
-    let (cgroup_fd, control_fd) = (spawn.cgroup_fd, control.step_fd());
-    // SAFETY: the closure runs between fork and exec and makes only async-signal-safe calls
-    // (write, dup2, fcntl) on descriptors this process keeps open until `spawn` returns.
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(fd) = cgroup_fd {
-                crate::cgroup::join_in_child(fd)?;
-            }
-            ControlSocket::install_in_child(control_fd)
-        });
-    }
-    let spawned = cmd.spawn();
-    // The command holds our copies of the child's pipe ends: drop it so EOF can be seen.
-    drop(cmd);
+    let spawned = start_step(step, data, env, &pipes, &control, spawn.cgroup);
+    // Our copies of the child's pipe ends go now, so EOF can be seen.
+    let StepPipes {
+        stdin,
+        stdin_writer,
+        stdout,
+        stderr,
+        output,
+    } = pipes;
+    drop((stdin, stdout, stderr));
     let mut control = control.into_agent_end();
     let mut child = match spawned {
         Ok(c) => c,
@@ -830,12 +817,12 @@ async fn run_step(
     let pgid = Pid::from_raw(pid as i32);
     announce();
 
-    if let Some(writer) = pipes.stdin_writer {
+    if let Some(writer) = stdin_writer {
         feed_stdin(writer, data.as_bytes());
     }
     // The output is read by this task while it waits for the step (a chatty step must not block on
     // a full pipe), and while a timed-out or cancelled step is being killed.
-    let mut output = Capture::new(pipes.output);
+    let mut output = Capture::new(output);
     // `Ok`: the step exited with this code; `Err`: it must be killed, with this grace period.
     let waited = loop {
         tokio::select! {
@@ -912,7 +899,7 @@ impl ControlSocket {
         drop(self.step);
         ControlReceiver {
             socket: tokio::net::UnixDatagram::from_std(self.agent).ok(),
-            buf: vec![0; MAX_MESSAGE + 1],
+            buf: Vec::new(),
         }
     }
 }
@@ -930,6 +917,15 @@ impl ControlReceiver {
         let Some(socket) = &self.socket else {
             return std::future::pending().await;
         };
+        // The buffer is made when the first message comes: most steps send none, and a buffer
+        // of this size per step would be an mmap and munmap each.
+        if socket.readable().await.is_err() {
+            self.socket = None;
+            return std::future::pending().await;
+        }
+        if self.buf.is_empty() {
+            self.buf = vec![0; MAX_MESSAGE + 1];
+        }
         match socket.recv(&mut self.buf).await {
             Ok(n) => StepMessage::decode(&self.buf[..n]),
             Err(_) => {
@@ -941,6 +937,24 @@ impl ControlReceiver {
 
     /// A datagram already waiting, if any.
     fn try_recv(&mut self) -> Option<std::result::Result<StepMessage, StepMessageError>> {
+        let mut probe = [0u8; 1];
+        let fd = self.socket.as_ref()?.as_raw_fd();
+        // Is anything there at all (MSG_PEEK), before a buffer is made for it.
+        // SAFETY: a one-byte read into a local buffer from a socket we own.
+        let peeked = unsafe {
+            nix::libc::recv(
+                fd,
+                probe.as_mut_ptr().cast(),
+                1,
+                nix::libc::MSG_PEEK | nix::libc::MSG_DONTWAIT,
+            )
+        };
+        if peeked < 0 {
+            return None;
+        }
+        if self.buf.is_empty() {
+            self.buf = vec![0; MAX_MESSAGE + 1];
+        }
         let n = self.socket.as_ref()?.try_recv(&mut self.buf).ok()?;
         Some(StepMessage::decode(&self.buf[..n]))
     }
@@ -1006,8 +1020,8 @@ impl RunProcesses {
         }
     }
 
-    fn cgroup_fd(&self) -> Option<RawFd> {
-        self.cgroup.as_ref().map(|c| c.procs_fd())
+    fn cgroup_fd(&self) -> Option<(RawFd, RawFd)> {
+        self.cgroup.as_ref().map(|c| (c.procs_fd(), c.dir_fd()))
     }
 
     /// Kills whatever of the run is still running; returns how many processes that was.
@@ -1033,31 +1047,135 @@ impl Drop for RunProcesses {
 /// order in which the step wrote its lines (and costs one pipe and one reader instead of two). With
 /// no data, stdin is `/dev/null`: the step reads the same (nothing), and a pipe fewer is made.
 struct StepPipes {
-    stdin: Stdio,
+    /// `None`: `/dev/null`.
+    stdin: Option<OwnedFd>,
     stdin_writer: Option<OwnedFd>,
-    stdout: Stdio,
-    stderr: Stdio,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
     output: OwnedFd,
 }
 
 impl StepPipes {
     fn new(no_data: bool) -> std::io::Result<Self> {
         let (stdin, stdin_writer) = if no_data {
-            (Stdio::null(), None)
+            (None, None)
         } else {
             let (stdin_r, stdin_w) = pipe2(OFlag::O_CLOEXEC)?;
-            (Stdio::from(stdin_r), Some(stdin_w))
+            (Some(stdin_r), Some(stdin_w))
         };
         let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC)?;
         let err_w = out_w.try_clone()?;
         Ok(StepPipes {
             stdin,
             stdin_writer,
-            stdout: Stdio::from(out_w),
-            stderr: Stdio::from(err_w),
+            stdout: out_w,
+            stderr: err_w,
             output: out_r,
         })
     }
+}
+
+/// A step's process: started born in its run's cgroup ([`crate::spawn`]) or by the standard spawn.
+enum StepChild {
+    InCgroup(crate::spawn::StepProcess),
+    Std(tokio::process::Child),
+}
+
+impl StepChild {
+    fn id(&self) -> Option<u32> {
+        match self {
+            StepChild::InCgroup(p) => Some(p.id() as u32),
+            StepChild::Std(c) => c.id(),
+        }
+    }
+
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            StepChild::InCgroup(p) => p.wait().await,
+            StepChild::Std(c) => c.wait().await,
+        }
+    }
+
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        match self {
+            StepChild::InCgroup(p) => p.try_wait(),
+            StepChild::Std(c) => c.try_wait(),
+        }
+    }
+}
+
+/// Starts a step's process: in its run's cgroup from its first instruction when there is one
+/// (`clone3`), else — no cgroup, or a kernel without `CLONE_INTO_CGROUP` — with the standard spawn,
+/// which then moves it into the cgroup between fork and exec (slower: docs/BENCHMARKS.md).
+fn start_step(
+    step: &PlanEntry,
+    data: &str,
+    env: &[(String, String)],
+    pipes: &StepPipes,
+    control: &ControlSocket,
+    cgroup: Option<(RawFd, RawFd)>,
+) -> std::io::Result<StepChild> {
+    let control_fd_value = CONTROL_FD.to_string();
+    let mut vars: Vec<(&std::ffi::OsStr, &std::ffi::OsStr)> =
+        env.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
+    vars.push(("AGENT_STEP".as_ref(), step.name.as_ref()));
+    vars.push((CONTROL_FD_ENV.as_ref(), control_fd_value.as_ref()));
+    let null;
+    let stdin_fd = match &pipes.stdin {
+        Some(fd) => fd.as_raw_fd(),
+        None => {
+            null = std::fs::File::open("/dev/null")?;
+            null.as_raw_fd()
+        }
+    };
+    if let Some((_, dir)) = cgroup {
+        let spec = crate::spawn::StepSpawn {
+            program: &step.path,
+            arg: data,
+            env: vars.clone(),
+            stdin: stdin_fd,
+            stdout: pipes.stdout.as_raw_fd(),
+            stderr: pipes.stderr.as_raw_fd(),
+            control: control.step_fd(),
+            control_at: CONTROL_FD,
+            cgroup: dir,
+        };
+        match crate::spawn::spawn(&spec) {
+            Ok(p) => return Ok(StepChild::InCgroup(p)),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(nix::libc::ENOSYS | nix::libc::EINVAL | nix::libc::E2BIG)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut cmd = tokio::process::Command::new(&step.path);
+    cmd.arg(data)
+        .envs(vars)
+        .stdin(Stdio::from(std::fs::File::open("/dev/null").and_then(
+            |f| {
+                Ok(match &pipes.stdin {
+                    Some(fd) => std::fs::File::from(fd.try_clone()?),
+                    None => f,
+                })
+            },
+        )?))
+        .stdout(Stdio::from(pipes.stdout.try_clone()?))
+        .stderr(Stdio::from(pipes.stderr.try_clone()?))
+        .process_group(0);
+    let (procs_fd, control_fd) = (cgroup.map(|(procs, _)| procs), control.step_fd());
+    // SAFETY: the closure runs between fork and exec and makes only async-signal-safe calls
+    // (write, dup2, fcntl) on descriptors this process keeps open until `spawn` returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(fd) = procs_fd {
+                crate::cgroup::join_in_child(fd)?;
+            }
+            ControlSocket::install_in_child(control_fd)
+        });
+    }
+    cmd.spawn().map(StepChild::Std)
 }
 
 /// Writes the event data to the step's stdin and closes it. Usually the data fits the pipe and one
@@ -1138,7 +1256,7 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 }
 
 /// SIGTERM to the step's process group, then SIGKILL to whatever of the group is left after `grace`.
-async fn terminate(child: &mut tokio::process::Child, pgid: Pid, grace: Duration) {
+async fn terminate(child: &mut StepChild, pgid: Pid, grace: Duration) {
     let _ = killpg(pgid, Signal::SIGTERM);
     let until = Instant::now() + grace;
     let mut reaped = false;
