@@ -522,7 +522,11 @@ fn malformed_events_are_refused_clearly_and_nothing_panics() {
         assert_eq!(rec["exit_code"], core_events::exit::INVALID.to_string());
         assert!(rec["error"].starts_with("refused: "), "{rec:?}");
     }
-    let journal = stream(&mut con, "module/bad0/journal");
+    // The listener journals on its own time: the refusals may come after the good run.
+    let journal = wait_for("11 refused PUBLISHes in the journal", LONG, || {
+        let j = stream(&mut con, "module/bad0/journal");
+        (j.iter().filter(|e| e["status"] == "refused").count() >= 11).then_some(j)
+    });
     let refused: Vec<&HashMap<String, String>> = journal
         .iter()
         .filter(|e| e["status"] == "refused")

@@ -168,11 +168,13 @@ fn data_with_a_nul_byte_is_refused_on_arrival() {
     assert_eq!(rec["status"], "failed");
     assert_eq!(rec["exit_code"], "65");
     assert!(rec["error"].contains("NUL"), "{rec:?}");
+    // The listener and the queue reader are separate: the refusal may be journaled after the run.
+    let refused = wait_for("the PUBLISH to be journaled as refused", LONG, || {
+        stream(&mut con, "module/n0/journal")
+            .into_iter()
+            .find(|e| e["status"] == "refused")
+    });
     let journal: Vec<HashMap<String, String>> = stream(&mut con, "module/n0/journal");
-    let refused = journal
-        .iter()
-        .find(|e| e["status"] == "refused")
-        .expect("the PUBLISH was journaled as refused");
     assert_eq!(refused["exit_code"], "65");
     assert!(refused["message"].contains("NUL"), "{refused:?}");
     assert!(journal
