@@ -1153,14 +1153,10 @@ fn start_step(
     let mut cmd = tokio::process::Command::new(&step.path);
     cmd.arg(data)
         .envs(vars)
-        .stdin(Stdio::from(std::fs::File::open("/dev/null").and_then(
-            |f| {
-                Ok(match &pipes.stdin {
-                    Some(fd) => std::fs::File::from(fd.try_clone()?),
-                    None => f,
-                })
-            },
-        )?))
+        .stdin(match &pipes.stdin {
+            Some(fd) => Stdio::from(fd.try_clone()?),
+            None => Stdio::null(),
+        })
         .stdout(Stdio::from(pipes.stdout.try_clone()?))
         .stderr(Stdio::from(pipes.stderr.try_clone()?))
         .process_group(0);

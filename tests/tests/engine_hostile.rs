@@ -256,6 +256,17 @@ fn no_process_a_run_started_outlives_the_run() {
     }
 }
 
+/// Replaces `key` with a string, as anyone who may write the agent's keys can.
+fn plant_string(con: &mut redis::Connection, key: &str) {
+    let _: () = redis::pipe()
+        .del(key)
+        .ignore()
+        .set(key, "x")
+        .ignore()
+        .query(con)
+        .unwrap();
+}
+
 /// What anyone who may write the agent's keys can leave there — a run record, output or journal of
 /// the wrong type, an absurd attempt count, a module.env or secrets key that is not a hash, a
 /// module.env field name that is not UTF-8 — cannot stop the agent: runs go on, with warnings.
@@ -316,15 +327,7 @@ fn hostile_record_contents_never_stop_the_agent() {
         assert_eq!(status, "done", "{run}");
     }
     // A module.env that is not a hash is read as empty, and said so.
-    let _: () = redis::cmd("DEL")
-        .arg("module/r0/module.env")
-        .query(&mut con)
-        .unwrap();
-    let _: () = redis::cmd("SET")
-        .arg("module/r0/module.env")
-        .arg("x")
-        .query(&mut con)
-        .unwrap();
+    plant_string(&mut con, "module/r0/module.env");
     xadd(
         &mut con,
         "module/r0/queue",
@@ -335,29 +338,13 @@ fn hostile_record_contents_never_stop_the_agent() {
         "done"
     );
     // A PUBLISH while the journal is not a stream still queues.
-    let _: () = redis::cmd("DEL")
-        .arg("module/r0/journal")
-        .query(&mut con)
-        .unwrap();
-    let _: () = redis::cmd("SET")
-        .arg("module/r0/journal")
-        .arg("x")
-        .query(&mut con)
-        .unwrap();
+    plant_string(&mut con, "module/r0/journal");
     let _: i64 = con.publish("r0:ok", "published").unwrap();
     wait_for("the published event to run", LONG, || {
         (read_or_empty(&out).lines().count() == 6).then_some(())
     });
     // A refusal to journal while the journal is not a stream: the agent goes on.
-    let _: () = redis::cmd("DEL")
-        .arg("module/r0/journal")
-        .query(&mut con)
-        .unwrap();
-    let _: () = redis::cmd("SET")
-        .arg("module/r0/journal")
-        .arg("x")
-        .query(&mut con)
-        .unwrap();
+    plant_string(&mut con, "module/r0/journal");
     let _: i64 = con.publish("r0:..", "bad name").unwrap();
     xadd(
         &mut con,
