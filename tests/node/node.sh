@@ -226,7 +226,15 @@ boot_node() {
   ns=$(netns_name "$name")
   root=$dir/root
   t0=$(now)
-  setsid systemd-nspawn -D "$root" --boot -M "$name" --register=no --keep-unit --console=passive \
+  # Each node gets a cgroup of its own in every hierarchy nspawn uses (HARNESS.md): started from
+  # the host's root cgroup, every node's container would be the same /payload cgroup, and one
+  # node's systemd stopping a unit would kill the same-named unit's processes of every other node.
+  local cgs
+  cgs=$(node_cgroups "$name")
+  # shellcheck disable=SC2086
+  mkdir -p $cgs
+  setsid sh -c 'for cg in $1; do echo $$ > "$cg/cgroup.procs" || exit 1; done; shift; exec "$@"' sh "$cgs" \
+    systemd-nspawn -D "$root" --boot -M "$name" --register=no --keep-unit --console=passive \
     --network-namespace-path="/run/netns/$ns" --bind=/dev/net/tun --capability=CAP_NET_ADMIN \
     --bind="$dir/containers:/var/lib/containers" --bind="$dir/home:/home" \
     </dev/null >"$dir/console.log" 2>&1 &
@@ -346,6 +354,24 @@ cmd_status() {
   echo "$name: $(in_node "$l" systemctl is-system-running 2>/dev/null || true) (init pid $l)"
 }
 
+# The node's own cgroup directories: in the v2 hierarchy and the named systemd one (hybrid host).
+node_cgroups() {
+  local h out=
+  for h in /sys/fs/cgroup/unified /sys/fs/cgroup/systemd; do
+    [ -f "$h/cgroup.procs" ] && out="$out $h/agent-nodes/$1"
+  done
+  echo $out
+}
+
+# Removes the node's cgroups, deepest first (what the container's systemd left, empty by now).
+remove_node_cgroups() {
+  local cg
+  for cg in $(node_cgroups "$1"); do
+    [ -d "$cg" ] && find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null
+  done
+  return 0
+}
+
 # Stops the node's systemd (power off: SIGTERM to nspawn), the hard way after 20 s. Keeps its files.
 power_off() {
   local name=$1 dir npid l i
@@ -369,6 +395,7 @@ power_off() {
     kill -KILL "$l" 2>/dev/null || true
   fi
   rm -f "$dir/leader.pid" "$dir/nspawn.pid"
+  remove_node_cgroups "$name"
 }
 
 # Power off and boot again with the same root, homes and container storage: what a reboot keeps.
