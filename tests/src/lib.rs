@@ -35,6 +35,22 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The value after `--NAME` on a benchmark binary's command line.
+pub fn bench_arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// A numeric `--NAME N` of a benchmark binary, or `default`.
+pub fn bench_num_arg(name: &str, default: usize) -> usize {
+    bench_arg(name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A run of a workspace binary that waits for it to end and captures what it printed.
 ///
 /// The binary inherits the test's environment unless [`Run::clear_env`] is called; stdin is

@@ -17,18 +17,6 @@ use std::time::{Duration, Instant};
 use agent_tests::{wait_for, Agent, EventDirs, RedisServer};
 use redis::Commands;
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
-fn num_arg(name: &str, default: usize) -> usize {
-    arg(name).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 /// A `kB` field of `/proc/PID/status`, in KiB.
 fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -248,9 +236,9 @@ fn flood(redis: &RedisServer, name: &str, what: &str, n: usize, payload: &[u8], 
 }
 
 fn main() {
-    let small = num_arg("--small", 100_000);
-    let big = num_arg("--big", 100_000);
-    let big_size = num_arg("--big-size", 100 * 1024);
+    let small = agent_tests::bench_num_arg("--small", 100_000);
+    let big = agent_tests::bench_num_arg("--big", 100_000);
+    let big_size = agent_tests::bench_num_arg("--big-size", 100 * 1024);
     let redis = RedisServer::start_with(&["--appendfsync", "everysec"]);
     println!("redis-server: appendonly yes, appendfsync everysec; agents with default limits, step /bin/true");
     if small > 0 {

@@ -29,18 +29,6 @@ use redis::Commands;
 /// Idle time before each latency sample and each paced floor sample.
 const GAP: Duration = Duration::from_millis(20);
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
-fn num_arg(name: &str, default: usize) -> usize {
-    arg(name).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
@@ -246,10 +234,10 @@ fn report(what: &str, v: Vec<Duration>, floors: &[(String, (Duration, Duration))
 }
 
 fn main() {
-    let samples = num_arg("--samples", 200);
-    let events = num_arg("--events", 500);
-    let agents = num_arg("--agents", 50);
-    let fsync = arg("--appendfsync").unwrap_or_else(|| "everysec".into());
+    let samples = agent_tests::bench_num_arg("--samples", 200);
+    let events = agent_tests::bench_num_arg("--events", 500);
+    let agents = agent_tests::bench_num_arg("--agents", 50);
+    let fsync = agent_tests::bench_arg("--appendfsync").unwrap_or_else(|| "everysec".into());
     let redis = RedisServer::start_with(&["--appendfsync", &fsync]);
     let mut con = redis.conn();
     println!("redis-server: appendonly yes, appendfsync {fsync}");
