@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use agent_redis::{is_transient, Backoff, Target};
 use core_events::QueueEntry;
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -16,7 +17,6 @@ use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::listener::{listen, Running};
 use crate::queue::{InFlight, QueueReader};
-use crate::redis_conn::{self, is_transient, Backoff};
 use crate::runner::{execute, CancelHandle, RunRequest, StepEnv};
 use crate::scrub::Scrubber;
 use crate::store::Store;
@@ -28,13 +28,12 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
     cfg.validate()?;
     let cfg = Arc::new(cfg);
     let scrubber = Scrubber::new();
-    if let Some(p) = redis_conn::password_of(&cfg.redis_url, cfg.credentials.as_ref()) {
+    let target = Target::new(&cfg.redis_url, cfg.credentials.clone())?;
+    if let Some(p) = target.password() {
         scrubber.add(p);
     }
-    let client = redis_conn::client(&cfg.redis_url, cfg.credentials.as_ref(), false)?;
-    let client_resp3 = redis_conn::client(&cfg.redis_url, cfg.credentials.as_ref(), true)?;
 
-    let conn = connect(&client, &shutdown).await?;
+    let conn = agent_redis::retry("connecting", &shutdown, || target.manager()).await?;
     let store = Store::new(conn, cfg.clone(), shutdown.clone(), scrubber);
     store.ensure_group().await?;
     store.load_scripts().await?;
@@ -45,8 +44,9 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
     let (ready_tx, ready_rx) = oneshot::channel();
     let mut listener = Some({
         let (store, running, fatal) = (store.clone(), running.clone(), fatal.clone());
+        let target = target.clone();
         tokio::spawn(async move {
-            if let Err(e) = listen(client_resp3, store.clone(), running, ready_tx).await {
+            if let Err(e) = listen(target, store.clone(), running, ready_tx).await {
                 fatal.set(e, &store.shutdown);
             }
         })
@@ -94,7 +94,7 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
     let tracker = TaskTracker::new();
     let kill_now = CancellationToken::new();
     let result = dispatch_loop(
-        &store, &client, &step_env, &running, &tracker, &kill_now, &fatal,
+        &store, &target, &step_env, &running, &tracker, &kill_now, &fatal,
     )
     .await;
     if let Err(e) = &result {
@@ -146,26 +146,6 @@ impl Fatal {
     }
 }
 
-async fn connect(
-    client: &redis::Client,
-    shutdown: &CancellationToken,
-) -> Result<redis::aio::ConnectionManager> {
-    let mut backoff = Backoff::default();
-    loop {
-        match redis_conn::manager(client).await {
-            Ok(c) => return Ok(c),
-            Err(Error::Redis(e)) if is_transient(&e) => {
-                tracing::warn!(error = %e, "cannot reach Redis yet, retrying");
-            }
-            Err(e) => return Err(e),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-            _ = shutdown.cancelled() => return Err(Error::Shutdown),
-        }
-    }
-}
-
 fn heartbeat_value() -> String {
     serde_json::json!({ "pid": std::process::id(), "time": now_rfc3339(), "version": env!("CARGO_PKG_VERSION") })
         .to_string()
@@ -196,7 +176,7 @@ async fn heartbeat_loop(store: Store) {
 
 async fn dispatch_loop(
     store: &Store,
-    client: &redis::Client,
+    target: &Target,
     step_env: &StepEnv,
     running: &Running,
     tracker: &TaskTracker,
@@ -207,7 +187,7 @@ async fn dispatch_loop(
     let shutdown = &store.shutdown;
     let permits = Arc::new(Semaphore::new(cfg.concurrency));
     let in_flight: InFlight = Default::default();
-    let mut reader = QueueReader::new(client.clone(), store.prefix.queue(), &cfg.name);
+    let mut reader = QueueReader::new(target.clone(), store.prefix.queue(), &cfg.name);
     let mut backoff = Backoff::default();
     loop {
         let permit = tokio::select! {
@@ -233,10 +213,10 @@ async fn dispatch_loop(
             Err(Error::Redis(e)) if is_transient(&e) => {
                 tracing::warn!(error = %e, "queue read failed; reconnecting");
                 reader.reset();
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff.next_delay()) => continue,
-                    _ = shutdown.cancelled() => return Ok(()),
+                if backoff.wait(shutdown).await {
+                    continue;
                 }
+                return Ok(());
             }
             Err(e) => return Err(e),
         };
@@ -262,7 +242,7 @@ async fn dispatch_loop(
             let journal = core_events::JournalEntry::new(
                 entry.run.as_str(),
                 entry.event.as_str(),
-                core_events::record::journal_status::SKIPPED,
+                core_events::JournalStatus::Skipped,
                 0,
                 now_rfc3339(),
             )
@@ -329,7 +309,7 @@ async fn refuse_entry(
     let journal = core_events::JournalEntry::new(
         run.as_str(),
         record.event.as_str(),
-        core_events::RunStatus::Failed.as_str(),
+        core_events::RunStatus::Failed,
         0,
         now,
     )

@@ -7,22 +7,22 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use core_events::{AgentKind, AgentName, EventName};
+use core_events::{step_env, AgentKind, AgentName, EventName};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{EngineConfig, RedisCredentials};
+use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Parser)]
 pub struct AgentArgs {
     /// Agent name. Node default: the short hostname. Module default: the Unix user name.
-    #[arg(long, env = "AGENT_NAME")]
+    #[arg(long, env = step_env::AGENT_NAME)]
     pub name: Option<String>,
 
     /// Redis server: redis://[user:pass@]host:port[/db] or unix:///path/to/redis.sock.
     #[arg(
         long,
-        env = "REDIS_URL",
+        env = step_env::REDIS_URL,
         default_value = "redis://127.0.0.1:6379",
         hide_env_values = true
     )]
@@ -113,7 +113,7 @@ impl AgentArgs {
         cfg.credentials = cfg
             .credentials_file
             .as_deref()
-            .map(RedisCredentials::from_file)
+            .map(agent_redis::Credentials::from_file)
             .transpose()?;
         if !self.events_dirs.is_empty() {
             cfg.events_dirs = self

@@ -19,7 +19,7 @@ pub struct EngineConfig {
     /// `redis://[user:pass@]host:port[/db]` or `unix:///path/to/socket`.
     pub redis_url: String,
     /// Credentials that override those in the URL (from the agent's credentials file).
-    pub credentials: Option<RedisCredentials>,
+    pub credentials: Option<agent_redis::Credentials>,
     /// The file `credentials` came from. Steps get the credentials read from it afresh at each run,
     /// so a rotated password reaches them without restarting the agent.
     pub credentials_file: Option<PathBuf>,
@@ -136,73 +136,5 @@ pub fn default_events_dirs(kind: AgentKind, home: &Path) -> Vec<PathBuf> {
             home.join(".config/module-events"),
             home.join("module-events"),
         ],
-    }
-}
-
-/// A Redis user name and password, read from an agent's credentials file.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RedisCredentials {
-    pub username: Option<String>,
-    pub password: String,
-}
-
-impl std::fmt::Debug for RedisCredentials {
-    // Never print the password, not even in debug output.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisCredentials")
-            .field("username", &self.username)
-            .field("password", &"***")
-            .finish()
-    }
-}
-
-impl RedisCredentials {
-    /// Reads a credentials file of `KEY=VALUE` lines: `REDIS_USER` (optional) and `REDIS_PASSWORD`.
-    /// Blank lines and `#` comments are ignored.
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Credentials {
-            path: path.into(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|reason| Error::CredentialsFormat {
-            path: path.into(),
-            reason,
-        })
-    }
-
-    pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        let mut username = None;
-        let mut password = None;
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let Some((k, v)) = line.split_once('=') else {
-                return Err(format!("line {} is not KEY=VALUE", n + 1));
-            };
-            match k.trim() {
-                "REDIS_USER" => username = Some(v.trim().to_string()),
-                "REDIS_PASSWORD" => password = Some(v.trim().to_string()),
-                other => return Err(format!("line {}: unknown key {other:?}", n + 1)),
-            }
-        }
-        let password = password.ok_or("REDIS_PASSWORD is missing")?;
-        Ok(RedisCredentials { username, password })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_parse() {
-        let c = RedisCredentials::parse("# x\nREDIS_USER=mod0\nREDIS_PASSWORD=s3cr3t\n").unwrap();
-        assert_eq!(c.username.as_deref(), Some("mod0"));
-        assert_eq!(c.password, "s3cr3t");
-        assert!(!format!("{c:?}").contains("s3cr3t"));
-        assert!(RedisCredentials::parse("REDIS_USER=x").is_err());
-        assert!(RedisCredentials::parse("garbage").is_err());
     }
 }

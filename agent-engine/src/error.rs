@@ -6,15 +6,9 @@ use std::path::PathBuf;
 pub enum Error {
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
-    #[error("invalid Redis URL: {0}")]
-    RedisUrl(String),
-    #[error("cannot read Redis credentials file {path}: {source}")]
-    Credentials {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("Redis credentials file {path}: {reason}")]
-    CredentialsFormat { path: PathBuf, reason: String },
+    /// The Redis URL or credentials are unusable.
+    #[error(transparent)]
+    Target(#[from] agent_redis::Error),
     #[error("invalid name: {0}")]
     Name(#[from] core_events::NameError),
     #[error("cannot read {path}: {source}")]
@@ -29,3 +23,12 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<agent_redis::RetryError> for Error {
+    fn from(e: agent_redis::RetryError) -> Self {
+        match e {
+            agent_redis::RetryError::Redis(e) => Error::Redis(e),
+            agent_redis::RetryError::Shutdown => Error::Shutdown,
+        }
+    }
+}

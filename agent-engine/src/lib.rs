@@ -14,7 +14,6 @@ mod listener;
 pub mod plan;
 mod procs;
 mod queue;
-pub mod redis_conn;
 mod runner;
 pub mod scrub;
 mod secrets;
@@ -23,7 +22,7 @@ mod store;
 pub mod time;
 
 pub use agent::run_agent;
-pub use config::{default_events_dirs, EngineConfig, RedisCredentials};
+pub use config::{default_events_dirs, EngineConfig};
 pub use error::Error;
 pub use plan::{plan_event, EventPlan, EventSettings, PlanEntry, PlanVerdict};
 

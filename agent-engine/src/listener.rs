@@ -29,15 +29,16 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use core_events::record::{journal_status, EntryError};
+use agent_redis::{is_transient, Backoff, Target};
+use core_events::record::EntryError;
+use core_events::JournalStatus;
 use core_events::{keys, EventName, JournalEntry, RunId, RunRecord, RunStatus};
 use redis::aio::{AsyncPushSender, SendError};
-use redis::{AsyncConnectionConfig, Client, PushInfo, PushKind, Value};
+use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{oneshot, Notify};
 
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
-use crate::redis_conn::{is_transient, Backoff};
 use crate::runner::CancelHandle;
 use crate::shown;
 use crate::store::Store;
@@ -69,7 +70,7 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(1);
 const TALLY_EVENT_MAX: usize = 256;
 
 pub(crate) async fn listen(
-    client: Client,
+    target: Target,
     store: Store,
     running: Running,
     ready: oneshot::Sender<()>,
@@ -82,7 +83,7 @@ pub(crate) async fn listen(
         // Subscribed before (`ready` is taken then): this is a new subscription after a loss.
         let again = ready.is_none();
         let served = subscribe_and_serve(
-            &client,
+            &target,
             &io,
             &store,
             &running,
@@ -98,9 +99,8 @@ pub(crate) async fn listen(
             Err(e) => return Err(e),
             Ok(()) => tracing::warn!("subscription connection closed, reconnecting"),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-            _ = shutdown.cancelled() => return Ok(()),
+        if !backoff.wait(&shutdown).await {
+            return Ok(());
         }
     }
 }
@@ -143,7 +143,7 @@ impl IoThread {
 }
 
 async fn subscribe_and_serve(
-    client: &Client,
+    target: &Target,
     io: &IoThread,
     store: &Store,
     running: &Running,
@@ -153,19 +153,12 @@ async fn subscribe_and_serve(
 ) -> Result<()> {
     let cfg = store.cfg.clone();
     let buffer = Arc::new(PushBuffer::new(&cfg));
-    let conn_cfg = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(crate::redis_conn::COMMAND_TIMEOUT))
-        .set_push_sender(buffer.clone());
     // Connected on the I/O thread, so the connection's driver task runs there; this task talks to it
     // through the handle (channels), from the agent's runtime.
     let connect = {
-        let client = client.clone();
-        io.handle.spawn(async move {
-            client
-                .get_multiplexed_async_connection_with_config(&conn_cfg)
-                .await
-        })
+        let (target, buffer) = (target.clone(), buffer.clone());
+        io.handle
+            .spawn(async move { target.subscriber(buffer).await })
     };
     let mut conn = connect
         .await
@@ -184,7 +177,7 @@ async fn subscribe_and_serve(
     }
     if lost_before {
         // The only trace of what Redis still held for the old connection when it closed it.
-        let j = JournalEntry::new("", "", journal_status::WARNING, 0, now_rfc3339()).with_message(
+        let j = JournalEntry::new("", "", JournalStatus::Warning, 0, now_rfc3339()).with_message(
             "subscribed again after the subscription was lost: events published in between were \
              not received (PUBLISH returned 0), and those Redis held for the lost connection are lost",
         );
@@ -650,7 +643,7 @@ impl Refusals {
 }
 
 fn refusal(event: String, message: String) -> JournalEntry {
-    JournalEntry::new("", event, journal_status::REFUSED, 0, now_rfc3339())
+    JournalEntry::new("", event, JournalStatus::Refused, 0, now_rfc3339())
         .with_exit_code(core_events::exit::INVALID)
         .with_message(message)
 }
@@ -723,7 +716,7 @@ async fn on_cancel(store: &Store, running: &Running, payload: Vec<u8>) -> Result
                 error: Some("cancelled before it started".into()),
                 ..Default::default()
             };
-            let j = JournalEntry::new(run.as_str(), event, RunStatus::Cancelled.as_str(), 0, now)
+            let j = JournalEntry::new(run.as_str(), event, RunStatus::Cancelled, 0, now)
                 .with_exit_code(core_events::exit::CANCELLED)
                 .with_message(format!(
                     "cancelled before it started (queue entry {stream_id})"
@@ -732,7 +725,7 @@ async fn on_cancel(store: &Store, running: &Running, payload: Vec<u8>) -> Result
             store.cancel_queued(&run, &record, &j).await
         }
         None => {
-            let j = JournalEntry::new(run.as_str(), "", journal_status::WARNING, 0, now)
+            let j = JournalEntry::new(run.as_str(), "", JournalStatus::Warning, 0, now)
                 .with_message(format!("cancel of {run}: no such queued or running run"));
             store.journal(&j).await
         }

@@ -5,13 +5,14 @@
 //! belongs to a run when its environment carries both `AGENT_NAME=<agent>` and `AGENT_RUN_ID=<run>`,
 //! which every step inherits; that check is exact, unlike a remembered pid that may have been reused.
 
+use core_events::step_env;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 /// Pids of live processes whose environment names this agent and run.
 pub(crate) fn processes_of_run(agent: &str, run: &str) -> Vec<i32> {
-    let want_agent = format!("AGENT_NAME={agent}").into_bytes();
-    let want_run = format!("AGENT_RUN_ID={run}").into_bytes();
+    let want_agent = format!("{}={agent}", step_env::AGENT_NAME).into_bytes();
+    let want_run = format!("{}={run}", step_env::AGENT_RUN_ID).into_bytes();
     let me = std::process::id() as i32;
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();

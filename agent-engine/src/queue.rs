@@ -9,12 +9,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use agent_redis::Target;
 use core_events::keys::QUEUE_GROUP;
 use redis::aio::MultiplexedConnection;
-use redis::{Client, Value};
+use redis::Value;
 
 use crate::error::Result;
-use crate::redis_conn::blocking_connection;
 
 /// How long one blocking read waits before the loop checks for shutdown again.
 const BLOCK: Duration = Duration::from_secs(2);
@@ -31,7 +31,7 @@ pub(crate) type RawEntry = (String, HashMap<String, Vec<u8>>);
 pub(crate) type InFlight = Arc<Mutex<HashSet<String>>>;
 
 pub(crate) struct QueueReader {
-    client: Client,
+    target: Target,
     conn: Option<MultiplexedConnection>,
     queue: String,
     consumer: String,
@@ -42,11 +42,11 @@ pub(crate) struct QueueReader {
 }
 
 impl QueueReader {
-    pub fn new(client: Client, queue: String, agent: &core_events::AgentName) -> Self {
+    pub fn new(target: Target, queue: String, agent: &core_events::AgentName) -> Self {
         QueueReader {
             client_name: core_events::keys::client_name(agent),
             consumer: agent.to_string(),
-            client,
+            target,
             conn: None,
             queue,
             pending_cursor: Some("0".into()),
@@ -68,7 +68,7 @@ impl QueueReader {
                 return Ok(Some(e));
             }
             if self.conn.is_none() {
-                let mut conn = blocking_connection(&self.client, BLOCK).await?;
+                let mut conn = self.target.blocking(Some(BLOCK)).await?;
                 redis::cmd("CLIENT")
                     .arg("SETNAME")
                     .arg(&self.client_name)

@@ -11,13 +11,13 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use core_events::record::journal_status;
 use core_events::step::{StepMessageError, CONTROL_FD, CONTROL_FD_ENV, MAX_MESSAGE};
 use core_events::StepMessage;
 use core_events::{
     exit, EventName, JournalEntry, Progress, QueueEntry, RollbackStatus, RunId, RunRecord,
     RunStatus,
 };
+use core_events::{output, step_env, JournalStatus};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{pipe2, Pid};
@@ -85,7 +85,7 @@ pub(crate) struct StepEnv {
     pub base_url: String,
     pub credentials_file: Option<std::path::PathBuf>,
     /// The credentials read at start, used when the file cannot be read now.
-    pub credentials: Option<crate::config::RedisCredentials>,
+    pub credentials: Option<agent_redis::Credentials>,
     /// Where run cgroups are made; `None`: runs are tracked by their processes' environment.
     pub cgroups: Option<crate::cgroup::RunCgroups>,
 }
@@ -97,11 +97,11 @@ impl StepEnv {
         let fresh = self
             .credentials_file
             .as_deref()
-            .and_then(|p| crate::config::RedisCredentials::from_file(p).ok());
+            .and_then(|p| agent_redis::Credentials::from_file(p).ok());
         if let Some(c) = &fresh {
-            scrubber.add(&c.password);
+            scrubber.add(c.password.expose());
         }
-        crate::redis_conn::url_for_steps(
+        agent_redis::url::with_credentials(
             &self.base_url,
             fresh.as_ref().or(self.credentials.as_ref()),
         )
@@ -117,7 +117,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
     } = req;
     let run = &entry.run;
     let cfg = store.cfg.clone();
-    let journal = |status: &str, attempt: u32| {
+    let journal = |status: JournalStatus, attempt: u32| {
         JournalEntry::new(
             run.as_str(),
             entry.event.as_str(),
@@ -145,7 +145,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
         .begin_run(&BeginRequest {
             run,
             record: &record,
-            journal: &journal(RunStatus::Running.as_str(), 0),
+            journal: &journal(RunStatus::Running.into(), 0),
             start: plan.defined,
             max_attempts,
         })
@@ -158,7 +158,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
         record.exit_code = Some(code);
         record.ended = Some(now_rfc3339());
         record.error = error.map(|e| store.scrubber.scrub_str(&e));
-        let mut j = journal(status.as_str(), record.attempt);
+        let mut j = journal(status.into(), record.attempt);
         j.exit_code = Some(code);
         j.step = record.failed_step.clone();
         j.message = record.error.clone();
@@ -175,7 +175,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
     }
     let attempt = match begun.outcome {
         Begin::Ended { status, attempt } => {
-            let mut j = journal(journal_status::SKIPPED, attempt);
+            let mut j = journal(JournalStatus::Skipped, attempt);
             j.message = Some(format!(
                 "run {run} already ended as {status}; queue entry {stream_id} dropped"
             ));
@@ -234,7 +234,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
     let deadline = Instant::now() + timeout;
     let steps: Vec<&PlanEntry> = plan.steps().collect();
     let total = steps.len() as u32;
-    let env_vars = step_env(env, &module_env, store, &entry, attempt);
+    let env_vars = step_vars(env, &module_env, store, &entry, attempt);
     let mut output_left = cfg.output_cap;
     let mut outcome = (RunStatus::Done, exit::OK, None);
     let mut stop = None;
@@ -296,7 +296,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
                 stop = Some(Stop::Cancelled);
             }
             StepEnd::Interrupted(Interrupt::Shutdown) => {
-                let mut j = journal(journal_status::INTERRUPTED, attempt);
+                let mut j = journal(JournalStatus::Interrupted, attempt);
                 j.step = Some(step.name.clone());
                 j.message = Some("agent shut down; the run starts again on its next start".into());
                 store.journal(&j).await?;
@@ -338,7 +338,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
             };
             record.rollback = Some(result.status);
             record.rollback_failed = (!result.failed.is_empty()).then(|| result.failed.join(","));
-            let mut j = journal(journal_status::ROLLBACK, attempt);
+            let mut j = journal(JournalStatus::Rollback, attempt);
             j.step = record.rollback_failed.clone();
             j.message = Some(result.message);
             rollback_journal = Some(j);
@@ -349,7 +349,9 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
     // grandchild) is killed before its end is recorded.
     let left = processes.end().await;
     if left > 0 {
-        let line = format!("--- {left} processes left running by the run's steps were killed ---");
+        let line = output::note(&format!(
+            "{left} processes left running by the run's steps were killed"
+        ));
         tracing::info!(%run, left, "killed processes the run's steps left running");
         append_line(store, run, &line, &mut output_left).await?;
     }
@@ -427,23 +429,26 @@ impl Rollback<'_> {
         append_line(
             store,
             run,
-            &format!("--- rollback of {original} ({why}) ---"),
+            &output::rollback_separator(original, &why),
             output_left,
         )
         .await?;
 
         let mut env = self.env.to_vec();
         env.extend([
-            ("AGENT_ROLLBACK".to_string(), "1".to_string()),
             (
-                "AGENT_FAILED_STEP".to_string(),
+                step_env::AGENT_ROLLBACK.to_string(),
+                step_env::ROLLBACK_YES.to_string(),
+            ),
+            (
+                step_env::AGENT_FAILED_STEP.to_string(),
                 match self.stop {
                     Stop::Cancelled => String::new(),
                     Stop::Failed | Stop::TimedOut => step.to_string(),
                 },
             ),
             (
-                "AGENT_RUN_STATUS".to_string(),
+                step_env::AGENT_RUN_STATUS.to_string(),
                 run_status.as_str().to_string(),
             ),
         ]);
@@ -495,7 +500,7 @@ impl Rollback<'_> {
                     let mut j = JournalEntry::new(
                         run.as_str(),
                         original,
-                        journal_status::INTERRUPTED,
+                        JournalStatus::Interrupted,
                         self.attempt,
                         now_rfc3339(),
                     );
@@ -587,7 +592,7 @@ async fn journal_warnings(
         let j = JournalEntry::new(
             run.as_str(),
             event,
-            journal_status::WARNING,
+            JournalStatus::Warning,
             attempt,
             now_rfc3339(),
         )
@@ -598,9 +603,6 @@ async fn journal_warnings(
     Ok(())
 }
 
-/// Names the engine sets itself; a module.env field of the same name would be overridden.
-const RESERVED_ENV: &[&str] = &["REDIS_URL", "AGENT_"];
-
 /// Splits module.env into the variables steps get (sorted) and a warning for each field left out.
 fn module_env_vars(raw: Vec<(Vec<u8>, Vec<u8>)>) -> (Vec<(String, String)>, Vec<String>) {
     let mut vars = Vec::new();
@@ -608,15 +610,9 @@ fn module_env_vars(raw: Vec<(Vec<u8>, Vec<u8>)>) -> (Vec<(String, String)>, Vec<
     for (k, v) in raw {
         // A name that is not UTF-8 is not a valid variable name either: shown lossily.
         let k = String::from_utf8(k).unwrap_or_else(|e| crate::shown(e.as_bytes()));
-        let why = if !is_env_name(&k) {
+        let why = if !step_env::is_valid_name(&k) {
             Some("is not a valid variable name")
-        } else if RESERVED_ENV.iter().any(|r| {
-            if r.ends_with('_') {
-                k.starts_with(r)
-            } else {
-                k == *r
-            }
-        }) {
+        } else if step_env::is_reserved(&k) {
             Some("is a name the agent sets itself")
         } else if v.contains(&0) {
             Some("has a value containing NUL")
@@ -636,13 +632,7 @@ fn module_env_vars(raw: Vec<(Vec<u8>, Vec<u8>)>) -> (Vec<(String, String)>, Vec<
     (vars, warnings)
 }
 
-fn is_env_name(k: &str) -> bool {
-    let mut chars = k.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-fn step_env(
+fn step_vars(
     env: &StepEnv,
     module_env: &[(String, String)],
     store: &Store,
@@ -652,13 +642,16 @@ fn step_env(
     let mut vars = module_env.to_vec();
     let cfg = &store.cfg;
     vars.extend([
-        ("AGENT_NAME".into(), cfg.name.to_string()),
-        ("AGENT_KIND".into(), cfg.kind.as_str().to_string()),
-        ("AGENT_KEY_PREFIX".into(), store.prefix.as_str().to_string()),
-        ("AGENT_EVENT".into(), entry.event.to_string()),
-        ("AGENT_RUN_ID".into(), entry.run.to_string()),
-        ("AGENT_ATTEMPT".into(), attempt.to_string()),
-        ("REDIS_URL".into(), env.redis_url(&store.scrubber)),
+        (step_env::AGENT_NAME.into(), cfg.name.to_string()),
+        (step_env::AGENT_KIND.into(), cfg.kind.as_str().to_string()),
+        (
+            step_env::AGENT_KEY_PREFIX.into(),
+            store.prefix.as_str().to_string(),
+        ),
+        (step_env::AGENT_EVENT.into(), entry.event.to_string()),
+        (step_env::AGENT_RUN_ID.into(), entry.run.to_string()),
+        (step_env::AGENT_ATTEMPT.into(), attempt.to_string()),
+        (step_env::REDIS_URL.into(), env.redis_url(&store.scrubber)),
     ]);
     vars
 }
@@ -717,17 +710,13 @@ async fn append_output(
     if output.is_empty() || *left == 0 {
         return Ok(());
     }
-    let mut chunk = format!("==> {step} <==\n").into_bytes();
+    let output = output::escape(output);
+    let output = output.as_slice();
+    let mut chunk = output::step_header(step).into_bytes();
     let room = left.saturating_sub(chunk.len());
     if output.len() > room {
         chunk.extend_from_slice(&output[..room]);
-        chunk.extend_from_slice(
-            format!(
-                "\n[output truncated: {} bytes dropped]\n",
-                output.len() - room
-            )
-            .as_bytes(),
-        );
+        chunk.extend_from_slice(output::truncated(output.len() - room).as_bytes());
         *left = 0;
     } else {
         chunk.extend_from_slice(output);
@@ -739,14 +728,15 @@ async fn append_output(
     store.append_output(run, &chunk).await
 }
 
-/// Appends one line of the engine's own (a separator) to the run's output, within the cap.
+/// Appends one line of the engine's own (an `output::note`, ending in a newline) to the run's
+/// output, within the cap.
 async fn append_line(store: &Store, run: &RunId, line: &str, left: &mut usize) -> Result<()> {
-    let chunk = format!("{line}\n").into_bytes();
+    let chunk = line.as_bytes();
     if chunk.len() > *left {
         return Ok(());
     }
     *left -= chunk.len();
-    store.append_output(run, &chunk).await
+    store.append_output(run, chunk).await
 }
 
 struct Signals<'a> {
@@ -1118,7 +1108,7 @@ fn start_step(
     let control_fd_value = CONTROL_FD.to_string();
     let mut vars: Vec<(&std::ffi::OsStr, &std::ffi::OsStr)> =
         env.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
-    vars.push(("AGENT_STEP".as_ref(), step.name.as_ref()));
+    vars.push((step_env::AGENT_STEP.as_ref(), step.name.as_ref()));
     vars.push((CONTROL_FD_ENV.as_ref(), control_fd_value.as_ref()));
     let null;
     let stdin_fd = match &pipes.stdin {

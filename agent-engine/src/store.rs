@@ -14,9 +14,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::EngineConfig;
 use crate::error::Result;
-use crate::redis_conn::retry;
 use crate::scrub::Scrubber;
 use crate::secrets::SecretScrubbing;
+
+/// [`agent_redis::retry`] with the engine's error.
+async fn retry<T, F, Fut>(what: &str, shutdown: &CancellationToken, op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    Ok(agent_redis::retry(what, shutdown, op).await?)
+}
 
 /// Appends a PUBLISHed event to the queue unless the queue is full, and journals it as queued, in one
 /// round trip. Field names come from the caller (`core_events::record`), so the script spells none.
@@ -430,7 +438,7 @@ impl Store {
         match self.run_pipe("journal", &pipe).await {
             // Anyone who may write the agent's keys can put a string where the journal is: it is
             // the agent's own, so it is replaced rather than let stop the agent.
-            Err(crate::error::Error::Redis(e)) if crate::redis_conn::is_wrong_type(&e) => {
+            Err(crate::error::Error::Redis(e)) if agent_redis::is_wrong_type(&e) => {
                 let key = self.prefix.journal();
                 let kind: String = redis::cmd("TYPE")
                     .arg(&key)
@@ -505,13 +513,7 @@ impl Store {
     pub async fn enqueue_published(&self, event: &str, data: &[u8]) -> Result<Option<String>> {
         use core_events::record::{QUEUE_FIELD_DATA, QUEUE_FIELD_EVENT};
         let (queue, journal) = (self.prefix.queue(), self.prefix.journal());
-        let entry = JournalEntry::new(
-            "",
-            event,
-            RunStatus::Queued.as_str(),
-            0,
-            crate::time::now_rfc3339(),
-        );
+        let entry = JournalEntry::new("", event, RunStatus::Queued, 0, crate::time::now_rfc3339());
         // `run` is the first journal field; the script fills it with the new stream id.
         let mut journal_fields = entry.to_fields().into_iter();
         let (run_field, _) = journal_fields
@@ -660,11 +662,11 @@ mod tests {
             .expect("redis-server must be installed (apt-get install redis-server)");
         let server = Server { child, _dir: dir };
         let url = format!("unix://{}", sock.display());
-        let client = crate::redis_conn::client(&url, None, false).unwrap();
+        let target = agent_redis::Target::new(&url, None).unwrap();
         let mut conn = None;
         for _ in 0..100 {
             if sock.exists() {
-                if let Ok(c) = crate::redis_conn::manager(&client).await {
+                if let Ok(c) = target.manager().await {
                     conn = Some(c);
                     break;
                 }
@@ -688,7 +690,13 @@ mod tests {
             started: Some(started.into()),
             ..Default::default()
         };
-        let journal = JournalEntry::new(run.as_str(), "e", "running", 0, started.to_string());
+        let journal = JournalEntry::new(
+            run.as_str(),
+            "e",
+            RunStatus::Running,
+            0,
+            started.to_string(),
+        );
         let req = BeginRequest {
             run,
             record: &record,

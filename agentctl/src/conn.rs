@@ -5,12 +5,11 @@
 //! progress subscription a RESP3 connection whose pushes arrive on a channel.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use agent_engine::RedisCredentials;
+use agent_redis::{Credentials, Target};
 use anyhow::{Context, Result};
 use redis::aio::{ConnectionManager, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, PushInfo};
+use redis::PushInfo;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 #[derive(Debug, clap::Args)]
@@ -19,7 +18,7 @@ pub struct RedisArgs {
     #[arg(
         long,
         global = true,
-        env = "REDIS_URL",
+        env = core_events::step_env::REDIS_URL,
         default_value = "redis://127.0.0.1:6379",
         hide_env_values = true,
         value_name = "URL"
@@ -39,10 +38,10 @@ pub struct RedisArgs {
     pub redis_credentials: Option<PathBuf>,
 }
 
-/// Where and how to connect. Never print `creds` or `url` as they are: use [`Redis::shown_url`].
+/// Where and how to connect: an `agent_redis::Target`, whose `Debug` and messages show only the
+/// masked URL.
 pub struct Redis {
-    url: String,
-    creds: Option<RedisCredentials>,
+    target: Target,
 }
 
 impl RedisArgs {
@@ -50,18 +49,16 @@ impl RedisArgs {
     /// `/etc/agent/admin.env` when it exists and this user can read it (written by
     /// `agentctl redis setup`); none.
     pub fn load(&self) -> Result<Redis> {
-        let creds = match &self.redis_credentials {
-            Some(path) => {
-                Some(RedisCredentials::from_file(path).with_context(|| {
+        let creds =
+            match &self.redis_credentials {
+                Some(path) => Some(Credentials::from_file(path).with_context(|| {
                     format!("cannot use --redis-credentials {}", path.display())
-                })?)
-            }
-            None if agent_engine::redis_conn::password_of(&self.redis_url, None).is_some() => None,
-            None => RedisCredentials::from_file(&default_admin_credentials()).ok(),
-        };
+                })?),
+                None if agent_redis::url::password_in(&self.redis_url).is_some() => None,
+                None => Credentials::from_file(&default_admin_credentials()).ok(),
+            };
         Ok(Redis {
-            url: self.redis_url.clone(),
-            creds,
+            target: Target::new(&self.redis_url, creds)?,
         })
     }
 }
@@ -73,31 +70,22 @@ pub fn default_admin_credentials() -> PathBuf {
 
 impl Redis {
     /// The URL with any password replaced by `***`, for messages.
-    pub fn shown_url(&self) -> String {
-        redacted(&self.url)
-    }
-
-    fn client(&self, resp3: bool) -> Result<Client> {
-        agent_engine::redis_conn::client(&self.url, self.creds.as_ref(), resp3)
-            .with_context(|| format!("bad Redis URL {}", self.shown_url()))
+    pub fn shown_url(&self) -> &str {
+        self.target.masked_url()
     }
 
     /// A connection for short commands.
     pub async fn manager(&self) -> Result<ConnectionManager> {
-        let client = self.client(false)?;
-        agent_engine::redis_conn::manager(&client)
+        self.target
+            .manager()
             .await
             .with_context(|| format!("cannot connect to Redis at {}", self.shown_url()))
     }
 
     /// A connection for blocking reads: no response timeout, the `BLOCK` argument bounds the wait.
     pub async fn blocking(&self) -> Result<MultiplexedConnection> {
-        let client = self.client(false)?;
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(None);
-        client
-            .get_multiplexed_async_connection_with_config(&cfg)
+        self.target
+            .blocking(None)
             .await
             .with_context(|| format!("cannot connect to Redis at {}", self.shown_url()))
     }
@@ -108,14 +96,10 @@ impl Redis {
         &self,
         channel: &str,
     ) -> Result<(MultiplexedConnection, UnboundedReceiver<PushInfo>)> {
-        let client = self.client(true)?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(agent_engine::redis_conn::COMMAND_TIMEOUT))
-            .set_push_sender(tx);
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&cfg)
+        let mut conn = self
+            .target
+            .subscriber(tx)
             .await
             .with_context(|| format!("cannot connect to Redis at {}", self.shown_url()))?;
         conn.subscribe(channel)
@@ -129,71 +113,5 @@ impl Redis {
 pub fn is_transient(e: &anyhow::Error) -> bool {
     e.chain()
         .find_map(|c| c.downcast_ref::<redis::RedisError>())
-        .is_some_and(agent_engine::redis_conn::is_transient)
-}
-
-/// Replaces the password of a Redis URL by `***`: in the user-info of `redis://` and `rediss://`
-/// URLs, and in the `pass`/`password` query parameters of socket URLs.
-pub fn redacted(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let mut out = match base.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = match rest.find('/') {
-                Some(i) => rest.split_at(i),
-                None => (rest, ""),
-            };
-            let authority = match authority.rsplit_once('@') {
-                Some((userinfo, host)) => match userinfo.split_once(':') {
-                    Some((user, _password)) => format!("{user}:***@{host}"),
-                    None => format!("{userinfo}@{host}"),
-                },
-                None => authority.to_string(),
-            };
-            format!("{scheme}://{authority}{path}")
-        }
-        None => base.to_string(),
-    };
-    if let Some(q) = query {
-        let params: Vec<String> = q
-            .split('&')
-            .map(|p| match p.split_once('=') {
-                Some((k, _)) if k == "pass" || k == "password" => format!("{k}=***"),
-                _ => p.to_string(),
-            })
-            .collect();
-        out.push('?');
-        out.push_str(&params.join("&"));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_hidden() {
-        assert_eq!(
-            redacted("redis://u:s3cret@h:6379/0"),
-            "redis://u:***@h:6379/0"
-        );
-        assert_eq!(redacted("redis://:s3cret@h"), "redis://:***@h");
-        assert_eq!(redacted("rediss://u:p@ss@h"), "rediss://u:***@h");
-        assert_eq!(redacted("redis://u@h:1"), "redis://u@h:1");
-        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert_eq!(
-            redacted("unix:///run/r.sock?user=m&pass=s3cret&db=1"),
-            "unix:///run/r.sock?user=m&pass=***&db=1"
-        );
-        assert_eq!(
-            redacted("redis+unix:///r.sock?password=x"),
-            "redis+unix:///r.sock?password=***"
-        );
-        for url in ["redis://a:zz9@h", "unix:///s?pass=zz9", "rediss://:zz9@h/2"] {
-            assert!(!redacted(url).contains("zz9"), "{url}");
-        }
-    }
+        .is_some_and(agent_redis::is_transient)
 }

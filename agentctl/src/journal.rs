@@ -184,7 +184,7 @@ pub fn format_entry(e: &JournalEntry) -> String {
         or_dash(&e.time),
         or_dash(&e.run),
         or_dash(&e.event),
-        or_dash(&e.status),
+        or_dash(e.status.as_str()),
         format!("attempt={}", e.attempt),
     ];
     if let Some(c) = e.exit_code {
@@ -202,12 +202,13 @@ pub fn format_entry(e: &JournalEntry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core_events::RunStatus;
 
     fn entry() -> JournalEntry {
         JournalEntry {
             run: "ctl-1-abcd0123".into(),
             event: "backup".into(),
-            status: "failed".into(),
+            status: RunStatus::Failed.into(),
             attempt: 1,
             time: "2026-11-25T10:00:00.000Z".into(),
             exit_code: Some(7),
@@ -227,7 +228,7 @@ mod tests {
             exit_code: None,
             step: None,
             message: None,
-            status: "running".into(),
+            status: RunStatus::Running.into(),
             ..entry()
         };
         assert_eq!(

@@ -147,11 +147,160 @@ mod tests {
         Cli::command().debug_assert();
     }
 
-    #[test]
-    fn help_answers_questions() {
-        let help = Cli::command().render_long_help().to_string();
-        for want in ["node/NAME", "module/NAME", "65", "69", "75", "124", "130"] {
-            assert!(help.contains(want), "--help should mention {want}");
+    // The help tests read the help clap really renders and check what it tells a user against
+    // the code: the exit codes are the ones agentctl exits with, the examples parse, the agent
+    // forms and options it names are the real ones.
+
+    /// The rendered `--help`, wide enough that clap wraps no example line (its width would
+    /// otherwise follow COLUMNS or the terminal).
+    fn long_help() -> String {
+        Cli::command()
+            .term_width(200)
+            .render_long_help()
+            .to_string()
+    }
+
+    /// The lines of a help section (`NAME:` up to the next blank line), without the title.
+    fn section<'a>(help: &'a str, title: &str) -> Vec<&'a str> {
+        let mut lines = help.lines().skip_while(|l| l.trim() != title);
+        assert!(lines.next().is_some(), "no {title} section in:\n{help}");
+        lines.take_while(|l| !l.trim().is_empty()).collect()
+    }
+
+    /// Splits a command line as a shell would, for the quoting the examples use.
+    fn words(line: &str) -> Vec<String> {
+        let (mut out, mut cur, mut quote, mut started) = (Vec::new(), String::new(), None, false);
+        for c in line.chars() {
+            match quote {
+                Some(q) if c == q => quote = None,
+                Some(_) => cur.push(c),
+                None if c == '\'' || c == '"' => (quote, started) = (Some(c), true),
+                None if c.is_whitespace() => {
+                    if started || !cur.is_empty() {
+                        out.push(std::mem::take(&mut cur));
+                        started = false;
+                    }
+                }
+                None => cur.push(c),
+            }
         }
+        assert!(quote.is_none(), "unbalanced quotes in {line}");
+        if started || !cur.is_empty() {
+            out.push(cur);
+        }
+        out
+    }
+
+    #[test]
+    fn help_lists_the_exit_codes_agentctl_exits_with() {
+        use core_events::exit;
+        let help = long_help();
+        // Entries start at the section's indentation; their continuation lines are deeper.
+        let entries: Vec<&str> = section(&help, "EXIT CODES:")
+            .into_iter()
+            .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let numbers: std::collections::BTreeSet<i32> =
+            entries.iter().filter_map(|e| e.parse().ok()).collect();
+        let expected = [
+            exit::OK,
+            1, // agentctl itself failed: fail::code_of of any other error
+            2, // clap's usage error
+            exit::INVALID,
+            exit::NO_SUCH_EVENT,
+            exit::SPAWN_FAILED,
+            exit::ABANDONED,
+            exit::TIMEOUT,
+            exit::CANCELLED,
+        ];
+        assert_eq!(numbers, expected.into_iter().collect(), "{help}");
+        assert!(entries.contains(&"1-125"), "a step's own code: {entries:?}");
+        let signal = format!("{}+N", exit::SIGNAL_BASE);
+        assert!(entries.contains(&signal.as_str()), "{entries:?}");
+
+        // The codes the help gives for agentctl's own failures are the ones it exits with.
+        assert_eq!(fail::code_of(&anyhow::anyhow!("Redis unreachable")), 1);
+        assert_eq!(fail::code_of(&fail::invalid("bad run id")), exit::INVALID);
+        let usage = Cli::try_parse_from(["agentctl", "no-such-command"])
+            .err()
+            .expect("refused");
+        assert_eq!(usage.exit_code(), 2);
+    }
+
+    #[test]
+    fn help_examples_parse_with_the_real_command_line() {
+        let help = long_help();
+        let examples = section(&help, "EXAMPLES:");
+        assert!(examples.len() >= 8, "{examples:?}");
+        for line in examples {
+            // `echo … | agentctl …` and `id=$(agentctl …)`: the agentctl command in them.
+            let at = line
+                .find("agentctl ")
+                .unwrap_or_else(|| panic!("{line:?} runs no agentctl"));
+            let mut cmd = &line[at..];
+            if line[..at].ends_with("$(") {
+                cmd = cmd.strip_suffix(')').expect("closing )");
+            }
+            let argv = words(cmd);
+            if let Err(e) = Cli::try_parse_from(&argv) {
+                panic!("example `{cmd}` does not parse: {e}");
+            }
+            let matches = Cli::command().try_get_matches_from(&argv).unwrap();
+            let (name, sub) = matches.subcommand().expect("a command");
+            assert_eq!(name, argv[1], "{cmd}");
+            // Its AGENT is one of the forms the AGENT section describes.
+            if let Ok(Some(agent)) = sub.try_get_one::<String>("agent") {
+                assert!(agent::AgentRef::parse(agent).is_ok(), "{cmd}: {agent}");
+            }
+        }
+    }
+
+    #[test]
+    fn help_agent_forms_are_the_ones_agentctl_parses() {
+        use core_events::AgentKind;
+        let help = long_help();
+        let forms: Vec<&str> = section(&help, "AGENT:")
+            .into_iter()
+            .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(forms, ["node/NAME", "module/NAME", "NAME"], "{help}");
+        for (form, kind) in forms
+            .iter()
+            .zip([Some(AgentKind::Node), Some(AgentKind::Module), None])
+        {
+            let agent = agent::AgentRef::parse(&form.replace("NAME", "traefik0")).unwrap();
+            assert_eq!(agent.kind, kind, "{form}");
+        }
+        // A kind the help does not describe is refused, as invalid input.
+        let e = agent::AgentRef::parse("pod/traefik0").unwrap_err();
+        assert_eq!(fail::code_of(&e), core_events::exit::INVALID);
+        // The short help says what AGENT is and where the exit codes are.
+        let short = Cli::command().render_help().to_string();
+        assert!(
+            short.contains("node/NAME, module/NAME or a bare NAME") && short.contains("--help"),
+            "{short}"
+        );
+    }
+
+    #[test]
+    fn help_credentials_advice_names_the_real_option() {
+        let flat = long_help().split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            flat.contains("Prefer --redis-credentials (or AGENT_REDIS_CREDENTIALS)"),
+            "{flat}"
+        );
+        let cmd = Cli::command();
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some("redis-credentials"))
+            .expect("--redis-credentials");
+        assert_eq!(
+            arg.get_env().and_then(|e| e.to_str()),
+            Some("AGENT_REDIS_CREDENTIALS")
+        );
+        // `run --timeout`, which the exit code 124 refers to, exists.
+        assert!(Cli::try_parse_from(["agentctl", "run", "--timeout", "5", "node/n1", "e"]).is_ok());
     }
 }

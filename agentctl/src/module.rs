@@ -15,7 +15,7 @@ use crate::fail::{fail, invalid};
 use crate::run::{queue_and_follow, Follow};
 
 /// The module.env field naming the module's image (seed-compatible name).
-pub const IMAGE_FIELD: &str = "EVENTS_IMAGE";
+pub const IMAGE_FIELD: &str = core_events::module_env::EVENTS_IMAGE;
 /// Longest image name a module id is built from (the id adds the sequence number).
 pub const MAX_IMAGE_NAME: usize = 25;
 /// The node events `add` and `remove` queue.
@@ -281,7 +281,7 @@ fn parse_env(pairs: &[String]) -> Result<Vec<(String, String)>> {
                 "--env {pair:?}: the name {k:?} must match [A-Z_][A-Z0-9_]*"
             )));
         }
-        if k == IMAGE_FIELD || k == "REDIS_URL" || k.starts_with("AGENT_") {
+        if k == IMAGE_FIELD || core_events::step_env::is_reserved(k) {
             return Err(invalid(format!(
                 "--env {pair:?}: {k} is set by agentctl or the agent itself"
             )));

@@ -44,43 +44,7 @@ pub struct RunJson<'a> {
     pub output: Option<String>,
 }
 
-/// The header line the engine writes before each step's output.
-fn header_step(line: &str) -> Option<&str> {
-    line.strip_prefix("==> ")?.strip_suffix(" <==")
-}
-
-/// The separator line the engine writes before the output of a rollback.
-fn is_rollback_separator(line: &str) -> bool {
-    line.starts_with("--- rollback of ") && line.ends_with(" ---")
-}
-
-/// The output of `step` in a run's output: the lines after its `==> STEP <==` header, up to the
-/// next header line, the rollback separator or the end. `None` when the step has no section (it
-/// printed nothing). Sections after the rollback separator are the rollback steps', never the
-/// run's.
-pub fn section_of<'a>(output: &'a str, step: &str) -> Option<&'a str> {
-    let mut start = None;
-    let mut pos = 0;
-    for line in output.split_inclusive('\n') {
-        let bare = line.strip_suffix('\n').unwrap_or(line);
-        let bare = bare.strip_suffix('\r').unwrap_or(bare);
-        let header = header_step(bare);
-        if header.is_some() || is_rollback_separator(bare) {
-            if let Some(s) = start {
-                return Some(&output[s..pos]);
-            }
-            if is_rollback_separator(bare) {
-                // What follows is the rollback's output, not the run's steps'.
-                return None;
-            }
-            if header == Some(step) {
-                start = Some(pos + line.len());
-            }
-        }
-        pos += line.len();
-    }
-    start.map(|s| &output[s..])
-}
+pub use core_events::output::section_of;
 
 /// The exit code agentctl ends with for a finished run: the recorded one when it fits an exit
 /// status, 1 for one that does not, and 0/1 from the status when none was recorded.
@@ -178,46 +142,6 @@ pub fn format_record(record: &RunRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const OUT: &str = "==> 10first <==\nhello\n==> 20boom <==\nline 1\nboom\n==> 30x <==\nlast\n";
-
-    #[test]
-    fn sections() {
-        assert_eq!(section_of(OUT, "10first"), Some("hello\n"));
-        assert_eq!(section_of(OUT, "20boom"), Some("line 1\nboom\n"));
-        assert_eq!(section_of(OUT, "30x"), Some("last\n"));
-        assert_eq!(section_of(OUT, "40none"), None);
-        assert_eq!(section_of("", "a"), None);
-        assert_eq!(section_of("==> a <==", "a"), Some(""));
-        assert_eq!(section_of("==> a <==\nno newline", "a"), Some("no newline"));
-        assert_eq!(section_of("==> a <==\n==> b <==\nx\n", "a"), Some(""));
-        // A step name is matched whole, not as a prefix.
-        assert_eq!(section_of("==> 20boomer <==\nx\n", "20boom"), None);
-        // Lines that merely contain the marker are output, not headers.
-        let tricky = "==> a <==\nsee ==> b <== here\n==> b <==\ny\n";
-        assert_eq!(section_of(tricky, "a"), Some("see ==> b <== here\n"));
-        assert_eq!(
-            section_of("==> a <==\r\nx\r\n==> b <==\r\n", "a"),
-            Some("x\r\n")
-        );
-        // The rollback separator ends a section; a rollback step of the same name comes later.
-        let rolled =
-            "==> 20a <==\nboom\n--- rollback of ev (step 20a failed) ---\n==> 20a <==\nundo\n";
-        assert_eq!(section_of(rolled, "20a"), Some("boom\n"));
-        let silent =
-            "==> 10a <==\nok\n--- rollback of ev (step 20b failed) ---\n==> 20b <==\nundo\n";
-        assert_eq!(section_of(silent, "10a"), Some("ok\n"));
-        assert_eq!(section_of(silent, "20b"), None);
-    }
-
-    #[test]
-    fn truncated_output_stays_in_the_last_section() {
-        let out = "==> 10a <==\nxxxx\n[output truncated: 9 bytes dropped]\n";
-        assert_eq!(
-            section_of(out, "10a"),
-            Some("xxxx\n[output truncated: 9 bytes dropped]\n")
-        );
-    }
 
     fn rec(status: RunStatus, code: Option<i32>) -> RunRecord {
         RunRecord {

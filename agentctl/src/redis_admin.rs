@@ -6,14 +6,12 @@
 //! the `default` user. Passwords are only ever written to credentials files, never printed.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use agent_engine::RedisCredentials;
+use agent_redis::{Credentials, Target};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use core_events::{AgentKind, AgentName};
 use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
 use redis_acl::{
     agent_user, DefaultPolicy, Owner, PasswordSource, Persistence, SetupOptions, UserOutcome,
 };
@@ -24,9 +22,6 @@ use crate::fail::invalid;
 
 /// Where `setup` writes the admin's and the node's credentials by default.
 const DEFAULT_CREDS_DIR: &str = "/etc/agent";
-
-/// How long one command may take: `ACL SAVE` writes and fsyncs a file.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const LONG_ABOUT: &str = "\
 Redis users of the security model: every agent has its own ACL user and password.
@@ -339,61 +334,48 @@ pub(crate) fn short_hostname() -> Result<String> {
 /// that file exists (falling back to no credentials when Redis refuses it: a fresh server).
 async fn connect(redis: &RedisArgs, implicit_admin: &Path) -> Result<MultiplexedConnection> {
     let url = &redis.redis_url;
-    let shown = crate::conn::redacted(url);
     if let Some(path) = &redis.redis_credentials {
-        let creds = RedisCredentials::from_file(path)
+        let creds = Credentials::from_file(path)
             .with_context(|| format!("cannot use --redis-credentials {}", path.display()))?;
-        return open(url, Some(&creds))
-            .await
-            .with_context(|| format!("cannot connect to Redis at {shown} as {}", user_of(&creds)));
+        let target = Target::new(url, Some(creds))?;
+        return open(&target).await.with_context(|| {
+            format!(
+                "cannot connect to Redis at {} as {}",
+                target.masked_url(),
+                target.user().unwrap_or("default")
+            )
+        });
     }
-    let url_has_creds = agent_engine::redis_conn::password_of(url, None).is_some();
+    let url_has_creds = agent_redis::url::password_in(url).is_some();
     if !url_has_creds && implicit_admin.exists() {
-        if let Ok(creds) = RedisCredentials::from_file(implicit_admin) {
-            match open(url, Some(&creds)).await {
+        if let Ok(creds) = Credentials::from_file(implicit_admin) {
+            let target = Target::new(url, Some(creds))?;
+            match open(&target).await {
                 Ok(c) => return Ok(c),
-                Err(e)
-                    if e.kind() == redis::ErrorKind::AuthenticationFailed
-                        || e.code() == Some("WRONGPASS") =>
-                {
+                Err(e) if agent_redis::is_denied(&e) => {
                     eprintln!(
                         "agentctl: Redis refused the credentials in {}; connecting without them",
                         implicit_admin.display()
                     );
                 }
                 Err(e) => {
-                    return Err(anyhow::Error::new(e))
-                        .with_context(|| format!("cannot connect to Redis at {shown}"))
+                    return Err(anyhow::Error::new(e)).with_context(|| {
+                        format!("cannot connect to Redis at {}", target.masked_url())
+                    })
                 }
             }
         }
     }
-    open(url, None)
+    let target = Target::new(url, None)?;
+    open(&target)
         .await
-        .with_context(|| format!("cannot connect to Redis at {shown}"))
+        .with_context(|| format!("cannot connect to Redis at {}", target.masked_url()))
 }
 
-fn user_of(c: &RedisCredentials) -> &str {
-    c.username.as_deref().unwrap_or("default")
-}
-
-async fn open(
-    url: &str,
-    creds: Option<&RedisCredentials>,
-) -> redis::RedisResult<MultiplexedConnection> {
-    let client = agent_engine::redis_conn::client(url, creds, false).map_err(|e| {
-        redis::RedisError::from((
-            redis::ErrorKind::InvalidClientConfig,
-            "bad Redis URL",
-            e.to_string(),
-        ))
-    })?;
-    let cfg = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT));
-    client
-        .get_multiplexed_async_connection_with_config(&cfg)
-        .await
+/// A connection whose commands may take up to `agent_redis::COMMAND_TIMEOUT` (`ACL SAVE` writes and
+/// fsyncs a file).
+async fn open(target: &Target) -> redis::RedisResult<MultiplexedConnection> {
+    target.connection().await
 }
 
 #[cfg(test)]

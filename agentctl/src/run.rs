@@ -185,7 +185,7 @@ pub async fn queue_and_follow(
             match section_of(&output, step) {
                 Some(text) => {
                     let mut err = std::io::stderr().lock();
-                    let _ = writeln!(err, "==> {step} <==");
+                    let _ = write!(err, "{}", core_events::output::step_header(step));
                     let _ = err.write_all(text.as_bytes());
                     if !text.is_empty() && !text.ends_with('\n') {
                         let _ = writeln!(err);
@@ -403,8 +403,10 @@ impl Bar {
 
     /// A record read while no report came yet: say whether the run has started.
     fn status(&self, status: Option<RunStatus>) {
-        if self.bar.message().starts_with("queued") && status == Some(RunStatus::Running) {
-            self.bar.set_message("running");
+        if self.bar.message().starts_with(RunStatus::Queued.as_str())
+            && status == Some(RunStatus::Running)
+        {
+            self.bar.set_message(RunStatus::Running.as_str());
         }
     }
 

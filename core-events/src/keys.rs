@@ -56,6 +56,12 @@ impl Prefix {
         &self.text
     }
 
+    /// `<prefix>/*`, the prefix glob-escaped: the pattern of every key of this agent (each key
+    /// builder below is the prefix plus `/…`). The ACL's `~` rule of the agent's user.
+    pub fn key_pattern(&self) -> String {
+        format!("{}/*", glob_escape(&self.text))
+    }
+
     /// Stream of events waiting to run: `XADD <prefix>/queue * event E data D [id R]`.
     pub fn queue(&self) -> String {
         format!("{}/queue", self.text)
@@ -118,6 +124,25 @@ pub fn module_sequence(name: &str) -> String {
     format!("cluster/module_sequence/{name}")
 }
 
+/// `<kind>/*`: the pattern of every key of every agent of one kind (the node user writes all of
+/// `module/*`: it creates modules and their keys).
+pub fn kind_key_pattern(kind: AgentKind) -> String {
+    format!("{}/*", kind.as_str())
+}
+
+/// The Redis ACL user of the sysadmin: every command, key and channel.
+pub const ACL_ADMIN_USER: &str = "agent-admin";
+
+/// The Redis ACL user of an agent: `module-<id>` or `node-<name>` (e.g. `module-traefik0`).
+///
+/// A dash rather than the key prefix's slash: the name goes into credentials files, aclfiles and
+/// shell commands, where a plain word is easier to read and quote. Names cannot collide: the kind
+/// comes first (`module-x` is always module `x`, whatever `x` is), and [`ACL_ADMIN_USER`] starts
+/// with `agent`, which is no kind.
+pub fn acl_user(kind: AgentKind, name: &AgentName) -> String {
+    format!("{}-{}", kind.as_str(), name)
+}
+
 /// `CLIENT SETNAME` value of an agent's connections.
 pub fn client_name(agent: &AgentName) -> String {
     format!("agent:{agent}")
@@ -161,9 +186,20 @@ pub fn progress_channel(agent: &AgentName, run: &RunId) -> String {
     format!("progress/{agent}/{run}")
 }
 
+/// `progress/<agent>/*`, the agent name escaped: every run's progress channel of one agent.
+pub fn progress_pattern(agent: &AgentName) -> String {
+    format!("progress/{}/*", glob_escape(agent.as_str()))
+}
+
 /// `event/<agent>/<event>`: events an agent emits for others to react to.
 pub fn emitted_event_channel(agent: &AgentName, event: &EventName) -> String {
     format!("event/{agent}/{event}")
+}
+
+/// `event/<agent>/*`, the agent name escaped: every event one agent emits (what others PSUBSCRIBE
+/// to).
+pub fn emitted_event_pattern(agent: &AgentName) -> String {
+    format!("event/{}/*", glob_escape(agent.as_str()))
 }
 
 #[cfg(test)]
@@ -210,6 +246,29 @@ mod tests {
             "progress/node1/r1"
         );
         assert_eq!(emitted_event_channel(&a, &e), "event/node1/module.init");
+    }
+
+    #[test]
+    fn patterns_cover_what_the_builders_build() {
+        let a = agent("node1");
+        let p = Prefix::node(a.clone());
+        let run = RunId::new("r1").unwrap();
+        let e = EventName::new("module.init").unwrap();
+        let covers = |pattern: String, built: String| {
+            let head = pattern.strip_suffix('*').expect("a trailing *");
+            assert!(built.starts_with(head), "{pattern} does not cover {built}");
+        };
+        covers(p.key_pattern(), p.queue());
+        covers(p.key_pattern(), p.run_output(&run));
+        covers(kind_key_pattern(AgentKind::Node), p.journal());
+        covers(progress_pattern(&a), progress_channel(&a, &run));
+        covers(emitted_event_pattern(&a), emitted_event_channel(&a, &e));
+        covers(event_pattern(&a), event_channel(&a, &e));
+        assert_eq!(
+            acl_user(AgentKind::Module, &agent("traefik0")),
+            "module-traefik0"
+        );
+        assert_eq!(acl_user(AgentKind::Node, &a), "node-node1");
     }
 
     #[test]

@@ -6,11 +6,16 @@
 
 pub mod exit;
 pub mod keys;
+pub mod module_env;
 pub mod name;
+pub mod output;
 pub mod record;
 pub mod step;
+pub mod step_env;
 
 pub use keys::{AgentKind, Prefix};
 pub use name::{AgentName, EventName, ModuleId, NameError, RunId};
-pub use record::{JournalEntry, Progress, QueueEntry, RollbackStatus, RunRecord, RunStatus};
+pub use record::{
+    JournalEntry, JournalStatus, Progress, QueueEntry, RollbackStatus, RunRecord, RunStatus,
+};
 pub use step::StepMessage;

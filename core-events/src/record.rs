@@ -213,7 +213,7 @@ impl RunRecord {
 pub struct JournalEntry {
     pub run: String,
     pub event: String,
-    pub status: String,
+    pub status: JournalStatus,
     pub attempt: u32,
     pub time: String,
     pub exit_code: Option<i32>,
@@ -221,19 +221,76 @@ pub struct JournalEntry {
     pub message: Option<String>,
 }
 
-/// Journal statuses that are not run states (a run's own states are [`RunStatus`] names).
-pub mod journal_status {
+/// The status of a journal entry: a run's own state, or what happened to an event that is no run
+/// state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JournalStatus {
+    /// A run reached this state.
+    Run(RunStatus),
     /// A PUBLISHed event was refused before it became a run (bad name, too large, queue full).
-    pub const REFUSED: &str = "refused";
+    Refused,
     /// Something an admin should look at; the run goes on (skipped step, bad setting, bad env field).
-    pub const WARNING: &str = "warning";
+    Warning,
     /// A queue entry was dropped because its run id had already ended or is running now.
-    pub const SKIPPED: &str = "skipped";
+    Skipped,
     /// The agent shut down mid-run; the run starts again on the next start.
-    pub const INTERRUPTED: &str = "interrupted";
+    Interrupted,
     /// The rollback of a failed or cancelled run ended (one entry per rollback; the message says
     /// how it went, `step` lists the rollback steps that failed).
-    pub const ROLLBACK: &str = "rollback";
+    Rollback,
+    /// A status this version does not know (written by a newer agent, or by hand), kept as read.
+    Unknown(String),
+}
+
+impl JournalStatus {
+    /// The statuses that are no run state, as written.
+    const OTHERS: [(JournalStatus, &'static str); 5] = [
+        (JournalStatus::Refused, "refused"),
+        (JournalStatus::Warning, "warning"),
+        (JournalStatus::Skipped, "skipped"),
+        (JournalStatus::Interrupted, "interrupted"),
+        (JournalStatus::Rollback, "rollback"),
+    ];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            JournalStatus::Run(s) => s.as_str(),
+            JournalStatus::Unknown(s) => s,
+            other => Self::OTHERS
+                .iter()
+                .find(|(s, _)| s == other)
+                .map_or("", |(_, name)| name),
+        }
+    }
+
+    /// Reads a status as written; anything else is [`JournalStatus::Unknown`].
+    pub fn parse(s: &str) -> Self {
+        if let Ok(r) = s.parse::<RunStatus>() {
+            return JournalStatus::Run(r);
+        }
+        Self::OTHERS
+            .into_iter()
+            .find(|(_, name)| *name == s)
+            .map_or_else(|| JournalStatus::Unknown(s.to_string()), |(st, _)| st)
+    }
+}
+
+impl From<RunStatus> for JournalStatus {
+    fn from(s: RunStatus) -> Self {
+        JournalStatus::Run(s)
+    }
+}
+
+impl fmt::Display for JournalStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for JournalStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 impl JournalEntry {
@@ -241,7 +298,7 @@ impl JournalEntry {
     pub fn new(
         run: impl Into<String>,
         event: impl Into<String>,
-        status: impl Into<String>,
+        status: impl Into<JournalStatus>,
         attempt: u32,
         time: String,
     ) -> Self {
@@ -276,7 +333,7 @@ impl JournalEntry {
         let mut f = vec![
             ("run", self.run.clone()),
             ("event", self.event.clone()),
-            ("status", self.status.clone()),
+            ("status", self.status.to_string()),
             (RECORD_FIELD_ATTEMPT, self.attempt.to_string()),
             ("time", self.time.clone()),
         ];
@@ -297,7 +354,7 @@ impl JournalEntry {
         JournalEntry {
             run: get("run").unwrap_or_default(),
             event: get("event").unwrap_or_default(),
-            status: get("status").unwrap_or_default(),
+            status: JournalStatus::parse(&get("status").unwrap_or_default()),
             attempt: fields
                 .get(RECORD_FIELD_ATTEMPT)
                 .and_then(|s| s.parse().ok())
@@ -439,6 +496,21 @@ impl QueueEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_statuses_read_back_as_written() {
+        let mut all: Vec<JournalStatus> = RunStatus::ALL.into_iter().map(Into::into).collect();
+        all.extend(JournalStatus::OTHERS.map(|(s, _)| s));
+        for s in all {
+            assert!(!s.as_str().is_empty());
+            assert_eq!(JournalStatus::parse(s.as_str()), s);
+        }
+        assert_eq!(
+            JournalStatus::parse("paused"),
+            JournalStatus::Unknown("paused".into())
+        );
+        assert_eq!(JournalStatus::parse("paused").as_str(), "paused");
+    }
     use proptest::prelude::*;
 
     fn fields(pairs: &[(&str, &[u8])]) -> HashMap<String, Vec<u8>> {
@@ -571,7 +643,7 @@ mod tests {
 
         #[test]
         fn journal_round_trip(run in "[a-z0-9-]{1,20}", msg in proptest::option::of("\\PC{0,50}"), code in proptest::option::of(any::<i32>())) {
-            let j = JournalEntry { run, event: "e".into(), status: "done".into(), attempt: 1, time: "t".into(), exit_code: code, step: None, message: msg };
+            let j = JournalEntry { run, event: "e".into(), status: RunStatus::Done.into(), attempt: 1, time: "t".into(), exit_code: code, step: None, message: msg };
             let map: HashMap<String, String> = j.to_fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
             prop_assert_eq!(JournalEntry::from_fields(&map), j);
         }

@@ -16,7 +16,7 @@
 use crate::name::{EventName, NameError};
 
 /// The environment variable that tells a step the control socket's file descriptor.
-pub const CONTROL_FD_ENV: &str = "AGENT_CONTROL_FD";
+pub const CONTROL_FD_ENV: &str = crate::step_env::AGENT_CONTROL_FD;
 
 /// The file descriptor a step finds the control socket on (after stdin, stdout and stderr).
 pub const CONTROL_FD: i32 = 3;

@@ -31,10 +31,7 @@ pub struct EnvKey(String);
 
 impl EnvKey {
     pub fn new(s: &str) -> Result<Self> {
-        let mut chars = s.chars();
-        let ok = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if ok {
+        if var::is_valid_name(s) {
             Ok(EnvKey(s.to_string()))
         } else {
             Err(Error::Usage(format!(
@@ -48,17 +45,18 @@ impl EnvKey {
         &self.0
     }
 
-    /// Whether the agent sets this variable itself for every step, so a module.env value for it
-    /// would never be seen.
+    /// Whether the name is the agent's (`REDIS_URL`, every `AGENT_*`), so a module.env value for it
+    /// would never be exported to a step.
     pub fn is_reserved(&self) -> bool {
-        var::ALL.contains(&self.0.as_str())
+        var::is_reserved(&self.0)
     }
 
     /// Refuses reserved names, for writes.
     pub fn writable(self) -> Result<Self> {
         if self.is_reserved() {
             return Err(Error::Usage(format!(
-                "{} is set by the agent for every step; a module.env value for it would be ignored",
+                "{} is a name the agent keeps for itself (REDIS_URL and every AGENT_* name); \
+                 a module.env value for it would never reach a step",
                 self.0
             )));
         }
@@ -157,7 +155,10 @@ mod tests {
         }
         assert!(EnvKey::new("AGENT_RUN_ID").unwrap().writable().is_err());
         assert!(EnvKey::new("REDIS_URL").unwrap().is_reserved());
-        assert!(EnvKey::new("AGENT_X").unwrap().writable().is_ok());
+        // Every AGENT_* name is the agent's, also ones it does not set yet: the engine would not
+        // export them.
+        assert!(EnvKey::new("AGENT_X").unwrap().writable().is_err());
+        assert!(EnvKey::new("APP_X").unwrap().writable().is_ok());
     }
 
     #[test]

@@ -11,40 +11,8 @@ use core_events::{AgentKind, AgentName, EventName, Prefix, Progress, RunId};
 use crate::error::{Error, Result};
 use crate::redis_url::RedisUrl;
 
-/// Names of the variables the agent sets for every step (see `agent-engine`'s runner).
-pub mod var {
-    pub const AGENT_NAME: &str = "AGENT_NAME";
-    pub const AGENT_KIND: &str = "AGENT_KIND";
-    pub const AGENT_KEY_PREFIX: &str = "AGENT_KEY_PREFIX";
-    pub const AGENT_EVENT: &str = "AGENT_EVENT";
-    pub const AGENT_RUN_ID: &str = "AGENT_RUN_ID";
-    pub const AGENT_STEP: &str = "AGENT_STEP";
-    pub const AGENT_ATTEMPT: &str = "AGENT_ATTEMPT";
-    pub const REDIS_URL: &str = "REDIS_URL";
-    /// Set to `1` for the steps of `<event>.rollback` that the agent runs after a run of `<event>`
-    /// failed or was cancelled (their `AGENT_EVENT` is the failed event).
-    pub const AGENT_ROLLBACK: &str = "AGENT_ROLLBACK";
-    /// In a rollback step: the step of the failed run that failed or timed out (empty after a cancel).
-    pub const AGENT_FAILED_STEP: &str = "AGENT_FAILED_STEP";
-    /// In a rollback step: how the run ended, `failed` (also after a timeout) or `cancelled`.
-    pub const AGENT_RUN_STATUS: &str = "AGENT_RUN_STATUS";
-
-    /// All of them (the last three only in rollback steps). The agent sets them after loading
-    /// module.env, so a module.env field with one of these names never reaches a step.
-    pub const ALL: [&str; 11] = [
-        AGENT_NAME,
-        AGENT_KIND,
-        AGENT_KEY_PREFIX,
-        AGENT_EVENT,
-        AGENT_RUN_ID,
-        AGENT_STEP,
-        AGENT_ATTEMPT,
-        REDIS_URL,
-        AGENT_ROLLBACK,
-        AGENT_FAILED_STEP,
-        AGENT_RUN_STATUS,
-    ];
-}
+/// Names of the variables the agent sets for every step: `core_events::step_env`'s.
+pub use core_events::step_env as var;
 
 /// Collects the missing required variables so the error can name them all.
 struct Reader<F> {
@@ -266,7 +234,7 @@ impl StepContext {
             "run_output": p.run_output(&self.run),
             "journal": p.journal(),
             "progress_channel": keys::progress_channel(name, &self.run),
-            "emit_channel_pattern": emit_pattern(name, &self.event),
+            "emit_channel_pattern": keys::emitted_event_pattern(name),
         });
         if p.kind() == AgentKind::Module {
             keys["module_env"] = p.module_env().into();
@@ -284,16 +252,6 @@ impl StepContext {
             "keys": keys,
         })
     }
-}
-
-/// `event/<agent>/*`: the pattern others PSUBSCRIBE to for this agent's emitted events, derived from
-/// the channel builder so the two cannot drift.
-fn emit_pattern(agent: &AgentName, any_event: &EventName) -> String {
-    let channel = keys::emitted_event_channel(agent, any_event);
-    let base = channel
-        .strip_suffix(any_event.as_str())
-        .unwrap_or(channel.as_str());
-    format!("{}*", keys::glob_escape(base))
 }
 
 #[cfg(test)]

@@ -132,9 +132,8 @@ impl Error {
     /// Sorts a Redis error into unreachable / denied / other. `url` must already be masked.
     pub(crate) fn from_redis(url: &str, what: impl Into<String>, e: redis::RedisError) -> Self {
         let what = what.into();
-        let denied = e.kind() == redis::ErrorKind::AuthenticationFailed
-            || matches!(e.code(), Some("NOPERM" | "NOAUTH" | "WRONGPASS"));
-        if denied {
+        let class = agent_redis::classify(&e);
+        if class == agent_redis::ErrorClass::Denied {
             let hint = if e.code() == Some("NOPERM") {
                 "an agent's Redis user may write only keys below its own prefix and publish only \
                  on its own channels"
@@ -147,11 +146,7 @@ impl Error {
                 hint,
                 source: e,
             }
-        } else if e.is_io_error()
-            || e.is_timeout()
-            || e.is_connection_refusal()
-            || e.is_connection_dropped()
-        {
+        } else if class == agent_redis::ErrorClass::Unreachable {
             Error::Unreachable {
                 url: url.to_string(),
                 what,

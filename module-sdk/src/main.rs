@@ -25,7 +25,9 @@ REDIS_URL. module-sdk reads it, so inside a step no option is needed. Outside a 
 missing variable is an error that names it. When a run of event E fails or is cancelled,
 the agent runs the steps of E.rollback with the same environment plus AGENT_ROLLBACK=1,
 AGENT_FAILED_STEP (the step that failed; empty after a cancel) and AGENT_RUN_STATUS
-(failed or cancelled).";
+(failed or cancelled). AGENT_CONTROL_FD names the socket (fd 3) through which progress and
+emit reach the agent. Every AGENT_* name and REDIS_URL is the agent's: module.env fields
+by those names never reach a step, and `env set` refuses them.";
 
 const AFTER_HELP: &str = "\
 Examples (inside a step):
@@ -501,42 +503,281 @@ mod tests {
         }
     }
 
+    // The help tests read the help clap really renders and check what it tells a user against
+    // the code: its examples parse with the real command line, its exit codes are the ones the
+    // code uses, the options and variables it names exist.
+
+    /// The rendered long help of `module-sdk` or of its subcommand `sub`, wide enough that clap
+    /// wraps no example line (its width would otherwise follow COLUMNS or the terminal).
+    fn long_help(sub: Option<&str>) -> String {
+        let mut cmd = Cli::command().term_width(200);
+        cmd.build();
+        match sub {
+            None => cmd.render_long_help().to_string(),
+            Some(name) => cmd
+                .find_subcommand_mut(name)
+                .unwrap_or_else(|| panic!("no subcommand {name}"))
+                .clone()
+                .term_width(200)
+                .render_long_help()
+                .to_string(),
+        }
+    }
+
+    /// The example command lines of a help text: every `module-sdk …` that starts a line, follows
+    /// "Example…:" or is piped into, up to its comment (two spaces) or a shell `||`.
+    fn examples(help: &str) -> Vec<String> {
+        help.lines()
+            .filter_map(|line| {
+                let at = line.find("module-sdk ")?;
+                let before = line[..at].trim();
+                let example = before.is_empty()
+                    || before.ends_with('|')
+                    || (before.starts_with("Example") && before.ends_with(':'));
+                if !example {
+                    return None;
+                }
+                let mut cmd = &line[at..];
+                for end in ["  ", " ||"] {
+                    if let Some(i) = cmd.find(end) {
+                        cmd = &cmd[..i];
+                    }
+                }
+                Some(cmd.trim().to_string())
+            })
+            .collect()
+    }
+
+    /// Splits a command line as a shell would, for the quoting the examples use.
+    fn words(line: &str) -> Vec<String> {
+        let (mut out, mut cur, mut quote, mut started) = (Vec::new(), String::new(), None, false);
+        for c in line.chars() {
+            match quote {
+                Some(q) if c == q => quote = None,
+                Some(_) => cur.push(c),
+                None if c == '\'' || c == '"' => (quote, started) = (Some(c), true),
+                None if c.is_whitespace() => {
+                    if started || !cur.is_empty() {
+                        out.push(std::mem::take(&mut cur));
+                        started = false;
+                    }
+                }
+                None => cur.push(c),
+            }
+        }
+        assert!(quote.is_none(), "unbalanced quotes in {line}");
+        if started || !cur.is_empty() {
+            out.push(cur);
+        }
+        out
+    }
+
+    /// Each example parses with the real command line, as the subcommand it names.
+    fn assert_examples_parse(help: &str, min: usize) {
+        let examples = examples(help);
+        assert!(
+            examples.len() >= min,
+            "{} examples found, {min} expected in:\n{help}",
+            examples.len()
+        );
+        for example in examples {
+            let argv = words(&example);
+            if let Err(e) = Cli::try_parse_from(&argv) {
+                panic!("example `{example}` does not parse: {e}");
+            }
+            let matches = Cli::command().try_get_matches_from(&argv).unwrap();
+            let named = argv[1..].iter().find(|w| !w.starts_with('-'));
+            assert_eq!(
+                matches.subcommand_name(),
+                named.map(String::as_str),
+                "{example}"
+            );
+        }
+    }
+
+    /// The codes of a help's "Exit codes: N what; N what; …" paragraph.
+    fn exit_codes(help: &str) -> std::collections::BTreeSet<i32> {
+        let at = help
+            .find("Exit codes:")
+            .unwrap_or_else(|| panic!("no exit codes in:\n{help}"));
+        let para = help[at + "Exit codes:".len()..]
+            .split("\n\n")
+            .next()
+            .unwrap();
+        let para = para.split_whitespace().collect::<Vec<_>>().join(" ");
+        para.split(';')
+            .map(|item| {
+                let code = item.split_whitespace().next().unwrap_or_default();
+                code.parse()
+                    .unwrap_or_else(|_| panic!("{item:?} does not start with a code"))
+            })
+            .collect()
+    }
+
     #[test]
-    fn unit_help_says_which_bus_and_what_waiting_means() {
-        let mut cmd = Cli::command();
-        let help = cmd
-            .find_subcommand_mut("unit")
-            .expect("unit")
-            .render_long_help()
-            .to_string();
-        for want in [
-            "user bus",
-            "--system",
-            "job",
-            "journal",
-            "Type=simple",
-            "Exit codes",
+    fn help_examples_parse_with_the_real_command_line() {
+        assert_examples_parse(&long_help(None), 9);
+        for sub in Cli::command().get_subcommands() {
+            let name = sub.get_name();
+            if name != "help" {
+                assert_examples_parse(&long_help(Some(name)), 0);
+            }
+        }
+        // The subcommands that show one example each in their own help.
+        for name in [
+            "progress", "env", "emit", "queue", "context", "secret", "unit",
         ] {
-            assert!(help.contains(want), "{want} missing in:\n{help}");
+            assert_examples_parse(&long_help(Some(name)), 1);
         }
     }
 
     #[test]
-    fn help_states_idempotency_and_examples() {
-        let help = Cli::command().render_long_help().to_string();
-        assert!(help.contains("Steps must be idempotent"), "{help}");
-        for cmd in [
-            "progress 50",
-            "env get",
-            "env set",
-            "emit ",
-            "queue ",
-            "context",
-        ] {
-            assert!(
-                help.contains(&format!("module-sdk {cmd}")),
-                "{cmd} example missing"
-            );
+    fn help_lists_the_exit_codes_the_commands_use() {
+        use exit_code::*;
+        let general = [
+            0,
+            NOT_FOUND,
+            USAGE,
+            UNAVAILABLE,
+            SOFTWARE,
+            IO,
+            NO_PERMISSION,
+            CONFIG,
+        ];
+        assert_eq!(exit_codes(&long_help(None)), general.into_iter().collect());
+        let secret = [
+            0,
+            NOT_FOUND,
+            USAGE,
+            DATA_ERR,
+            UNAVAILABLE,
+            SOFTWARE,
+            IO,
+            TEMP_FAIL,
+            NO_PERMISSION,
+            CONFIG,
+        ];
+        assert_eq!(
+            exit_codes(&long_help(Some("secret"))),
+            secret.into_iter().collect()
+        );
+        // A usage error exits with the code the help gives for bad arguments.
+        let e = Cli::try_parse_from(["module-sdk", "no-such-command"])
+            .err()
+            .expect("refused");
+        assert_eq!(e.exit_code(), USAGE);
+    }
+
+    #[test]
+    fn help_names_every_variable_a_step_gets() {
+        let help = long_help(None);
+        for var in module_sdk::context::var::ALL {
+            assert!(help.contains(var), "{var} missing in:\n{help}");
         }
+    }
+
+    #[test]
+    fn help_idempotency_advice_works_with_the_real_command_line() {
+        let help = long_help(None);
+        let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(flat.contains("Steps must be idempotent"), "{help}");
+        // "give `queue` a fixed --id (e.g. "$AGENT_RUN_ID-notify")": that id, for a real run id,
+        // is accepted by `queue --id` and kept as given.
+        let advice = flat
+            .split_once("a fixed --id (e.g. \"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(id, _)| id)
+            .unwrap_or_else(|| panic!("no --id advice in:\n{help}"));
+        let run_id = advice.replace("$AGENT_RUN_ID", "ctl-1764064800000-1a2b3c4d");
+        let cli = Cli::try_parse_from([
+            "module-sdk",
+            "queue",
+            "module/traefik0",
+            "configure",
+            "{}",
+            "--id",
+            &run_id,
+        ])
+        .unwrap();
+        assert!(
+            matches!(cli.cmd, Cmd::Queue { id: Some(ref id), .. } if id.as_str() == run_id),
+            "{run_id}"
+        );
+        // The commands it calls idempotent exist.
+        for argv in [
+            &["module-sdk", "env", "set", "K", "v"][..],
+            &["module-sdk", "env", "rm", "K"],
+        ] {
+            assert!(Cli::try_parse_from(argv).is_ok(), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn unit_help_says_which_bus_and_what_waiting_means() {
+        let help = long_help(Some("unit"));
+        let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        // Which bus: the real --system option says both, and the default is the user manager.
+        let unit = Cli::command().find_subcommand("unit").cloned().unwrap();
+        let system = unit
+            .get_arguments()
+            .find(|a| a.get_long() == Some("system"))
+            .expect("unit --system");
+        let system_help = system.get_help().map(|h| h.to_string()).unwrap_or_default();
+        assert!(
+            system_help.contains("system bus") && system_help.contains("user bus"),
+            "{system_help}"
+        );
+        assert!(
+            flat.contains(&system_help),
+            "--system's help is shown:\n{help}"
+        );
+        assert!(flat.contains("by default your own user manager"), "{help}");
+        for (argv, on_system_bus) in [
+            (&["module-sdk", "unit", "start", "x"][..], false),
+            (&["module-sdk", "unit", "--system", "start", "x"], true),
+        ] {
+            let Cmd::Unit(u) = Cli::try_parse_from(argv).unwrap().cmd else {
+                panic!("not unit")
+            };
+            assert_eq!(u.system, on_system_bus, "{argv:?}");
+        }
+        // What waiting means: the commands the help says wait for systemd's job are real, and
+        // their own help says they wait.
+        assert!(
+            flat.contains("start, stop, restart and reload return when systemd's job"),
+            "{help}"
+        );
+        for name in ["start", "stop", "restart", "reload"] {
+            let about = unit
+                .find_subcommand(name)
+                .unwrap_or_else(|| panic!("unit {name}"))
+                .get_about()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            assert!(about.contains("wait"), "unit {name}: {about}");
+        }
+        assert!(
+            flat.contains("Type=simple"),
+            "the start of a simple service: {help}"
+        );
+        assert_examples_parse(&help, 5);
+    }
+
+    #[test]
+    fn unit_help_lists_the_exit_codes_it_uses() {
+        use exit_code::*;
+        let codes = [
+            0,
+            unit::FAILED,
+            USAGE,
+            unit::NOT_ACTIVE,
+            UNAVAILABLE,
+            SOFTWARE,
+            NO_PERMISSION,
+        ];
+        assert_eq!(
+            exit_codes(&long_help(Some("unit"))),
+            codes.into_iter().collect()
+        );
     }
 }

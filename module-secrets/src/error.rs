@@ -210,10 +210,7 @@ impl Error {
     /// Whether Redis refused the command under its ACL (`NOPERM`) or the credentials.
     pub fn is_permission_denied(&self) -> bool {
         match self.root() {
-            Error::Redis { source, .. } => {
-                source.kind() == redis::ErrorKind::AuthenticationFailed
-                    || matches!(source.code(), Some("NOPERM" | "NOAUTH" | "WRONGPASS"))
-            }
+            Error::Redis { source, .. } => agent_redis::is_denied(source),
             _ => false,
         }
     }

@@ -3,7 +3,7 @@
 
 use agent_engine::cli::AgentArgs;
 use clap::{Parser, Subcommand};
-use core_events::AgentKind;
+use core_events::{step_env, AgentKind};
 
 mod tools;
 
@@ -64,7 +64,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Module { tool }) => {
-            let label = tools::message_label(&tool, std::env::var("AGENT_EVENT").ok());
+            let label = tools::message_label(&tool, std::env::var(step_env::AGENT_EVENT).ok());
             let code = match module_tool(&tool, cli.agent) {
                 Ok(()) => 0,
                 Err(e) => {
@@ -81,13 +81,15 @@ fn module_tool(tool: &tools::Tool, agent: AgentArgs) -> tools::Result<()> {
     let cfg = agent
         .into_config(AgentKind::Node)
         .map_err(|e| tools::ToolError::Config(e.to_string()))?;
-    let redis = agent_engine::redis_conn::client(&cfg.redis_url, cfg.credentials.as_ref(), false)
-        .map_err(|e| tools::ToolError::Config(e.to_string()))?;
+    let redis = agent_redis::Target::new(&cfg.redis_url, cfg.credentials.clone())
+        .map_err(|e| tools::ToolError::Config(e.to_string()))?
+        .client()
+        .clone();
     let ctx = tools::Ctx {
         node: cfg.name.clone(),
         redis,
         redis_url: cfg.redis_url.clone(),
-        rollback: tools::is_rollback(std::env::var_os("AGENT_ROLLBACK").as_deref()),
+        rollback: tools::is_rollback(std::env::var_os(step_env::AGENT_ROLLBACK).as_deref()),
     };
     tools::run(tool, &ctx)
 }

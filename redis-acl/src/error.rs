@@ -14,18 +14,9 @@ pub enum Error {
         message: String,
     },
 
-    /// Reading, writing, renaming or chowning a credentials file (or its directory) failed.
-    #[error("{action} {}: {source}", path.display())]
-    File {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// An existing credentials file could not be parsed.
-    #[error("{0}")]
-    Credentials(#[from] agent_engine::Error),
+    /// A credentials file could not be read or written, or a password made.
+    #[error(transparent)]
+    Credentials(#[from] agent_redis::Error),
 
     /// The credentials file to write already holds another user's credentials.
     #[error(
@@ -41,14 +32,6 @@ pub enum Error {
     /// `rotate` on an agent whose ACL user does not exist.
     #[error("Redis has no ACL user {0}; create it with `agentctl redis add-agent`")]
     NoSuchUser(String),
-
-    /// `--owner` names no Unix user.
-    #[error("no Unix user named {0:?}")]
-    NoSuchOwner(String),
-
-    /// The operating system's random source failed.
-    #[error("cannot generate a password: {0}")]
-    Random(String),
 }
 
 impl Error {

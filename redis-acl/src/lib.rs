@@ -3,25 +3,21 @@
 //! * [`rules`] — pure functions building each user's `ACL SETUSER` rule list: a module user writes only
 //!   `module/<id>/*` and PUBLISHes only on its own channels; a node user also writes `module/*` and
 //!   manages ACL users; the admin may do everything; the `default` user reads or is off.
-//! * [`password`] — random passwords that never show in `Debug` output.
-//! * [`credentials`] — the agents' `REDIS_USER=`/`REDIS_PASSWORD=` files, written 0600 and atomically.
+//! * passwords and credentials files are `agent-redis`'s ([`Password`], [`Credentials`]).
 //! * [`ops`] — the idempotent operations on a live Redis: [`setup_cluster`], [`add_agent`],
 //!   [`remove_agent`], [`rotate_password`], each followed by `ACL SAVE` when there is an aclfile.
 //!
 //! `agentctl redis …` is the command line over this crate; the node-agent's tools call it too.
 
-pub mod credentials;
 pub mod error;
 pub mod ops;
-pub mod password;
 pub mod rules;
 
-pub use credentials::{read_credentials, write_credentials, Owner};
+pub use agent_redis::{Credentials, Owner, Password};
 pub use error::{Error, Result};
 pub use ops::{
     add_agent, remove_agent, rotate_password, save_acl, setup_cluster, user_exists, AgentOutcome,
     PasswordSource, Persistence, RemoveOutcome, RotateOutcome, SetupOptions, SetupOutcome,
     UserOutcome,
 };
-pub use password::Password;
 pub use rules::{agent_user, DefaultPolicy, ADMIN_USER, DEFAULT_USER};

@@ -15,12 +15,11 @@ use core_events::{AgentKind, AgentName};
 use redis::aio::ConnectionLike;
 use redis::{FromRedisValue, Value};
 
-use crate::credentials::{read_credentials, write_credentials, Owner};
 use crate::error::{Error, Result};
-use crate::password::Password;
 use crate::rules::{
     admin_rules, agent_rules, agent_user, default_rules, DefaultPolicy, ADMIN_USER, DEFAULT_USER,
 };
+use agent_redis::{Credentials, Owner, Password};
 
 /// File name of the admin's credentials in the credentials directory.
 pub const ADMIN_CREDENTIALS_FILE: &str = "admin.env";
@@ -153,14 +152,21 @@ pub async fn save_acl<C: ConnectionLike + Send>(conn: &mut C) -> Result<Persiste
     }
 }
 
+fn credentials(user: &str, password: &Password) -> Credentials {
+    Credentials {
+        username: Some(user.into()),
+        password: password.clone(),
+    }
+}
+
 /// The password for `user` at `path`: the file's, when it holds `user`'s credentials; a new one
 /// when there is no file. A file holding another user's credentials is refused.
 fn password_for(path: &Path, user: &str) -> Result<(Password, PasswordSource)> {
-    match read_credentials(path)? {
-        Some(c) if c.user.as_deref() == Some(user) => Ok((c.password, PasswordSource::Kept)),
+    match Credentials::read_if_exists(path)? {
+        Some(c) if c.username.as_deref() == Some(user) => Ok((c.password, PasswordSource::Kept)),
         Some(c) => Err(Error::OtherUsersFile {
             path: path.into(),
-            found: c.user.unwrap_or_else(|| "no named user".into()),
+            found: c.username.unwrap_or_else(|| "no named user".into()),
             expected: user.into(),
         }),
         None => Ok((Password::generate()?, PasswordSource::Generated)),
@@ -179,7 +185,7 @@ async fn ensure_user<C: ConnectionLike + Send>(
 ) -> Result<(UserOutcome, Password)> {
     let (password, source) = password_for(creds_path, user)?;
     // Written even when kept, so the mode, owner and format are right again.
-    write_credentials(creds_path, user, &password, owner)?;
+    credentials(user, &password).write(creds_path, owner)?;
     set_user(conn, user, rules, Some(&password)).await?;
     Ok((
         UserOutcome {
@@ -306,11 +312,11 @@ pub async fn rotate_password<C: ConnectionLike + Send>(
         return Err(Error::NoSuchUser(user));
     }
     // Only our own credentials file may be replaced; keep its owner.
-    if let Some(c) = read_credentials(creds_path)? {
-        if c.user.as_deref() != Some(user.as_str()) {
+    if let Some(c) = Credentials::read_if_exists(creds_path)? {
+        if c.username.as_deref() != Some(user.as_str()) {
             return Err(Error::OtherUsersFile {
                 path: creds_path.into(),
-                found: c.user.unwrap_or_else(|| "no named user".into()),
+                found: c.username.unwrap_or_else(|| "no named user".into()),
                 expected: user,
             });
         }
@@ -327,14 +333,14 @@ pub async fn rotate_password<C: ConnectionLike + Send>(
         &[new.expose()],
     )
     .await?;
-    if let Err(e) = write_credentials(creds_path, &user, &new, owner) {
+    if let Err(e) = credentials(&user, &new).write(creds_path, owner) {
         // Take the unused password back; the old one still works and is still in the file.
         let mut undo = redis::cmd("ACL");
         undo.arg("SETUSER")
             .arg(&user)
             .arg(format!("<{}", new.expose()));
         let _ = undo.query_async::<()>(conn).await;
-        return Err(e);
+        return Err(e.into());
     }
     let mut cmd = redis::cmd("ACL");
     cmd.arg("SETUSER").arg(&user).arg("resetpass").arg(&add);

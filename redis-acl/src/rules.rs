@@ -9,10 +9,10 @@
 //! here: a renamed key or channel in the protocol moves the ACL with it.
 
 use core_events::keys::{self, glob_escape};
-use core_events::{AgentKind, AgentName, EventName, Prefix, RunId};
+use core_events::{AgentKind, AgentName, Prefix};
 
 /// The sysadmin's user: every command, key and channel.
-pub const ADMIN_USER: &str = "agent-admin";
+pub const ADMIN_USER: &str = keys::ACL_ADMIN_USER;
 
 /// Redis's built-in user of connections that never authenticate.
 pub const DEFAULT_USER: &str = "default";
@@ -48,15 +48,8 @@ impl std::str::FromStr for DefaultPolicy {
     }
 }
 
-/// The ACL user of an agent: `module-<id>` or `node-<name>` (e.g. `module-traefik0`).
-///
-/// A dash rather than the key prefix's slash: the name goes into credentials files, aclfiles and
-/// shell commands, where a plain word is easier to read and quote. Names cannot collide: the kind
-/// comes first (`module-x` is always module `x`, whatever `x` is), and [`ADMIN_USER`] starts with
-/// `agent`, which is no kind.
-pub fn agent_user(kind: AgentKind, name: &AgentName) -> String {
-    format!("{}-{}", kind.as_str(), name)
-}
+/// The ACL user of an agent (`module-<id>`, `node-<name>`): spelled by `core_events`.
+pub use core_events::keys::acl_user as agent_user;
 
 /// Commands taken away from both agent users, beyond the `@admin` and `@dangerous` categories
 /// (configuration, ACL, replication, `FLUSHALL`/`FLUSHDB`, `KEYS`, `INFO`, `CLIENT KILL|LIST`, `DEBUG`,
@@ -91,33 +84,19 @@ const CONFINED_DENIED: &[&str] = &[
     "-memory|malloc-stats",
 ];
 
-/// `~<prefix>/*`: every key of one agent. `core_events` builds each key as the prefix plus `/…`
-/// (`Prefix::queue`, `Prefix::run`, …) and has no pattern builder, so the pattern is the prefix
-/// from [`Prefix::as_str`] plus `/*`.
+/// `~<prefix>/*`: every key of one agent.
 fn own_keys(prefix: &Prefix) -> String {
-    format!("~{}/*", glob_escape(prefix.as_str()))
-}
-
-/// The pattern covering every channel built like `channel` but with another last `/` segment:
-/// `progress/a/r1` → `progress/a/*`. The sample channel comes from a `core_events` builder, so the
-/// pattern follows the protocol; agent names contain no `/`, so the cut is always the right one.
-fn pattern_over_last_segment(channel: &str) -> String {
-    let (head, _) = channel
-        .rsplit_once('/')
-        .expect("per-run and per-event channels end in a /segment");
-    format!("{}/*", glob_escape(head))
+    format!("~{}", prefix.key_pattern())
 }
 
 /// The channel patterns an agent may PUBLISH on: its event channels `<agent>:*` (the very pattern it
 /// subscribes to), `cancel/<agent>`, `progress/<agent>/*` and `event/<agent>/*`.
 pub fn own_channel_patterns(agent: &AgentName) -> Vec<String> {
-    let sample_run = RunId::new("0").expect("valid run id");
-    let sample_event = EventName::new("0").expect("valid event name");
     vec![
         keys::event_pattern(agent),
         glob_escape(&keys::cancel_channel(agent)),
-        pattern_over_last_segment(&keys::progress_channel(agent, &sample_run)),
-        pattern_over_last_segment(&keys::emitted_event_channel(agent, &sample_event)),
+        keys::progress_pattern(agent),
+        keys::emitted_event_pattern(agent),
     ]
 }
 
@@ -159,7 +138,7 @@ pub fn module_rules(id: &AgentName) -> Vec<String> {
 /// against mistakes (a step's `FLUSHALL`), not a security boundary.
 pub fn node_rules(name: &AgentName) -> Vec<String> {
     let own = own_keys(&Prefix::node(name.clone()));
-    let modules = format!("~{}/*", AgentKind::Module.as_str());
+    let modules = format!("~{}", keys::kind_key_pattern(AgentKind::Module));
     let mut rules: Vec<String> = ["reset", "on", "%R~*"].map(String::from).to_vec();
     rules.push(own.clone());
     rules.push(modules);
@@ -212,6 +191,7 @@ pub fn default_rules(policy: DefaultPolicy) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core_events::{EventName, RunId};
 
     fn name(s: &str) -> AgentName {
         AgentName::new(s).unwrap()

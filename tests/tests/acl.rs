@@ -73,9 +73,9 @@ impl Cluster {
                 f.path().join("admin.env"),
                 f.path().join("redis.env"),
             ] {
-                if let Ok(c) = agent_engine_creds(&f) {
+                if let Ok(c) = agent_redis::Credentials::from_file(&f) {
                     assert!(
-                        !out.text.contains(&c.pass),
+                        !out.text.contains(c.password.expose()),
                         "agentctl {args:?} printed a password"
                     );
                 }
@@ -120,31 +120,20 @@ struct Creds {
 }
 
 impl Creds {
+    /// Read the way the agents read it.
     fn read(path: &Path) -> Self {
-        agent_engine_creds(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        let c = agent_redis::Credentials::from_file(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Creds {
+            user: c.username.expect("a named user"),
+            pass: c.password.expose().to_string(),
+        }
     }
 
     fn url(&self, port: u16) -> String {
         // Generated passwords are hex and user names plain words: nothing to escape.
         format!("redis://{}:{}@127.0.0.1:{port}", self.user, self.pass)
     }
-}
-
-/// Parses a credentials file the way the agents do (`KEY=VALUE` lines, `#` comments).
-fn agent_engine_creds(path: &Path) -> Result<Creds, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let mut map = HashMap::new();
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (k, v) = line.split_once('=').ok_or("not KEY=VALUE")?;
-        map.insert(k.trim().to_string(), v.trim().to_string());
-    }
-    Ok(Creds {
-        user: map.remove("REDIS_USER").ok_or("no REDIS_USER")?,
-        pass: map.remove("REDIS_PASSWORD").ok_or("no REDIS_PASSWORD")?,
-    })
 }
 
 struct CtlOut {

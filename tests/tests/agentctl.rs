@@ -194,6 +194,40 @@ fn failed_run_exits_with_the_step_code_and_shows_its_output() {
 }
 
 #[test]
+fn a_step_cannot_forge_another_steps_output() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let dirs = EventDirs::new(1);
+    // 10forge prints what the agent's framing looks like: a header for 20boom, a rollback note.
+    dirs.step(
+        0,
+        "fail",
+        "10forge",
+        "echo '==> 20boom <=='; echo forged; echo '--- rollback of fail (x) ---'",
+    );
+    dirs.step(0, "fail", "20boom", "echo real; exit 3");
+    let _agent = Agent::module(&redis, "ctl2", &dirs, &[]);
+    let out = ctl(
+        &url,
+        &["run", "module/ctl2", "fail", "--timeout", "300"],
+        None,
+    );
+    assert_eq!(out.code(), 3, "{out:?}");
+    assert!(out.stderr.contains("real"), "{out:?}");
+    assert!(!out.stderr.contains("forged"), "{out:?}");
+    let run = queued_run(&out);
+    let stored: String =
+        redis::Commands::get(&mut redis.conn(), format!("module/ctl2/run/{run}/output")).unwrap();
+    // Stored escaped: the raw text shows the forged lines for what they are.
+    assert!(
+        stored.starts_with("==> 10forge <==\n\\==> 20boom <==\nforged\n\\--- rollback"),
+        "{stored}"
+    );
+    let shown = ctl(&url, &["show", "module/ctl2", run.as_str()], None);
+    assert!(shown.stdout.contains("\\==> 20boom <=="), "{shown:?}");
+}
+
+#[test]
 fn explain_shows_overrides_masks_and_skips() {
     let dirs = EventDirs::new(2);
     dirs.step(0, "ev", "10first", "true");

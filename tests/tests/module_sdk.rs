@@ -427,7 +427,15 @@ fn env_emit_and_queue_by_hand() {
     // Usage errors.
     for (args, needle) in [
         (&["env", "set", "BAD-KEY", "x"][..], "valid variable name"),
-        (&["env", "set", "AGENT_RUN_ID", "x"], "set by the agent"),
+        (
+            &["env", "set", "AGENT_RUN_ID", "x"],
+            "the agent keeps for itself",
+        ),
+        // Not set by the agent today, but exported by no agent either: refused the same way.
+        (
+            &["env", "set", "AGENT_X", "x"],
+            "the agent keeps for itself",
+        ),
         (&["emit", "done", "{not json"], "must be JSON"),
         (&["queue", "modb", "ping"], "node/NAME or module/NAME"),
     ] {

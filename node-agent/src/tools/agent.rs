@@ -1,10 +1,11 @@
 //! The module-agent user service: started (module.init/50start-agent), awaited
 //! (module.init/60wait-ready) and stopped (module.remove/10stop-agent).
 
+use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use core_events::{EventName, ModuleId, Prefix, RunId};
+use core_events::{EventName, ModuleId, Prefix, RunId, RunRecord, RunStatus};
 
 use super::user::ModuleUser;
 use super::{
@@ -109,12 +110,12 @@ pub enum Readiness {
     /// Ready; the message says why.
     Ready(&'static str),
     /// Its own module.init ended with this status.
-    Failed(String),
+    Failed(RunStatus),
 }
 
 /// The decision of wait-ready: `heartbeat` (the module's agent is live), `status` (of its startup
 /// run `startup-module.init`, None when there is no record), `registered` (in node/NODE/modules).
-pub fn readiness(heartbeat: bool, status: Option<&str>, registered: bool) -> Readiness {
+pub fn readiness(heartbeat: bool, status: Option<RunStatus>, registered: bool) -> Readiness {
     if !heartbeat {
         return Readiness::Wait;
     }
@@ -122,8 +123,8 @@ pub fn readiness(heartbeat: bool, status: Option<&str>, registered: bool) -> Rea
         // Installed before (70register) and live: ready, even when the startup run's record
         // has expired.
         None if registered => Readiness::Ready("ready (installed, agent live)"),
-        Some("done") => Readiness::Ready("ready"),
-        Some(s @ ("failed" | "abandoned" | "cancelled")) => Readiness::Failed(s.to_string()),
+        Some(RunStatus::Done) => Readiness::Ready("ready"),
+        Some(s) if s.is_terminal() => Readiness::Failed(s),
         _ => Readiness::Wait,
     }
 }
@@ -138,20 +139,19 @@ pub fn wait_ready(ctx: &Ctx, id: &ModuleId) -> Result<()> {
     let end = Instant::now() + wait;
     let mut con = ctx.con()?;
     loop {
-        let status: Option<String> = redis::cmd("HGET").arg(&run).arg("status").query(&mut con)?;
+        let fields: HashMap<String, String> = redis::cmd("HGETALL").arg(&run).query(&mut con)?;
+        let record = (!fields.is_empty()).then(|| RunRecord::from_fields(&fields));
+        let status = record.as_ref().and_then(|r| r.status);
         let live: bool = redis::cmd("EXISTS").arg(&heartbeat).query(&mut con)?;
         let registered = live && status.is_none() && ctx.is_registered(id)?;
-        match readiness(live, status.as_deref(), registered) {
+        match readiness(live, status, registered) {
             Readiness::Ready(how) => {
                 println!("module {id} is {how}");
                 return Ok(());
             }
             Readiness::Failed(st) => {
-                let (step, code): (Option<String>, Option<String>) = redis::cmd("HMGET")
-                    .arg(&run)
-                    .arg("failed_step")
-                    .arg("exit_code")
-                    .query(&mut con)?;
+                let record = record.unwrap_or_default();
+                let (step, code) = (record.failed_step, record.exit_code.map(|c| c.to_string()));
                 let output: Option<String> = redis::cmd("GET")
                     .arg(prefix.run_output(&run_id))
                     .query(&mut con)?;
@@ -169,7 +169,7 @@ pub fn wait_ready(ctx: &Ctx, id: &ModuleId) -> Result<()> {
                 "module {id} not ready after {}s (heartbeat: {}, startup run: '{}'); see: journalctl --user -M {id}@ -u module-agent",
                 wait.as_secs(),
                 u8::from(live),
-                status.as_deref().unwrap_or("none")
+                status.map_or("none", RunStatus::as_str)
             )));
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -183,22 +183,19 @@ mod tests {
     #[test]
     fn readiness_decisions() {
         use Readiness::*;
-        assert_eq!(
-            readiness(false, Some("done"), true),
-            Wait,
-            "no heartbeat yet"
-        );
-        assert_eq!(readiness(true, Some("done"), false), Ready("ready"));
-        assert_eq!(readiness(true, Some("running"), true), Wait);
-        assert_eq!(readiness(true, Some("queued"), false), Wait);
+        use RunStatus::{Abandoned, Cancelled, Done, Queued, Running};
+        assert_eq!(readiness(false, Some(Done), true), Wait, "no heartbeat yet");
+        assert_eq!(readiness(true, Some(Done), false), Ready("ready"));
+        assert_eq!(readiness(true, Some(Running), true), Wait);
+        assert_eq!(readiness(true, Some(Queued), false), Wait);
         assert_eq!(readiness(true, None, false), Wait, "record not written yet");
         assert_eq!(
             readiness(true, None, true),
             Ready("ready (installed, agent live)"),
             "record expired on an installed module"
         );
-        for s in ["failed", "abandoned", "cancelled"] {
-            assert_eq!(readiness(true, Some(s), true), Failed(s.into()));
+        for s in [RunStatus::Failed, Abandoned, Cancelled] {
+            assert_eq!(readiness(true, Some(s), true), Readiness::Failed(s));
         }
     }
 }

@@ -154,7 +154,7 @@ pub fn install_image(ctx: &Ctx, id: &ModuleId) -> Result<()> {
     let env_key = Prefix::module(id.agent_name().clone()).module_env();
     let reference: Option<String> = redis::cmd("HGET")
         .arg(&env_key)
-        .arg("EVENTS_IMAGE")
+        .arg(core_events::module_env::EVENTS_IMAGE)
         .query(&mut ctx.con()?)?;
     let reference = reference.unwrap_or_default();
     if reference.is_empty() {

@@ -3,8 +3,7 @@
 
 use std::process::Command;
 
-use agent_engine::redis_conn::url_for_steps;
-use agent_engine::RedisCredentials;
+use agent_redis::Credentials;
 use core_events::keys::glob_escape;
 use core_events::{ModuleId, Prefix};
 use redis::Commands;
@@ -72,12 +71,15 @@ pub fn remove_redis_user(ctx: &Ctx, id: &ModuleId) -> Result<()> {
 }
 
 /// The URL a module's program gets: the node's server with the module's own credentials.
-pub fn module_url(node_url: &str, id: &ModuleId, mut creds: RedisCredentials) -> Result<String> {
+pub fn module_url(node_url: &str, id: &ModuleId, mut creds: Credentials) -> Result<String> {
     if creds.username.is_none() {
-        creds.username = Some(format!("module-{id}"));
+        creds.username = Some(core_events::keys::acl_user(
+            core_events::AgentKind::Module,
+            id.agent_name(),
+        ));
     }
-    let url = url_for_steps(node_url, Some(&creds));
-    // url_for_steps gives the URL back unchanged when it cannot put credentials in: never hand the
+    let url = agent_redis::url::with_credentials(node_url, Some(&creds));
+    // with_credentials gives the URL back unchanged when it cannot put credentials in: never hand the
     // node's own credentials to a module.
     if url == node_url || !(url.starts_with("redis") || url.starts_with("unix")) {
         return Err(ToolError::Config(format!(
@@ -99,7 +101,7 @@ pub fn secret_key(ctx: &Ctx, id: &ModuleId) -> Result<()> {
         let mut cat = user.command("cat");
         cat.args(["--", &creds_path]);
         let text = super::stdout_ok(&mut cat)?;
-        let creds = RedisCredentials::parse(&text)
+        let creds = Credentials::parse(&text)
             .map_err(|e| ToolError::Invalid(format!("{creds_path}: {e}")))?;
         module_url(&ctx.redis_url, id, creds)?
     } else if uses_acl_users(ctx)? {
@@ -111,7 +113,7 @@ pub fn secret_key(ctx: &Ctx, id: &ModuleId) -> Result<()> {
     };
     // REDIS_URL by environment (runuser keeps it), never in an argument list others can read.
     let mut init = user.command("module-sdk");
-    init.env("REDIS_URL", url).args([
+    init.env(core_events::step_env::REDIS_URL, url).args([
         "secret",
         "--module",
         id.as_str(),
@@ -128,7 +130,7 @@ pub fn register(ctx: &Ctx, id: &ModuleId) -> Result<()> {
     let mut con = ctx.con()?;
     let image: Option<String> = redis::cmd("HGET")
         .arg(module_prefix(id).module_env())
-        .arg("EVENTS_IMAGE")
+        .arg(core_events::module_env::EVENTS_IMAGE)
         .query(&mut con)?;
     let image = image.unwrap_or_default();
     let _: i64 = redis::cmd("HSET")
@@ -192,10 +194,10 @@ pub fn delete_keys(ctx: &Ctx, id: &ModuleId) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn creds(user: Option<&str>) -> RedisCredentials {
-        RedisCredentials {
+    fn creds(user: Option<&str>) -> Credentials {
+        Credentials {
             username: user.map(str::to_string),
-            password: "pw".into(),
+            password: agent_redis::Password::from_existing("pw"),
         }
     }
 

@@ -21,7 +21,6 @@ pub mod image;
 pub mod keys;
 pub mod user;
 
-use std::ffi::OsStr;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -63,7 +62,7 @@ impl ToolError {
             ToolError::TempFailure(_) => code::TEMP_FAILURE,
             ToolError::Config(_) => code::CONFIG,
             ToolError::Failed(_) => code::FAILED,
-            ToolError::Redis(e) if agent_engine::redis_conn::is_transient(e) => code::TEMP_FAILURE,
+            ToolError::Redis(e) if agent_redis::is_transient(e) => code::TEMP_FAILURE,
             ToolError::Redis(_) => code::FAILED,
         }
     }
@@ -192,7 +191,7 @@ impl Ctx {
         let con = self
             .redis
             .get_connection_with_timeout(Duration::from_secs(5))?;
-        con.set_read_timeout(Some(agent_engine::redis_conn::COMMAND_TIMEOUT))?;
+        con.set_read_timeout(Some(agent_redis::COMMAND_TIMEOUT))?;
         Ok(con)
     }
 
@@ -211,14 +210,26 @@ impl Ctx {
 }
 
 /// `AGENT_ROLLBACK` as the engine sets it for rollback steps: only `1` counts.
-pub fn is_rollback(value: Option<&OsStr>) -> bool {
-    value == Some(OsStr::new("1"))
-}
+pub use core_events::step_env::is_rollback;
 
-/// The rollback guard: an undoing tool run as a rollback keeps a module that was installed before
-/// the failed run (so a failing re-run of module.init never removes a working module).
-pub fn rollback_keeps(undoes: bool, rollback: bool, installed_before: bool) -> bool {
-    undoes && rollback && installed_before
+/// The rollback guard, the whole decision [`run`] takes: whether `tool` is skipped, keeping the
+/// module. Only an undoing tool (`undoes`: [`Tool::undoes`]) run as a rollback (`rollback`:
+/// [`Ctx::rollback`]) of a module that was installed before the failed run keeps it, so a failing
+/// re-run of module.init never removes a working module; module.remove itself (no rollback) and
+/// the module.init tools are never skipped.
+///
+/// `installed_before` ([`Ctx::is_registered`]) is called only when the answer matters, so Redis is
+/// asked only then; its error is returned (the tool fails rather than guess either way).
+pub fn rollback_keeps<E>(
+    undoes: bool,
+    rollback: bool,
+    installed_before: impl FnOnce() -> std::result::Result<bool, E>,
+) -> std::result::Result<bool, E> {
+    if undoes && rollback {
+        installed_before()
+    } else {
+        Ok(false)
+    }
 }
 
 /// Agent names are one namespace (channels carry the name only): a module id that is the name of a
@@ -240,8 +251,7 @@ fn refuse_node_name(ctx: &Ctx, id: &ModuleId) -> Result<()> {
 /// Runs `tool`: checks the id, applies the rollback guard, then does the tool's work.
 pub fn run(tool: &Tool, ctx: &Ctx) -> Result<()> {
     let id = ModuleId::new(tool.id_arg()).map_err(|e| ToolError::Invalid(format!("bad {e}")))?;
-    // Redis is asked only when the answer matters.
-    if tool.undoes() && ctx.rollback && rollback_keeps(true, true, ctx.is_registered(&id)?) {
+    if rollback_keeps(tool.undoes(), ctx.rollback, || ctx.is_registered(&id))? {
         println!("rollback: {id} was installed before this module.init: kept");
         return Ok(());
     }
@@ -387,6 +397,7 @@ pub fn stdout_ok(cmd: &mut Command) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsStr;
 
     #[test]
     fn exit_codes() {
@@ -407,14 +418,102 @@ mod tests {
         for no in [None, Some(""), Some("0"), Some("true"), Some(" 1")] {
             assert!(!is_rollback(no.map(OsStr::new)), "{no:?}");
         }
-        // Only an undoing tool, in a rollback, of a module installed before, is skipped.
-        assert!(rollback_keeps(true, true, true));
-        assert!(!rollback_keeps(true, true, false), "a new module is undone");
-        assert!(!rollback_keeps(true, false, true), "module.remove removes");
-        assert!(
-            !rollback_keeps(false, true, true),
-            "init tools never roll back"
-        );
+    }
+
+    /// The full truth table of the decision `run` takes, and when it asks Redis.
+    #[test]
+    fn rollback_keeps_only_an_undoing_rollback_of_an_installed_module() {
+        for undoes in [false, true] {
+            for rollback in [false, true] {
+                for installed in [false, true] {
+                    let asked = std::cell::Cell::new(0);
+                    let keeps = rollback_keeps(undoes, rollback, || {
+                        asked.set(asked.get() + 1);
+                        Ok::<_, ToolError>(installed)
+                    })
+                    .unwrap();
+                    let case = format!("undoes={undoes} rollback={rollback} installed={installed}");
+                    assert_eq!(keeps, undoes && rollback && installed, "{case}");
+                    // Redis is asked only when the answer matters, and then once.
+                    assert_eq!(asked.get(), usize::from(undoes && rollback), "{case}");
+                    if !undoes {
+                        assert!(!keeps, "an init tool is never skipped: {case}");
+                    }
+                    if !rollback {
+                        assert!(!keeps, "module.remove (no rollback) always removes: {case}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rollback_keeps_passes_on_a_redis_failure_only_when_it_asks() {
+        let failing = || Err(ToolError::TempFailure("Redis down".into()));
+        let e = rollback_keeps(true, true, failing).unwrap_err();
+        assert_eq!(e.exit_code(), 75, "neither kept nor removed: {e}");
+        for (undoes, rollback) in [(false, false), (false, true), (true, false)] {
+            assert!(!rollback_keeps(undoes, rollback, failing).unwrap());
+        }
+    }
+
+    /// Every tool clap knows, parsed from its command-line name.
+    fn all_tools() -> Vec<(String, String, Tool)> {
+        use clap::{CommandFactory, Parser};
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            tool: Tool,
+        }
+        Cli::command()
+            .get_subcommands()
+            .map(|c| {
+                let name = c.get_name().to_string();
+                let about = c.get_about().map(|a| a.to_string()).unwrap_or_default();
+                let tool = Cli::try_parse_from(["module", name.as_str(), "abc"])
+                    .unwrap()
+                    .tool;
+                assert_eq!(tool.name(), name);
+                (name, about, tool)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_undoing_tools_are_the_module_remove_steps() {
+        let tools = all_tools();
+        assert_eq!(tools.len(), 14);
+        for (name, about, tool) in &tools {
+            let remove_step = about.starts_with("module.remove/");
+            assert!(
+                remove_step || about.starts_with("module.init/"),
+                "{name}: {about}"
+            );
+            assert_eq!(tool.undoes(), remove_step, "{name}");
+            // So the guard never skips a module.init tool, even in a rollback.
+            if !remove_step {
+                assert!(!rollback_keeps(tool.undoes(), true, || Ok::<_, ToolError>(true)).unwrap());
+            }
+        }
+    }
+
+    /// The real call site: an undoing tool in a rollback asks Redis (here unreachable) before it
+    /// does anything, and fails with Redis's exit code rather than removing or keeping blindly.
+    #[test]
+    fn run_asks_the_guard_before_an_undoing_rollback_step() {
+        let ctx = Ctx {
+            node: AgentName::new("n1").unwrap(),
+            redis: redis::Client::open("redis://127.0.0.1:1").unwrap(),
+            redis_url: "redis://127.0.0.1:1".into(),
+            rollback: true,
+        };
+        for (name, _, tool) in all_tools() {
+            if tool.undoes() {
+                let e = run(&tool, &ctx).unwrap_err();
+                assert!(matches!(e, ToolError::Redis(_)), "{name}: {e}");
+                assert_eq!(e.exit_code(), 75, "{name}: {e}");
+            }
+        }
     }
 
     #[test]

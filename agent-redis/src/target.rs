@@ -1,0 +1,188 @@
+//! Where Redis is and who we are to it: a [`Target`] is built once from a URL and optional
+//! credentials, and hands out every kind of connection the agents and tools use.
+//!
+//! Each kind exists for a reason:
+//! * [`Target::manager`]: a `ConnectionManager` for short commands (records, journal, acks), bounded
+//!   response time, reconnects by itself;
+//! * [`Target::blocking`]: a connection of its own for blocking reads (`XREADGROUP BLOCK`), so a read
+//!   blocked for seconds never delays a write queued behind it on a multiplexed connection;
+//! * [`Target::subscriber`]: a RESP3 connection whose pushes go to a sender, so it can carry
+//!   `CLIENT SETNAME` too and tells us when it drops (a `Disconnection` push), which RESP2 pub/sub
+//!   never does.
+//!
+//! The cluster's Sentinel discovery (asking the sentinels which node leads, following a failover)
+//! belongs here: every caller already connects through this type.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, ProtocolVersion, RedisResult};
+
+use crate::credentials::Credentials;
+use crate::error::{Error, Result};
+
+/// How long a short command may take before it counts as a lost connection.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long establishing a connection may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A Redis server and the credentials to use there. Its `Debug` shows the masked URL only.
+#[derive(Clone)]
+pub struct Target {
+    url: String,
+    masked: String,
+    credentials: Option<Credentials>,
+    resp2: Client,
+    resp3: Client,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("url", &self.masked)
+            .field("user", &self.user())
+            .finish()
+    }
+}
+
+impl Target {
+    /// A target from a URL (`redis://`, `rediss://`, `unix://`, `redis+unix://`), with
+    /// `credentials`, when given, overriding those in the URL.
+    pub fn new(url: &str, credentials: Option<Credentials>) -> Result<Target> {
+        let masked = crate::url::mask(url);
+        let info = url.into_connection_info().map_err(|e| Error::Url {
+            url: masked.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(c) = &credentials {
+            if let Some(u) = &c.username {
+                settings = settings.set_username(u);
+            }
+            settings = settings.set_password(c.password.expose());
+        }
+        let open = |settings: redis::RedisConnectionInfo| {
+            Client::open(info.clone().set_redis_settings(settings)).map_err(|e| Error::Url {
+                url: masked.clone(),
+                reason: e.to_string(),
+            })
+        };
+        let resp2 = open(settings.clone())?;
+        let resp3 = open(settings.set_protocol(ProtocolVersion::RESP3))?;
+        Ok(Target {
+            url: url.to_string(),
+            masked,
+            credentials,
+            resp2,
+            resp3,
+        })
+    }
+
+    /// The URL with every password masked, for messages.
+    pub fn masked_url(&self) -> &str {
+        &self.masked
+    }
+
+    /// The user name the target authenticates as (`None`: Redis's `default` user or the URL's).
+    pub fn user(&self) -> Option<&str> {
+        match &self.credentials {
+            Some(c) => c.username.as_deref(),
+            None => self.resp2.get_connection_info().redis_settings().username(),
+        }
+    }
+
+    /// The password the target authenticates with, if any: a secret to scrub from all output.
+    pub fn password(&self) -> Option<&str> {
+        match &self.credentials {
+            Some(c) => Some(c.password.expose()),
+            None => self.resp2.get_connection_info().redis_settings().password(),
+        }
+    }
+
+    /// The URL a step (a program reading only `REDIS_URL`) gets: the same server and database, with
+    /// these credentials in it.
+    pub fn url_with_credentials(&self) -> String {
+        crate::url::with_credentials(&self.url, self.credentials.as_ref())
+    }
+
+    /// The RESP2 client, for callers that manage connections themselves.
+    pub fn client(&self) -> &Client {
+        &self.resp2
+    }
+
+    /// A connection for short commands: bounded response time, reconnects by itself.
+    pub async fn manager(&self) -> RedisResult<ConnectionManager> {
+        let cfg = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        ConnectionManager::new_with_config(self.resp2.clone(), cfg).await
+    }
+
+    /// A plain connection for short commands (no reconnection: for a tool's few commands, where a
+    /// lost connection is an error to report).
+    pub async fn connection(&self) -> RedisResult<MultiplexedConnection> {
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT));
+        self.resp2
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+    }
+
+    /// A connection for blocking reads. With `Some(block)` its response timeout is longer than any
+    /// `BLOCK` of that length; with `None` it has none (the caller bounds the wait).
+    pub async fn blocking(&self, block: Option<Duration>) -> RedisResult<MultiplexedConnection> {
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(block.map(|b| b + COMMAND_TIMEOUT));
+        self.resp2
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+    }
+
+    /// A RESP3 connection whose pushes (messages, `Disconnection`) go to `pushes`.
+    pub async fn subscriber(
+        &self,
+        pushes: impl redis::aio::AsyncPushSender,
+    ) -> RedisResult<MultiplexedConnection> {
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_push_sender(pushes);
+        self.resp3
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Password;
+
+    #[test]
+    fn credentials_override_the_url_and_nothing_shows_the_password() {
+        let t = Target::new("redis://u:inurl9@127.0.0.1:6379/2", None).unwrap();
+        assert_eq!(t.password(), Some("inurl9"));
+        assert_eq!(t.user(), Some("u"));
+        assert_eq!(t.masked_url(), "redis://u:***@127.0.0.1:6379/2");
+        assert!(!format!("{t:?}").contains("inurl9"));
+
+        let c = Credentials {
+            username: Some("mod0".into()),
+            password: Password::from_existing("fromfile9"),
+        };
+        let t = Target::new("redis://u:inurl9@127.0.0.1:6379/2", Some(c)).unwrap();
+        assert_eq!(t.password(), Some("fromfile9"));
+        assert_eq!(t.user(), Some("mod0"));
+        assert!(!format!("{t:?}").contains("fromfile9"));
+        assert_eq!(
+            t.url_with_credentials(),
+            "redis://mod0:fromfile9@127.0.0.1:6379/2"
+        );
+        let e = Target::new("http://x:pw12345@h", None).unwrap_err();
+        assert!(!e.to_string().contains("pw12345"), "{e}");
+    }
+}

@@ -1,0 +1,7 @@
+//! Fields of `module/<id>/module.env` (`Prefix::module_env`) that the core itself reads or writes.
+//! Every other field is the module's own; each field is exported to the module's steps as an
+//! environment variable of the same name (unless [`crate::step_env::is_reserved`]).
+
+/// The module's image reference, written by `agentctl module add` and read by the node's
+/// `module.init` tools (the field name the seed used, kept for compatibility).
+pub const EVENTS_IMAGE: &str = "EVENTS_IMAGE";
