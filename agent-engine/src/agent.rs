@@ -35,6 +35,9 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
 
     let conn = agent_redis::retry("connecting", &shutdown, || target.manager()).await?;
     let store = Store::new(conn, cfg.clone(), shutdown.clone(), scrubber);
+    if !store.claim_name().await? {
+        tracing::debug!("the agent name registry is not writable by this user; not claimed");
+    }
     store.ensure_group().await?;
     store.load_scripts().await?;
     store.heartbeat(&heartbeat_value()).await?;

@@ -13,7 +13,7 @@ use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::EngineConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::scrub::Scrubber;
 use crate::secrets::SecretScrubbing;
 
@@ -268,6 +268,44 @@ impl Store {
             }
         })
         .await
+    }
+
+    /// Claims the agent's name in the registry (`keys::agent_registry`) for its kind. `Ok(false)`
+    /// when this agent may not write the registry (a module's ACL user: `agentctl module add`
+    /// claimed its name). A name registered for the other kind is an error: a node and a module of
+    /// one name would share every channel.
+    pub async fn claim_name(&self) -> Result<bool> {
+        let registry = keys::agent_registry();
+        let (name, kind) = (self.cfg.name.as_str(), self.cfg.kind);
+        let claimed: redis::RedisResult<(bool, Option<String>)> =
+            retry("claim the agent name", &self.shutdown, || {
+                let mut c = self.conn();
+                let registry = registry.clone();
+                async move {
+                    redis::pipe()
+                        .hset_nx(&registry, name, kind.as_str())
+                        .hget(&registry, name)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await
+            .map(Ok)
+            .or_else(|e| match e {
+                Error::Redis(e) => Ok(Err(e)),
+                other => Err(other),
+            })?;
+        match claimed {
+            Ok((_, Some(owner))) if owner == kind.as_str() => Ok(true),
+            Ok((_, owner)) => Err(Error::Config(format!(
+                "the name {name} is registered as a {} in {registry}, not as a {}: a node and a \
+                 module cannot share a name (their channels would be the same)",
+                owner.as_deref().unwrap_or("(nothing)"),
+                kind.as_str()
+            ))),
+            Err(e) if agent_redis::is_denied(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Begins a run in one round trip ([`BEGIN_SCRIPT`]): decides its attempt from the record,

@@ -76,9 +76,9 @@ impl Credentials {
         Ok(Credentials { username, password })
     }
 
-    /// The file's text. Values are written bare: user names are agent names plus a kind, passwords
+    /// The text of the file. Values are written bare: user names are agent names plus a kind, passwords
     /// hex.
-    fn render(&self) -> String {
+    pub fn to_text(&self) -> String {
         let user = self.username.as_deref().unwrap_or("default");
         format!(
             "# Redis credentials of the ACL user {user}.\n\
@@ -140,7 +140,7 @@ impl Credentials {
                 std::os::unix::fs::fchown(&f, Some(o.uid), Some(o.gid))
                     .map_err(file_err("cannot change the owner of", &tmp))?;
             }
-            f.write_all(self.render().as_bytes())
+            f.write_all(self.to_text().as_bytes())
                 .map_err(file_err("cannot write", &tmp))?;
             f.sync_all().map_err(file_err("cannot sync", &tmp))?;
             std::fs::rename(&tmp, path).map_err(file_err("cannot rename into place", path))?;

@@ -3,7 +3,8 @@
 use std::fmt;
 
 use anyhow::{Context, Result};
-use core_events::{AgentKind, AgentName, Prefix};
+use core_events::{keys, AgentKind, AgentName, Prefix};
+use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
 use crate::fail::{fail, invalid};
@@ -50,61 +51,25 @@ impl fmt::Display for AgentRef {
     }
 }
 
-/// Which keys exist for a bare name, in the order they decide.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Evidence {
-    pub module_heartbeat: bool,
-    pub node_heartbeat: bool,
-    pub module_queue: bool,
-    pub node_queue: bool,
-}
-
-impl Evidence {
-    /// A running agent (heartbeat) decides first, modules before nodes; then a queue that exists.
-    pub fn kind(self) -> Option<AgentKind> {
-        if self.module_heartbeat {
-            Some(AgentKind::Module)
-        } else if self.node_heartbeat {
-            Some(AgentKind::Node)
-        } else if self.module_queue {
-            Some(AgentKind::Module)
-        } else if self.node_queue {
-            Some(AgentKind::Node)
-        } else {
-            None
-        }
-    }
-}
-
-/// The key prefix of `agent`; a bare name is looked up in Redis (see [`Evidence::kind`]).
+/// The key prefix of `agent`; a bare name is looked up in the agent name registry
+/// (`keys::agent_registry`), which every agent writes at its start and `agentctl module add` when
+/// it adds a module.
 pub async fn resolve(con: &mut ConnectionManager, agent: &AgentRef) -> Result<Prefix> {
     if let Some(p) = agent.prefix() {
         return Ok(p);
     }
-    let module = Prefix::module(agent.name.clone());
-    let node = Prefix::node(agent.name.clone());
-    let (module_heartbeat, node_heartbeat, module_queue, node_queue): (bool, bool, bool, bool) =
-        redis::pipe()
-            .exists(module.heartbeat())
-            .exists(node.heartbeat())
-            .exists(module.queue())
-            .exists(node.queue())
-            .query_async(con)
-            .await
-            .with_context(|| format!("cannot look up agent {}", agent.name))?;
-    let evidence = Evidence {
-        module_heartbeat,
-        node_heartbeat,
-        module_queue,
-        node_queue,
-    };
-    match evidence.kind() {
-        Some(AgentKind::Module) => Ok(module),
-        Some(AgentKind::Node) => Ok(node),
+    let registry = keys::agent_registry();
+    let kind: Option<String> = con
+        .hget(&registry, agent.name.as_str())
+        .await
+        .with_context(|| format!("cannot look up agent {} in {registry}", agent.name))?;
+    match kind.as_deref().and_then(AgentKind::parse) {
+        Some(kind) => Ok(Prefix::new(kind, agent.name.clone())),
         None => Err(fail(
             1,
             format!(
-                "cannot tell whether {0} is a node or a module: write node/{0} or module/{0}",
+                "{0} is not in the agent registry {registry} (an agent adds its name when it \
+                 first starts): write node/{0} or module/{0}",
                 agent.name
             ),
         )),
@@ -147,34 +112,5 @@ mod tests {
         }
         let e = AgentRef::parse("pod/x").unwrap_err().to_string();
         assert!(e.contains("node/NAME"), "{e}");
-    }
-
-    #[test]
-    fn evidence_order() {
-        let none = Evidence::default();
-        assert_eq!(none.kind(), None);
-        let e = Evidence {
-            node_heartbeat: true,
-            module_queue: true,
-            ..none
-        };
-        assert_eq!(e.kind(), Some(AgentKind::Node), "a heartbeat beats a queue");
-        let e = Evidence {
-            module_heartbeat: true,
-            node_heartbeat: true,
-            ..none
-        };
-        assert_eq!(e.kind(), Some(AgentKind::Module));
-        let e = Evidence {
-            module_queue: true,
-            node_queue: true,
-            ..none
-        };
-        assert_eq!(e.kind(), Some(AgentKind::Module));
-        let e = Evidence {
-            node_queue: true,
-            ..none
-        };
-        assert_eq!(e.kind(), Some(AgentKind::Node));
     }
 }

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use agent_redis::Backoff;
 use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
 use core_events::JournalEntry;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::AsyncCommands;
@@ -57,23 +59,33 @@ pub async fn main(redis: &Redis, args: JournalArgs) -> Result<i32> {
         return Ok(0);
     }
 
+    // Ctrl-C ends the follow, also while waiting for Redis to come back.
     let mut sigint = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            sigint.recv().await;
+            stop.cancel();
+        }
+    });
     let mut blocking = None;
     let mut warned = false;
+    let mut backoff = Backoff::default();
     loop {
         if blocking.is_none() {
             let c = tokio::select! {
                 c = redis.blocking() => c,
-                _ = sigint.recv() => return Ok(0),
+                _ = stop.cancelled() => return Ok(0),
             };
             match c {
                 Ok(c) => blocking = Some(c),
                 Err(e) if is_transient(&e) => {
                     warn_once(&mut warned, &e);
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        _ = sigint.recv() => return Ok(0),
+                    if backoff.wait(&stop).await {
+                        continue;
                     }
+                    return Ok(0);
                 }
                 Err(e) => return Err(e),
             }
@@ -89,10 +101,11 @@ pub async fn main(redis: &Redis, args: JournalArgs) -> Result<i32> {
             .arg(&last);
         let read = tokio::select! {
             r = cmd.query_async::<Option<StreamReadReply>>(conn) => r,
-            _ = sigint.recv() => return Ok(0),
+            _ = stop.cancelled() => return Ok(0),
         };
         match read {
             Ok(reply) => {
+                backoff.reset();
                 if warned {
                     eprintln!("agentctl: connected again");
                     warned = false;
@@ -109,9 +122,8 @@ pub async fn main(redis: &Redis, args: JournalArgs) -> Result<i32> {
                 }
                 warn_once(&mut warned, &e);
                 blocking = None;
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = sigint.recv() => return Ok(0),
+                if !backoff.wait(&stop).await {
+                    return Ok(0);
                 }
             }
         }

@@ -7,7 +7,7 @@
 //! like `agentctl run`. `remove` queues `module.remove <id>`. The node's own steps do the work.
 
 use anyhow::{Context, Result};
-use core_events::{keys, AgentName, EventName, Prefix};
+use core_events::{keys, AgentKind, AgentName, EventName, Prefix};
 use redis::AsyncCommands;
 
 use crate::conn::Redis;
@@ -127,8 +127,9 @@ fn node_prefix(node: Option<&str>) -> Result<Prefix> {
     Ok(Prefix::node(name))
 }
 
-/// Takes the next id of image `name` and writes its module.env, in one transaction. Refused,
-/// with nothing written, when the id is taken: its module.env exists, or a node has that name.
+/// Takes the next id of image `name`, claims it as a module's in the agent name registry and writes
+/// its module.env, in one transaction. Refused, with nothing written, when the id is taken: its
+/// module.env exists, or the registry has the name already (a node's, or an earlier module's).
 async fn allocate(
     tx: &mut redis::aio::MultiplexedConnection,
     name: &str,
@@ -155,25 +156,24 @@ async fn allocate(
         let id = AgentName::new(format!("{name}{}", current + 1))
             .map_err(|e| fail(1, format!("cannot build a module id: {e}")))?;
         let module = Prefix::module(id.clone());
-        let node = Prefix::node(id.clone());
+        let registry = keys::agent_registry();
         let _: () = redis::cmd("WATCH")
             .arg(module.module_env())
-            .arg(node.heartbeat())
+            .arg(&registry)
             .query_async(tx)
             .await
             .context("cannot allocate a module id")?;
-        let (env_exists, node_exists): (bool, bool) = redis::pipe()
+        let (env_exists, registered): (bool, Option<String>) = redis::pipe()
             .exists(module.module_env())
-            .exists(node.heartbeat())
+            .hget(&registry, id.as_str())
             .query_async(tx)
             .await
             .context("cannot check whether the module id is free")?;
-        if env_exists || node_exists {
+        if env_exists || registered.is_some() {
             let _: () = redis::cmd("UNWATCH").query_async(tx).await.unwrap_or(());
-            let why = if env_exists {
-                format!("{} exists already", module.module_env())
-            } else {
-                format!("node {id} exists ({} is set)", node.heartbeat())
+            let why = match registered {
+                Some(kind) if !env_exists => format!("{registry} has {id} as a {kind}'s name"),
+                _ => format!("{} exists already", module.module_env()),
             };
             return Err(fail(
                 1,
@@ -189,6 +189,8 @@ async fn allocate(
             .atomic()
             .incr(&seq_key, 1)
             .hset_multiple(module.module_env(), &fields)
+            .ignore()
+            .hset_nx(&registry, id.as_str(), AgentKind::Module.as_str())
             .ignore()
             .query_async(tx)
             .await

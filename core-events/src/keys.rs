@@ -14,11 +14,18 @@ pub enum AgentKind {
 }
 
 impl AgentKind {
+    pub const ALL: [AgentKind; 2] = [AgentKind::Node, AgentKind::Module];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AgentKind::Node => "node",
             AgentKind::Module => "module",
         }
+    }
+
+    /// The kind named `s` (`node`, `module`), as [`AgentKind::as_str`] writes it.
+    pub fn parse(s: &str) -> Option<AgentKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -141,6 +148,15 @@ pub const ACL_ADMIN_USER: &str = "agent-admin";
 /// with `agent`, which is no kind.
 pub fn acl_user(kind: AgentKind, name: &AgentName) -> String {
     format!("{}-{}", kind.as_str(), name)
+}
+
+/// `cluster/agents`: the registry of agent names, a hash `name → kind` (`node` or `module`). Nodes
+/// and modules share one name space — channels carry the name only — so each name is claimed once,
+/// with `HSETNX`, by whoever creates the agent (`agentctl module add`, `agentctl redis setup`, and
+/// every agent at its start), and read by whoever needs the kind of a bare name. A claim is never
+/// taken back: a removed module's id stays a module's.
+pub fn agent_registry() -> String {
+    "cluster/agents".to_string()
 }
 
 /// `CLIENT SETNAME` value of an agent's connections.
@@ -269,6 +285,10 @@ mod tests {
             "module-traefik0"
         );
         assert_eq!(acl_user(AgentKind::Node, &a), "node-node1");
+        for k in AgentKind::ALL {
+            assert_eq!(AgentKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(AgentKind::parse("host"), None);
     }
 
     #[test]

@@ -39,6 +39,10 @@ enum Command {
         #[command(subcommand)]
         tool: tools::Tool,
     },
+    /// Internal: run by module.init/20redis-user as the module's user, to write its credentials
+    /// file (the text on stdin) atomically with mode 0600.
+    #[command(name = tools::keys::WRITE_CREDENTIALS, hide = true)]
+    WriteCredentials { path: std::path::PathBuf },
 }
 
 const AFTER_HELP: &str = "\
@@ -63,6 +67,13 @@ fn main() -> anyhow::Result<()> {
             agent_engine::cli::main(AgentKind::Node, cli.agent)?;
             Ok(())
         }
+        Some(Command::WriteCredentials { path }) => {
+            if let Err(e) = tools::keys::write_credentials_as_self(&path) {
+                eprintln!("node-agent {}: {e}", tools::keys::WRITE_CREDENTIALS);
+                std::process::exit(e.exit_code());
+            }
+            Ok(())
+        }
         Some(Command::Module { tool }) => {
             let label = tools::message_label(&tool, std::env::var(step_env::AGENT_EVENT).ok());
             let code = match module_tool(&tool, cli.agent) {
@@ -81,13 +92,11 @@ fn module_tool(tool: &tools::Tool, agent: AgentArgs) -> tools::Result<()> {
     let cfg = agent
         .into_config(AgentKind::Node)
         .map_err(|e| tools::ToolError::Config(e.to_string()))?;
-    let redis = agent_redis::Target::new(&cfg.redis_url, cfg.credentials.clone())
-        .map_err(|e| tools::ToolError::Config(e.to_string()))?
-        .client()
-        .clone();
+    let target = agent_redis::Target::new(&cfg.redis_url, cfg.credentials.clone())
+        .map_err(|e| tools::ToolError::Config(e.to_string()))?;
     let ctx = tools::Ctx {
         node: cfg.name.clone(),
-        redis,
+        target,
         redis_url: cfg.redis_url.clone(),
         rollback: tools::is_rollback(std::env::var_os(step_env::AGENT_ROLLBACK).as_deref()),
     };

@@ -11,6 +11,8 @@ pub enum Error {
         what: String,
         /// The error code of Redis's reply (`NOPERM`, `WRONGPASS`, `ERR`, …), when it had one.
         code: Option<String>,
+        /// Unreachable (worth trying again later), denied, or other.
+        class: agent_redis::ErrorClass,
         message: String,
     },
 
@@ -35,6 +37,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// How a Redis error counts (`None`: not a Redis error).
+    pub fn redis_class(&self) -> Option<agent_redis::ErrorClass> {
+        match self {
+            Error::Redis { class, .. } => Some(*class),
+            _ => None,
+        }
+    }
+
     /// Redis said the connection's user may not run the command (`NOPERM`).
     pub fn is_permission_denied(&self) -> bool {
         matches!(self, Error::Redis { code: Some(c), .. } if c == "NOPERM")
@@ -45,6 +55,7 @@ impl Error {
         Error::Redis {
             what: what.into(),
             code: e.code().map(str::to_string),
+            class: agent_redis::classify(e),
             message: scrub(&e.to_string(), secrets),
         }
     }

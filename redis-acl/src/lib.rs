@@ -16,7 +16,7 @@ pub mod rules;
 pub use agent_redis::{Credentials, Owner, Password};
 pub use error::{Error, Result};
 pub use ops::{
-    add_agent, remove_agent, rotate_password, save_acl, setup_cluster, user_exists, AgentOutcome,
+    add_agent, add_agent_to, remove_agent, CredentialsFile, CredentialsStore, rotate_password, save_acl, setup_cluster, user_exists, AgentOutcome,
     PasswordSource, Persistence, RemoveOutcome, RotateOutcome, SetupOptions, SetupOutcome,
     UserOutcome,
 };

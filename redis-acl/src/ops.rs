@@ -159,13 +159,48 @@ fn credentials(user: &str, password: &Password) -> Credentials {
     }
 }
 
-/// The password for `user` at `path`: the file's, when it holds `user`'s credentials; a new one
-/// when there is no file. A file holding another user's credentials is refused.
-fn password_for(path: &Path, user: &str) -> Result<(Password, PasswordSource)> {
-    match Credentials::read_if_exists(path)? {
+/// Where an agent's credentials are kept. The operations read it to keep a password that is there,
+/// and write it before Redis gets the password. [`CredentialsFile`] is a file this process reads and
+/// writes itself; the node's tools keep a module's file through the module's own Unix user, so that
+/// root never writes into a module's home.
+pub trait CredentialsStore {
+    /// The file, for messages.
+    fn path(&self) -> &Path;
+    /// What the store holds; `None` when there is nothing yet.
+    fn read(&self) -> Result<Option<Credentials>>;
+    /// Replaces what the store holds (atomically: a reader sees the old or the new credentials).
+    fn write(&self, credentials: &Credentials) -> Result<()>;
+}
+
+/// A credentials file read and written by this process, given to `owner` (see
+/// [`Credentials::write`]).
+#[derive(Debug, Clone)]
+pub struct CredentialsFile<'a> {
+    pub path: &'a Path,
+    pub owner: Option<Owner>,
+}
+
+impl CredentialsStore for CredentialsFile<'_> {
+    fn path(&self) -> &Path {
+        self.path
+    }
+
+    fn read(&self) -> Result<Option<Credentials>> {
+        Ok(Credentials::read_if_exists(self.path)?)
+    }
+
+    fn write(&self, credentials: &Credentials) -> Result<()> {
+        Ok(credentials.write(self.path, self.owner)?)
+    }
+}
+
+/// The password for `user` in `store`: the store's, when it holds `user`'s credentials; a new one
+/// when it holds nothing. A store holding another user's credentials is refused.
+fn password_for(store: &dyn CredentialsStore, user: &str) -> Result<(Password, PasswordSource)> {
+    match store.read()? {
         Some(c) if c.username.as_deref() == Some(user) => Ok((c.password, PasswordSource::Kept)),
         Some(c) => Err(Error::OtherUsersFile {
-            path: path.into(),
+            path: store.path().into(),
             found: c.username.unwrap_or_else(|| "no named user".into()),
             expected: user.into(),
         }),
@@ -180,17 +215,16 @@ async fn ensure_user<C: ConnectionLike + Send>(
     conn: &mut C,
     user: &str,
     rules: &[String],
-    creds_path: &Path,
-    owner: Option<Owner>,
+    store: &dyn CredentialsStore,
 ) -> Result<(UserOutcome, Password)> {
-    let (password, source) = password_for(creds_path, user)?;
+    let (password, source) = password_for(store, user)?;
     // Written even when kept, so the mode, owner and format are right again.
-    credentials(user, &password).write(creds_path, owner)?;
+    store.write(&credentials(user, &password))?;
     set_user(conn, user, rules, Some(&password)).await?;
     Ok((
         UserOutcome {
             user: user.into(),
-            creds_path: creds_path.into(),
+            creds_path: store.path().into(),
             password: source,
         },
         password,
@@ -208,14 +242,12 @@ pub async fn setup_cluster<C: ConnectionLike + Send>(
     conn: &mut C,
     opts: &SetupOptions,
 ) -> Result<SetupOutcome> {
-    let (admin, admin_pw) = ensure_user(
-        conn,
-        ADMIN_USER,
-        &admin_rules(),
-        &opts.admin_creds_path(),
-        None,
-    )
-    .await?;
+    let admin_file = opts.admin_creds_path();
+    let admin_file = CredentialsFile {
+        path: &admin_file,
+        owner: None,
+    };
+    let (admin, admin_pw) = ensure_user(conn, ADMIN_USER, &admin_rules(), &admin_file).await?;
     let mut auth = redis::cmd("AUTH");
     auth.arg(ADMIN_USER).arg(admin_pw.expose());
     query::<(), _>(
@@ -227,14 +259,13 @@ pub async fn setup_cluster<C: ConnectionLike + Send>(
     .await?;
 
     let node_user = agent_user(AgentKind::Node, &opts.node);
-    let (node, _) = ensure_user(
-        conn,
-        &node_user,
-        &agent_rules(AgentKind::Node, &opts.node),
-        &opts.node_creds_path(),
-        None,
-    )
-    .await?;
+    let node_file = opts.node_creds_path();
+    let node_file = CredentialsFile {
+        path: &node_file,
+        owner: None,
+    };
+    let node_rules = agent_rules(AgentKind::Node, &opts.node);
+    let (node, _) = ensure_user(conn, &node_user, &node_rules, &node_file).await?;
     set_user(
         conn,
         DEFAULT_USER,
@@ -261,9 +292,22 @@ pub async fn add_agent<C: ConnectionLike + Send>(
     creds_path: &Path,
     owner: Option<Owner>,
 ) -> Result<AgentOutcome> {
+    let file = CredentialsFile {
+        path: creds_path,
+        owner,
+    };
+    add_agent_to(conn, kind, name, &file).await
+}
+
+/// [`add_agent`] with the credentials kept in `store`.
+pub async fn add_agent_to<C: ConnectionLike + Send>(
+    conn: &mut C,
+    kind: AgentKind,
+    name: &AgentName,
+    store: &dyn CredentialsStore,
+) -> Result<AgentOutcome> {
     let user = agent_user(kind, name);
-    let (outcome, _) =
-        ensure_user(conn, &user, &agent_rules(kind, name), creds_path, owner).await?;
+    let (outcome, _) = ensure_user(conn, &user, &agent_rules(kind, name), store).await?;
     let persistence = save_acl(conn).await?;
     Ok(AgentOutcome {
         user: outcome,

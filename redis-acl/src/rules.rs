@@ -129,7 +129,8 @@ pub fn module_rules(id: &AgentName) -> Vec<String> {
 }
 
 /// Rules of the node user `node-<name>`: read every key, write `node/<name>/*` and every module's keys
-/// (`module/*`: the node-agent creates modules and their keys), PUBLISH on any channel (it drives its
+/// (`module/*`: the node-agent creates modules and their keys) and the agent name registry (it claims
+/// its own name at start, `keys::agent_registry`), PUBLISH on any channel (it drives its
 /// modules: events and cancels to them; channel names do not tell nodes and modules apart), and
 /// `ACL` (it creates the module users), plus `INFO` (replication health of the node's replica).
 ///
@@ -142,6 +143,7 @@ pub fn node_rules(name: &AgentName) -> Vec<String> {
     let mut rules: Vec<String> = ["reset", "on", "%R~*"].map(String::from).to_vec();
     rules.push(own.clone());
     rules.push(modules);
+    rules.push(format!("~{}", glob_escape(&keys::agent_registry())));
     rules.extend(["&*", "+@all"].map(String::from));
     rules.extend(CONFINED_DENIED.iter().map(|s| s.to_string()));
     rules.extend(["+acl", "+info"].map(String::from));
@@ -248,6 +250,7 @@ mod tests {
         let r = node_rules(&name("node1"));
         assert!(r.contains(&"~node/node1/*".to_string()));
         assert!(r.contains(&"~module/*".to_string()));
+        assert!(r.contains(&"~cluster/agents".to_string()));
         assert!(r.contains(&"+acl".to_string()));
         let acl = r.iter().position(|x| x == "+acl").unwrap();
         let admin = r.iter().position(|x| x == "-@admin").unwrap();

@@ -80,6 +80,10 @@ fn add_allocates_ids_writes_module_env_and_runs_module_init() {
     assert_eq!(env["PORT"], "8080");
     assert_eq!(env["TITLE"], "a b=c");
     assert_eq!(env.len(), 3, "{env:?}");
+    // The id is a module's in the registry, and the node claimed its own name at its start.
+    let registry = hgetall(&mut con, "cluster/agents");
+    assert_eq!(registry["hello1"], "module", "{registry:?}");
+    assert_eq!(registry["n1"], "node", "{registry:?}");
 
     // Another image form of the same name gets the next id; --no-wait only queues.
     let add = ctl(
@@ -196,11 +200,12 @@ fn a_taken_id_is_refused_with_nothing_written() {
     let redis = RedisServer::start();
     let url = redis.url();
     let mut con = redis.conn();
-    // A module installed by hand (seed-style) holds hello1; a node is named web1.
+    // A module installed by hand (seed-style) holds hello1; a node is named web1. The node is
+    // down (no heartbeat): its name is taken all the same, by the registry its agent wrote.
     let _: () = con
         .hset("module/hello1/module.env", "EVENTS_IMAGE", "hello")
         .unwrap();
-    let _: () = con.set("node/web1/heartbeat", "{}").unwrap();
+    let _: () = con.hset("cluster/agents", "web1", "node").unwrap();
     let before = keys(&mut con);
 
     let add = ctl(&url, &["module", "add", "hello", "--node", "n1"]);
@@ -213,7 +218,10 @@ fn a_taken_id_is_refused_with_nothing_written() {
     );
     let add = ctl(&url, &["module", "add", "web", "--node", "n1"]);
     assert_eq!(add.code(), 1, "{add:?}");
-    assert!(add.stderr.contains("node web1 exists"), "{add:?}");
+    assert!(
+        add.stderr.contains("cluster/agents has web1 as a node's name"),
+        "{add:?}"
+    );
     assert_eq!(keys(&mut con), before, "nothing written");
     let env = hgetall(&mut con, "module/hello1/module.env");
     assert_eq!(

@@ -58,28 +58,49 @@ pub fn start_agent(id: &ModuleId) -> Result<()> {
         .args(["-p", "-m", "0700", "--"])
         .arg(user.home.join(WANTS_DIR));
     with_private_umask(|| run_ok(&mut mkdir))?;
-    // The user manager's bus can drop a just-opened connection ("Transport endpoint is not
-    // connected"), seen intermittently on test nodes: retry a few times; enable --now is idempotent.
-    let mut n = 0;
-    while !status(user_systemctl(id).args(["enable", "--now", UNIT]))?.success() {
-        n += 1;
-        if n >= 5 {
-            return Err(ToolError::Failed(format!(
-                "cannot start module-agent of {id} (systemctl --user -M {id}@ failed {n} times)"
-            )));
-        }
-        eprintln!("retrying systemctl --user -M {id}@ enable --now module-agent ({n})");
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    // As the user, through systemd-client (`module-sdk unit`), which rides out a user bus that is
+    // still starting or drops a just-opened connection; enable --now is idempotent.
+    user_unit(&user, &["enable", "--now", UNIT])?;
     user.make_private_paths(&[
         ".config",
         ".config/systemd",
         ".config/systemd/user",
         WANTS_DIR,
     ])?;
-    let (_, active) = quiet_stdout_of(user_systemctl(id).args(["is-active", UNIT]))?;
-    println!("module-agent of {id}: {active}");
+    let (_, status) = quiet_stdout_of(user.command("module-sdk").args(["unit", "status", UNIT]))?;
+    println!("module-agent of {id}: {}", active_state(&status));
     Ok(())
+}
+
+/// The ActiveState in `module-sdk unit status`'s output (`active: active (running)` → `active`).
+fn active_state(status: &str) -> &str {
+    status
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("active:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or("unknown")
+}
+
+/// `module-sdk unit ARGS…` as the module's user, on its user manager (systemd-client, D-Bus). Its
+/// exit 69 (the user's bus not reachable after its retries) is "not ready" (75); others fail (1).
+fn user_unit(user: &ModuleUser, args: &[&str]) -> Result<()> {
+    let mut cmd = user.command("module-sdk");
+    cmd.arg("unit").args(args);
+    let st = status(&mut cmd)?;
+    match st.code() {
+        Some(0) => Ok(()),
+        // sysexits EX_UNAVAILABLE, as module-sdk exits for an unreachable bus.
+        Some(core_events::exit::tool::UNAVAILABLE) => Err(ToolError::TempFailure(format!(
+            "the systemd user manager of {} cannot be reached: module-sdk unit {} failed ({st})",
+            user.name,
+            args.join(" ")
+        ))),
+        _ => Err(ToolError::Failed(format!(
+            "module-sdk unit {} as {} failed ({st})",
+            args.join(" "),
+            user.name
+        ))),
+    }
 }
 
 /// module.remove/10stop-agent. Tolerates a half-installed module: no user, no user manager, no
@@ -91,10 +112,12 @@ pub fn stop_agent(id: &ModuleId) -> Result<()> {
     }
     let state = manager_state(id)?;
     if matches!(state.as_str(), "running" | "degraded" | "starting") {
-        if !status(user_systemctl(id).args(["disable", "--now", UNIT]))?.success() {
-            eprintln!("warning: could not stop module-agent of {id} (the user's processes are killed later)");
-        } else {
-            println!("module-agent of {id} stopped");
+        let user = ModuleUser::require(id)?;
+        match user_unit(&user, &["disable", "--now", UNIT]) {
+            Ok(()) => println!("module-agent of {id} stopped"),
+            Err(e) => eprintln!(
+                "warning: could not stop module-agent of {id} (the user's processes are killed later): {e}"
+            ),
         }
     } else {
         println!("the user manager of {id} is not running ('{state}'): nothing to stop");
@@ -179,6 +202,14 @@ pub fn wait_ready(ctx: &Ctx, id: &ModuleId) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_active_state_is_read_from_the_unit_status() {
+        let status = "unit:   module-agent.service\nloaded: loaded (/x; enabled)\nactive: active (running)\nresult: success";
+        assert_eq!(active_state(status), "active");
+        assert_eq!(active_state("active: failed (Result: exit-code)"), "failed");
+        assert_eq!(active_state(""), "unknown");
+    }
 
     #[test]
     fn readiness_decisions() {

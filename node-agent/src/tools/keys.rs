@@ -1,11 +1,14 @@
 //! The module's Redis side: its ACL user (when this Redis uses ACL users), its secret key, its
 //! registration in node/NODE/modules and, on removal, every key under module/ID/.
 
-use std::process::Command;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 
-use agent_redis::Credentials;
+use agent_redis::{Credentials, ErrorClass};
+use redis_acl::{CredentialsStore, PasswordSource};
 use core_events::keys::glob_escape;
-use core_events::{ModuleId, Prefix};
+use core_events::{AgentKind, ModuleId, Prefix};
 use redis::Commands;
 
 use super::user::ModuleUser;
@@ -31,9 +34,133 @@ fn agent_config(user: &ModuleUser, file: &str) -> String {
         .into_owned()
 }
 
+/// A module's credentials file, read and written by the module's own user (`cat`, and
+/// `node-agent write-credentials` with the text on stdin), so root never writes through a path in a
+/// home the user controls.
+struct UserCredentialsFile<'a> {
+    user: &'a ModuleUser,
+    path: PathBuf,
+}
+
+impl UserCredentialsFile<'_> {
+    fn failed(&self, action: &'static str, why: impl std::fmt::Display) -> redis_acl::Error {
+        redis_acl::Error::Credentials(agent_redis::Error::File {
+            action,
+            path: self.path.clone(),
+            source: std::io::Error::other(why.to_string()),
+        })
+    }
+}
+
+impl CredentialsStore for UserCredentialsFile<'_> {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read(&self) -> redis_acl::Result<Option<Credentials>> {
+        // lstat only: whether there is something to read at all.
+        if std::fs::symlink_metadata(&self.path).is_err() {
+            return Ok(None);
+        }
+        let mut cat = self.user.command("cat");
+        cat.arg("--").arg(&self.path);
+        let text = super::stdout_ok(&mut cat)
+            .map_err(|e| self.failed("cannot read, as the module's user,", e))?;
+        Credentials::parse(&text)
+            .map(Some)
+            .map_err(|reason| {
+                redis_acl::Error::Credentials(agent_redis::Error::CredentialsFormat {
+                    path: self.path.clone(),
+                    reason,
+                })
+            })
+    }
+
+    fn write(&self, credentials: &Credentials) -> redis_acl::Result<()> {
+        let me = std::env::current_exe().map_err(|e| self.failed("cannot write", e))?;
+        let mut write = self.user.command(&me.to_string_lossy());
+        write
+            .arg(WRITE_CREDENTIALS)
+            .arg("--")
+            .arg(&self.path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null());
+        let mut child = write
+            .spawn()
+            .map_err(|e| self.failed("cannot write", e))?;
+        let sent = child
+            .stdin
+            .take()
+            .map(|mut stdin| stdin.write_all(credentials.to_text().as_bytes()));
+        let status = child.wait().map_err(|e| self.failed("cannot write", e))?;
+        match sent {
+            Some(Ok(())) if status.success() => Ok(()),
+            Some(Err(e)) => Err(self.failed("cannot write, as the module's user,", e)),
+            _ => Err(self.failed("cannot write, as the module's user,", status)),
+        }
+    }
+}
+
+/// The hidden command the module's user runs to write its credentials file (see
+/// [`write_credentials_as_self`]).
+pub const WRITE_CREDENTIALS: &str = "write-credentials";
+
+/// `node-agent write-credentials -- PATH`, run as the module's user: the credentials text on stdin,
+/// written atomically with mode 0600 (`agent_redis::Credentials::write`).
+pub fn write_credentials_as_self(path: &Path) -> Result<()> {
+    let mut text = String::new();
+    std::io::stdin()
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .map_err(|e| ToolError::Invalid(format!("cannot read the credentials on stdin: {e}")))?;
+    let creds = Credentials::parse(&text).map_err(ToolError::Invalid)?;
+    creds
+        .write(path, None)
+        .map_err(|e| ToolError::Failed(shown_error(&e)))
+}
+
+/// An error with its causes, each once.
+fn shown_error(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// A redis-acl error as the tool's: Redis unreachable 75, the node's user refused 78, else 1.
+fn acl_error(e: redis_acl::Error) -> ToolError {
+    let text = shown_error(&e);
+    match e.redis_class() {
+        Some(ErrorClass::Unreachable) => ToolError::TempFailure(text),
+        Some(ErrorClass::Denied) => ToolError::Config(format!(
+            "{text} (the node's Redis user must be allowed to manage ACL users: agentctl redis setup)"
+        )),
+        _ => ToolError::Failed(text),
+    }
+}
+
+/// A connection for redis-acl's operations.
+async fn acl_connection(ctx: &Ctx) -> Result<redis::aio::MultiplexedConnection> {
+    ctx.target.connection().await.map_err(|e| {
+        let text = format!("cannot connect to Redis at {}: {e}", ctx.target.masked_url());
+        match agent_redis::classify(&e) {
+            ErrorClass::Unreachable => ToolError::TempFailure(text),
+            ErrorClass::Denied => ToolError::Config(text),
+            ErrorClass::Other => ToolError::Failed(text),
+        }
+    })
+}
+
 /// module.init/20redis-user: the module's ACL user module-ID and its credentials file
-/// ~ID/.config/agent/redis.env (0600, owned by ID; its directories 0700). Idempotent: add-agent keeps a password already
-/// in the credentials file.
+/// ~ID/.config/agent/redis.env (0600, owned by ID and written by ID; its directories 0700), through
+/// `redis-acl`. Idempotent: a password already in the credentials file is kept.
 pub fn redis_user(ctx: &Ctx, id: &ModuleId) -> Result<()> {
     if !uses_acl_users(ctx)? {
         println!("Redis has no ACL users for agents (node-agent connects as 'default'): no ACL user for {id}");
@@ -47,15 +174,25 @@ pub fn redis_user(ctx: &Ctx, id: &ModuleId) -> Result<()> {
         .args(["-p", "-m", "0700", "--"])
         .arg(user.home.join(".config/agent"));
     with_private_umask(|| run_ok(&mut mkdir))?;
-    run_ok(Command::new("agentctl").args([
-        "redis",
-        "add-agent",
-        module_prefix(id).as_str(),
-        "--creds",
-        &agent_config(&user, "redis.env"),
-        "--owner",
-        id.as_str(),
-    ]))?;
+    let store = UserCredentialsFile {
+        user: &user,
+        path: PathBuf::from(agent_config(&user, "redis.env")),
+    };
+    let outcome = ctx.block_on(async {
+        let mut conn = acl_connection(ctx).await?;
+        redis_acl::add_agent_to(&mut conn, AgentKind::Module, id.agent_name(), &store)
+            .await
+            .map_err(acl_error)
+    })?;
+    let how = match outcome.user.password {
+        PasswordSource::Kept => "password kept",
+        PasswordSource::Generated => "new password",
+    };
+    println!(
+        "Redis ACL user {} ({how}), credentials in {}",
+        outcome.user.user,
+        store.path.display()
+    );
     // Checked: directories an older install made 0755 are fixed too.
     user.make_private_paths(&[".config", ".config/agent", ".config/agent/redis.env"])
 }
@@ -67,7 +204,18 @@ pub fn remove_redis_user(ctx: &Ctx, id: &ModuleId) -> Result<()> {
         println!("Redis has no ACL users for agents: no ACL user of {id} to remove");
         return Ok(());
     }
-    run_ok(Command::new("agentctl").args(["redis", "remove-agent", module_prefix(id).as_str()]))
+    let outcome = ctx.block_on(async {
+        let mut conn = acl_connection(ctx).await?;
+        redis_acl::remove_agent(&mut conn, AgentKind::Module, id.agent_name())
+            .await
+            .map_err(acl_error)
+    })?;
+    if outcome.existed {
+        println!("Redis ACL user {} deleted", outcome.user);
+    } else {
+        println!("no Redis ACL user {}: nothing to delete", outcome.user);
+    }
+    Ok(())
 }
 
 /// The URL a module's program gets: the node's server with the module's own credentials.

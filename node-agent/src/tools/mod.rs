@@ -25,7 +25,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use core_events::exit::tool as code;
-use core_events::{AgentName, ModuleId, Prefix};
+use core_events::{AgentKind, AgentName, ModuleId, Prefix};
 
 /// How a tool failed; each kind has its exit code (core-events `exit::tool`).
 #[derive(Debug, thiserror::Error)]
@@ -83,8 +83,8 @@ pub enum Tool {
     /// module.init/10create-user: the module's Unix user with a private home (0700, checked on
     /// every run) and subordinate ids (`useradd`, kept when it exists), linger on.
     CreateUser(IdArg),
-    /// module.init/20redis-user: the module's Redis ACL user and its credentials file
-    /// ~ID/.config/agent/redis.env (`agentctl redis add-agent`); skipped without ACL users.
+    /// module.init/20redis-user: the module's Redis ACL user (`redis-acl`) and its credentials file
+    /// ~ID/.config/agent/redis.env, written by the module's user; skipped without ACL users.
     RedisUser(IdArg),
     /// module.init/30secret-key: the module's age identity, made by the module's user
     /// (`module-sdk secret init`), its public key at module/ID/public_key.
@@ -94,15 +94,15 @@ pub enum Tool {
     /// into the user's rootless storage.
     InstallImage(IdArg),
     /// module.init/50start-agent: waits for the user's systemd manager (MODULE_MANAGER_WAIT s,
-    /// default 60), then `systemctl --user enable --now module-agent`.
+    /// default 60), then, as the user, `module-sdk unit enable --now module-agent.service`.
     StartAgent(IdArg),
     /// module.init/60wait-ready: waits (MODULE_READY_WAIT s, default 120) for the module's
     /// heartbeat and its own startup module.init run; fails with that run's output when it failed.
     WaitReady(IdArg),
     /// module.init/70register: HSET node/NODE/modules ID IMAGE.
     Register(IdArg),
-    /// module.remove/10stop-agent: `systemctl --user disable --now module-agent` if the user's
-    /// manager runs.
+    /// module.remove/10stop-agent: as the user, `module-sdk unit disable --now
+    /// module-agent.service` if the user's manager runs.
     StopAgent(IdArg),
     /// module.remove/20disable-linger: linger off.
     DisableLinger(IdArg),
@@ -179,7 +179,8 @@ impl Tool {
 /// credentials), and whether this is a rollback run.
 pub struct Ctx {
     pub node: AgentName,
-    pub redis: redis::Client,
+    /// The node's Redis with the node's credentials.
+    pub target: agent_redis::Target,
     /// The step's `REDIS_URL` as given (handed on to programs that run for the module).
     pub redis_url: String,
     /// `AGENT_ROLLBACK=1`: run as the rollback of a failed run.
@@ -189,14 +190,25 @@ pub struct Ctx {
 impl Ctx {
     pub fn con(&self) -> Result<redis::Connection> {
         let con = self
-            .redis
-            .get_connection_with_timeout(Duration::from_secs(5))?;
+            .target
+            .client()
+            .get_connection_with_timeout(agent_redis::CONNECT_TIMEOUT)?;
         con.set_read_timeout(Some(agent_redis::COMMAND_TIMEOUT))?;
         Ok(con)
     }
 
     pub fn node_prefix(&self) -> Prefix {
         Prefix::node(self.node.clone())
+    }
+
+    /// Runs an async operation of a library (`redis-acl`) to its end, on a runtime of its own: the
+    /// tools are short-lived and otherwise synchronous.
+    pub fn block_on<T>(&self, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ToolError::OsError(format!("cannot start an async runtime: {e}")))?
+            .block_on(work)
     }
 
     /// Whether `id` is in `node/NODE/modules`: installed before this run.
@@ -232,16 +244,18 @@ pub fn rollback_keeps<E>(
     }
 }
 
-/// Agent names are one namespace (channels carry the name only): a module id that is the name of a
-/// live node (its `node/<id>/heartbeat` exists) would share that node's channels. Refused.
+/// Agent names are one namespace (channels carry the name only): a module id that the agent name
+/// registry (`keys::agent_registry`) has as a node's — running or not — would share that node's
+/// channels. Refused.
 fn refuse_node_name(ctx: &Ctx, id: &ModuleId) -> Result<()> {
-    let heartbeat = Prefix::node(id.agent_name().clone()).heartbeat();
-    let live: bool = redis::cmd("EXISTS")
-        .arg(&heartbeat)
+    let registry = core_events::keys::agent_registry();
+    let kind: Option<String> = redis::cmd("HGET")
+        .arg(&registry)
+        .arg(id.as_str())
         .query(&mut ctx.con()?)?;
-    if live {
+    if kind.as_deref().and_then(AgentKind::parse) == Some(AgentKind::Node) {
         return Err(ToolError::Invalid(format!(
-            "{id} is the name of a node ({heartbeat} exists): module ids and node names share \
+            "{id} is the name of a node ({registry} says so): module ids and node names share \
              the event channels; choose another id"
         )));
     }
@@ -503,7 +517,7 @@ mod tests {
     fn run_asks_the_guard_before_an_undoing_rollback_step() {
         let ctx = Ctx {
             node: AgentName::new("n1").unwrap(),
-            redis: redis::Client::open("redis://127.0.0.1:1").unwrap(),
+            target: agent_redis::Target::new("redis://127.0.0.1:1", None).unwrap(),
             redis_url: "redis://127.0.0.1:1".into(),
             rollback: true,
         };
@@ -521,7 +535,7 @@ mod tests {
         let ctx = Ctx {
             node: AgentName::new("n1").unwrap(),
             // Nothing listens there: a tool that reached Redis would fail differently.
-            redis: redis::Client::open("redis://127.0.0.1:1").unwrap(),
+            target: agent_redis::Target::new("redis://127.0.0.1:1", None).unwrap(),
             redis_url: "redis://127.0.0.1:1".into(),
             rollback: true,
         };
