@@ -4,8 +4,8 @@ use std::fmt;
 
 use anyhow::{Context, Result};
 use core_events::{keys, AgentKind, AgentName, Prefix};
-use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
 
 use crate::fail::{fail, invalid};
 
@@ -68,8 +68,9 @@ pub async fn resolve(con: &mut ConnectionManager, agent: &AgentRef) -> Result<Pr
         None => Err(fail(
             1,
             format!(
-                "{0} is not in the agent registry {registry} (an agent adds its name when it \
-                 first starts): write node/{0} or module/{0}",
+                "cannot tell whether {0} is a node or a module: it is not in the agent registry \
+                 {registry} (an agent adds its name when it first starts); write node/{0} or \
+                 module/{0}",
                 agent.name
             ),
         )),

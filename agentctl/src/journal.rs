@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use agent_redis::Backoff;
 use anyhow::{Context, Result};
-use tokio_util::sync::CancellationToken;
 use core_events::JournalEntry;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::AsyncCommands;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
 
 use crate::agent::{resolve, AgentRef};
 use crate::conn::{is_transient, Redis};

@@ -31,6 +31,14 @@ pub enum Error {
         expected: String,
     },
 
+    /// The node's name is another kind of agent's in the agent name registry.
+    #[error("{name} is a {kind}'s name in {registry}: a node cannot have it (their channels would be the same)")]
+    NameTaken {
+        name: String,
+        registry: String,
+        kind: String,
+    },
+
     /// `rotate` on an agent whose ACL user does not exist.
     #[error("Redis has no ACL user {0}; create it with `agentctl redis add-agent`")]
     NoSuchUser(String),

@@ -16,8 +16,8 @@ pub mod rules;
 pub use agent_redis::{Credentials, Owner, Password};
 pub use error::{Error, Result};
 pub use ops::{
-    add_agent, add_agent_to, remove_agent, CredentialsFile, CredentialsStore, rotate_password, save_acl, setup_cluster, user_exists, AgentOutcome,
-    PasswordSource, Persistence, RemoveOutcome, RotateOutcome, SetupOptions, SetupOutcome,
-    UserOutcome,
+    add_agent, add_agent_to, remove_agent, rotate_password, save_acl, setup_cluster, user_exists,
+    AgentOutcome, CredentialsFile, CredentialsStore, PasswordSource, Persistence, RemoveOutcome,
+    RotateOutcome, SetupOptions, SetupOutcome, UserOutcome,
 };
 pub use rules::{agent_user, DefaultPolicy, ADMIN_USER, DEFAULT_USER};

@@ -273,6 +273,7 @@ pub async fn setup_cluster<C: ConnectionLike + Send>(
         None,
     )
     .await?;
+    claim_node_name(conn, &opts.node).await?;
     let persistence = save_acl(conn).await?;
     Ok(SetupOutcome {
         admin,
@@ -280,6 +281,29 @@ pub async fn setup_cluster<C: ConnectionLike + Send>(
         default_policy: opts.default_policy,
         persistence,
     })
+}
+
+/// Claims `name` as a node's in the agent name registry (`keys::agent_registry`); a name that is a
+/// module's is refused (the node's channels would be the module's).
+async fn claim_node_name<C: ConnectionLike + Send>(conn: &mut C, name: &AgentName) -> Result<()> {
+    let registry = core_events::keys::agent_registry();
+    let mut claim = redis::cmd("HSETNX");
+    claim
+        .arg(&registry)
+        .arg(name.as_str())
+        .arg(AgentKind::Node.as_str());
+    query::<(), _>(conn, format!("HSETNX {registry} {name}"), &claim, &[]).await?;
+    let mut get = redis::cmd("HGET");
+    get.arg(&registry).arg(name.as_str());
+    let kind: Option<String> = query(conn, format!("HGET {registry} {name}"), &get, &[]).await?;
+    match kind.as_deref() {
+        Some(k) if k == AgentKind::Node.as_str() => Ok(()),
+        other => Err(Error::NameTaken {
+            name: name.to_string(),
+            registry,
+            kind: other.unwrap_or("(nothing)").to_string(),
+        }),
+    }
 }
 
 /// Creates or updates the ACL user of an agent (`module-<id>` or `node-<name>`) and writes its

@@ -398,8 +398,8 @@ fn invalid_event_names_queue_nothing_and_queued_events_wait_for_the_agent() {
     assert_eq!(out.code(), 1, "{out:?}");
     assert!(
         out.stderr.contains(
-            "cannot tell whether ctl3 is a node or a module: write node/ctl3 or module/ctl3"
-        ),
+            "cannot tell whether ctl3 is a node or a module: it is not in the agent registry"
+        ) && out.stderr.contains("write node/ctl3 or module/ctl3"),
         "{out:?}"
     );
     assert_eq!(dbsize(&mut con), 0, "nothing may be written to Redis");
@@ -419,9 +419,12 @@ fn invalid_event_names_queue_nothing_and_queued_events_wait_for_the_agent() {
         .query(&mut con)
         .unwrap();
     assert_eq!(len, 1);
-    let out = ctl(&url, &["show", "ctl3", run.as_str()], None);
+    let out = ctl(&url, &["show", "module/ctl3", run.as_str()], None);
     assert_eq!(out.code(), 0, "{out:?}");
     assert!(out.stdout.contains("queued (not started yet)"), "{out:?}");
+    // A queued event does not make the name known: only an agent (or `module add`) registers it.
+    let out = ctl(&url, &["show", "ctl3", run.as_str()], None);
+    assert_eq!(out.code(), 1, "{out:?}");
 
     let dirs = EventDirs::new(1);
     dirs.step(0, "hello", "10hi", "echo \"hi $1\"");

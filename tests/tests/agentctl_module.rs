@@ -219,7 +219,8 @@ fn a_taken_id_is_refused_with_nothing_written() {
     let add = ctl(&url, &["module", "add", "web", "--node", "n1"]);
     assert_eq!(add.code(), 1, "{add:?}");
     assert!(
-        add.stderr.contains("cluster/agents has web1 as a node's name"),
+        add.stderr
+            .contains("cluster/agents has web1 as a node's name"),
         "{add:?}"
     );
     assert_eq!(keys(&mut con), before, "nothing written");

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use agent_redis::{Credentials, ErrorClass};
-use redis_acl::{CredentialsStore, PasswordSource};
 use core_events::keys::glob_escape;
 use core_events::{AgentKind, ModuleId, Prefix};
 use redis::Commands;
+use redis_acl::{CredentialsStore, PasswordSource};
 
 use super::user::ModuleUser;
 use super::{run_ok, with_private_umask, Ctx, Result, ToolError};
@@ -66,14 +66,12 @@ impl CredentialsStore for UserCredentialsFile<'_> {
         cat.arg("--").arg(&self.path);
         let text = super::stdout_ok(&mut cat)
             .map_err(|e| self.failed("cannot read, as the module's user,", e))?;
-        Credentials::parse(&text)
-            .map(Some)
-            .map_err(|reason| {
-                redis_acl::Error::Credentials(agent_redis::Error::CredentialsFormat {
-                    path: self.path.clone(),
-                    reason,
-                })
+        Credentials::parse(&text).map(Some).map_err(|reason| {
+            redis_acl::Error::Credentials(agent_redis::Error::CredentialsFormat {
+                path: self.path.clone(),
+                reason,
             })
+        })
     }
 
     fn write(&self, credentials: &Credentials) -> redis_acl::Result<()> {
@@ -85,9 +83,7 @@ impl CredentialsStore for UserCredentialsFile<'_> {
             .arg(&self.path)
             .stdin(Stdio::piped())
             .stdout(Stdio::null());
-        let mut child = write
-            .spawn()
-            .map_err(|e| self.failed("cannot write", e))?;
+        let mut child = write.spawn().map_err(|e| self.failed("cannot write", e))?;
         let sent = child
             .stdin
             .take()
@@ -149,7 +145,10 @@ fn acl_error(e: redis_acl::Error) -> ToolError {
 /// A connection for redis-acl's operations.
 async fn acl_connection(ctx: &Ctx) -> Result<redis::aio::MultiplexedConnection> {
     ctx.target.connection().await.map_err(|e| {
-        let text = format!("cannot connect to Redis at {}: {e}", ctx.target.masked_url());
+        let text = format!(
+            "cannot connect to Redis at {}: {e}",
+            ctx.target.masked_url()
+        );
         match agent_redis::classify(&e) {
             ErrorClass::Unreachable => ToolError::TempFailure(text),
             ErrorClass::Denied => ToolError::Config(text),
