@@ -18,6 +18,7 @@ mod runner;
 pub mod scrub;
 mod secrets;
 mod spawn;
+mod step_process;
 mod store;
 pub mod time;
 

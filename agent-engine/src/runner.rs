@@ -6,29 +6,24 @@
 //! kills the step but does *not* finish the run: its queue entry stays pending, and the next start runs
 //! it again with `attempt` incremented.
 
-use std::os::unix::process::ExitStatusExt;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use core_events::step::{StepMessageError, CONTROL_FD, CONTROL_FD_ENV, MAX_MESSAGE};
 use core_events::StepMessage;
 use core_events::{
     exit, EventName, JournalEntry, Progress, QueueEntry, RollbackStatus, RunId, RunRecord,
     RunStatus,
 };
 use core_events::{output, step_env, JournalStatus};
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::{pipe2, Pid};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::pipe;
+use std::os::fd::RawFd;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use std::time::Duration;
+
+use crate::config::EngineConfig;
 use crate::error::Result;
 use crate::plan::{plan_event, EventPlan, PlanEntry, PlanVerdict};
+use crate::step_process::{self, Interrupt, Signals, StepEnd, StepSpec};
 use crate::store::{Begin, BeginRequest, Store};
 use crate::time::now_rfc3339;
 
@@ -63,19 +58,6 @@ impl CancelHandle {
         *t = CancellationToken::new();
         t.clone()
     }
-}
-
-/// Why a step stopped early.
-enum Interrupt {
-    Timeout,
-    Cancel,
-    Shutdown,
-}
-
-enum StepEnd {
-    Exited(i32),
-    SpawnFailed(String),
-    Interrupted(Interrupt),
 }
 
 /// Environment every step gets beside the agent's own: set once per agent.
@@ -230,88 +212,40 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
     .await?;
     tracing::info!(%run, event = %entry.event, attempt, "run started");
 
-    let timeout = plan.settings.timeout.unwrap_or(cfg.default_timeout);
-    let deadline = Instant::now() + timeout;
-    let steps: Vec<&PlanEntry> = plan.steps().collect();
-    let total = steps.len() as u32;
     let env_vars = step_vars(env, &module_env, store, &entry, attempt);
     let mut output_left = cfg.output_cap;
-    let mut outcome = (RunStatus::Done, exit::OK, None);
-    let mut stop = None;
-    let cancel_token = cancel.token();
-
-    for (i, step) in steps.iter().enumerate() {
-        let signals = Signals {
-            deadline,
-            cancel: &cancel_token,
-            kill_now: &kill_now,
-            grace: cfg.kill_grace,
-        };
-        let position = (i as u32 + 1, total, None);
-        let end = run_step_recorded(
-            store,
-            run,
-            step,
-            position,
-            &entry.data,
-            &env_vars,
-            signals,
-            &mut output_left,
-            processes.cgroup_fd(),
-        )
-        .await?;
-        match end {
-            StepEnd::Exited(0) => continue,
-            StepEnd::Exited(code) => {
-                outcome = (
-                    RunStatus::Failed,
-                    code,
-                    Some(format!("step {} exited with code {code}", step.name)),
-                );
-                stop = Some(Stop::Failed);
-            }
-            StepEnd::SpawnFailed(e) => {
-                outcome = (
-                    RunStatus::Failed,
-                    exit::SPAWN_FAILED,
-                    Some(format!("step {} could not start: {e}", step.name)),
-                );
-                stop = Some(Stop::Failed);
-            }
-            StepEnd::Interrupted(Interrupt::Timeout) => {
-                let msg = format!(
-                    "timed out after {}s in step {}",
-                    timeout.as_secs(),
-                    step.name
-                );
-                outcome = (RunStatus::Failed, exit::TIMEOUT, Some(msg));
-                stop = Some(Stop::TimedOut);
-            }
-            StepEnd::Interrupted(Interrupt::Cancel) => {
-                outcome = (
-                    RunStatus::Cancelled,
-                    exit::CANCELLED,
-                    Some(format!("cancelled in step {}", step.name)),
-                );
-                stop = Some(Stop::Cancelled);
-            }
-            StepEnd::Interrupted(Interrupt::Shutdown) => {
-                let mut j = journal(JournalStatus::Interrupted, attempt);
-                j.step = Some(step.name.clone());
-                j.message = Some("agent shut down; the run starts again on its next start".into());
-                store.journal(&j).await?;
-                tracing::warn!(%run, step = %step.name, "run interrupted by shutdown");
-                return Ok(());
-            }
+    let steps = StepRunner {
+        store,
+        run,
+        data: &entry.data,
+        env: &env_vars,
+        cgroup_fd: processes.cgroup_fd(),
+    };
+    let limits = Limits::new(&cfg, plan.settings.timeout, cancel.token(), &kill_now);
+    let outcome = match run_steps(
+        &steps,
+        &plan,
+        Policy::StopAtFirstFailure,
+        &limits,
+        None,
+        &mut output_left,
+    )
+    .await?
+    {
+        StepsEnd::ShutDown { step } => {
+            return record_shutdown(store, run, &entry.event, attempt, &step, None).await;
         }
-        record.failed_step = Some(step.name.clone());
-        break;
-    }
+        StepsEnd::Ran { failures, .. } => match failures.into_iter().next() {
+            None => RunOutcome::done(),
+            Some(f) => RunOutcome::failed(f, limits.timeout),
+        },
+    };
+    record.failed_step = outcome.failed_step.clone();
 
     // A failed or cancelled run is undone by the steps of `<event>.rollback` before its end is
     // recorded, so whoever waits for the terminal status sees the undo completed.
     let mut rollback_journal = None;
-    if let (Some(stop), Some(rb_event)) = (stop, entry.event.rollback()) {
+    if let (Some(stop), Some(rb_event)) = (outcome.stop, entry.event.rollback()) {
         let rb_plan = plan_event(&cfg.events_dirs, &rb_event);
         if rb_plan.steps().next().is_some() {
             let failed_step = record.failed_step.clone().unwrap_or_default();
@@ -327,11 +261,13 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
                 plan: &rb_plan,
                 stop,
                 failed_step: &failed_step,
-                env: &env_vars,
+                steps: StepRunner {
+                    env: &env_vars,
+                    ..steps
+                },
                 attempt,
-                cancel: &cancel_token,
+                cancel: cancel_token,
                 kill_now: &kill_now,
-                cgroup_fd: processes.cgroup_fd(),
             };
             let Some(result) = rb.run(&mut output_left).await? else {
                 return Ok(());
@@ -355,7 +291,12 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
         tracing::info!(%run, left, "killed processes the run's steps left running");
         append_line(store, run, &line, &mut output_left).await?;
     }
-    let (status, code, error) = outcome;
+    let RunOutcome {
+        status,
+        exit_code: code,
+        error,
+        ..
+    } = outcome;
     let (rec, j) = finish(record, status, code, error);
     // Its failure does not matter: the final record carries the data too.
     if let Some(write) = data_written {
@@ -368,8 +309,221 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
     Ok(())
 }
 
+/// How a run ended, as it is recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RunOutcome {
+    status: RunStatus,
+    exit_code: i32,
+    /// Why it did not succeed.
+    error: Option<String>,
+    /// The step that failed, timed out or was cancelled.
+    failed_step: Option<String>,
+    /// What stopped its steps, `None` when they all succeeded: decides its rollback.
+    stop: Option<Stop>,
+}
+
+impl RunOutcome {
+    fn done() -> Self {
+        RunOutcome {
+            status: RunStatus::Done,
+            exit_code: exit::OK,
+            error: None,
+            failed_step: None,
+            stop: None,
+        }
+    }
+
+    /// The outcome of a run whose step `f` failed; `timeout` is the run's.
+    fn failed(f: Failure, timeout: Duration) -> Self {
+        let (status, exit_code, stop) = match &f.how {
+            Failed::Exited(code) => (RunStatus::Failed, *code, Stop::Failed),
+            Failed::NotStarted(_) => (RunStatus::Failed, exit::SPAWN_FAILED, Stop::Failed),
+            Failed::TimedOut => (RunStatus::Failed, exit::TIMEOUT, Stop::TimedOut),
+            Failed::Cancelled => (RunStatus::Cancelled, exit::CANCELLED, Stop::Cancelled),
+        };
+        RunOutcome {
+            status,
+            exit_code,
+            error: Some(f.describe(timeout)),
+            failed_step: Some(f.step),
+            stop: Some(stop),
+        }
+    }
+}
+
+/// How one step failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failed {
+    Exited(i32),
+    NotStarted(String),
+    TimedOut,
+    Cancelled,
+}
+
+/// A step that failed, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Failure {
+    step: String,
+    how: Failed,
+}
+
+impl Failure {
+    /// What the record, the journal and the rollback's message say; `timeout` is the steps'.
+    fn describe(&self, timeout: Duration) -> String {
+        let step = &self.step;
+        match &self.how {
+            Failed::Exited(code) => format!("step {step} exited with code {code}"),
+            Failed::NotStarted(e) => format!("step {step} could not start: {e}"),
+            Failed::TimedOut => format!("timed out after {}s in step {step}", timeout.as_secs()),
+            Failed::Cancelled => format!("cancelled in step {step}"),
+        }
+    }
+
+    /// A timeout or a cancel stops the steps whatever the policy.
+    fn stops_all(&self) -> bool {
+        matches!(self.how, Failed::TimedOut | Failed::Cancelled)
+    }
+}
+
+/// What a failed step means for the steps after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Policy {
+    /// A run: its first failing step ends it.
+    StopAtFirstFailure,
+    /// A rollback: undoing goes as far as it can; only a timeout or a cancel stops it.
+    RunAll,
+}
+
+/// How a plan's steps went.
+#[derive(Debug)]
+enum StepsEnd {
+    /// The steps ran (as far as the policy let them): the failures in run order, the steps a
+    /// timeout or cancel kept from running.
+    Ran {
+        failures: Vec<Failure>,
+        not_run: Vec<String>,
+    },
+    /// The agent shut down during `step`: nothing is recorded as the end; the run runs again.
+    ShutDown { step: String },
+}
+
+/// The time limits of a plan's steps and what can stop them.
+struct Limits<'a> {
+    timeout: Duration,
+    deadline: Instant,
+    grace: Duration,
+    cancel: CancellationToken,
+    kill_now: &'a CancellationToken,
+}
+
+impl<'a> Limits<'a> {
+    fn new(
+        cfg: &EngineConfig,
+        timeout: Option<Duration>,
+        cancel: CancellationToken,
+        kill_now: &'a CancellationToken,
+    ) -> Self {
+        let timeout = timeout.unwrap_or(cfg.default_timeout);
+        Limits {
+            timeout,
+            deadline: Instant::now() + timeout,
+            grace: cfg.kill_grace,
+            cancel,
+            kill_now,
+        }
+    }
+
+    fn signals(&self) -> Signals<'_> {
+        Signals {
+            deadline: self.deadline,
+            cancel: &self.cancel,
+            kill_now: self.kill_now,
+            grace: self.grace,
+        }
+    }
+}
+
+/// Runs the steps of `plan` in order under `policy` and `limits`; each step's progress message
+/// says `label` (a rollback's).
+async fn run_steps(
+    runner: &StepRunner<'_>,
+    plan: &EventPlan,
+    policy: Policy,
+    limits: &Limits<'_>,
+    label: Option<&str>,
+    output_left: &mut usize,
+) -> Result<StepsEnd> {
+    let steps: Vec<&PlanEntry> = plan.steps().collect();
+    let total = steps.len() as u32;
+    let mut failures = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        let position = (i as u32 + 1, total, label.map(str::to_string));
+        let how = match runner
+            .run(step, position, limits.signals(), output_left)
+            .await?
+        {
+            StepEnd::Exited(0) => continue,
+            StepEnd::Exited(code) => Failed::Exited(code),
+            StepEnd::SpawnFailed(e) => Failed::NotStarted(e),
+            StepEnd::Interrupted(Interrupt::Timeout) => Failed::TimedOut,
+            StepEnd::Interrupted(Interrupt::Cancel) => Failed::Cancelled,
+            StepEnd::Interrupted(Interrupt::Shutdown) => {
+                return Ok(StepsEnd::ShutDown {
+                    step: step.name.clone(),
+                })
+            }
+        };
+        let failure = Failure {
+            step: step.name.clone(),
+            how,
+        };
+        let stop = failure.stops_all() || policy == Policy::StopAtFirstFailure;
+        failures.push(failure);
+        if stop {
+            let not_run = steps[i + 1..].iter().map(|s| s.name.clone()).collect();
+            return Ok(StepsEnd::Ran { failures, not_run });
+        }
+    }
+    Ok(StepsEnd::Ran {
+        failures,
+        not_run: Vec::new(),
+    })
+}
+
+/// Journals that the agent shut down during `step` of a run (or of its rollback: `rollback_of`
+/// names the failed event); the run stays pending and starts again on the next start.
+async fn record_shutdown(
+    store: &Store,
+    run: &RunId,
+    event: &EventName,
+    attempt: u32,
+    step: &str,
+    rollback_of: Option<&str>,
+) -> Result<()> {
+    let mut j = JournalEntry::new(
+        run.as_str(),
+        event.as_str(),
+        JournalStatus::Interrupted,
+        attempt,
+        now_rfc3339(),
+    );
+    j.step = Some(step.to_string());
+    j.message = Some(match rollback_of {
+        None => "agent shut down; the run starts again on its next start".into(),
+        Some(original) => format!(
+            "agent shut down during the rollback of {original}; the run starts again on its next start"
+        ),
+    });
+    store.journal(&j).await?;
+    match rollback_of {
+        None => tracing::warn!(%run, %step, "run interrupted by shutdown"),
+        Some(_) => tracing::warn!(%run, %step, "rollback interrupted by shutdown"),
+    }
+    Ok(())
+}
+
 /// How the steps of a run that needs a rollback ended.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
     /// A step exited non-zero or could not start.
     Failed,
@@ -389,12 +543,11 @@ struct Rollback<'a> {
     stop: Stop,
     /// The step that failed, timed out or was cancelled.
     failed_step: &'a str,
-    /// The failed run's step environment.
-    env: &'a [(String, String)],
+    /// Runs the steps as the failed run's did (its environment, data, cgroup).
+    steps: StepRunner<'a>,
     attempt: u32,
-    cancel: &'a CancellationToken,
+    cancel: CancellationToken,
     kill_now: &'a CancellationToken,
-    cgroup_fd: Option<(RawFd, RawFd)>,
 }
 
 struct RollbackResult {
@@ -434,7 +587,7 @@ impl Rollback<'_> {
         )
         .await?;
 
-        let mut env = self.env.to_vec();
+        let mut env = self.steps.env.to_vec();
         env.extend([
             (
                 step_env::AGENT_ROLLBACK.to_string(),
@@ -452,76 +605,51 @@ impl Rollback<'_> {
                 run_status.as_str().to_string(),
             ),
         ]);
-        let timeout = self.plan.settings.timeout.unwrap_or(cfg.default_timeout);
-        let deadline = Instant::now() + timeout;
-        let steps: Vec<&PlanEntry> = self.plan.steps().collect();
-        let total = steps.len() as u32;
-        let mut failed = Vec::new();
-        let mut problems = Vec::new();
-        for (i, step) in steps.iter().enumerate() {
-            let signals = Signals {
-                deadline,
-                cancel: self.cancel,
-                kill_now: self.kill_now,
-                grace: cfg.kill_grace,
-            };
-            let position = (i as u32 + 1, total, Some(format!("rollback of {original}")));
-            let end = run_step_recorded(
-                store,
-                run,
-                step,
-                position,
-                &self.entry.data,
-                &env,
-                signals,
-                output_left,
-                self.cgroup_fd,
-            )
-            .await?;
-            let name = &step.name;
-            let stopped = match end {
-                StepEnd::Exited(0) => continue,
-                StepEnd::Exited(code) => {
-                    problems.push(format!("step {name} exited with code {code}"));
-                    None
-                }
-                StepEnd::SpawnFailed(e) => {
-                    problems.push(format!("step {name} could not start: {e}"));
-                    None
-                }
-                StepEnd::Interrupted(Interrupt::Timeout) => Some(format!(
-                    "timed out after {}s in step {name}",
-                    timeout.as_secs()
-                )),
-                StepEnd::Interrupted(Interrupt::Cancel) => {
-                    Some(format!("cancelled in step {name}"))
-                }
-                StepEnd::Interrupted(Interrupt::Shutdown) => {
-                    let mut j = JournalEntry::new(
-                        run.as_str(),
-                        original,
-                        JournalStatus::Interrupted,
-                        self.attempt,
-                        now_rfc3339(),
-                    );
-                    j.step = Some(name.clone());
-                    j.message = Some(format!(
-                        "agent shut down during the rollback of {original}; the run starts again on its next start"
-                    ));
-                    store.journal(&j).await?;
-                    tracing::warn!(%run, step = %name, "rollback interrupted by shutdown");
-                    return Ok(None);
-                }
-            };
-            failed.push(name.clone());
-            if let Some(mut why) = stopped {
-                // A timeout or a cancel ends the rollback: the later steps do not run.
-                let rest: Vec<&str> = steps[i + 1..].iter().map(|s| s.name.as_str()).collect();
-                if !rest.is_empty() {
-                    why.push_str(&format!("; not run: {}", rest.join(", ")));
-                }
-                problems.push(why);
-                break;
+        let steps = StepRunner {
+            env: &env,
+            ..self.steps
+        };
+        let limits = Limits::new(
+            cfg,
+            self.plan.settings.timeout,
+            self.cancel.clone(),
+            self.kill_now,
+        );
+        let label = format!("rollback of {original}");
+        let ended = run_steps(
+            &steps,
+            self.plan,
+            Policy::RunAll,
+            &limits,
+            Some(&label),
+            output_left,
+        )
+        .await?;
+        let (failures, not_run) = match ended {
+            StepsEnd::Ran { failures, not_run } => (failures, not_run),
+            StepsEnd::ShutDown { step } => {
+                record_shutdown(
+                    store,
+                    run,
+                    &self.entry.event,
+                    self.attempt,
+                    &step,
+                    Some(original),
+                )
+                .await?;
+                return Ok(None);
+            }
+        };
+        let total = self.plan.steps().count();
+        let failed: Vec<String> = failures.iter().map(|f| f.step.clone()).collect();
+        let mut problems: Vec<String> = failures
+            .iter()
+            .map(|f| f.describe(limits.timeout))
+            .collect();
+        if let Some(last) = problems.last_mut() {
+            // A timeout or a cancel ends the rollback: the later steps do not run.
+            if !not_run.is_empty() {
+                last.push_str(&format!("; not run: {}", not_run.join(", ")));
             }
         }
         let (status, message) = if failed.is_empty() {
@@ -656,47 +784,67 @@ fn step_vars(
     vars
 }
 
-/// Runs one step of a run (or of its rollback) and records it: a progress message as it starts
-/// (`position`: its index from 1, the number of steps, a message), its scrubbed output appended to
-/// the run's output.
-#[allow(clippy::too_many_arguments)]
-async fn run_step_recorded(
-    store: &Store,
-    run: &RunId,
-    step: &PlanEntry,
-    position: (u32, u32, Option<String>),
-    data: &str,
-    env: &[(String, String)],
-    signals: Signals<'_>,
-    output_left: &mut usize,
+/// Runs the steps of one run (or of its rollback) and records each: its data, environment and
+/// cgroup are the run's.
+#[derive(Clone, Copy)]
+struct StepRunner<'a> {
+    store: &'a Store,
+    run: &'a RunId,
+    data: &'a str,
+    env: &'a [(String, String)],
+    /// The run's cgroup: its `cgroup.procs` and its directory.
     cgroup_fd: Option<(RawFd, RawFd)>,
-) -> Result<StepEnd> {
-    let (index, total, message) = position;
-    let progress = Progress {
-        run: run.to_string(),
-        step: Some(step.name.clone()),
-        step_index: Some(index),
-        steps: Some(total),
-        percent: None,
-        message,
-        status: Some(RunStatus::Running),
-    };
-    let reporter = Reporter {
-        store,
-        run,
-        progress: progress.clone(),
-    };
-    let spawn = Spawn {
-        cgroup: cgroup_fd,
-        reporter: &reporter,
-    };
-    let (end, output) = run_step(step, data, env, signals, spawn, || {
-        publish_detached(store, run, progress)
-    })
-    .await;
-    let output = store.scrubber.scrub(&output);
-    append_output(store, run, &step.name, &output, output_left).await?;
-    Ok(end)
+}
+
+impl StepRunner<'_> {
+    /// Runs one step: a progress message as it starts (`position`: its index from 1, the number
+    /// of steps, a message), its scrubbed output appended to the run's output.
+    async fn run(
+        &self,
+        step: &PlanEntry,
+        position: (u32, u32, Option<String>),
+        signals: Signals<'_>,
+        output_left: &mut usize,
+    ) -> Result<StepEnd> {
+        let (store, run) = (self.store, self.run);
+        let (index, total, message) = position;
+        let progress = Progress {
+            run: run.to_string(),
+            step: Some(step.name.clone()),
+            step_index: Some(index),
+            steps: Some(total),
+            percent: None,
+            message,
+            status: Some(RunStatus::Running),
+        };
+        let reporter = Reporter {
+            store,
+            run,
+            progress: progress.clone(),
+        };
+        let mut vars: Vec<(&std::ffi::OsStr, &std::ffi::OsStr)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.as_ref()))
+            .collect();
+        vars.push((step_env::AGENT_STEP.as_ref(), step.name.as_ref()));
+        let spec = StepSpec {
+            program: &step.path,
+            data: self.data,
+            env: vars,
+            cgroup: self.cgroup_fd,
+        };
+        let (end, output) = step_process::run(
+            &spec,
+            signals,
+            || publish_detached(store, run, progress),
+            &reporter,
+        )
+        .await;
+        let output = store.scrubber.scrub(&output);
+        append_output(store, run, &step.name, &output, output_left).await?;
+        Ok(end)
+    }
 }
 
 /// Appends one step's output under a `==> step <==` header, within the run's output cap.
@@ -739,217 +887,6 @@ async fn append_line(store: &Store, run: &RunId, line: &str, left: &mut usize) -
     store.append_output(run, chunk).await
 }
 
-struct Signals<'a> {
-    deadline: Instant,
-    cancel: &'a CancellationToken,
-    kill_now: &'a CancellationToken,
-    grace: Duration,
-}
-
-/// Largest output kept from one step before the run's own cap applies.
-const STEP_CAPTURE_CAP: usize = 4 << 20;
-
-/// How a step is started and heard from, beside its argument, environment and pipes.
-struct Spawn<'a> {
-    /// The run's cgroup: its `cgroup.procs` and its directory (see [`start_step`]).
-    cgroup: Option<(RawFd, RawFd)>,
-    /// Publishes what the step sends on its control socket.
-    reporter: &'a Reporter<'a>,
-}
-
-async fn run_step(
-    step: &PlanEntry,
-    data: &str,
-    env: &[(String, String)],
-    signals: Signals<'_>,
-    spawn: Spawn<'_>,
-    announce: impl FnOnce(),
-) -> (StepEnd, Vec<u8>) {
-    let control = match ControlSocket::new() {
-        Ok(c) => c,
-        Err(e) => {
-            return (
-                StepEnd::SpawnFailed(format!("cannot create the control socket: {e}")),
-                Vec::new(),
-            )
-        }
-    };
-    let pipes = match StepPipes::new(data.is_empty()) {
-        Ok(p) => p,
-        Err(e) => {
-            return (
-                StepEnd::SpawnFailed(format!("cannot create pipes: {e}")),
-                Vec::new(),
-            )
-        }
-    };
-    let spawned = start_step(step, data, env, &pipes, &control, spawn.cgroup);
-    // Our copies of the child's pipe ends go now, so EOF can be seen.
-    let StepPipes {
-        stdin,
-        stdin_writer,
-        stdout,
-        stderr,
-        output,
-    } = pipes;
-    drop((stdin, stdout, stderr));
-    let mut control = control.into_agent_end();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => return (StepEnd::SpawnFailed(e.to_string()), Vec::new()),
-    };
-    let Some(pid) = child.id() else {
-        return (
-            StepEnd::SpawnFailed("the step's process vanished at once".into()),
-            Vec::new(),
-        );
-    };
-    let pgid = Pid::from_raw(pid as i32);
-    announce();
-
-    if let Some(writer) = stdin_writer {
-        feed_stdin(writer, data.as_bytes());
-    }
-    // The output is read by this task while it waits for the step (a chatty step must not block on
-    // a full pipe), and while a timed-out or cancelled step is being killed.
-    let mut output = Capture::new(output);
-    // `Ok`: the step exited with this code; `Err`: it must be killed, with this grace period.
-    let waited = loop {
-        tokio::select! {
-            status = child.wait() => break Ok(status.map(exit_code).unwrap_or(exit::SPAWN_FAILED)),
-            _ = output.read_some() => {}
-            msg = control.recv() => spawn.reporter.handle(msg).await,
-            _ = tokio::time::sleep_until(signals.deadline) => break Err((Interrupt::Timeout, signals.grace)),
-            _ = signals.cancel.cancelled() => break Err((Interrupt::Cancel, signals.grace)),
-            _ = signals.kill_now.cancelled() => break Err((Interrupt::Shutdown, Duration::ZERO)),
-        }
-    };
-    let end = match waited {
-        Ok(code) => StepEnd::Exited(code),
-        Err((why, grace)) => {
-            let killed = terminate(&mut child, pgid, grace);
-            tokio::pin!(killed);
-            loop {
-                tokio::select! {
-                    _ = &mut killed => break,
-                    _ = output.read_some() => {}
-                }
-            }
-            StepEnd::Interrupted(why)
-        }
-    };
-    // What the step sent just before it exited is published too.
-    while let Some(msg) = control.try_recv() {
-        spawn.reporter.handle(msg).await;
-    }
-    // A background process of the step may keep the pipe open: do not wait for EOF forever.
-    let _ = tokio::time::timeout(Duration::from_secs(2), output.drain()).await;
-    (end, output.into_bytes())
-}
-
-/// The datagram socket a step reports through (core_events::step): the agent keeps one end, the
-/// step gets the other as fd [`CONTROL_FD`].
-struct ControlSocket {
-    agent: std::os::unix::net::UnixDatagram,
-    step: std::os::unix::net::UnixDatagram,
-}
-
-impl ControlSocket {
-    fn new() -> std::io::Result<Self> {
-        // `pair` makes both ends close-on-exec: only the step's own fd 3 crosses exec.
-        let (agent, step) = std::os::unix::net::UnixDatagram::pair()?;
-        agent.set_nonblocking(true)?;
-        Ok(ControlSocket { agent, step })
-    }
-
-    fn step_fd(&self) -> RawFd {
-        self.step.as_raw_fd()
-    }
-
-    /// In the forked step: the step's end becomes fd [`CONTROL_FD`], kept across exec.
-    fn install_in_child(fd: RawFd) -> std::io::Result<()> {
-        use nix::libc;
-        // SAFETY: dup2 and fcntl are async-signal-safe; `fd` is open in this process.
-        let ok = unsafe {
-            if fd == CONTROL_FD {
-                libc::fcntl(fd, libc::F_SETFD, 0) != -1
-            } else {
-                libc::dup2(fd, CONTROL_FD) != -1
-            }
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    }
-
-    /// After the spawn: the step's end is closed here (the step has its copy), the agent's is kept.
-    fn into_agent_end(self) -> ControlReceiver {
-        drop(self.step);
-        ControlReceiver {
-            socket: tokio::net::UnixDatagram::from_std(self.agent).ok(),
-            buf: Vec::new(),
-        }
-    }
-}
-
-/// The agent's end of a step's control socket.
-struct ControlReceiver {
-    socket: Option<tokio::net::UnixDatagram>,
-    buf: Vec<u8>,
-}
-
-impl ControlReceiver {
-    /// The next datagram, decoded (or why it was refused). Cancel-safe; never returns once the
-    /// socket is unusable.
-    async fn recv(&mut self) -> std::result::Result<StepMessage, StepMessageError> {
-        let Some(socket) = &self.socket else {
-            return std::future::pending().await;
-        };
-        // The buffer is made when the first message comes: most steps send none, and a buffer
-        // of this size per step would be an mmap and munmap each.
-        if socket.readable().await.is_err() {
-            self.socket = None;
-            return std::future::pending().await;
-        }
-        if self.buf.is_empty() {
-            self.buf = vec![0; MAX_MESSAGE + 1];
-        }
-        match socket.recv(&mut self.buf).await {
-            Ok(n) => StepMessage::decode(&self.buf[..n]),
-            Err(_) => {
-                self.socket = None;
-                std::future::pending().await
-            }
-        }
-    }
-
-    /// A datagram already waiting, if any.
-    fn try_recv(&mut self) -> Option<std::result::Result<StepMessage, StepMessageError>> {
-        let mut probe = [0u8; 1];
-        let fd = self.socket.as_ref()?.as_raw_fd();
-        // Is anything there at all (MSG_PEEK), before a buffer is made for it.
-        // SAFETY: a one-byte read into a local buffer from a socket we own.
-        let peeked = unsafe {
-            nix::libc::recv(
-                fd,
-                probe.as_mut_ptr().cast(),
-                1,
-                nix::libc::MSG_PEEK | nix::libc::MSG_DONTWAIT,
-            )
-        };
-        if peeked < 0 {
-            return None;
-        }
-        if self.buf.is_empty() {
-            self.buf = vec![0; MAX_MESSAGE + 1];
-        }
-        let n = self.socket.as_ref()?.try_recv(&mut self.buf).ok()?;
-        Some(StepMessage::decode(&self.buf[..n]))
-    }
-}
-
 /// Publishes what a step sends through its control socket, as the agent: progress on the run's
 /// channel (the run and step are the agent's, whatever the step claims), events on the agent's
 /// `event/<agent>/<event>`; secret values are removed by the store on the way.
@@ -960,8 +897,8 @@ struct Reporter<'a> {
     progress: Progress,
 }
 
-impl Reporter<'_> {
-    async fn handle(&self, msg: std::result::Result<StepMessage, StepMessageError>) {
+impl step_process::MessageSink for Reporter<'_> {
+    async fn message(&self, msg: step_process::Message) {
         let (store, run) = (self.store, self.run);
         match msg {
             Ok(StepMessage::Progress { percent, message }) => {
@@ -1033,235 +970,67 @@ impl Drop for RunProcesses {
     }
 }
 
-/// The pipes of one step: stdin, and one pipe that stdout and stderr share, so the output keeps the
-/// order in which the step wrote its lines (and costs one pipe and one reader instead of two). With
-/// no data, stdin is `/dev/null`: the step reads the same (nothing), and a pipe fewer is made.
-struct StepPipes {
-    /// `None`: `/dev/null`.
-    stdin: Option<OwnedFd>,
-    stdin_writer: Option<OwnedFd>,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-    output: OwnedFd,
-}
-
-impl StepPipes {
-    fn new(no_data: bool) -> std::io::Result<Self> {
-        let (stdin, stdin_writer) = if no_data {
-            (None, None)
-        } else {
-            let (stdin_r, stdin_w) = pipe2(OFlag::O_CLOEXEC)?;
-            (Some(stdin_r), Some(stdin_w))
-        };
-        let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC)?;
-        let err_w = out_w.try_clone()?;
-        Ok(StepPipes {
-            stdin,
-            stdin_writer,
-            stdout: out_w,
-            stderr: err_w,
-            output: out_r,
-        })
-    }
-}
-
-/// A step's process: started born in its run's cgroup ([`crate::spawn`]) or by the standard spawn.
-enum StepChild {
-    InCgroup(crate::spawn::StepProcess),
-    Std(tokio::process::Child),
-}
-
-impl StepChild {
-    fn id(&self) -> Option<u32> {
-        match self {
-            StepChild::InCgroup(p) => Some(p.id() as u32),
-            StepChild::Std(c) => c.id(),
-        }
-    }
-
-    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        match self {
-            StepChild::InCgroup(p) => p.wait().await,
-            StepChild::Std(c) => c.wait().await,
-        }
-    }
-
-    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
-        match self {
-            StepChild::InCgroup(p) => p.try_wait(),
-            StepChild::Std(c) => c.try_wait(),
-        }
-    }
-}
-
-/// Starts a step's process: in its run's cgroup from its first instruction when there is one
-/// (`clone3`), else — no cgroup, or a kernel without `CLONE_INTO_CGROUP` — with the standard spawn,
-/// which then moves it into the cgroup between fork and exec (slower: docs/BENCHMARKS.md).
-fn start_step(
-    step: &PlanEntry,
-    data: &str,
-    env: &[(String, String)],
-    pipes: &StepPipes,
-    control: &ControlSocket,
-    cgroup: Option<(RawFd, RawFd)>,
-) -> std::io::Result<StepChild> {
-    let control_fd_value = CONTROL_FD.to_string();
-    let mut vars: Vec<(&std::ffi::OsStr, &std::ffi::OsStr)> =
-        env.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
-    vars.push((step_env::AGENT_STEP.as_ref(), step.name.as_ref()));
-    vars.push((CONTROL_FD_ENV.as_ref(), control_fd_value.as_ref()));
-    let null;
-    let stdin_fd = match &pipes.stdin {
-        Some(fd) => fd.as_raw_fd(),
-        None => {
-            null = std::fs::File::open("/dev/null")?;
-            null.as_raw_fd()
-        }
-    };
-    if let Some((_, dir)) = cgroup {
-        let spec = crate::spawn::StepSpawn {
-            program: &step.path,
-            arg: data,
-            env: vars.clone(),
-            stdin: stdin_fd,
-            stdout: pipes.stdout.as_raw_fd(),
-            stderr: pipes.stderr.as_raw_fd(),
-            control: control.step_fd(),
-            control_at: CONTROL_FD,
-            cgroup: dir,
-        };
-        match crate::spawn::spawn(&spec) {
-            Ok(p) => return Ok(StepChild::InCgroup(p)),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(nix::libc::ENOSYS | nix::libc::EINVAL | nix::libc::E2BIG)
-                ) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let mut cmd = tokio::process::Command::new(&step.path);
-    cmd.arg(data)
-        .envs(vars)
-        .stdin(match &pipes.stdin {
-            Some(fd) => Stdio::from(fd.try_clone()?),
-            None => Stdio::null(),
-        })
-        .stdout(Stdio::from(pipes.stdout.try_clone()?))
-        .stderr(Stdio::from(pipes.stderr.try_clone()?))
-        .process_group(0);
-    let (procs_fd, control_fd) = (cgroup.map(|(procs, _)| procs), control.step_fd());
-    // SAFETY: the closure runs between fork and exec and makes only async-signal-safe calls
-    // (write, dup2, fcntl) on descriptors this process keeps open until `spawn` returns.
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(fd) = procs_fd {
-                crate::cgroup::join_in_child(fd)?;
-            }
-            ControlSocket::install_in_child(control_fd)
-        });
-    }
-    cmd.spawn().map(StepChild::Std)
-}
-
-/// Writes the event data to the step's stdin and closes it. Usually the data fits the pipe and one
-/// non-blocking write does it; the rest, if any, is written by a task as the step reads. A step that
-/// does not read stdin closes it early: EPIPE then is expected and harmless.
-fn feed_stdin(writer: OwnedFd, data: &[u8]) {
-    let flags = fcntl(&writer, FcntlArg::F_GETFL).map(OFlag::from_bits_truncate);
-    let nonblocking = flags.and_then(|f| fcntl(&writer, FcntlArg::F_SETFL(f | OFlag::O_NONBLOCK)));
-    if nonblocking.is_err() {
-        return;
-    }
-    let mut file = std::fs::File::from(writer);
-    let written = match std::io::Write::write(&mut file, data) {
-        Ok(n) => n,
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-        Err(_) => return,
-    };
-    if written == data.len() {
-        return;
-    }
-    let rest = data[written..].to_vec();
-    if let Ok(mut tx) = pipe::Sender::from_file(file) {
-        tokio::spawn(async move {
-            let _ = tx.write_all(&rest).await;
-        });
-    }
-}
-
-/// A step's output pipe and what was read from it (at most [`STEP_CAPTURE_CAP`] bytes kept; the rest
-/// is read and dropped, so the step never blocks on a full pipe).
-struct Capture {
-    pipe: Option<pipe::Receiver>,
-    kept: Vec<u8>,
-    buf: Box<[u8; 8192]>,
-}
-
-impl Capture {
-    fn new(fd: OwnedFd) -> Self {
-        Capture {
-            pipe: pipe::Receiver::from_owned_fd(fd).ok(),
-            kept: Vec::new(),
-            buf: Box::new([0; 8192]),
-        }
-    }
-
-    /// Reads once: returns when some output arrived or the pipe closed; never, once it is closed.
-    /// Cancel-safe (a read that loses a `select!` has taken nothing).
-    async fn read_some(&mut self) {
-        let Some(pipe) = &mut self.pipe else {
-            return std::future::pending().await;
-        };
-        match pipe.read(&mut self.buf[..]).await {
-            Ok(0) | Err(_) => self.pipe = None,
-            Ok(n) => {
-                let room = STEP_CAPTURE_CAP.saturating_sub(self.kept.len());
-                self.kept.extend_from_slice(&self.buf[..n.min(room)]);
-            }
-        }
-    }
-
-    /// Reads until every writer has closed the pipe.
-    async fn drain(&mut self) {
-        while self.pipe.is_some() {
-            self.read_some().await;
-        }
-    }
-
-    fn into_bytes(self) -> Vec<u8> {
-        self.kept
-    }
-}
-
-fn exit_code(status: std::process::ExitStatus) -> i32 {
-    status
-        .code()
-        .or_else(|| status.signal().map(|s| exit::SIGNAL_BASE + s))
-        .unwrap_or(exit::SPAWN_FAILED)
-}
-
-/// SIGTERM to the step's process group, then SIGKILL to whatever of the group is left after `grace`.
-async fn terminate(child: &mut StepChild, pgid: Pid, grace: Duration) {
-    let _ = killpg(pgid, Signal::SIGTERM);
-    let until = Instant::now() + grace;
-    let mut reaped = false;
-    loop {
-        reaped = reaped || matches!(child.try_wait(), Ok(Some(_)));
-        // Signal 0 probes the group: ESRCH once no member is left (the leader reaped above).
-        let group_alive = killpg(pgid, None).is_ok();
-        if (reaped && !group_alive) || Instant::now() >= until {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let _ = killpg(pgid, Signal::SIGKILL);
-    let _ = child.wait().await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn failure(how: Failed) -> Failure {
+        Failure {
+            step: "20x".into(),
+            how,
+        }
+    }
+
+    #[test]
+    fn each_failure_has_its_status_code_message_and_rollback() {
+        let t = Duration::from_secs(9);
+        let cases = [
+            (
+                Failed::Exited(3),
+                RunStatus::Failed,
+                3,
+                "step 20x exited with code 3",
+                Stop::Failed,
+            ),
+            (
+                Failed::NotStarted("ENOEXEC".into()),
+                RunStatus::Failed,
+                exit::SPAWN_FAILED,
+                "step 20x could not start: ENOEXEC",
+                Stop::Failed,
+            ),
+            (
+                Failed::TimedOut,
+                RunStatus::Failed,
+                exit::TIMEOUT,
+                "timed out after 9s in step 20x",
+                Stop::TimedOut,
+            ),
+            (
+                Failed::Cancelled,
+                RunStatus::Cancelled,
+                exit::CANCELLED,
+                "cancelled in step 20x",
+                Stop::Cancelled,
+            ),
+        ];
+        for (how, status, code, message, stop) in cases {
+            let stops_all = matches!(how, Failed::TimedOut | Failed::Cancelled);
+            let f = failure(how);
+            assert_eq!(f.stops_all(), stops_all, "{f:?}");
+            let o = RunOutcome::failed(f, t);
+            assert_eq!(o.status, status);
+            assert_eq!(o.exit_code, code);
+            assert_eq!(o.error.as_deref(), Some(message));
+            assert_eq!(o.failed_step.as_deref(), Some("20x"));
+            assert_eq!(o.stop, Some(stop));
+        }
+        let done = RunOutcome::done();
+        assert_eq!(
+            (done.status, done.exit_code, done.stop),
+            (RunStatus::Done, 0, None)
+        );
+    }
 
     #[test]
     fn module_env_filtering() {

@@ -221,10 +221,6 @@ impl StepProcess {
         Ok(Some(s))
     }
 
-    pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
-        self.reap(libc::WNOHANG)
-    }
-
     /// Waits for the process to exit and reaps it. Cancel-safe.
     pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
         loop {
