@@ -10,7 +10,7 @@ use clap::Parser;
 use core_events::{step_env, AgentKind, AgentName, EventName};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::EngineConfig;
+use crate::config::{defaults, EngineConfig};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Parser)]
@@ -42,15 +42,15 @@ pub struct AgentArgs {
     pub events_dirs: Vec<PathBuf>,
 
     /// How many runs may execute at once (1 = one at a time, in queue order).
-    #[arg(long, env = "AGENT_CONCURRENCY", default_value_t = 1)]
+    #[arg(long, env = "AGENT_CONCURRENCY", default_value_t = defaults::CONCURRENCY)]
     pub concurrency: usize,
 
     /// Timeout of a run in seconds, unless the event has a `.timeout` file.
-    #[arg(long, env = "AGENT_TIMEOUT", default_value_t = 3600)]
+    #[arg(long, env = "AGENT_TIMEOUT", default_value_t = defaults::TIMEOUT_SECS)]
     pub timeout: u64,
 
     /// Seconds between SIGTERM and SIGKILL when a step is cancelled or times out.
-    #[arg(long, env = "AGENT_KILL_GRACE", default_value_t = 5)]
+    #[arg(long, env = "AGENT_KILL_GRACE", default_value_t = defaults::KILL_GRACE_SECS)]
     pub kill_grace: u64,
 
     /// Largest accepted event payload in bytes. At most 131071: the data is a step's argv[1], and
@@ -59,7 +59,7 @@ pub struct AgentArgs {
     pub max_payload: usize,
 
     /// Largest number of queued entries; PUBLISHed events beyond it are refused (journaled).
-    #[arg(long, env = "AGENT_MAX_QUEUE", default_value_t = 10_000)]
+    #[arg(long, env = "AGENT_MAX_QUEUE", default_value_t = defaults::MAX_QUEUE)]
     pub max_queue: usize,
 
     /// Bytes of PUBLISHed events received and not yet queued the agent holds (payload, channel and
@@ -70,15 +70,15 @@ pub struct AgentArgs {
 
     /// How many times a run may be started (runs interrupted by an agent crash are started again),
     /// unless the event has a `.retries` file. Beyond it the run is abandoned.
-    #[arg(long, env = "AGENT_MAX_ATTEMPTS", default_value_t = 3)]
+    #[arg(long, env = "AGENT_MAX_ATTEMPTS", default_value_t = defaults::MAX_ATTEMPTS)]
     pub max_attempts: u32,
 
     /// Seconds run records and outputs are kept.
-    #[arg(long, env = "AGENT_RUN_TTL", default_value_t = 7 * 24 * 3600)]
+    #[arg(long, env = "AGENT_RUN_TTL", default_value_t = defaults::RUN_TTL_SECS)]
     pub run_ttl: u64,
 
     /// Largest captured output of one run, in bytes.
-    #[arg(long, env = "AGENT_OUTPUT_CAP", default_value_t = 256 * 1024)]
+    #[arg(long, env = "AGENT_OUTPUT_CAP", default_value_t = defaults::OUTPUT_CAP)]
     pub output_cap: usize,
 
     /// Event to queue on the agent's very first start (a module agent's `module.init`).
@@ -93,7 +93,7 @@ pub struct AgentArgs {
 
     /// Seconds running steps may go on after SIGTERM before they are killed; killed runs start
     /// again on the next start.
-    #[arg(long, env = "AGENT_SHUTDOWN_GRACE", default_value_t = 30)]
+    #[arg(long, env = "AGENT_SHUTDOWN_GRACE", default_value_t = defaults::SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace: u64,
 }
 
@@ -210,16 +210,17 @@ pub fn main(kind: AgentKind, args: AgentArgs) -> Result<()> {
         .build()
         .map_err(|e| Error::Config(format!("cannot start the runtime: {e}")))?;
     rt.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Registered before the agent starts, and a failure is an error: an agent that cannot hear
+        // SIGTERM would never shut down gracefully (systemd would SIGKILL it mid-run).
+        let registered = |kind, name: &str| {
+            signal(kind).map_err(|e| Error::Config(format!("cannot catch {name}: {e}")))
+        };
+        let mut term = registered(SignalKind::terminate(), "SIGTERM")?;
+        let mut int = registered(SignalKind::interrupt(), "SIGINT")?;
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
@@ -232,4 +233,27 @@ pub fn main(kind: AgentKind, args: AgentArgs) -> Result<()> {
             other => other,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flags_defaults_are_the_engines() {
+        // No flag given (and none of their variables set in a test run of this crate).
+        let args = AgentArgs::try_parse_from(["agent", "--name", "n1"]).unwrap();
+        let cfg = args.into_config(AgentKind::Node).unwrap();
+        let want = EngineConfig::new(AgentKind::Node, AgentName::new("n1").unwrap());
+        assert_eq!(cfg.default_timeout, want.default_timeout);
+        assert_eq!(cfg.kill_grace, want.kill_grace);
+        assert_eq!(cfg.max_attempts, want.max_attempts);
+        assert_eq!(cfg.max_queue, want.max_queue);
+        assert_eq!(cfg.run_ttl, want.run_ttl);
+        assert_eq!(cfg.output_cap, want.output_cap);
+        assert_eq!(cfg.concurrency, want.concurrency);
+        assert_eq!(cfg.shutdown_grace, want.shutdown_grace);
+        assert_eq!(cfg.listen_buffer, want.listen_buffer);
+        assert_eq!(cfg.max_payload, want.max_payload);
+    }
 }

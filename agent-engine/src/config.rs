@@ -57,6 +57,29 @@ pub struct EngineConfig {
     pub secret_key_file: Option<PathBuf>,
 }
 
+/// The defaults of the settings, spelled once: the flags (`cli.rs`), [`EngineConfig::new`] and
+/// `agentctl explain` read them here.
+pub mod defaults {
+    /// A run's timeout, in seconds (`--timeout`, an event's `.timeout` overrides it).
+    pub const TIMEOUT_SECS: u64 = 3600;
+    /// Seconds between SIGTERM and SIGKILL (`--kill-grace`).
+    pub const KILL_GRACE_SECS: u64 = 5;
+    /// How many times a run may be started (`--max-attempts`, an event's `.retries` + 1 overrides).
+    pub const MAX_ATTEMPTS: u32 = 3;
+    /// Largest number of queued entries (`--max-queue`).
+    pub const MAX_QUEUE: usize = 10_000;
+    /// Seconds run records and outputs are kept (`--run-ttl`).
+    pub const RUN_TTL_SECS: u64 = 7 * 24 * 3600;
+    /// Largest captured output of one run, in bytes (`--output-cap`).
+    pub const OUTPUT_CAP: usize = 256 * 1024;
+    /// How many runs at once (`--concurrency`).
+    pub const CONCURRENCY: usize = 1;
+    /// Seconds running steps may go on after SIGTERM (`--shutdown-grace`).
+    pub const SHUTDOWN_GRACE_SECS: u64 = 30;
+    /// Entries the journal stream keeps (approximately: `XADD MAXLEN ~`).
+    pub const JOURNAL_MAXLEN: usize = 10_000;
+}
+
 impl EngineConfig {
     /// A configuration with the documented defaults.
     pub fn new(kind: AgentKind, name: AgentName) -> Self {
@@ -71,18 +94,18 @@ impl EngineConfig {
             credentials: None,
             credentials_file: None,
             events_dirs,
-            concurrency: 1,
-            default_timeout: Duration::from_secs(3600),
-            kill_grace: Duration::from_secs(5),
+            concurrency: defaults::CONCURRENCY,
+            default_timeout: Duration::from_secs(defaults::TIMEOUT_SECS),
+            kill_grace: Duration::from_secs(defaults::KILL_GRACE_SECS),
             max_payload: core_events::record::MAX_PAYLOAD,
-            max_queue: 10_000,
+            max_queue: defaults::MAX_QUEUE,
             listen_buffer: DEFAULT_LISTEN_BUFFER,
-            max_attempts: 3,
-            run_ttl: Duration::from_secs(7 * 24 * 3600),
-            output_cap: 256 * 1024,
-            journal_maxlen: 10_000,
+            max_attempts: defaults::MAX_ATTEMPTS,
+            run_ttl: Duration::from_secs(defaults::RUN_TTL_SECS),
+            output_cap: defaults::OUTPUT_CAP,
+            journal_maxlen: defaults::JOURNAL_MAXLEN,
             startup_event: None,
-            shutdown_grace: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(defaults::SHUTDOWN_GRACE_SECS),
             heartbeat_interval: Duration::from_secs(5),
             secret_key_file: match kind {
                 AgentKind::Node => None,

@@ -45,16 +45,23 @@ pub(crate) struct CancelHandle(Arc<Mutex<CancellationToken>>);
 impl CancelHandle {
     /// Cancels what the run is doing now (its steps, or its rollback steps).
     pub fn cancel(&self) {
-        self.0.lock().expect("cancel lock").cancel();
+        self.lock().cancel();
     }
 
     fn token(&self) -> CancellationToken {
-        self.0.lock().expect("cancel lock").clone()
+        self.lock().clone()
+    }
+
+    /// The token; a panic elsewhere while it was held leaves nothing half-done (it is one value).
+    fn lock(&self) -> std::sync::MutexGuard<'_, CancellationToken> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A fresh token for the rollback of a cancelled run; later cancels fire it.
     fn renew(&self) -> CancellationToken {
-        let mut t = self.0.lock().expect("cancel lock");
+        let mut t = self.lock();
         *t = CancellationToken::new();
         t.clone()
     }

@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
+use agent_engine::config::defaults;
 use agent_engine::default_events_dirs;
 use agent_engine::plan::{plan_event, EventPlan, PlanEntry, PlanVerdict};
 use anyhow::Result;
@@ -111,7 +112,10 @@ fn rollback_text(
             "  rollback timeout: {}s (.timeout)\n",
             t.as_secs()
         )),
-        None => out.push_str("  rollback timeout: the agent's --timeout (default 3600s)\n"),
+        None => out.push_str(&format!(
+            "  rollback timeout: the agent's --timeout (default {}s)\n",
+            defaults::TIMEOUT_SECS
+        )),
     }
     for p in &plan.settings.problems {
         out.push_str(&format!("  problem: {p}\n"));
@@ -472,11 +476,17 @@ fn plan_text(
     out.push_str("\nsettings:\n");
     match s.timeout {
         Some(t) => out.push_str(&format!("  timeout: {}s (.timeout)\n", t.as_secs())),
-        None => out.push_str("  timeout: the agent's --timeout (default 3600s)\n"),
+        None => out.push_str(&format!(
+            "  timeout: the agent's --timeout (default {}s)\n",
+            defaults::TIMEOUT_SECS
+        )),
     }
     match s.retries {
         Some(r) => out.push_str(&format!("  retries: {r} (.retries)\n")),
-        None => out.push_str("  retries: the agent's --max-attempts (default 3 starts)\n"),
+        None => out.push_str(&format!(
+            "  retries: the agent's --max-attempts (default {} starts)\n",
+            defaults::MAX_ATTEMPTS
+        )),
     }
     for p in &s.problems {
         out.push_str(&format!("  problem: {p}\n"));
