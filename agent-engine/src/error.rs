@@ -20,6 +20,13 @@ pub enum Error {
     Config(String),
     #[error("shutting down")]
     Shutdown,
+    /// A Lua script of the store replied something its header does not document (a reply of another
+    /// shape, an unknown outcome word, a status that is not a run status): never read as a default.
+    #[error("unexpected reply from the {script} script: {reason}")]
+    ScriptReply {
+        script: &'static str,
+        reason: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

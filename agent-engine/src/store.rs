@@ -26,138 +26,408 @@ where
     Ok(agent_redis::retry(what, shutdown, op).await?)
 }
 
+// The Lua scripts, one file each under `scripts/`. A script's header says what its KEYS and ARGV are,
+// in order, and what it replies; its `…Args` type (one field per KEY and ARGV, in that order) is the
+// only way the store invokes it, and its `…Reply` type refuses any reply the header does not document
+// (`Error::ScriptReply`), rather than reading it as something else.
+
 /// Appends a PUBLISHed event to the queue unless the queue is full, and journals it as queued, in one
-/// round trip. Field names come from the caller (`core_events::record`), so the script spells none.
-/// ARGV: max queue length, journal MAXLEN, event field, event, data field, data, journal run field,
-/// then the other journal fields as name/value pairs.
-/// A queue or journal that is not a stream (anyone who may write the agent's keys can put a string
-/// there) is removed first: they are the agent's own, and an error here would stop its listener.
-const ENQUEUE_SCRIPT: &str = r#"
-for _, key in ipairs(KEYS) do
-  local t = redis.call('TYPE', key).ok
-  if t ~= 'none' and t ~= 'stream' then redis.call('DEL', key) end
-end
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
-local id = redis.call('XADD', KEYS[1], '*', ARGV[3], ARGV[4], ARGV[5], ARGV[6])
-local j = {'XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', ARGV[7], id}
-for i = 8, #ARGV do j[#j + 1] = ARGV[i] end
-redis.call(unpack(j))
-return id
-"#;
+/// round trip: [`EnqueueArgs`] → [`EnqueueReply`].
+const ENQUEUE_SCRIPT: &str = include_str!("scripts/enqueue.lua");
+/// Queues the startup event once in the agent's life: [`StartupArgs`] → [`StartupReply`].
+const STARTUP_SCRIPT: &str = include_str!("scripts/startup.lua");
+/// Begins a run in one round trip (attempt, `running` record and journal entry, module.env and the
+/// secrets): [`BeginArgs`] → [`BeginReply`].
+const BEGIN_SCRIPT: &str = include_str!("scripts/begin.lua");
 
-/// Queues the startup event once in the agent's life: the marker and the entry are set together.
-/// ARGV: marker value, then the queue entry's fields as name/value pairs.
-const STARTUP_SCRIPT: &str = r#"
-if redis.call('SET', KEYS[2], ARGV[1], 'NX') then
-  local c = {'XADD', KEYS[1], '*'}
-  for i = 2, #ARGV do c[#c + 1] = ARGV[i] end
-  return redis.call(unpack(c))
-end
-return false
-"#;
+/// The outcome words of `begin.lua`'s reply (the script's own protocol, not the wire's): exactly the
+/// words the script returns as the first element of its reply.
+const BEGIN_ENDED: &str = "ended";
+const BEGIN_REFUSED: &str = "refused";
+const BEGIN_STARTED: &str = "started";
 
-/// Begins a run in one round trip: reads the run's record to decide its attempt (a record still
-/// `running` was interrupted; a terminal one means a duplicate entry), writes the fresh `running`
-/// record and its journal entry unless told not to start, and returns what the steps need from Redis
-/// (module.env, and the secrets when they changed since the agent last learned them).
-///
-/// The record is written without the event's data: the data may hold a secret's value the agent has
-/// not learned yet, so it goes over the wire only once scrubbed with the secrets returned here. The
-/// secrets are compared by a digest of their sorted fields and ciphertexts, computed here, so an
-/// unchanged set costs nothing but the digest.
-///
-/// A retry of the script after a lost reply must not count as a new attempt: a `running` record whose
-/// `started` is this begin's own (the caller keeps one value across retries) is taken as begun.
-///
-/// KEYS: run record, run output, journal, then module.env and secrets (module agents only).
-/// ARGV: 1 status field, 2 attempt field, 3 started field, 4 the running status, 5 the terminal
-/// statuses (space-separated), 6 `1` to start or `0` to only look, 7 most attempts, 8 record TTL,
-/// 9 journal MAXLEN, 10 digest of the secrets known, 11 this begin's `started`, 12 n, then n record
-/// field/value arguments, then the journal entry's; the script adds the attempt to both.
-/// Returns: outcome (`ended`, `refused` or `started`), attempt, the ended status (or ``), module.env
-/// as a flat list, the digest of the secrets, the secrets as a flat list (or nil when unchanged).
-///
-/// Nothing in these keys can stop the script: a run record or output of the wrong type (anyone who
-/// may write the agent's keys can put a string there) is removed, as it is the agent's own and about
-/// to be written anew, and so is a journal that is not a stream; a module.env or secrets key of the
-/// wrong type is read as empty and reported; an `attempt` that is not a small whole number counts as
-/// 0. Each such finding is returned as a warning.
-const BEGIN_SCRIPT: &str = r#"
-local warn = {}
-local function owned(key, want)
-  local t = redis.call('TYPE', key).ok
-  if t ~= 'none' and t ~= want then
-    redis.call('DEL', key)
-    warn[#warn + 1] = key .. ' held a ' .. t .. ', not a ' .. want .. ': removed'
-  end
-end
-local function readable(key)
-  local t = redis.call('TYPE', key).ok
-  if t == 'hash' then return redis.call('HGETALL', key) end
-  if t ~= 'none' then warn[#warn + 1] = key .. ' is a ' .. t .. ', not a hash: read as empty' end
-  return {}
-end
-owned(KEYS[1], 'hash')
-owned(KEYS[2], 'string')
-owned(KEYS[3], 'stream')
-local status = redis.call('HGET', KEYS[1], ARGV[1])
-local before = tonumber(redis.call('HGET', KEYS[1], ARGV[2])) or 0
-if before ~= before or before < 0 or before > 1000000 then before = 0 end
-before = math.floor(before)
-if status and string.find(' ' .. ARGV[5] .. ' ', ' ' .. status .. ' ', 1, true) then
-  return {'ended', before, status, {}, '', false, warn}
-end
-local env, digest, secrets = {}, '', false
-if #KEYS >= 5 then
-  env = readable(KEYS[4])
-  local flat = readable(KEYS[5])
-  local sorted = {}
-  for i = 1, #flat, 2 do sorted[#sorted + 1] = {flat[i], flat[i + 1]} end
-  table.sort(sorted, function(a, b) return a[1] < b[1] end)
-  local parts = {}
-  for _, p in ipairs(sorted) do
-    parts[#parts + 1] = #p[1] .. ':' .. p[1] .. #p[2] .. ':' .. p[2]
-  end
-  digest = redis.sha1hex(table.concat(parts))
-  if digest ~= ARGV[10] then secrets = flat end
-end
-local attempt = 1
-if status == ARGV[4] then
-  if redis.call('HGET', KEYS[1], ARGV[3]) == ARGV[11] then
-    return {'started', before, '', env, digest, secrets, warn}
-  end
-  attempt = before + 1
-end
-if ARGV[6] ~= '1' or attempt > tonumber(ARGV[7]) then
-  return {'refused', attempt, '', env, digest, secrets, warn}
-end
-redis.call('DEL', KEYS[1], KEYS[2])
-local n = tonumber(ARGV[12])
-local h = {'HSET', KEYS[1], ARGV[2], attempt}
-for i = 13, 12 + n do h[#h + 1] = ARGV[i] end
-redis.call(unpack(h))
-redis.call('EXPIRE', KEYS[1], ARGV[8])
-local j = {'XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*'}
-for i = 13 + n, #ARGV do j[#j + 1] = ARGV[i] end
-j[#j + 1] = ARGV[2]
-j[#j + 1] = attempt
-redis.call(unpack(j))
-return {'started', attempt, '', env, digest, secrets, warn}
-"#;
+/// Field/value pairs, pushed as ARGV `name value name value …`.
+fn push_pairs(inv: &mut redis::ScriptInvocation<'_>, pairs: &[(&str, String)]) {
+    for (k, v) in pairs {
+        inv.arg(*k).arg(v);
+    }
+}
 
-/// The script's reply: outcome, attempt, ended status, module.env, digest of the secrets, the secrets
-/// (when they changed), warnings. Byte strings wherever the content is anyone's.
-type BeginReply = (
-    String,
-    u32,
-    Vec<u8>,
-    Vec<(Vec<u8>, Vec<u8>)>,
-    String,
-    Option<Vec<(Vec<u8>, Vec<u8>)>>,
-    Vec<Vec<u8>>,
-);
+/// The KEYS and ARGV of `scripts/enqueue.lua`, in the order of its header.
+struct EnqueueArgs<'a> {
+    queue: &'a str,
+    journal: &'a str,
+    max_queue: usize,
+    journal_maxlen: usize,
+    event_field: &'a str,
+    event: &'a str,
+    data_field: &'a str,
+    data: &'a [u8],
+    journal_run_field: &'a str,
+    journal_fields: &'a [(&'a str, String)],
+}
 
-/// What [`Store::begin_run`] found and did.
+impl EnqueueArgs<'_> {
+    /// Pushes every KEY and ARGV, in the order `enqueue.lua` documents.
+    fn push(&self, inv: &mut redis::ScriptInvocation<'_>) {
+        // Destructured, so a field added and not pushed does not compile.
+        let EnqueueArgs {
+            queue,
+            journal,
+            max_queue,
+            journal_maxlen,
+            event_field,
+            event,
+            data_field,
+            data,
+            journal_run_field,
+            journal_fields,
+        } = self;
+        inv.key(*queue).key(*journal);
+        inv.arg(*max_queue)
+            .arg(*journal_maxlen)
+            .arg(*event_field)
+            .arg(*event)
+            .arg(*data_field)
+            .arg(*data)
+            .arg(*journal_run_field);
+        push_pairs(inv, journal_fields);
+    }
+}
+
+/// What `enqueue.lua` replied.
+#[derive(Debug, PartialEq)]
+enum EnqueueReply {
+    /// Queued and journaled: the new queue entry's stream id.
+    Queued(String),
+    /// The queue is full: nothing was written.
+    Full,
+}
+
+impl EnqueueReply {
+    const SCRIPT: &'static str = "enqueue.lua";
+
+    fn parse(reply: redis::Value) -> Result<Self> {
+        Ok(match stream_id_or_nil(Self::SCRIPT, reply)? {
+            Some(id) => EnqueueReply::Queued(id),
+            None => EnqueueReply::Full,
+        })
+    }
+}
+
+/// The KEYS and ARGV of `scripts/startup.lua`, in the order of its header.
+struct StartupArgs<'a> {
+    queue: &'a str,
+    marker: &'a str,
+    marker_value: &'a str,
+    entry_fields: &'a [(&'a str, String)],
+}
+
+impl StartupArgs<'_> {
+    /// Pushes every KEY and ARGV, in the order `startup.lua` documents.
+    fn push(&self, inv: &mut redis::ScriptInvocation<'_>) {
+        let StartupArgs {
+            queue,
+            marker,
+            marker_value,
+            entry_fields,
+        } = self;
+        inv.key(*queue).key(*marker);
+        inv.arg(*marker_value);
+        push_pairs(inv, entry_fields);
+    }
+}
+
+/// What `startup.lua` replied.
+#[derive(Debug, PartialEq)]
+enum StartupReply {
+    /// The startup event was queued now: the new queue entry's stream id.
+    Queued(String),
+    /// The marker was set before (the event was queued once already): nothing was written.
+    QueuedBefore,
+}
+
+impl StartupReply {
+    const SCRIPT: &'static str = "startup.lua";
+
+    fn parse(reply: redis::Value) -> Result<Self> {
+        Ok(match stream_id_or_nil(Self::SCRIPT, reply)? {
+            Some(id) => StartupReply::Queued(id),
+            None => StartupReply::QueuedBefore,
+        })
+    }
+}
+
+/// The module agent's keys of `scripts/begin.lua` (KEYS 4 and 5; a node agent has neither).
+struct BeginModuleKeys<'a> {
+    module_env_key: &'a str,
+    secrets_key: &'a str,
+}
+
+/// The KEYS and ARGV of `scripts/begin.lua`, in the order of its header.
+struct BeginArgs<'a> {
+    record_key: &'a str,
+    output_key: &'a str,
+    journal_key: &'a str,
+    module: Option<BeginModuleKeys<'a>>,
+    status_field: &'a str,
+    attempt_field: &'a str,
+    started_field: &'a str,
+    running_status: &'a str,
+    terminal_statuses: &'a str,
+    start: bool,
+    max_attempts: u32,
+    record_ttl: i64,
+    journal_maxlen: usize,
+    known_digest: &'a str,
+    started: &'a str,
+    /// Pushed after their count (`record_len`, 2 per field).
+    record_fields: &'a [(&'a str, String)],
+    journal_fields: &'a [(&'a str, String)],
+}
+
+impl BeginArgs<'_> {
+    /// Pushes every KEY and ARGV, in the order `begin.lua` documents.
+    fn push(&self, inv: &mut redis::ScriptInvocation<'_>) {
+        // Destructured, so a field added and not pushed does not compile.
+        let BeginArgs {
+            record_key,
+            output_key,
+            journal_key,
+            module,
+            status_field,
+            attempt_field,
+            started_field,
+            running_status,
+            terminal_statuses,
+            start,
+            max_attempts,
+            record_ttl,
+            journal_maxlen,
+            known_digest,
+            started,
+            record_fields,
+            journal_fields,
+        } = self;
+        inv.key(*record_key).key(*output_key).key(*journal_key);
+        if let Some(BeginModuleKeys {
+            module_env_key,
+            secrets_key,
+        }) = module
+        {
+            inv.key(*module_env_key).key(*secrets_key);
+        }
+        inv.arg(*status_field)
+            .arg(*attempt_field)
+            .arg(*started_field)
+            .arg(*running_status)
+            .arg(*terminal_statuses)
+            .arg(if *start { "1" } else { "0" })
+            .arg(*max_attempts)
+            .arg(*record_ttl)
+            .arg(*journal_maxlen)
+            .arg(*known_digest)
+            .arg(*started)
+            .arg(record_fields.len() * 2);
+        push_pairs(inv, record_fields);
+        push_pairs(inv, journal_fields);
+    }
+}
+
+/// What `begin.lua` replied, checked against its header: outcome (with attempt and, for a run that
+/// ended, its status), module.env, digest of the secrets, the secrets (when they changed), warnings.
+/// Byte strings wherever the content is anyone's.
+#[derive(Debug, PartialEq)]
+struct BeginReply {
+    outcome: Begin,
+    module_env: Vec<(Vec<u8>, Vec<u8>)>,
+    digest: String,
+    /// `None`: unchanged since the digest the agent knows (or the run ended, or a node agent).
+    secrets: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    warnings: Vec<Vec<u8>>,
+}
+
+impl BeginReply {
+    const SCRIPT: &'static str = "begin.lua";
+
+    fn parse(reply: redis::Value) -> Result<Self> {
+        let bad = |reason: String| script_reply_error(Self::SCRIPT, reason);
+        let redis::Value::Array(items) = reply else {
+            return Err(bad(format!("expected a table of 7, got {}", shape(&reply))));
+        };
+        let n = items.len();
+        let Ok([outcome, attempt, ended, env, digest, secrets, warnings]) =
+            <[redis::Value; 7]>::try_from(items)
+        else {
+            return Err(bad(format!("expected a table of 7, got a table of {n}")));
+        };
+        let outcome = bulk(Self::SCRIPT, "the outcome", outcome)?;
+        let attempt = match attempt {
+            redis::Value::Int(a) => u32::try_from(a)
+                .map_err(|_| bad(format!("the attempt {a} is not a small whole number")))?,
+            other => return Err(bad(format!("expected the attempt, got {}", shape(&other)))),
+        };
+        let ended = bulk(Self::SCRIPT, "the ended status", ended)?;
+        let module_env = pairs(Self::SCRIPT, "module.env", env)?;
+        let digest = String::from_utf8(bulk(Self::SCRIPT, "the digest", digest)?)
+            .map_err(|_| bad("the digest is not UTF-8".into()))?;
+        let secrets = match secrets {
+            redis::Value::Nil => None,
+            other => Some(pairs(Self::SCRIPT, "the secrets", other)?),
+        };
+        let warnings = match warnings {
+            redis::Value::Array(w) => w
+                .into_iter()
+                .map(|w| bulk(Self::SCRIPT, "a warning", w))
+                .collect::<Result<Vec<_>>>()?,
+            other => return Err(bad(format!("expected the warnings, got {}", shape(&other)))),
+        };
+        let outcome = if outcome == BEGIN_ENDED.as_bytes() {
+            let status = std::str::from_utf8(&ended)
+                .ok()
+                .and_then(|s| s.parse::<RunStatus>().ok())
+                .filter(|s| s.is_terminal())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{BEGIN_ENDED} with {}, not a terminal run status",
+                        quoted(&ended)
+                    ))
+                })?;
+            Begin::Ended { status, attempt }
+        } else {
+            let begin = if outcome == BEGIN_REFUSED.as_bytes() {
+                Begin::Refused { attempt }
+            } else if outcome == BEGIN_STARTED.as_bytes() {
+                Begin::Started { attempt }
+            } else {
+                return Err(bad(format!(
+                    "unknown outcome {} (expected {BEGIN_ENDED}, {BEGIN_REFUSED} or \
+                     {BEGIN_STARTED})",
+                    quoted(&outcome)
+                )));
+            };
+            if !ended.is_empty() {
+                return Err(bad(format!(
+                    "{} with a status ({}): only {BEGIN_ENDED} has one",
+                    quoted(&outcome),
+                    quoted(&ended)
+                )));
+            }
+            begin
+        };
+        Ok(BeginReply {
+            outcome,
+            module_env,
+            digest,
+            secrets,
+            warnings,
+        })
+    }
+}
+
+fn script_reply_error(script: &'static str, reason: String) -> Error {
+    Error::ScriptReply { script, reason }
+}
+
+/// A reply element for an error message: its kind and size, never its content (a reply may carry
+/// module.env values or ciphertexts).
+fn shape(v: &redis::Value) -> String {
+    use redis::Value;
+    match v {
+        Value::Nil => "nil".into(),
+        Value::Int(i) => format!("the integer {i}"),
+        Value::BulkString(b) => format!("a string of {} bytes", b.len()),
+        Value::Array(a) => format!("a table of {}", a.len()),
+        Value::SimpleString(_) | Value::Okay => "a status reply".into(),
+        Value::ServerError(_) => "an error reply".into(),
+        other => format!("a reply of another kind ({})", shape_kind(other)),
+    }
+}
+
+fn shape_kind(v: &redis::Value) -> &'static str {
+    use redis::Value;
+    match v {
+        Value::Map(_) => "map",
+        Value::Set(_) => "set",
+        Value::Double(_) => "double",
+        Value::Boolean(_) => "boolean",
+        Value::VerbatimString { .. } => "verbatim string",
+        Value::BigNumber(_) => "big number",
+        Value::Attribute { .. } => "attribute",
+        Value::Push { .. } => "push",
+        _ => "unknown",
+    }
+}
+
+/// A short word of a reply for an error message (an outcome, a status), quoted.
+fn quoted(word: &[u8]) -> String {
+    format!("{:?}", crate::shown(&word[..word.len().min(40)]))
+}
+
+/// A string element of a reply (Lua strings come back as bulk strings).
+fn bulk(script: &'static str, what: &str, v: redis::Value) -> Result<Vec<u8>> {
+    match v {
+        redis::Value::BulkString(b) => Ok(b),
+        other => Err(script_reply_error(
+            script,
+            format!("expected {what} as a string, got {}", shape(&other)),
+        )),
+    }
+}
+
+/// A flat list `field value field value …` (as `HGETALL` gives it in a script) as pairs.
+fn pairs(script: &'static str, what: &str, v: redis::Value) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let redis::Value::Array(items) = v else {
+        return Err(script_reply_error(
+            script,
+            format!("expected {what} as a flat list, got {}", shape(&v)),
+        ));
+    };
+    if items.len() % 2 != 0 {
+        return Err(script_reply_error(
+            script,
+            format!("{what} is a list of {} items, not of pairs", items.len()),
+        ));
+    }
+    let mut items = items.into_iter();
+    let mut out = Vec::with_capacity(items.len() / 2);
+    while let (Some(k), Some(v)) = (items.next(), items.next()) {
+        out.push((bulk(script, what, k)?, bulk(script, what, v)?));
+    }
+    Ok(out)
+}
+
+/// A stream id (`<ms>-<seq>`, as `XADD` returns it) or nil (Lua false).
+fn stream_id_or_nil(script: &'static str, v: redis::Value) -> Result<Option<String>> {
+    let is_id = |s: &str| {
+        s.split_once('-').is_some_and(|(ms, seq)| {
+            [ms, seq]
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        })
+    };
+    match v {
+        redis::Value::Nil => Ok(None),
+        redis::Value::BulkString(b) => match String::from_utf8(b) {
+            Ok(id) if is_id(&id) => Ok(Some(id)),
+            Ok(id) => Err(script_reply_error(
+                script,
+                format!("{} is not a stream id", quoted(id.as_bytes())),
+            )),
+            Err(e) => Err(script_reply_error(
+                script,
+                format!("{} is not a stream id", quoted(e.as_bytes())),
+            )),
+        },
+        other => Err(script_reply_error(
+            script,
+            format!("expected a stream id or nil, got {}", shape(&other)),
+        )),
+    }
+}
+
+/// What [`Store::begin_run`] found and did (the outcome of [`BeginReply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Begin {
     /// The run ended before (a duplicate queue entry): nothing was written.
     Ended { status: RunStatus, attempt: u32 },
@@ -178,7 +448,7 @@ pub(crate) struct Begun {
 /// How a run should begin: see [`Store::begin_run`].
 pub(crate) struct BeginRequest<'a> {
     pub run: &'a RunId,
-    /// The `running` record; its `data` and `attempt` are left out (see [`BEGIN_SCRIPT`]).
+    /// The `running` record; its `data` and `attempt` are left out (see `scripts/begin.lua`).
     pub record: &'a RunRecord,
     /// The `running` journal entry (its attempt is set by the script).
     pub journal: &'a JournalEntry,
@@ -308,15 +578,19 @@ impl Store {
         }
     }
 
-    /// Begins a run in one round trip ([`BEGIN_SCRIPT`]): decides its attempt from the record,
+    /// Begins a run in one round trip (`scripts/begin.lua`): decides its attempt from the record,
     /// writes the `running` record and journal entry, and reads module.env and the secrets (learned
     /// here, so the caller can scrub the data before [`Store::write_run_data`]).
+    ///
+    /// A reply the script does not document is an [`Error::ScriptReply`]; nothing more is written.
     pub async fn begin_run(&self, req: &BeginRequest<'_>) -> Result<Begun> {
         use core_events::record::{
             RECORD_FIELD_ATTEMPT, RECORD_FIELD_DATA, RECORD_FIELD_STARTED, RECORD_FIELD_STATUS,
         };
         let (rkey, okey) = (self.prefix.run(req.run), self.prefix.run_output(req.run));
-        let module = self.prefix.kind() == core_events::AgentKind::Module;
+        let jkey = self.prefix.journal();
+        let module_keys = (self.prefix.kind() == core_events::AgentKind::Module)
+            .then(|| (self.prefix.module_env(), self.prefix.secrets()));
         let record: Vec<(&str, String)> = req
             .record
             .to_fields()
@@ -332,42 +606,42 @@ impl Store {
             .collect();
         let known = self.secrets.digest();
         let started = req.record.started.clone().unwrap_or_default();
-        let reply: BeginReply = retry("begin run", &self.shutdown, || {
+        let args = BeginArgs {
+            record_key: &rkey,
+            output_key: &okey,
+            journal_key: &jkey,
+            module: module_keys.as_ref().map(|(env, secrets)| BeginModuleKeys {
+                module_env_key: env,
+                secrets_key: secrets,
+            }),
+            status_field: RECORD_FIELD_STATUS,
+            attempt_field: RECORD_FIELD_ATTEMPT,
+            started_field: RECORD_FIELD_STARTED,
+            running_status: RunStatus::Running.as_str(),
+            terminal_statuses: &self.terminal_statuses,
+            start: req.start,
+            max_attempts: req.max_attempts,
+            record_ttl: self.ttl(),
+            journal_maxlen: self.cfg.journal_maxlen,
+            known_digest: &known,
+            started: &started,
+            record_fields: &record,
+            journal_fields: &journal,
+        };
+        let reply = retry("begin run", &self.shutdown, || {
             let mut c = self.conn();
             let mut inv = self.begin.prepare_invoke();
-            inv.key(&rkey).key(&okey).key(self.prefix.journal());
-            if module {
-                inv.key(self.prefix.module_env()).key(self.prefix.secrets());
-            }
-            inv.arg(RECORD_FIELD_STATUS)
-                .arg(RECORD_FIELD_ATTEMPT)
-                .arg(RECORD_FIELD_STARTED)
-                .arg(RunStatus::Running.as_str())
-                .arg(&*self.terminal_statuses)
-                .arg(if req.start { "1" } else { "0" })
-                .arg(req.max_attempts)
-                .arg(self.ttl())
-                .arg(self.cfg.journal_maxlen)
-                .arg(&known)
-                .arg(&started)
-                .arg(record.len() * 2);
-            for (k, v) in record.iter().chain(&journal) {
-                inv.arg(*k).arg(v);
-            }
-            async move { inv.invoke_async(&mut c).await }
+            args.push(&mut inv);
+            async move { inv.invoke_async::<redis::Value>(&mut c).await }
         })
         .await?;
-        let (outcome, attempt, ended, env, digest, secrets, warnings) = reply;
-        let outcome = match outcome.as_str() {
-            "ended" => Begin::Ended {
-                status: String::from_utf8_lossy(&ended)
-                    .parse()
-                    .unwrap_or(RunStatus::Done),
-                attempt,
-            },
-            "refused" => Begin::Refused { attempt },
-            _ => Begin::Started { attempt },
-        };
+        let BeginReply {
+            outcome,
+            module_env,
+            digest,
+            secrets,
+            warnings,
+        } = BeginReply::parse(reply)?;
         let mut secret_warnings: Vec<String> = warnings.iter().map(|w| crate::shown(w)).collect();
         for w in &secret_warnings {
             tracing::warn!(run = %req.run, "{w}");
@@ -381,7 +655,7 @@ impl Store {
         }
         Ok(Begun {
             outcome,
-            module_env: env,
+            module_env,
             secret_warnings,
         })
     }
@@ -558,24 +832,29 @@ impl Store {
             .next()
             .expect("journal entries start with the run");
         let journal_fields: Vec<(&str, String)> = journal_fields.collect();
-        retry("queue published event", &self.shutdown, || {
+        let args = EnqueueArgs {
+            queue: &queue,
+            journal: &journal,
+            max_queue: self.cfg.max_queue,
+            journal_maxlen: self.cfg.journal_maxlen,
+            event_field: QUEUE_FIELD_EVENT,
+            event,
+            data_field: QUEUE_FIELD_DATA,
+            data,
+            journal_run_field: run_field,
+            journal_fields: &journal_fields,
+        };
+        let reply = retry("queue published event", &self.shutdown, || {
             let mut c = self.conn();
             let mut inv = self.enqueue.prepare_invoke();
-            inv.key(&queue)
-                .key(&journal)
-                .arg(self.cfg.max_queue)
-                .arg(self.cfg.journal_maxlen)
-                .arg(QUEUE_FIELD_EVENT)
-                .arg(event)
-                .arg(QUEUE_FIELD_DATA)
-                .arg(data)
-                .arg(run_field);
-            for (k, v) in &journal_fields {
-                inv.arg(*k).arg(v);
-            }
-            async move { inv.invoke_async::<Option<String>>(&mut c).await }
+            args.push(&mut inv);
+            async move { inv.invoke_async::<redis::Value>(&mut c).await }
         })
-        .await
+        .await?;
+        Ok(match EnqueueReply::parse(reply)? {
+            EnqueueReply::Queued(id) => Some(id),
+            EnqueueReply::Full => None,
+        })
     }
 
     /// Queues the startup event if it was never queued before. Returns whether it was queued now.
@@ -587,17 +866,24 @@ impl Store {
         };
         let (queue, marker) = (self.prefix.queue(), self.prefix.startup_marker());
         let now = crate::time::now_rfc3339();
-        let id: Option<String> = retry("queue startup event", &self.shutdown, || {
+        let fields = entry.to_fields();
+        let args = StartupArgs {
+            queue: &queue,
+            marker: &marker,
+            marker_value: &now,
+            entry_fields: &fields,
+        };
+        let reply = retry("queue startup event", &self.shutdown, || {
             let mut c = self.conn();
             let mut inv = self.startup.prepare_invoke();
-            inv.key(&queue).key(&marker).arg(&now);
-            for (k, v) in entry.to_fields() {
-                inv.arg(k).arg(v);
-            }
-            async move { inv.invoke_async::<Option<String>>(&mut c).await }
+            args.push(&mut inv);
+            async move { inv.invoke_async::<redis::Value>(&mut c).await }
         })
         .await?;
-        Ok(id.is_some())
+        Ok(matches!(
+            StartupReply::parse(reply)?,
+            StartupReply::Queued(_)
+        ))
     }
 
     /// Finds a queued (not yet started) entry by run id: its stream id and event.
@@ -786,5 +1072,525 @@ mod tests {
                 attempt: 3
             }
         ));
+    }
+
+    // The scripts' interface: KEYS/ARGV as their headers document them, replies parsed strictly.
+
+    use core_events::record::{RECORD_FIELD_ATTEMPT, RECORD_FIELD_STARTED, RECORD_FIELD_STATUS};
+    use redis::Value;
+
+    fn b(s: &str) -> Vec<u8> {
+        s.as_bytes().to_vec()
+    }
+
+    fn bulk_v(s: &str) -> Value {
+        Value::BulkString(b(s))
+    }
+
+    /// The `KEYS[i] name:` and `ARGV[i] name:` lines of a script's header, as `(slot, name)`.
+    fn header(script: &str) -> Vec<(String, String)> {
+        script
+            .lines()
+            .take_while(|l| l.starts_with("--"))
+            .filter_map(|l| {
+                let l = l.trim_start_matches('-').trim();
+                if !(l.starts_with("KEYS[") || l.starts_with("ARGV[")) {
+                    return None;
+                }
+                let (slot, rest) = l.split_once(' ')?;
+                let (name, _) = rest.split_once(':')?;
+                Some((slot.to_string(), name.to_string()))
+            })
+            .collect()
+    }
+
+    /// What a script receives from `push`: its KEYS and ARGV, echoed by a script of our own.
+    async fn echo(
+        store: &Store,
+        push: impl for<'s> FnOnce(&mut redis::ScriptInvocation<'s>),
+    ) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let script = redis::Script::new("return {KEYS, ARGV}");
+        let mut inv = script.prepare_invoke();
+        push(&mut inv);
+        inv.invoke_async(&mut store.conn()).await.unwrap()
+    }
+
+    /// `layout`, one `(slot, name, values)` per header line, is the header of `script`, and `got`
+    /// (KEYS, ARGV as the script received them) is the layout's values, KEYS then ARGV.
+    fn assert_layout(
+        script: &str,
+        layout: &[(&str, &str, Vec<Vec<u8>>)],
+        got: (Vec<Vec<u8>>, Vec<Vec<u8>>),
+    ) {
+        let names: Vec<(String, String)> = layout
+            .iter()
+            .map(|(slot, name, _)| (slot.to_string(), name.to_string()))
+            .collect();
+        assert_eq!(header(script), names, "the header documents another layout");
+        let values = |which: &str| -> Vec<Vec<u8>> {
+            layout
+                .iter()
+                .filter(|(slot, _, _)| slot.starts_with(which))
+                .flat_map(|(_, _, v)| v.clone())
+                .collect()
+        };
+        assert_eq!(got.0, values("KEYS"), "KEYS");
+        assert_eq!(got.1, values("ARGV"), "ARGV");
+    }
+
+    #[tokio::test]
+    async fn enqueue_args_are_pushed_as_the_header_documents() {
+        let (store, _server) = store().await;
+        let fields = [("f1", "v1".to_string()), ("f2", "v2".to_string())];
+        let args = EnqueueArgs {
+            queue: "q",
+            journal: "j",
+            max_queue: 7,
+            journal_maxlen: 8,
+            event_field: "ef",
+            event: "ev",
+            data_field: "df",
+            data: b"\xffdata",
+            journal_run_field: "rf",
+            journal_fields: &fields,
+        };
+        let got = echo(&store, |inv| args.push(inv)).await;
+        let layout = [
+            ("KEYS[1]", "queue", vec![b("q")]),
+            ("KEYS[2]", "journal", vec![b("j")]),
+            ("ARGV[1]", "max_queue", vec![b("7")]),
+            ("ARGV[2]", "journal_maxlen", vec![b("8")]),
+            ("ARGV[3]", "event_field", vec![b("ef")]),
+            ("ARGV[4]", "event", vec![b("ev")]),
+            ("ARGV[5]", "data_field", vec![b("df")]),
+            ("ARGV[6]", "data", vec![b"\xffdata".to_vec()]),
+            ("ARGV[7]", "journal_run_field", vec![b("rf")]),
+            (
+                "ARGV[8..]",
+                "journal_fields",
+                vec![b("f1"), b("v1"), b("f2"), b("v2")],
+            ),
+        ];
+        assert_layout(ENQUEUE_SCRIPT, &layout, got);
+    }
+
+    #[tokio::test]
+    async fn startup_args_are_pushed_as_the_header_documents() {
+        let (store, _server) = store().await;
+        let fields = [("f1", "v1".to_string()), ("f2", "v2".to_string())];
+        let args = StartupArgs {
+            queue: "q",
+            marker: "m",
+            marker_value: "now",
+            entry_fields: &fields,
+        };
+        let got = echo(&store, |inv| args.push(inv)).await;
+        let layout = [
+            ("KEYS[1]", "queue", vec![b("q")]),
+            ("KEYS[2]", "marker", vec![b("m")]),
+            ("ARGV[1]", "marker_value", vec![b("now")]),
+            (
+                "ARGV[2..]",
+                "entry_fields",
+                vec![b("f1"), b("v1"), b("f2"), b("v2")],
+            ),
+        ];
+        assert_layout(STARTUP_SCRIPT, &layout, got);
+    }
+
+    #[tokio::test]
+    async fn begin_args_are_pushed_as_the_header_documents() {
+        let (store, _server) = store().await;
+        let record = [("r1", "a".to_string()), ("r2", "b".to_string())];
+        let journal = [("j1", "c".to_string())];
+        for module in [true, false] {
+            let args = BeginArgs {
+                record_key: "rec",
+                output_key: "out",
+                journal_key: "jou",
+                module: module.then_some(BeginModuleKeys {
+                    module_env_key: "env",
+                    secrets_key: "sec",
+                }),
+                status_field: "sf",
+                attempt_field: "af",
+                started_field: "tf",
+                running_status: "rs",
+                terminal_statuses: "t1 t2",
+                start: module,
+                max_attempts: 5,
+                record_ttl: 60,
+                journal_maxlen: 9,
+                known_digest: "dg",
+                started: "st",
+                record_fields: &record,
+                journal_fields: &journal,
+            };
+            let got = echo(&store, |inv| args.push(inv)).await;
+            // A node agent has no module keys: KEYS 4 and 5 are left out.
+            let only_module = |v: &str| if module { vec![b(v)] } else { vec![] };
+            let layout = [
+                ("KEYS[1]", "record_key", vec![b("rec")]),
+                ("KEYS[2]", "output_key", vec![b("out")]),
+                ("KEYS[3]", "journal_key", vec![b("jou")]),
+                ("KEYS[4]", "module_env_key", only_module("env")),
+                ("KEYS[5]", "secrets_key", only_module("sec")),
+                ("ARGV[1]", "status_field", vec![b("sf")]),
+                ("ARGV[2]", "attempt_field", vec![b("af")]),
+                ("ARGV[3]", "started_field", vec![b("tf")]),
+                ("ARGV[4]", "running_status", vec![b("rs")]),
+                ("ARGV[5]", "terminal_statuses", vec![b("t1 t2")]),
+                ("ARGV[6]", "start", vec![b(if module { "1" } else { "0" })]),
+                ("ARGV[7]", "max_attempts", vec![b("5")]),
+                ("ARGV[8]", "record_ttl", vec![b("60")]),
+                ("ARGV[9]", "journal_maxlen", vec![b("9")]),
+                ("ARGV[10]", "known_digest", vec![b("dg")]),
+                ("ARGV[11]", "started", vec![b("st")]),
+                ("ARGV[12]", "record_len", vec![b("4")]),
+                (
+                    "ARGV[13..12+n]",
+                    "record_fields",
+                    vec![b("r1"), b("a"), b("r2"), b("b")],
+                ),
+                ("ARGV[13+n..]", "journal_fields", vec![b("j1"), b("c")]),
+            ];
+            assert_layout(BEGIN_SCRIPT, &layout, got);
+        }
+    }
+
+    #[test]
+    fn begin_script_returns_exactly_the_outcome_words() {
+        let mut returned: Vec<&str> = BEGIN_SCRIPT
+            .split("return {'")
+            .skip(1)
+            .map(|rest| rest.split('\'').next().unwrap())
+            .collect();
+        returned.sort();
+        returned.dedup();
+        let mut words = vec![BEGIN_ENDED, BEGIN_REFUSED, BEGIN_STARTED];
+        words.sort();
+        assert_eq!(returned, words);
+        for w in words {
+            assert!(
+                BEGIN_SCRIPT.contains(&format!("`{w}`")),
+                "the header documents {w}"
+            );
+        }
+    }
+
+    fn is_reply_error(r: Result<impl std::fmt::Debug>, want: &str) -> bool {
+        match r {
+            Err(Error::ScriptReply { script, reason }) => {
+                assert!(!reason.is_empty());
+                script == want
+            }
+            other => panic!("expected a ScriptReply error from {want}, got {other:?}"),
+        }
+    }
+
+    /// A `begin.lua` reply: outcome, attempt, status, then the rest as the script would send it.
+    fn begin_reply(outcome: Value, attempt: Value, status: Value) -> Vec<Value> {
+        vec![
+            outcome,
+            attempt,
+            status,
+            Value::Array(vec![bulk_v("K"), bulk_v("v")]),
+            bulk_v("digest"),
+            Value::Nil,
+            Value::Array(vec![bulk_v("w")]),
+        ]
+    }
+
+    #[test]
+    fn begin_reply_parses_every_documented_reply() {
+        for status in RunStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+            let reply = vec![
+                bulk_v(BEGIN_ENDED),
+                Value::Int(2),
+                bulk_v(status.as_str()),
+                Value::Array(vec![]),
+                bulk_v(""),
+                Value::Nil,
+                Value::Array(vec![]),
+            ];
+            assert_eq!(
+                BeginReply::parse(Value::Array(reply)).unwrap(),
+                BeginReply {
+                    outcome: Begin::Ended { status, attempt: 2 },
+                    module_env: vec![],
+                    digest: String::new(),
+                    secrets: None,
+                    warnings: vec![],
+                }
+            );
+        }
+        let refused = begin_reply(bulk_v(BEGIN_REFUSED), Value::Int(4), bulk_v(""));
+        assert_eq!(
+            BeginReply::parse(Value::Array(refused)).unwrap(),
+            BeginReply {
+                outcome: Begin::Refused { attempt: 4 },
+                module_env: vec![(b("K"), b("v"))],
+                digest: "digest".into(),
+                secrets: None,
+                warnings: vec![b("w")],
+            }
+        );
+        let mut started = begin_reply(bulk_v(BEGIN_STARTED), Value::Int(1), bulk_v(""));
+        started[5] = Value::Array(vec![bulk_v("S"), Value::BulkString(b"\xff".to_vec())]);
+        assert_eq!(
+            BeginReply::parse(Value::Array(started)).unwrap(),
+            BeginReply {
+                outcome: Begin::Started { attempt: 1 },
+                module_env: vec![(b("K"), b("v"))],
+                digest: "digest".into(),
+                secrets: Some(vec![(b("S"), b"\xff".to_vec())]),
+                warnings: vec![b("w")],
+            }
+        );
+    }
+
+    #[test]
+    fn begin_reply_refuses_the_undocumented() {
+        let ok = || begin_reply(bulk_v(BEGIN_STARTED), Value::Int(1), bulk_v(""));
+        let with = |i: usize, v: Value| {
+            let mut r = ok();
+            r[i] = v;
+            Value::Array(r)
+        };
+        let ended =
+            |status: Value| Value::Array(begin_reply(bulk_v(BEGIN_ENDED), Value::Int(1), status));
+        let mut short = ok();
+        short.pop();
+        let mut long = ok();
+        long.push(Value::Nil);
+        let bad = [
+            // Not a table of 7.
+            Value::Nil,
+            Value::Int(1),
+            bulk_v(BEGIN_STARTED),
+            Value::Array(vec![]),
+            Value::Array(short),
+            Value::Array(long),
+            // Unknown outcome words (the old code read them as `started`).
+            with(0, bulk_v("begun")),
+            with(0, bulk_v("")),
+            with(0, bulk_v("STARTED")),
+            with(0, Value::Int(1)),
+            with(0, Value::SimpleString(BEGIN_STARTED.into())),
+            // Statuses: an `ended` without a terminal run status (the old code read it as
+            // `done`), a status with another outcome.
+            ended(bulk_v("bogus")),
+            ended(bulk_v("")),
+            ended(bulk_v("done failed")),
+            ended(bulk_v(RunStatus::Running.as_str())),
+            ended(bulk_v(RunStatus::Queued.as_str())),
+            ended(Value::BulkString(b"\xff".to_vec())),
+            ended(Value::Nil),
+            with(2, bulk_v(RunStatus::Done.as_str())),
+            // Attempts that are not a whole number of u32.
+            with(1, Value::Int(-1)),
+            with(1, Value::Int(1 << 33)),
+            with(1, bulk_v("1")),
+            with(1, Value::Nil),
+            // module.env, digest, secrets, warnings of another shape.
+            with(3, Value::Nil),
+            with(3, Value::Array(vec![bulk_v("K")])),
+            with(3, Value::Array(vec![bulk_v("K"), Value::Int(1)])),
+            with(4, Value::Nil),
+            with(4, Value::BulkString(b"\xff".to_vec())),
+            with(5, Value::Int(0)),
+            with(5, Value::Array(vec![bulk_v("S")])),
+            with(6, Value::Nil),
+            with(6, Value::Array(vec![Value::Int(1)])),
+        ];
+        for (i, reply) in bad.into_iter().enumerate() {
+            let shown = format!("{reply:?}");
+            assert!(
+                is_reply_error(BeginReply::parse(reply), BeginReply::SCRIPT),
+                "#{i}: {shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn queue_replies_are_a_stream_id_or_nil() {
+        assert_eq!(EnqueueReply::parse(Value::Nil).unwrap(), EnqueueReply::Full);
+        assert_eq!(
+            EnqueueReply::parse(bulk_v("1700000000000-12")).unwrap(),
+            EnqueueReply::Queued("1700000000000-12".into())
+        );
+        assert_eq!(
+            StartupReply::parse(Value::Nil).unwrap(),
+            StartupReply::QueuedBefore
+        );
+        assert_eq!(
+            StartupReply::parse(bulk_v("1-0")).unwrap(),
+            StartupReply::Queued("1-0".into())
+        );
+        let bad = || {
+            [
+                bulk_v(""),
+                bulk_v("x"),
+                bulk_v("1-"),
+                bulk_v("-1"),
+                bulk_v("1-0-0"),
+                bulk_v("1-0 "),
+                Value::BulkString(b"1-\xff".to_vec()),
+                Value::Int(1),
+                Value::Okay,
+                Value::Boolean(false),
+                Value::Array(vec![bulk_v("1-0")]),
+            ]
+        };
+        for reply in bad() {
+            let shown = format!("{reply:?}");
+            assert!(
+                is_reply_error(EnqueueReply::parse(reply), EnqueueReply::SCRIPT),
+                "{shown}"
+            );
+        }
+        for reply in bad() {
+            let shown = format!("{reply:?}");
+            assert!(
+                is_reply_error(StartupReply::parse(reply), StartupReply::SCRIPT),
+                "{shown}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn queue_scripts_reply_as_documented() {
+        let (mut store, _server) = store().await;
+        let mut cfg = (*store.cfg).clone();
+        cfg.max_queue = 1;
+        store.cfg = Arc::new(cfg);
+        let id = store.enqueue_published("e", b"d").await.unwrap();
+        let id = id.expect("queued");
+        let mut con = store.conn();
+        let journal: redis::streams::StreamRangeReply =
+            con.xrange_all(store.prefix.journal()).await.unwrap();
+        let run_field =
+            JournalEntry::new("", "e", RunStatus::Queued, 0, String::new()).to_fields()[0].0;
+        let run: String = journal.ids[0].get(run_field).unwrap();
+        assert_eq!(run, id, "the journal entry's run is the queue entry's id");
+        assert_eq!(store.enqueue_published("e", b"d").await.unwrap(), None);
+
+        let event = core_events::EventName::new("agent.started").unwrap();
+        assert!(store.enqueue_startup(&event).await.unwrap());
+        assert!(!store.enqueue_startup(&event).await.unwrap());
+    }
+
+    /// Runs `begin.lua` for `run` of the module agent `m0` and parses its reply.
+    async fn begin_raw(store: &Store, run: &RunId, known: &str, started: &str) -> BeginReply {
+        let record = [
+            (RECORD_FIELD_STATUS, RunStatus::Running.as_str().to_string()),
+            (RECORD_FIELD_STARTED, started.to_string()),
+        ];
+        let (rkey, okey) = (store.prefix.run(run), store.prefix.run_output(run));
+        let (jkey, ekey, skey) = (
+            store.prefix.journal(),
+            store.prefix.module_env(),
+            store.prefix.secrets(),
+        );
+        let args = BeginArgs {
+            record_key: &rkey,
+            output_key: &okey,
+            journal_key: &jkey,
+            module: Some(BeginModuleKeys {
+                module_env_key: &ekey,
+                secrets_key: &skey,
+            }),
+            status_field: RECORD_FIELD_STATUS,
+            attempt_field: RECORD_FIELD_ATTEMPT,
+            started_field: RECORD_FIELD_STARTED,
+            running_status: RunStatus::Running.as_str(),
+            terminal_statuses: &store.terminal_statuses,
+            start: true,
+            max_attempts: 3,
+            record_ttl: 60,
+            journal_maxlen: 100,
+            known_digest: known,
+            started,
+            record_fields: &record,
+            journal_fields: &[],
+        };
+        let mut inv = store.begin.prepare_invoke();
+        args.push(&mut inv);
+        BeginReply::parse(inv.invoke_async(&mut store.conn()).await.unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn begin_script_replies_as_documented() {
+        let (store, _server) = store().await;
+        let mut con = store.conn();
+        let _: () = con.hset(store.prefix.module_env(), "K", "v").await.unwrap();
+        let _: () = con
+            .hset(store.prefix.secrets(), "S", "ciphertext")
+            .await
+            .unwrap();
+        let r1 = RunId::new("r1").unwrap();
+        let first = begin_raw(&store, &r1, "", "t1").await;
+        assert_eq!(first.outcome, Begin::Started { attempt: 1 });
+        assert_eq!(first.module_env, vec![(b("K"), b("v"))]);
+        assert_eq!(first.secrets, Some(vec![(b("S"), b("ciphertext"))]));
+        assert_eq!(first.digest.len(), 40, "a SHA-1 in hex");
+        assert!(first.warnings.is_empty());
+        // The secrets known: not sent again.
+        let again = begin_raw(&store, &r1, &first.digest, "t1").await;
+        assert_eq!(again.outcome, Begin::Started { attempt: 1 });
+        assert_eq!(again.secrets, None);
+        // A record that ended: nothing but the outcome.
+        let _: () = con
+            .hset(
+                store.prefix.run(&r1),
+                RECORD_FIELD_STATUS,
+                RunStatus::Cancelled.as_str(),
+            )
+            .await
+            .unwrap();
+        let ended = begin_raw(&store, &r1, "", "t2").await;
+        assert_eq!(
+            ended,
+            BeginReply {
+                outcome: Begin::Ended {
+                    status: RunStatus::Cancelled,
+                    attempt: 1
+                },
+                module_env: vec![],
+                digest: String::new(),
+                secrets: None,
+                warnings: vec![],
+            }
+        );
+        // A module.env of the wrong type is read as empty, with a warning.
+        let _: () = con.del(store.prefix.module_env()).await.unwrap();
+        let _: () = con.set(store.prefix.module_env(), "x").await.unwrap();
+        let r2 = RunId::new("r2").unwrap();
+        let warned = begin_raw(&store, &r2, &first.digest, "t1").await;
+        assert_eq!(warned.outcome, Begin::Started { attempt: 1 });
+        assert!(warned.module_env.is_empty());
+        assert_eq!(warned.warnings.len(), 1, "{:?}", warned.warnings);
+    }
+
+    /// A status that only contains terminal statuses (anyone who may write the agent's keys can put
+    /// one there) is not taken as terminal: the run starts afresh, as for any status it does not
+    /// know, instead of the script replying `ended` with a status that is none.
+    #[tokio::test]
+    async fn begin_takes_only_an_exact_terminal_status_as_ended() {
+        let (store, _server) = store().await;
+        let mut con = store.conn();
+        let run = RunId::new("r1").unwrap();
+        for status in ["done failed", "done ", " done", "bogus", ""] {
+            let _: () = con.del(store.prefix.run(&run)).await.unwrap();
+            let _: () = con
+                .hset(store.prefix.run(&run), RECORD_FIELD_STATUS, status)
+                .await
+                .unwrap();
+            assert_eq!(
+                begin(&store, &run, "2026-11-25T10:00:00.001Z").await,
+                Begin::Started { attempt: 1 },
+                "{status:?}"
+            );
+        }
     }
 }
