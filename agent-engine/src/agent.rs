@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::EngineConfig;
+use crate::context::AgentCtx;
 use crate::error::{Error, Result};
 use crate::listener::{listen, Running};
 use crate::queue::{InFlight, QueueReader};
@@ -34,7 +35,14 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
     }
 
     let conn = agent_redis::retry("connecting", &shutdown, || target.manager()).await?;
-    let store = Store::new(conn, cfg.clone(), shutdown.clone(), scrubber);
+    let store = Store::new(conn, cfg.clone(), shutdown.clone(), scrubber.clone());
+    let ctx = AgentCtx {
+        cfg: cfg.clone(),
+        shutdown: shutdown.clone(),
+        scrubber,
+        store: store.clone(),
+        detached: TaskTracker::new(),
+    };
     if !store.claim_name().await? {
         tracing::debug!("the agent name registry is not writable by this user; not claimed");
     }
@@ -46,11 +54,11 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
     let fatal = Fatal::default();
     let (ready_tx, ready_rx) = oneshot::channel();
     let mut listener = Some({
-        let (store, running, fatal) = (store.clone(), running.clone(), fatal.clone());
+        let (ctx, running, fatal) = (ctx.clone(), running.clone(), fatal.clone());
         let target = target.clone();
         tokio::spawn(async move {
-            if let Err(e) = listen(target, store.clone(), running, ready_tx).await {
-                fatal.set(e, &store.shutdown);
+            if let Err(e) = listen(target, ctx.clone(), running, ready_tx).await {
+                fatal.set(e, &ctx.shutdown);
             }
         })
     });
@@ -75,7 +83,7 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     // Watchdog pings start after READY=1, as systemd expects.
-    let heartbeat = tokio::spawn(heartbeat_loop(store.clone()));
+    let heartbeat = tokio::spawn(heartbeat_loop(ctx.clone()));
     tracing::info!(agent = %cfg.name, prefix = %store.prefix.as_str(), "agent ready");
 
     let cgroups = match crate::cgroup::RunCgroups::detect() {
@@ -97,7 +105,7 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
     let tracker = TaskTracker::new();
     let kill_now = CancellationToken::new();
     let result = dispatch_loop(
-        &store, &target, &step_env, &running, &tracker, &kill_now, &fatal,
+        &ctx, &target, &step_env, &running, &tracker, &kill_now, &fatal,
     )
     .await;
     if let Err(e) = &result {
@@ -117,6 +125,7 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
         kill_now.cancel();
         tracker.wait().await;
     }
+    ctx.wind_down().await;
     shutdown.cancel();
     let _ = heartbeat.await;
     if let Some(handle) = listener {
@@ -155,8 +164,9 @@ fn heartbeat_value() -> String {
 }
 
 /// Refreshes the liveness key and pings the systemd watchdog when one is configured.
-async fn heartbeat_loop(store: Store) {
-    let mut every = store.cfg.heartbeat_interval;
+async fn heartbeat_loop(ctx: AgentCtx) {
+    let store = &ctx.store;
+    let mut every = ctx.cfg.heartbeat_interval;
     let mut watchdog = false;
     if let Some(wd) = sd_notify::watchdog_enabled() {
         every = every.min(wd / 2);
@@ -166,7 +176,7 @@ async fn heartbeat_loop(store: Store) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = store.shutdown.cancelled() => return,
+            _ = ctx.shutdown.cancelled() => return,
         }
         if let Err(e) = store.heartbeat(&heartbeat_value()).await {
             tracing::debug!(error = %e, "heartbeat not written");
@@ -178,7 +188,7 @@ async fn heartbeat_loop(store: Store) {
 }
 
 async fn dispatch_loop(
-    store: &Store,
+    ctx: &AgentCtx,
     target: &Target,
     step_env: &StepEnv,
     running: &Running,
@@ -186,8 +196,7 @@ async fn dispatch_loop(
     kill_now: &CancellationToken,
     fatal: &Fatal,
 ) -> Result<()> {
-    let cfg = &store.cfg;
-    let shutdown = &store.shutdown;
+    let (cfg, shutdown, store) = (&ctx.cfg, &ctx.shutdown, &ctx.store);
     let permits = Arc::new(Semaphore::new(cfg.concurrency));
     let in_flight: InFlight = Default::default();
     let mut reader = QueueReader::new(target.clone(), store.prefix.queue(), &cfg.name);
@@ -266,8 +275,8 @@ async fn dispatch_loop(
             cancel,
             kill_now: kill_now.clone(),
         };
-        let (store, step_env, running, in_flight, fatal) = (
-            store.clone(),
+        let (ctx, step_env, running, in_flight, fatal) = (
+            ctx.clone(),
             step_env.clone(),
             running.clone(),
             in_flight.clone(),
@@ -275,11 +284,11 @@ async fn dispatch_loop(
         );
         tracker.spawn(async move {
             let run = req.entry.run.to_string();
-            match execute(&store, &step_env, req).await {
+            match execute(&ctx, &step_env, req).await {
                 Ok(()) | Err(Error::Shutdown) => {}
                 Err(e) => {
                     tracing::error!(%run, "run could not be recorded; it stays queued");
-                    fatal.set(e, &store.shutdown);
+                    fatal.set(e, &ctx.shutdown);
                 }
             }
             running.lock().expect("running lock").remove(&run);

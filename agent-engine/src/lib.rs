@@ -9,6 +9,7 @@ pub mod agent;
 mod cgroup;
 pub mod cli;
 pub mod config;
+mod context;
 pub mod error;
 mod listener;
 pub mod plan;

@@ -38,10 +38,10 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{oneshot, Notify};
 
 use crate::config::EngineConfig;
+use crate::context::AgentCtx;
 use crate::error::{Error, Result};
 use crate::runner::CancelHandle;
 use crate::shown;
-use crate::store::Store;
 use crate::time::now_rfc3339;
 
 /// Cancel handles of the runs executing now, by run id.
@@ -71,13 +71,13 @@ const TALLY_EVENT_MAX: usize = 256;
 
 pub(crate) async fn listen(
     target: Target,
-    store: Store,
+    ctx: AgentCtx,
     running: Running,
     ready: oneshot::Sender<()>,
 ) -> Result<()> {
     let mut ready = Some(ready);
     let mut backoff = Backoff::default();
-    let shutdown = store.shutdown.clone();
+    let shutdown = ctx.shutdown.clone();
     let io = IoThread::start()?;
     loop {
         // Subscribed before (`ready` is taken then): this is a new subscription after a loss.
@@ -85,7 +85,7 @@ pub(crate) async fn listen(
         let served = subscribe_and_serve(
             &target,
             &io,
-            &store,
+            &ctx,
             &running,
             &mut ready,
             &mut backoff,
@@ -145,13 +145,14 @@ impl IoThread {
 async fn subscribe_and_serve(
     target: &Target,
     io: &IoThread,
-    store: &Store,
+    ctx: &AgentCtx,
     running: &Running,
     ready: &mut Option<oneshot::Sender<()>>,
     backoff: &mut Backoff,
     lost_before: bool,
 ) -> Result<()> {
-    let cfg = store.cfg.clone();
+    let store = &ctx.store;
+    let cfg = ctx.cfg.clone();
     let buffer = Arc::new(PushBuffer::new(&cfg));
     // Connected on the I/O thread, so the connection's driver task runs there; this task talks to it
     // through the handle (channels), from the agent's runtime.
@@ -189,36 +190,36 @@ async fn subscribe_and_serve(
     // A failed PING ends the connection once what it delivered is handled.
     let mut lost = None;
     loop {
-        if store.shutdown.is_cancelled() {
-            refusals.at_shutdown(store, &buffer).await;
+        if ctx.shutdown.is_cancelled() {
+            refusals.at_shutdown(ctx, &buffer).await;
             return Err(Error::Shutdown);
         }
         if refusals.second_over() {
-            refusals.flush(store, &buffer).await?;
+            refusals.flush(ctx, &buffer).await?;
         }
         match buffer.next() {
-            Next::Cancel(msg) => on_cancel(store, running, msg.payload).await?,
+            Next::Cancel(msg) => on_cancel(ctx, running, msg.payload).await?,
             Next::Event(msg) => {
-                if let Some(r) = on_event(store, msg).await? {
-                    refusals.add(store, r).await?;
+                if let Some(r) = on_event(ctx, msg).await? {
+                    refusals.add(ctx, r).await?;
                 }
             }
             // Everything it delivered is handled (those messages were acknowledged to their
             // publishers): write what was counted, then connect again.
             Next::Disconnected => {
-                refusals.flush(store, &buffer).await?;
+                refusals.flush(ctx, &buffer).await?;
                 return Ok(());
             }
             Next::Idle => {
                 if let Some(e) = lost.take() {
-                    refusals.flush(store, &buffer).await?;
+                    refusals.flush(ctx, &buffer).await?;
                     return Err(Error::Redis(e));
                 }
                 // What was counted is written now while this second allows, else once it is over
                 // (at the top of the loop).
                 let mut pending = refusals.pending() || buffer.dropped_any();
                 if pending && refusals.may_write() {
-                    refusals.flush(store, &buffer).await?;
+                    refusals.flush(ctx, &buffer).await?;
                     pending = false;
                 }
                 tokio::select! {
@@ -227,7 +228,7 @@ async fn subscribe_and_serve(
                     _ = ping.tick() => {
                         lost = redis::cmd("PING").query_async::<()>(&mut conn).await.err();
                     }
-                    _ = store.shutdown.cancelled() => {}
+                    _ = ctx.shutdown.cancelled() => {}
                 }
             }
         }
@@ -523,7 +524,8 @@ impl Refusals {
         tokio::time::Instant::from_std(self.since + SUMMARY_EVERY)
     }
 
-    async fn add(&mut self, store: &Store, r: Refused) -> Result<()> {
+    async fn add(&mut self, ctx: &AgentCtx, r: Refused) -> Result<()> {
+        let store = &ctx.store;
         if self.may_write() {
             self.written += 1;
             tracing::warn!("{}", r.message);
@@ -603,8 +605,9 @@ impl Refusals {
     }
 
     /// Journals what was counted (with the buffer's counts): one `refused` entry per reason.
-    async fn flush(&mut self, store: &Store, buffer: &PushBuffer) -> Result<()> {
-        for (event, message) in self.summaries(&store.cfg, buffer.take_dropped()) {
+    async fn flush(&mut self, ctx: &AgentCtx, buffer: &PushBuffer) -> Result<()> {
+        let store = &ctx.store;
+        for (event, message) in self.summaries(&ctx.cfg, buffer.take_dropped()) {
             tracing::warn!("{message}");
             self.written = self.written.saturating_add(1);
             store.journal(&refusal(event, message)).await?;
@@ -614,9 +617,10 @@ impl Refusals {
 
     /// The agent is stopping: what is still buffered will not be handled; it is counted as refused
     /// with the rest (best effort: Redis may be gone).
-    async fn at_shutdown(&mut self, store: &Store, buffer: &PushBuffer) {
+    async fn at_shutdown(&mut self, ctx: &AgentCtx, buffer: &PushBuffer) {
+        let store = &ctx.store;
         let (events, cancels) = buffer.drain();
-        let mut entries = self.summaries(&store.cfg, buffer.take_dropped());
+        let mut entries = self.summaries(&ctx.cfg, buffer.take_dropped());
         if events.count > 0 {
             entries.push((
                 events.event(),
@@ -650,18 +654,19 @@ fn refusal(event: String, message: String) -> JournalEntry {
 
 /// A PUBLISHed event: queued, or refused (the caller journals the refusal, see [`Refusals`]). The
 /// payload is only borrowed from here on (the enqueue script's arguments are its copy).
-async fn on_event(store: &Store, msg: Msg) -> Result<Option<Refused>> {
+async fn on_event(ctx: &AgentCtx, msg: Msg) -> Result<Option<Refused>> {
+    let store = &ctx.store;
     let Msg { channel, payload } = msg;
     let channel = String::from_utf8(channel)
         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
     let mut queue_full = false;
-    let raw = keys::event_of_channel(&store.cfg.name, &channel).unwrap_or_default();
+    let raw = keys::event_of_channel(&ctx.cfg.name, &channel).unwrap_or_default();
     let refused = match EventName::new(raw) {
         Err(e) => Some(format!(
             "refused PUBLISH on {:?}: {e}",
             shown(channel.as_bytes())
         )),
-        Ok(event) => match core_events::record::check_data(&payload, store.cfg.max_payload) {
+        Ok(event) => match core_events::record::check_data(&payload, ctx.cfg.max_payload) {
             Err(e) => Some(format!("refused PUBLISH on {channel}: {e}")),
             Ok(_) => match store.enqueue_published(event.as_str(), &payload).await? {
                 Some(id) => {
@@ -672,7 +677,7 @@ async fn on_event(store: &Store, msg: Msg) -> Result<Option<Refused>> {
                     queue_full = true;
                     Some(format!(
                         "refused PUBLISH on {channel}: queue holds {} entries already",
-                        store.cfg.max_queue
+                        ctx.cfg.max_queue
                     ))
                 }
             },
@@ -690,7 +695,8 @@ async fn on_event(store: &Store, msg: Msg) -> Result<Option<Refused>> {
 }
 
 /// A message on `cancel/<agent>`: its payload is a run id.
-async fn on_cancel(store: &Store, running: &Running, payload: Vec<u8>) -> Result<()> {
+async fn on_cancel(ctx: &AgentCtx, running: &Running, payload: Vec<u8>) -> Result<()> {
+    let store = &ctx.store;
     let raw = String::from_utf8_lossy(&payload).into_owned();
     let run = match RunId::new(raw.trim()) {
         Ok(r) => r,

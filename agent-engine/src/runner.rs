@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use std::time::Duration;
 
 use crate::config::EngineConfig;
+use crate::context::AgentCtx;
 use crate::error::Result;
 use crate::plan::{plan_event, EventPlan, PlanEntry, PlanVerdict};
 use crate::step_process::{self, Interrupt, Signals, StepEnd, StepSpec};
@@ -97,7 +98,8 @@ impl StepEnv {
     }
 }
 
-pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Result<()> {
+pub(crate) async fn execute(ctx: &AgentCtx, env: &StepEnv, req: RunRequest) -> Result<()> {
+    let store = &ctx.store;
     let RunRequest {
         stream_id,
         entry,
@@ -105,7 +107,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
         kill_now,
     } = req;
     let run = &entry.run;
-    let cfg = store.cfg.clone();
+    let cfg = ctx.cfg.clone();
     let journal = |status: JournalStatus, attempt: u32| {
         JournalEntry::new(
             run.as_str(),
@@ -141,12 +143,12 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
         .await?;
     let (module_env, mut env_warnings) = module_env_vars(begun.module_env);
     env_warnings.extend(begun.secret_warnings);
-    record.data = store.scrubber.scrub_str(&entry.data);
+    record.data = ctx.scrubber.scrub_str(&entry.data);
     let finish = |mut record: RunRecord, status: RunStatus, code: i32, error: Option<String>| {
         record.status = Some(status);
         record.exit_code = Some(code);
         record.ended = Some(now_rfc3339());
-        record.error = error.map(|e| store.scrubber.scrub_str(&e));
+        record.error = error.map(|e| ctx.scrubber.scrub_str(&e));
         let mut j = journal(status.into(), record.attempt);
         j.exit_code = Some(code);
         j.step = record.failed_step.clone();
@@ -195,7 +197,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
             };
             let (rec, j) = finish(record, status, code, Some(msg));
             store.finish_run(run, &stream_id, &rec, &[&j]).await?;
-            publish_end(store, run, status);
+            publish_end(ctx, run, status);
             return Ok(());
         }
         Begin::Started { attempt } => attempt,
@@ -219,10 +221,10 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
     .await?;
     tracing::info!(%run, event = %entry.event, attempt, "run started");
 
-    let env_vars = step_vars(env, &module_env, store, &entry, attempt);
+    let env_vars = step_vars(env, &module_env, ctx, &entry, attempt);
     let mut output_left = cfg.output_cap;
     let steps = StepRunner {
-        store,
+        ctx,
         run,
         data: &entry.data,
         env: &env_vars,
@@ -261,7 +263,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
                 Stop::Failed | Stop::TimedOut => cancel.token(),
             };
             let rb = Rollback {
-                store,
+                ctx,
                 run,
                 entry: &entry,
                 event: &rb_event,
@@ -312,7 +314,7 @@ pub(crate) async fn execute(store: &Store, env: &StepEnv, req: RunRequest) -> Re
     let journals: Vec<&JournalEntry> = rollback_journal.iter().chain([&j]).collect();
     store.finish_run(run, &stream_id, &rec, &journals).await?;
     tracing::info!(%run, status = %status, exit_code = code, rollback = ?rec.rollback, "run ended");
-    publish_end(store, run, status);
+    publish_end(ctx, run, status);
     Ok(())
 }
 
@@ -542,7 +544,7 @@ enum Stop {
 /// The rollback of one failed or cancelled run: the steps of `<event>.rollback`, all of them even
 /// when one fails (undoing goes as far as it can), within the rollback's own timeout.
 struct Rollback<'a> {
-    store: &'a Store,
+    ctx: &'a AgentCtx,
     run: &'a RunId,
     entry: &'a QueueEntry,
     event: &'a EventName,
@@ -567,7 +569,7 @@ struct RollbackResult {
 impl Rollback<'_> {
     /// Runs the rollback steps. `None` when the agent shut down meanwhile (the run stays pending).
     async fn run(&self, output_left: &mut usize) -> Result<Option<RollbackResult>> {
-        let (store, run, cfg) = (self.store, self.run, &self.store.cfg);
+        let (store, run, cfg) = (&self.ctx.store, self.run, &self.ctx.cfg);
         let original = self.entry.event.as_str();
         journal_warnings(
             store,
@@ -681,7 +683,7 @@ impl Rollback<'_> {
 
 /// Publishes the run's end on its progress channel, beside whatever comes next: progress is best
 /// effort, and the record (written before) is what followers trust.
-fn publish_end(store: &Store, run: &RunId, status: RunStatus) {
+fn publish_end(ctx: &AgentCtx, run: &RunId, status: RunStatus) {
     let p = Progress {
         run: run.to_string(),
         step: None,
@@ -691,13 +693,13 @@ fn publish_end(store: &Store, run: &RunId, status: RunStatus) {
         message: None,
         status: Some(status),
     };
-    publish_detached(store, run, p);
+    publish_detached(ctx, run, p);
 }
 
 /// Progress is best effort: it is published by a task of its own rather than in the run's way.
-fn publish_detached(store: &Store, run: &RunId, progress: Progress) {
-    let (store, run) = (store.clone(), run.clone());
-    tokio::spawn(async move { store.publish_progress(&run, &progress).await });
+fn publish_detached(ctx: &AgentCtx, run: &RunId, progress: Progress) {
+    let (store, run) = (ctx.store.clone(), run.clone());
+    ctx.detach(async move { store.publish_progress(&run, &progress).await });
 }
 
 /// Skipped steps, bad settings files and unusable module.env entries go to the journal as warnings.
@@ -770,12 +772,12 @@ fn module_env_vars(raw: Vec<(Vec<u8>, Vec<u8>)>) -> (Vec<(String, String)>, Vec<
 fn step_vars(
     env: &StepEnv,
     module_env: &[(String, String)],
-    store: &Store,
+    ctx: &AgentCtx,
     entry: &QueueEntry,
     attempt: u32,
 ) -> Vec<(String, String)> {
     let mut vars = module_env.to_vec();
-    let cfg = &store.cfg;
+    let (cfg, store) = (&ctx.cfg, &ctx.store);
     vars.extend([
         (step_env::AGENT_NAME.into(), cfg.name.to_string()),
         (step_env::AGENT_KIND.into(), cfg.kind.as_str().to_string()),
@@ -786,7 +788,7 @@ fn step_vars(
         (step_env::AGENT_EVENT.into(), entry.event.to_string()),
         (step_env::AGENT_RUN_ID.into(), entry.run.to_string()),
         (step_env::AGENT_ATTEMPT.into(), attempt.to_string()),
-        (step_env::REDIS_URL.into(), env.redis_url(&store.scrubber)),
+        (step_env::REDIS_URL.into(), env.redis_url(&ctx.scrubber)),
     ]);
     vars
 }
@@ -795,7 +797,7 @@ fn step_vars(
 /// cgroup are the run's.
 #[derive(Clone, Copy)]
 struct StepRunner<'a> {
-    store: &'a Store,
+    ctx: &'a AgentCtx,
     run: &'a RunId,
     data: &'a str,
     env: &'a [(String, String)],
@@ -813,7 +815,8 @@ impl StepRunner<'_> {
         signals: Signals<'_>,
         output_left: &mut usize,
     ) -> Result<StepEnd> {
-        let (store, run) = (self.store, self.run);
+        let (ctx, run) = (self.ctx, self.run);
+        let store = &ctx.store;
         let (index, total, message) = position;
         let progress = Progress {
             run: run.to_string(),
@@ -825,7 +828,7 @@ impl StepRunner<'_> {
             status: Some(RunStatus::Running),
         };
         let reporter = Reporter {
-            store,
+            ctx,
             run,
             progress: progress.clone(),
         };
@@ -844,11 +847,11 @@ impl StepRunner<'_> {
         let (end, output) = step_process::run(
             &spec,
             signals,
-            || publish_detached(store, run, progress),
+            || publish_detached(ctx, run, progress),
             &reporter,
         )
         .await;
-        let output = store.scrubber.scrub(&output);
+        let output = ctx.scrubber.scrub(&output);
         append_output(store, run, &step.name, &output, output_left).await?;
         Ok(end)
     }
@@ -898,7 +901,7 @@ async fn append_line(store: &Store, run: &RunId, line: &str, left: &mut usize) -
 /// channel (the run and step are the agent's, whatever the step claims), events on the agent's
 /// `event/<agent>/<event>`; secret values are removed by the store on the way.
 struct Reporter<'a> {
-    store: &'a Store,
+    ctx: &'a AgentCtx,
     run: &'a RunId,
     /// The step's start report; a progress message updates its percent and message.
     progress: Progress,
@@ -906,7 +909,8 @@ struct Reporter<'a> {
 
 impl step_process::MessageSink for Reporter<'_> {
     async fn message(&self, msg: step_process::Message) {
-        let (store, run) = (self.store, self.run);
+        let (ctx, run) = (self.ctx, self.run);
+        let store = &ctx.store;
         match msg {
             Ok(StepMessage::Progress { percent, message }) => {
                 let mut p = self.progress.clone();
@@ -920,7 +924,7 @@ impl step_process::MessageSink for Reporter<'_> {
                 }
             }
             Err(e) => {
-                let why = store.scrubber.scrub_str(&e.to_string());
+                let why = ctx.scrubber.scrub_str(&e.to_string());
                 tracing::warn!(%run, step = ?self.progress.step, "step message refused: {why}");
             }
         }

@@ -125,9 +125,8 @@ pub(crate) async fn run(
     let pgid = Pid::from_raw(pid as i32);
     announce();
 
-    if let Some(writer) = stdin_writer {
-        feed_stdin(writer, spec.data.as_bytes());
-    }
+    // The writer of what does not fit the pipe at once is this step's: it ends with the step.
+    let feeder = stdin_writer.and_then(|writer| feed_stdin(writer, spec.data.as_bytes()));
     // The output is read by this task while it waits for the step (a chatty step must not block on
     // a full pipe), and while a timed-out or cancelled step is being killed.
     let mut output = Capture::new(output);
@@ -162,6 +161,9 @@ pub(crate) async fn run(
     }
     // A background process of the step may keep the pipe open: do not wait for EOF forever.
     let _ = tokio::time::timeout(Duration::from_secs(2), output.drain()).await;
+    if let Some(f) = feeder {
+        f.abort();
+    }
     (end, output.into_bytes())
 }
 
@@ -390,27 +392,26 @@ fn start(
 /// Writes the event data to the step's stdin and closes it. Usually the data fits the pipe and one
 /// non-blocking write does it; the rest, if any, is written by a task as the step reads. A step that
 /// does not read stdin closes it early: EPIPE then is expected and harmless.
-fn feed_stdin(writer: OwnedFd, data: &[u8]) {
+fn feed_stdin(writer: OwnedFd, data: &[u8]) -> Option<tokio::task::JoinHandle<()>> {
     let flags = fcntl(&writer, FcntlArg::F_GETFL).map(OFlag::from_bits_truncate);
     let nonblocking = flags.and_then(|f| fcntl(&writer, FcntlArg::F_SETFL(f | OFlag::O_NONBLOCK)));
     if nonblocking.is_err() {
-        return;
+        return None;
     }
     let mut file = std::fs::File::from(writer);
     let written = match std::io::Write::write(&mut file, data) {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-        Err(_) => return,
+        Err(_) => return None,
     };
     if written == data.len() {
-        return;
+        return None;
     }
     let rest = data[written..].to_vec();
-    if let Ok(mut tx) = pipe::Sender::from_file(file) {
-        tokio::spawn(async move {
-            let _ = tx.write_all(&rest).await;
-        });
-    }
+    let mut tx = pipe::Sender::from_file(file).ok()?;
+    Some(tokio::spawn(async move {
+        let _ = tx.write_all(&rest).await;
+    }))
 }
 
 /// A step's output pipe and what was read from it (at most [`STEP_CAPTURE_CAP`] bytes kept; the rest
@@ -582,6 +583,15 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn data_larger_than_a_pipe_reaches_stdin_whole() {
+        let t = Tokens::new();
+        let data = "d".repeat(100 * 1024);
+        let (end, out, _) = run_script("cat | wc -c", &data, &[], t.signals(LONG, LONG)).await;
+        assert_eq!(end, StepEnd::Exited(0));
+        assert_eq!(out.trim(), (100 * 1024).to_string());
+    }
+
+    #[tokio::test]
     async fn a_program_that_cannot_start_is_a_spawn_failure() {
         let t = Tokens::new();
         let spec = StepSpec {
@@ -631,7 +641,12 @@ mod tests {
         );
         for pid in std::fs::read_to_string(&pids).unwrap().lines() {
             let pid: i32 = pid.parse().unwrap();
-            assert!(!alive(pid), "process {pid} of the step outlived it");
+            // SIGKILL was sent to the group; its delivery is asynchronous, so allow a moment.
+            let gone = (0..200).any(|_| {
+                std::thread::sleep(Duration::from_millis(10));
+                !alive(pid)
+            });
+            assert!(gone, "process {pid} of the step outlived it");
         }
     }
 

@@ -461,9 +461,10 @@ pub(crate) struct BeginRequest<'a> {
 pub(crate) struct Store {
     conn: ConnectionManager,
     pub prefix: Prefix,
-    pub cfg: Arc<EngineConfig>,
-    pub shutdown: CancellationToken,
-    pub scrubber: Scrubber,
+    // What the writes need beside Redis; the agent's tasks get these from `AgentCtx`.
+    cfg: Arc<EngineConfig>,
+    shutdown: CancellationToken,
+    scrubber: Scrubber,
     enqueue: Arc<redis::Script>,
     startup: Arc<redis::Script>,
     begin: Arc<redis::Script>,
