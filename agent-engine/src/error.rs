@@ -11,10 +11,10 @@ pub enum Error {
     Target(#[from] agent_redis::Error),
     #[error("invalid name: {0}")]
     Name(#[from] core_events::NameError),
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{0}")]
     Config(String),

@@ -39,8 +39,9 @@ pub fn code_of(e: &anyhow::Error) -> i32 {
         .unwrap_or(1)
 }
 
-/// The error and its causes on one line, like `{:#}`, but without causes whose text the line
-/// already contains (errors that display their source and also chain it would repeat it).
+/// The error and its causes on one line, like `{:#}`. The workspace's errors say each cause once
+/// (shown or chained, never both: a test below checks); a foreign error that repeats its cause is
+/// shown without the repetition.
 pub fn render(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
@@ -79,6 +80,43 @@ mod tests {
         let e = anyhow::Error::new(Wrap(io)).context("cannot connect");
         assert_eq!(render(&e), "cannot connect: redis: refused");
         assert_eq!(render(&anyhow::anyhow!("plain")), "plain");
+    }
+
+    #[test]
+    fn the_workspaces_errors_say_each_cause_once() {
+        // Each error type either shows its cause or chains it, never both: rendering the chain
+        // then needs no de-duplication, and `{:#}` shows the same.
+        let io = || std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied-xyz");
+        let errors: Vec<anyhow::Error> = vec![
+            agent_engine::error::Error::Io {
+                path: "/x".into(),
+                cause: io(),
+            }
+            .into(),
+            module_signing::Error::Io {
+                path: "/x".into(),
+                cause: io(),
+            }
+            .into(),
+            agent_redis::Error::File {
+                action: "cannot read",
+                path: "/x".into(),
+                source: io(),
+            }
+            .into(),
+            redis_acl::Error::Credentials(agent_redis::Error::File {
+                action: "cannot read",
+                path: "/x".into(),
+                source: io(),
+            })
+            .into(),
+        ];
+        for e in errors {
+            let e = e.context("outer");
+            let shown = render(&e);
+            assert_eq!(shown, format!("{e:#}"), "a cause repeated");
+            assert_eq!(shown.matches("denied-xyz").count(), 1, "{shown}");
+        }
     }
 
     #[test]

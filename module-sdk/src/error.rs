@@ -52,39 +52,36 @@ pub enum Error {
     NotFound { hash: String, key: String },
 
     /// Redis could not be reached or the connection broke.
-    #[error("Redis at {url} is unreachable while {what}: {source}")]
+    #[error("Redis at {url} is unreachable while {what}: {cause}")]
     Unreachable {
         url: String,
         what: String,
-        #[source]
-        source: redis::RedisError,
+        cause: redis::RedisError,
     },
 
     /// Redis refused the credentials or the command.
-    #[error("Redis at {url} refused {what}: {source}; {hint}")]
+    #[error("Redis at {url} refused {what}: {cause}; {hint}")]
     Denied {
         url: String,
         what: String,
         hint: &'static str,
-        #[source]
-        source: redis::RedisError,
+        cause: redis::RedisError,
     },
 
     /// Any other error answered by Redis.
-    #[error("Redis error while {what}: {source}")]
+    #[error("Redis error while {what}: {cause}")]
     Redis {
         what: String,
-        #[source]
-        source: redis::RedisError,
+        cause: redis::RedisError,
     },
 
     /// Standard input could not be read (a value given as `-`).
     #[error("cannot read the value from standard input: {0}")]
-    Stdin(#[source] std::io::Error),
+    Stdin(std::io::Error),
 
     /// Standard output could not be written.
     #[error("cannot write to standard output: {0}")]
-    Stdout(#[source] std::io::Error),
+    Stdout(std::io::Error),
 
     /// A `secret` command failed (Redis errors are sorted into the variants above first).
     #[error("{0}")]
@@ -144,16 +141,16 @@ impl Error {
                 url: url.to_string(),
                 what,
                 hint,
-                source: e,
+                cause: e,
             }
         } else if class == agent_redis::ErrorClass::Unreachable {
             Error::Unreachable {
                 url: url.to_string(),
                 what,
-                source: e,
+                cause: e,
             }
         } else {
-            Error::Redis { what, source: e }
+            Error::Redis { what, cause: e }
         }
     }
 }

@@ -154,7 +154,7 @@ impl Session {
             Some(run) => Ok(run.clone()),
             None => RunId::new(id.as_str()).map_err(|e| Error::Redis {
                 what: format!("queuing {event} on {queue}"),
-                source: redis::RedisError::from((
+                cause: redis::RedisError::from((
                     redis::ErrorKind::UnexpectedReturnType,
                     "the stream id is not a valid run id",
                     format!("{id:?}: {e}"),

@@ -291,7 +291,10 @@ pub fn run(args: SecretArgs, verbose: bool) -> Result<()> {
 /// denied / other, URL masked), the rest as they are.
 fn lift(url: &RedisUrl, e: ms::Error) -> Error {
     match e {
-        ms::Error::Redis { what, source } => Error::from_redis(url.masked(), what, source),
+        ms::Error::Redis {
+            what,
+            cause: source,
+        } => Error::from_redis(url.masked(), what, source),
         other => Error::Secret(other),
     }
 }
@@ -464,7 +467,7 @@ mod tests {
             (
                 ms::Error::InSecret {
                     name: "n".into(),
-                    source: Box::new(ms::Error::NotArmored),
+                    cause: Box::new(ms::Error::NotArmored),
                 },
                 exit_code::DATA_ERR,
             ),

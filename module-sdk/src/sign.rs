@@ -84,7 +84,7 @@ pub fn keygen_files(args: &KeygenArgs) -> Result<String, Error> {
 pub fn sign_path(args: &SignArgs) -> Result<String, Error> {
     let meta = std::fs::metadata(&args.path).map_err(|source| Error::Io {
         path: args.path.clone(),
-        source,
+        cause: source,
     })?;
     let signer = module_signing::pgp::key_signer(&args.key)?;
     if meta.is_dir() {
@@ -115,7 +115,7 @@ pub fn verify_path(args: &VerifyArgs) -> Result<Verdict, Error> {
     if !args.path.exists() {
         return Err(Error::Io {
             path: args.path.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+            cause: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
         });
     }
     let sig = args
@@ -130,8 +130,8 @@ pub fn exit_code(e: &Error) -> i32 {
     match e {
         Error::Rejected(_) => 1,
         Error::BadPolicy(_) => 2,
-        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 66,
-        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => 73,
+        Error::Io { cause: source, .. } if source.kind() == std::io::ErrorKind::NotFound => 66,
+        Error::Io { cause: source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => 73,
         Error::Io { .. } => 74,
         Error::OpenPgp { .. } => 70,
         Error::UnsafePath { .. }

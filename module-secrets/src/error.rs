@@ -98,12 +98,11 @@ pub enum Error {
     KeyFileMode { path: PathBuf, mode: u32 },
 
     /// A file system operation on the key files failed.
-    #[error("{what} {}: {source}", path.display())]
+    #[error("{what} {}: {cause}", path.display())]
     Io {
         what: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// `HOME` is not set, so the default identity path is unknown.
@@ -147,22 +146,17 @@ pub enum Error {
 
     /// The value could not be read (standard input).
     #[error("cannot read the value: {0}")]
-    Read(#[source] std::io::Error),
+    Read(std::io::Error),
 
     /// One secret of several failed (rotation names the one that stopped it).
-    #[error("secret {name}: {source}")]
-    InSecret {
-        name: String,
-        #[source]
-        source: Box<Error>,
-    },
+    #[error("secret {name}: {cause}")]
+    InSecret { name: String, cause: Box<Error> },
 
     /// An error answered by Redis (or the connection to it).
-    #[error("Redis error while {what}: {source}{}", redis_hint(source))]
+    #[error("Redis error while {what}: {cause}{}", redis_hint(cause))]
     Redis {
         what: String,
-        #[source]
-        source: redis::RedisError,
+        cause: redis::RedisError,
     },
 }
 
@@ -179,7 +173,7 @@ impl Error {
     pub(crate) fn redis(what: impl Into<String>, source: redis::RedisError) -> Self {
         Error::Redis {
             what: what.into(),
-            source,
+            cause: source,
         }
     }
 
@@ -187,14 +181,14 @@ impl Error {
         Error::Io {
             what,
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 
     /// The innermost error: through [`Error::InSecret`] wrappers.
     pub fn root(&self) -> &Error {
         match self {
-            Error::InSecret { source, .. } => source.root(),
+            Error::InSecret { cause: source, .. } => source.root(),
             other => other,
         }
     }
@@ -210,7 +204,7 @@ impl Error {
     /// Whether Redis refused the command under its ACL (`NOPERM`) or the credentials.
     pub fn is_permission_denied(&self) -> bool {
         match self.root() {
-            Error::Redis { source, .. } => agent_redis::is_denied(source),
+            Error::Redis { cause: source, .. } => agent_redis::is_denied(source),
             _ => false,
         }
     }
@@ -231,7 +225,7 @@ mod tests {
         assert!(d.to_string().starts_with("ciphertext is damaged"));
         let wrapped = Error::InSecret {
             name: "DB".into(),
-            source: Box::new(d),
+            cause: Box::new(d),
         };
         assert!(wrapped
             .to_string()

@@ -148,7 +148,7 @@ pub(crate) fn prepare(
         for (name, ciphertext) in raw {
             let in_secret = |e: Error| Error::InSecret {
                 name: String::from_utf8_lossy(&name).into_owned(),
-                source: Box::new(e),
+                cause: Box::new(e),
             };
             let value = decrypt(&ciphertext, &current).map_err(in_secret)?;
             let again = encrypt(value.expose(), &to).map_err(in_secret)?;

@@ -38,11 +38,10 @@ pub const DEFAULT_TRUST_DIR: &str = "/etc/agent/trusted-keys";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}: unsafe path: {reason}", path.display())]
     UnsafePath { path: PathBuf, reason: &'static str },
@@ -329,7 +328,7 @@ fn read_regular(path: &Path, limit: u64) -> Result<ReadRegular, Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ReadRegular::Absent),
         Err(source) => Err(Error::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }),
         Ok(m) if !m.is_file() => Ok(ReadRegular::NotAFile),
         Ok(_) => pgp::read_limited(path, limit).map(ReadRegular::Bytes),
@@ -356,7 +355,7 @@ pub fn sign_manifest(manifest_bytes: &[u8], key: &Path) -> Result<String, Error>
 pub fn sign_file(path: &Path, key: &Path, sig_out: &Path) -> Result<(), Error> {
     let data = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })?;
     let sig = sign_bytes(&data, key)?;
     write_replace(sig_out, sig.as_bytes())
@@ -367,7 +366,7 @@ fn write_replace(path: &Path, data: &[u8]) -> Result<(), Error> {
     use std::io::Write;
     let io = |source| Error::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
@@ -393,12 +392,12 @@ pub fn verify(root: &Path, trust_dir: &Path, policy: Policy) -> Result<Verdict, 
     }
     let meta = std::fs::metadata(root).map_err(|source| Error::Io {
         path: root.to_path_buf(),
-        source,
+        cause: source,
     })?;
     if !meta.is_dir() {
         return Err(Error::Io {
             path: root.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+            cause: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
         });
     }
     let trust = TrustStore::load(trust_dir);
@@ -435,7 +434,7 @@ pub fn verify_archive(
     }
     let file = std::fs::File::open(archive).map_err(|source| Error::Io {
         path: archive.to_path_buf(),
-        source,
+        cause: source,
     })?;
     check_archive_signature(&mut v, file, sig)?;
     v.apply()
@@ -472,7 +471,10 @@ pub fn unpack_verified(
 ) -> Result<Verdict, Error> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| Error::Io { path, source }
+        move |source| Error::Io {
+            path,
+            cause: source,
+        }
     };
     let mut src = std::fs::File::open(archive).map_err(io(archive))?;
     let mut copy = tempfile::tempfile().map_err(io(Path::new("temporary file")))?;

@@ -391,7 +391,7 @@ impl Found {
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     }
 }
 
@@ -403,7 +403,7 @@ fn walk(root: &Path) -> Result<Vec<(PathBuf, Found)>, Error> {
     if !meta.is_dir() {
         return Err(Error::Io {
             path: root.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+            cause: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
         });
     }
     let mut out = Vec::new();
@@ -509,7 +509,7 @@ pub fn hash_file(path: &Path) -> Result<[u8; 32], Error> {
     if !f.metadata().map_err(io_err(path))?.is_file() {
         return Err(Error::Io {
             path: path.to_path_buf(),
-            source: std::io::Error::other("not a regular file"),
+            cause: std::io::Error::other("not a regular file"),
         });
     }
     let mut ctx = HashAlgorithm::SHA256

@@ -81,7 +81,7 @@ fn write_new_file(path: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
     use std::os::unix::fs::OpenOptionsExt;
     let io = |source| Error::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let mut f = std::fs::File::options()
         .write(true)
@@ -98,7 +98,7 @@ pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, Error> {
     use std::io::Read;
     let io = |source| Error::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let f = std::fs::File::open(path).map_err(io)?;
     let mut buf = Vec::new();

@@ -185,7 +185,7 @@ impl Systemd {
                         address: bus.address(),
                         attempts: attempt,
                         hint: bus.hint(),
-                        source,
+                        cause: source,
                     })
                 }
             }
@@ -239,7 +239,7 @@ impl Systemd {
                 .await
                 .map_err(|source| Error::Bus {
                     what: format!("listening for the {} manager's JobRemoved signal", self.bus),
-                    source,
+                    cause: source,
                 })?;
         let (name, mode) = (unit.to_string(), "replace".to_string());
         let call = match verb {
@@ -253,12 +253,12 @@ impl Systemd {
             let Some(signal) = removed.next().await else {
                 return Err(Error::Bus {
                     what: format!("waiting for the {verb} job of {unit} ({})", job.as_str()),
-                    source: zbus::Error::Failure("the connection to the bus was closed".into()),
+                    cause: zbus::Error::Failure("the connection to the bus was closed".into()),
                 });
             };
             let args = signal.args().map_err(|source| Error::Bus {
                 what: "reading a JobRemoved signal".into(),
-                source,
+                cause: source,
             })?;
             if args.job().as_str() == job.as_str() {
                 break JobResult::parse(args.result());
@@ -297,7 +297,7 @@ impl Systemd {
             }
             Error::Bus {
                 what: format!("reloading the {} manager", self.bus),
-                source: e,
+                cause: e,
             }
         })
     }
@@ -345,7 +345,7 @@ impl Systemd {
     async fn read_status(&self, unit: &UnitName) -> Result<UnitStatus> {
         let bus_err = |source| Error::Bus {
             what: format!("reading the state of {unit} from the {} manager", self.bus),
-            source,
+            cause: source,
         };
         let path = self
             .manager

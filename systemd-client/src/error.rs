@@ -19,14 +19,13 @@ pub enum Error {
     BadName { name: String, reason: &'static str },
 
     /// The bus or its systemd manager could not be reached (after the retries).
-    #[error("cannot reach the systemd {bus} manager at {address} ({attempts} attempts): {source}; {hint}")]
+    #[error("cannot reach the systemd {bus} manager at {address} ({attempts} attempts): {cause}; {hint}")]
     Unreachable {
         bus: Bus,
         address: String,
         attempts: u32,
         hint: &'static str,
-        #[source]
-        source: zbus::Error,
+        cause: zbus::Error,
     },
 
     /// systemd knows no such unit (or, for enable/disable, no such unit file).
@@ -64,12 +63,8 @@ pub enum Error {
     },
 
     /// Any other D-Bus failure (connection lost while waiting, unexpected reply, …).
-    #[error("D-Bus error while {what}: {source}")]
-    Bus {
-        what: String,
-        #[source]
-        source: zbus::Error,
-    },
+    #[error("D-Bus error while {what}: {cause}")]
+    Bus { what: String, cause: zbus::Error },
 }
 
 /// Everything known about a failed job.
@@ -136,7 +131,7 @@ impl Error {
         let Some((name, message)) = Error::method_error(&e) else {
             return Error::Bus {
                 what: format!("asking the {bus} manager to {what} {unit}"),
-                source: e,
+                cause: e,
             };
         };
         match name.as_str() {
