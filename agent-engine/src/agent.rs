@@ -23,6 +23,38 @@ use crate::scrub::Scrubber;
 use crate::store::Store;
 use crate::time::now_rfc3339;
 
+/// An agent running in this process (tests, embedding): [`start_agent`] starts it on the current
+/// tokio runtime, [`AgentHandle::stop`] shuts it down the way SIGTERM does and returns how it ended.
+pub struct AgentHandle {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+/// Starts [`run_agent`] with `cfg` as a task of the current runtime.
+pub fn start_agent(cfg: EngineConfig) -> AgentHandle {
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run_agent(cfg, shutdown.clone()));
+    AgentHandle { shutdown, task }
+}
+
+impl AgentHandle {
+    /// Whether the agent has ended by itself (an error no retry fixes).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Shuts the agent down (runs get the shutdown grace, then their steps are killed; their
+    /// entries stay pending) and returns how it ended.
+    pub async fn stop(self) -> Result<()> {
+        self.shutdown.cancel();
+        match self.task.await {
+            Ok(Err(Error::Shutdown)) => Ok(()),
+            Ok(r) => r,
+            Err(e) => Err(Error::Config(format!("the agent's task failed: {e}"))),
+        }
+    }
+}
+
 /// Runs an agent until `shutdown` is cancelled. Returns an error only for failures that retrying
 /// cannot fix (bad configuration, refused credentials, permission errors).
 pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result<()> {

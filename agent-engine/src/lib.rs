@@ -23,7 +23,7 @@ mod step_process;
 mod store;
 pub mod time;
 
-pub use agent::run_agent;
+pub use agent::{run_agent, start_agent, AgentHandle};
 pub use config::{default_events_dirs, EngineConfig};
 pub use error::Error;
 pub use plan::{plan_event, EventPlan, EventSettings, PlanEntry, PlanVerdict};
