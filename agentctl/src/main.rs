@@ -64,9 +64,10 @@ AGENT:
                 its keys are under node/NAME/
   module/NAME   the rootless agent of module NAME (e.g. module/traefik0);
                 its keys are under module/NAME/
-  NAME          either: agentctl takes the kind whose heartbeat key exists
-                in Redis (module first), else the kind that has a queue,
-                and asks for node/NAME or module/NAME when it cannot tell.
+  NAME          either: agentctl reads its kind in the agent name registry
+                (the Redis hash cluster/agents, which every agent writes when
+                it starts and `module add` when it adds a module), and asks
+                for node/NAME or module/NAME when the name is not there.
                 `explain` decides without Redis: a module if a Unix user
                 NAME exists, else a node if NAME is this host's name.
 
