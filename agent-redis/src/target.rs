@@ -105,11 +105,6 @@ impl Target {
         crate::url::with_credentials(&self.url, self.credentials.as_ref())
     }
 
-    /// The RESP2 client, for callers that manage connections themselves.
-    pub fn client(&self) -> &Client {
-        &self.resp2
-    }
-
     /// A connection for short commands: bounded response time, reconnects by itself.
     pub async fn manager(&self) -> RedisResult<ConnectionManager> {
         let cfg = ConnectionManagerConfig::new()
@@ -129,6 +124,19 @@ impl Target {
         self.resp2
             .get_multiplexed_async_connection_with_config(&cfg)
             .await
+    }
+
+    /// A synchronous connection (tools and steps that run a few commands and exit), with its own
+    /// connect and read/write timeouts.
+    pub fn sync_connection(
+        &self,
+        connect: Duration,
+        io: Duration,
+    ) -> RedisResult<redis::Connection> {
+        let con = self.resp2.get_connection_with_timeout(connect)?;
+        con.set_read_timeout(Some(io))?;
+        con.set_write_timeout(Some(io))?;
+        Ok(con)
     }
 
     /// A connection for blocking reads. With `Some(block)` its response timeout is longer than any

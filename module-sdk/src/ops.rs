@@ -44,14 +44,13 @@ pub struct Session {
 
 /// A plain connection with the given timeouts; errors name the URL with its password masked.
 pub fn connect(url: &RedisUrl, t: Timeouts) -> Result<redis::Connection> {
-    let fail = |e| Error::from_redis(url.masked(), "connecting", e);
-    let client = redis::Client::open(url.expose()).map_err(fail)?;
-    let con = client
-        .get_connection_with_timeout(t.connect)
-        .map_err(fail)?;
-    con.set_read_timeout(Some(t.io)).map_err(fail)?;
-    con.set_write_timeout(Some(t.io)).map_err(fail)?;
-    Ok(con)
+    let target = agent_redis::Target::new(url.expose(), None).map_err(|e| Error::BadVar {
+        var: crate::context::var::REDIS_URL,
+        reason: e.to_string(),
+    })?;
+    target
+        .sync_connection(t.connect, t.io)
+        .map_err(|e| Error::from_redis(url.masked(), "connecting", e))
 }
 
 impl Session {

@@ -189,12 +189,9 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn con(&self) -> Result<redis::Connection> {
-        let con = self
+        Ok(self
             .target
-            .client()
-            .get_connection_with_timeout(agent_redis::CONNECT_TIMEOUT)?;
-        con.set_read_timeout(Some(agent_redis::COMMAND_TIMEOUT))?;
-        Ok(con)
+            .sync_connection(agent_redis::CONNECT_TIMEOUT, agent_redis::COMMAND_TIMEOUT)?)
     }
 
     pub fn node_prefix(&self) -> Prefix {

@@ -1,6 +1,8 @@
-//! Only core-events spells the wire: this test reads every non-test source file of the workspace
-//! outside core-events and fails when one spells a key, a channel, a status, a step variable, a
-//! module.env field, an ACL user name or the run output's framing as a string literal.
+//! The workspace's owner rules, kept by reading its non-test sources:
+//! * only core-events spells the wire: outside it no source spells a key, a channel, a status, a
+//!   step variable, a module.env field, an ACL user name or the run output's framing as a string
+//!   literal;
+//! * only agent-redis opens Redis connections (so Sentinel discovery has one place to go).
 //!
 //! The forbidden spellings are derived from core-events' own builders and constants, so a name
 //! added here is guarded at once. Test code is not checked (a test may well spell the wire to
@@ -118,14 +120,14 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The Rust source files of every crate but core-events and the tests crate.
-fn sources(root: &Path) -> Vec<PathBuf> {
+/// The Rust source files of every crate but `except` and the tests crate.
+fn sources(root: &Path, except: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(root).unwrap().flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         let dir = entry.path();
-        if name == "core-events" || name == "tests" || name == "target" || name.starts_with('.') {
+        if name == except || name == "tests" || name == "target" || name.starts_with('.') {
             continue;
         }
         if dir.join("Cargo.toml").is_file() && dir.join("src").is_dir() {
@@ -159,7 +161,7 @@ fn code_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
 #[test]
 fn only_core_events_spells_the_wire() {
     let root = workspace_root();
-    let files = sources(&root);
+    let files = sources(&root, "core-events");
     assert!(files.len() > 30, "the scan found too few files: {files:?}");
     let forbidden = forbidden();
     let mut found = Vec::new();
@@ -187,6 +189,41 @@ fn only_core_events_spells_the_wire() {
     );
 }
 
+/// Calls that open a Redis connection (redis-rs's ways to connect).
+const CONNECTING: &[&str] = &[
+    "Client::open(",
+    ".get_connection(",
+    ".get_connection_with_timeout(",
+    ".get_multiplexed_async_connection",
+    ".get_multiplexed_tokio_connection",
+    "ConnectionManager::new",
+    "redis::aio::ConnectionManager::new",
+];
+
+#[test]
+fn only_agent_redis_opens_redis_connections() {
+    let root = workspace_root();
+    let mut found = Vec::new();
+    for file in sources(&root, "agent-redis") {
+        let rel = file
+            .strip_prefix(&root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in code_lines(&text) {
+            if CONNECTING.iter().any(|c| line.contains(c)) {
+                found.push(format!("{rel}:{n}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "Redis connections opened outside agent-redis (use agent_redis::Target):\n{}",
+        found.join("\n")
+    );
+}
+
 #[test]
 fn the_scan_sees_what_it_guards() {
     // Each forbidden spelling must be one core-events itself uses, or the guard guards nothing.
@@ -200,6 +237,19 @@ fn the_scan_sees_what_it_guards() {
         "\"module-{",
     ] {
         assert!(f.iter().any(|s| s == want), "{want} missing from {f:?}");
+    }
+    // The connection patterns are what agent-redis itself calls.
+    let target =
+        std::fs::read_to_string(workspace_root().join("agent-redis/src/target.rs")).unwrap();
+    for kind in [
+        ".get_connection_with_timeout(",
+        ".get_multiplexed_async_connection",
+        "ConnectionManager::new",
+    ] {
+        assert!(
+            target.contains(kind) && CONNECTING.contains(&kind),
+            "{kind}"
+        );
     }
     let lines: Vec<_> = code_lines("a\n// \"done\"\nb \"x\"\n#[cfg(test)]\n\"done\"\n").collect();
     assert_eq!(lines, [(1, "a"), (3, "b \"x\"")]);
