@@ -30,7 +30,9 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::automaton::Automaton;
+use aho_corasick::nfa::noncontiguous::NFA;
+use aho_corasick::{Input, MatchKind};
 
 /// Replacement text for a scrubbed value.
 pub const MASK: &str = "***";
@@ -125,15 +127,18 @@ struct Matcher {
     secrets: Vec<Vec<u8>>,
     /// `None` only if the automaton could not be built (far beyond any real set of secrets): the
     /// values are then searched one by one, with the same result.
-    automaton: Option<AhoCorasick>,
+    automaton: Option<NFA>,
     /// Some value contains a byte of [`MASK`], so masking may re-form it.
     mask_sensitive: bool,
 }
 
 impl Matcher {
     fn new(secrets: Vec<Vec<u8>>) -> Self {
-        let automaton = AhoCorasick::builder()
-            // Standard is the only kind with an overlapping search: see the module docs.
+        // The noncontiguous NFA itself rather than the `AhoCorasick` front, which would also compile
+        // in the DFA and contiguous kinds it may choose at run time (~150 KB of code in every
+        // agent, for a handful of short values that need neither). Standard is the only match
+        // kind with an overlapping search: see the module docs.
+        let automaton = NFA::builder()
             .match_kind(MatchKind::Standard)
             .build(&secrets)
             .ok();
@@ -153,7 +158,7 @@ impl Matcher {
         if let Some(ac) = &self.automaton {
             // Cannot fail with MatchKind::Standard and an unanchored search; should it ever, the
             // one-by-one search below gives the same ranges.
-            if let Ok(matches) = ac.try_find_overlapping_iter(haystack) {
+            if let Ok(matches) = ac.try_find_overlapping_iter(Input::new(haystack)) {
                 return union(matches.map(|m| m.range()));
             }
         }
