@@ -149,6 +149,20 @@ pub(crate) fn spawn(s: &StepSpawn<'_>) -> std::io::Result<StepProcess> {
     }
 }
 
+/// In a forked child, before exec: makes `fd` the child's descriptor `at`, kept across exec (a
+/// `dup2`, or clearing close-on-exec when it is there already). Async-signal-safe; returns -1 on
+/// failure (errno set), like the calls it makes. Both ways of starting a step use it.
+///
+/// # Safety
+/// Only between fork and exec, with `fd` open.
+pub(crate) unsafe fn keep_at(fd: RawFd, at: RawFd) -> libc::c_int {
+    if fd == at {
+        libc::fcntl(fd, libc::F_SETFD, 0)
+    } else {
+        libc::dup2(fd, at)
+    }
+}
+
 /// The child's side, between clone and exec.
 unsafe fn child(
     s: &StepSpawn<'_>,
@@ -167,12 +181,7 @@ unsafe fn child(
             fail();
         }
     }
-    let kept = if s.control == s.control_at {
-        libc::fcntl(s.control, libc::F_SETFD, 0)
-    } else {
-        libc::dup2(s.control, s.control_at)
-    };
-    if kept < 0 || libc::setpgid(0, 0) < 0 {
+    if keep_at(s.control, s.control_at) < 0 || libc::setpgid(0, 0) < 0 {
         fail();
     }
     // The agent ignores SIGPIPE (Rust does); a step starts with the defaults, as std gives them.

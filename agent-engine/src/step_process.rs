@@ -188,15 +188,8 @@ impl ControlSocket {
 
     /// In the forked step: the step's end becomes fd [`CONTROL_FD`], kept across exec.
     fn install_in_child(fd: RawFd) -> std::io::Result<()> {
-        use nix::libc;
-        // SAFETY: dup2 and fcntl are async-signal-safe; `fd` is open in this process.
-        let ok = unsafe {
-            if fd == CONTROL_FD {
-                libc::fcntl(fd, libc::F_SETFD, 0) != -1
-            } else {
-                libc::dup2(fd, CONTROL_FD) != -1
-            }
-        };
+        // SAFETY: called between fork and exec (a `pre_exec` closure); `fd` is open in this process.
+        let ok = unsafe { crate::spawn::keep_at(fd, CONTROL_FD) } != -1;
         if ok {
             Ok(())
         } else {
