@@ -575,6 +575,11 @@ impl Store {
                 kind.as_str()
             ))),
             Err(e) if agent_redis::is_denied(&e) => Ok(false),
+            // Not the agent's key to repair: it runs unregistered and says why.
+            Err(e) if agent_redis::is_wrong_type(&e) => {
+                tracing::warn!("{registry} is not a hash: the agent's name is not registered");
+                Ok(false)
+            }
             Err(e) => Err(e.into()),
         }
     }

@@ -364,3 +364,45 @@ fn hostile_record_contents_never_stop_the_agent() {
         "the repairs are logged: {log}"
     );
 }
+
+#[test]
+fn a_registry_of_the_wrong_type_or_of_another_kind_is_handled() {
+    let redis = RedisServer::start();
+    let mut con = redis.conn();
+    let dirs = EventDirs::new(1);
+    dirs.step(0, "hello", "10hi", "echo hi");
+    // Someone made the registry a string: the agent runs unregistered instead of failing.
+    let _: () = con.set("cluster/agents", "not a hash").unwrap();
+    let agent = Agent::module(&redis, "reg0", &dirs, &[]);
+    xadd(
+        &mut con,
+        "module/reg0/queue",
+        &[("event", "hello"), ("id", "r1")],
+    );
+    let rec = wait_run_end(&mut con, "module/reg0/run/r1", LONG);
+    assert_eq!(rec["status"], "done", "{rec:?}");
+    drop(agent);
+
+    // A name registered as a node's: a module agent of that name refuses to start, and says why.
+    let _: () = con.del("cluster/agents").unwrap();
+    let _: () = con.hset("cluster/agents", "reg1", "node").unwrap();
+    let dir = dirs.dir(0).display().to_string();
+    let out = agent_tests::Run::new("module-agent")
+        .args([
+            "--name",
+            "reg1",
+            "--redis-url",
+            &redis.url(),
+            "--events-dir",
+            &dir,
+        ])
+        .env_remove("REDIS_URL")
+        .timeout(LONG)
+        .output();
+    assert!(!out.success(), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("registered as a node in cluster/agents"),
+        "{out:?}"
+    );
+}
