@@ -109,6 +109,25 @@ impl Redis {
     }
 }
 
+impl Redis {
+    /// The kind the agent name registry has for `name`; `None` when it has none or Redis cannot
+    /// be asked.
+    pub async fn registered_kind(
+        &self,
+        name: &core_events::AgentName,
+    ) -> Option<core_events::AgentKind> {
+        let mut conn = self.target.connection().await.ok()?;
+        let kind: Option<String> = redis::AsyncCommands::hget(
+            &mut conn,
+            core_events::keys::agent_registry(),
+            name.as_str(),
+        )
+        .await
+        .ok()?;
+        kind.as_deref().and_then(core_events::AgentKind::parse)
+    }
+}
+
 /// True for errors that mean "Redis is not reachable right now": worth waiting out while following.
 pub fn is_transient(e: &anyhow::Error) -> bool {
     e.chain()

@@ -24,8 +24,9 @@ use crate::fail::{fail, invalid};
 pub struct ExplainArgs {
     /// The agent: node/NAME, module/NAME or NAME. It only chooses the default event directories:
     /// node — /usr/local/share/agent/node-events, /var/local/node-events; module — ~NAME/.config/module-events,
-    /// ~NAME/module-events. A bare NAME is a module when a Unix user NAME exists, else a node when
-    /// it is this host's short name.
+    /// ~NAME/module-events. A bare NAME has the kind the agent name registry (Redis) gives it; when
+    /// Redis does not answer within 2 s or has no such name, it is a module when a Unix user NAME
+    /// exists, else a node when it is this host's short name.
     agent: String,
 
     /// The event to explain.
@@ -46,9 +47,12 @@ pub struct ExplainArgs {
     trust_dir: PathBuf,
 }
 
-pub fn main(args: ExplainArgs) -> Result<i32> {
-    let agent = AgentRef::parse(&args.agent)?;
+pub fn main(args: ExplainArgs, redis: &crate::conn::RedisArgs) -> Result<i32> {
+    let mut agent = AgentRef::parse(&args.agent)?;
     let event = EventName::new(args.event.as_str()).map_err(|e| invalid(e.to_string()))?;
+    if agent.kind.is_none() && args.events_dirs.is_empty() {
+        agent.kind = registered_kind(redis, &agent);
+    }
     let (agent, dirs) = if args.events_dirs.is_empty() {
         default_dirs(&agent)?
     } else {
@@ -133,6 +137,24 @@ fn rollback_json(rb_event: &EventName, plan: &EventPlan, signing: &Signing) -> s
             "timeout_secs": plan.settings.timeout.map(|t| t.as_secs()),
             "problems": plan.settings.problems,
         },
+    })
+}
+
+/// The kind of a bare NAME in the agent name registry, when Redis answers within a moment; `None`
+/// (the local rule of [`default_dirs`] decides) when it does not, or has no such name: explain
+/// reads directories on this host and must work without Redis.
+fn registered_kind(redis: &crate::conn::RedisArgs, agent: &AgentRef) -> Option<AgentKind> {
+    let target = redis.load().ok()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    rt.block_on(async {
+        let lookup = target.registered_kind(&agent.name);
+        tokio::time::timeout(std::time::Duration::from_secs(2), lookup)
+            .await
+            .ok()
+            .flatten()
     })
 }
 

@@ -68,8 +68,8 @@ AGENT:
                 (the Redis hash cluster/agents, which every agent writes when
                 it starts and `module add` when it adds a module), and asks
                 for node/NAME or module/NAME when the name is not there.
-                `explain` decides without Redis: a module if a Unix user
-                NAME exists, else a node if NAME is this host's name.
+                `explain` also works without Redis: then a module if a Unix
+                user NAME exists, else a node if NAME is this host's name.
 
 EXIT CODES:
   0      success (`run`: every step succeeded)
@@ -117,7 +117,7 @@ fn main() {
 
 fn real_main(cli: Cli) -> anyhow::Result<i32> {
     let redis = match cli.cmd {
-        Cmd::Explain(args) => return explain::main(args),
+        Cmd::Explain(args) => return explain::main(args, &cli.redis),
         Cmd::Redis(cmd) => return redis_admin::main(&cli.redis, cmd),
         _ => cli.redis.load()?,
     };

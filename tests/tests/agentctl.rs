@@ -228,6 +228,27 @@ fn a_step_cannot_forge_another_steps_output() {
 }
 
 #[test]
+fn explain_takes_a_bare_names_kind_from_the_registry() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // `root` is a Unix user here, so without the registry it would be a module.
+    let _: () = redis::Commands::hset(&mut redis.conn(), "cluster/agents", "root", "node").unwrap();
+    let out = ctl(&url, &["explain", "root", "module.init"], None);
+    assert!(out.stdout.contains("node/root"), "{out:?}");
+    assert!(
+        out.stdout.contains("/usr/local/share/agent/node-events"),
+        "{out:?}"
+    );
+    // Without Redis (nothing listens there), the local rule decides.
+    let out = ctl(
+        "redis://127.0.0.1:1",
+        &["explain", "root", "module.init"],
+        None,
+    );
+    assert!(out.stdout.contains("module/root"), "{out:?}");
+}
+
+#[test]
 fn explain_shows_overrides_masks_and_skips() {
     let dirs = EventDirs::new(2);
     dirs.step(0, "ev", "10first", "true");
