@@ -45,10 +45,16 @@ impl Credentials {
 
     /// Reads a credentials file; `Ok(None)` when it does not exist. A file that exists but is not a
     /// credentials file is an error.
+    /// A dangling symlink counts as no file ([`Credentials::write`] replaces the link itself).
     pub fn read_if_exists(path: &Path) -> Result<Option<Self>> {
-        match std::fs::symlink_metadata(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            _ => Self::from_file(path).map(Some),
+        match path.try_exists() {
+            Ok(false) => Ok(None),
+            Ok(true) => Self::from_file(path).map(Some),
+            Err(source) => Err(Error::File {
+                action: "cannot read",
+                path: path.into(),
+                source,
+            }),
         }
     }
 
@@ -297,6 +303,9 @@ mod tests {
         assert!(Credentials::read_if_exists(&dir.path().join("missing"))
             .unwrap()
             .is_none());
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        assert!(Credentials::read_if_exists(&dangling).unwrap().is_none());
     }
 
     #[test]
