@@ -25,11 +25,24 @@ set -euo pipefail
 
 # Bump when the way the base rootfs is built changes: it is part of the cache key.
 SCRIPT_VERSION=1
-SUITE=bookworm
+# AGENT_NODE_SUITE=trixie (Debian 13, pure cgroup v2 nodes) is being brought up (issue #11);
+# bookworm is what the suite runs on today.
+SUITE=${AGENT_NODE_SUITE:-bookworm}
 # HARNESS.md's list. netavark must be listed explicitly, or debootstrap fails to resolve podman.
-PACKAGES=(systemd systemd-sysv dbus dbus-user-session libpam-systemd redis-server iproute2 procps podman
-  netavark aardvark-dns uidmap crun runc slirp4netns catatonit wireguard-tools wireguard-go iputils-ping
-  ca-certificates busybox-static curl docker-registry skopeo iptables)
+case "$SUITE" in
+  bookworm)
+    PACKAGES=(systemd systemd-sysv dbus dbus-user-session libpam-systemd redis-server iproute2 procps podman
+      netavark aardvark-dns uidmap crun runc slirp4netns catatonit wireguard-tools wireguard-go iputils-ping
+      ca-certificates busybox-static curl docker-registry skopeo iptables)
+    UNIFIED=0 NSPAWN_ENV=() ;;
+  trixie)
+    PACKAGES=(systemd systemd-sysv dbus dbus-user-session libpam-systemd redis-server iproute2 procps podman
+      netavark aardvark-dns uidmap crun passt slirp4netns catatonit nftables wireguard-tools wireguard-go
+      iputils-ping ca-certificates busybox-static curl docker-registry skopeo iptables)
+    # Pure cgroup v2 in the node (HARNESS.md): Podman 5 and Quadlet need it.
+    UNIFIED=1 NSPAWN_ENV=(SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1) ;;
+  *) echo "node.sh: AGENT_NODE_SUITE must be bookworm or trixie, not $SUITE" >&2; exit 2 ;;
+esac
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -184,13 +197,27 @@ install_into() {
   # Podman inside an nspawn node (HARNESS.md): no kernel keyring, no namespaced sysctls, no pids
   # controller, and ulimits below the host's hard limit. Harness-only: a real host needs none of it.
   mkdir -p "$root/etc/containers"
-  cat >"$root/etc/containers/containers.conf" <<'CONF'
+  if [ "$UNIFIED" = 1 ]; then
+    # trixie (HARNESS.md): the ulimits and runtime lines are not needed any more.
+    cat >"$root/etc/containers/containers.conf" <<'CONF'
+[containers]
+keyring = false
+default_sysctls = []
+pids_limit = 0
+CONF
+    # Without it every unit ordered after network-online.target (Quadlet's) waits 90 s.
+    mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
+    ln -sf /usr/lib/systemd/system/network-online.target \
+      "$root/etc/systemd/system/multi-user.target.wants/network-online.target"
+  else
+    cat >"$root/etc/containers/containers.conf" <<'CONF'
 [containers]
 keyring = false
 default_sysctls = []
 pids_limit = 0
 default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
 CONF
+  fi
   # Rootless Podman's slirp4netns opens /dev/net/tun as the module's user: 0666 as on a stock Debian
   # host. The node binds the host's device node, so this changes the host's mode too.
   echo 'z /dev/net/tun 0666 - - -' >"$root/etc/tmpfiles.d/agent-test-node-tun.conf"
@@ -237,6 +264,7 @@ boot_node() {
   # the console, and after ~14-20 KB of console output every writer to /dev/console, PID 1
   # included, blocks — the node then never finishes shutting down.
   setsid sh -c 'for cg in $1; do echo $$ > "$cg/cgroup.procs" || exit 1; done; shift; exec "$@"' sh "$cgs" \
+    env ${NSPAWN_ENV[@]+"${NSPAWN_ENV[@]}"} \
     systemd-nspawn -D "$root" --boot -M "$name" --register=no --keep-unit --console=read-only \
     --network-namespace-path="/run/netns/$ns" --bind=/dev/net/tun --capability=CAP_NET_ADMIN \
     --bind="$dir/containers:/var/lib/containers" --bind="$dir/home:/home" \
