@@ -550,26 +550,7 @@ mod tests {
 
     /// Splits a command line as a shell would, for the quoting the examples use.
     fn words(line: &str) -> Vec<String> {
-        let (mut out, mut cur, mut quote, mut started) = (Vec::new(), String::new(), None, false);
-        for c in line.chars() {
-            match quote {
-                Some(q) if c == q => quote = None,
-                Some(_) => cur.push(c),
-                None if c == '\'' || c == '"' => (quote, started) = (Some(c), true),
-                None if c.is_whitespace() => {
-                    if started || !cur.is_empty() {
-                        out.push(std::mem::take(&mut cur));
-                        started = false;
-                    }
-                }
-                None => cur.push(c),
-            }
-        }
-        assert!(quote.is_none(), "unbalanced quotes in {line}");
-        if started || !cur.is_empty() {
-            out.push(cur);
-        }
-        out
+        shlex::split(line).unwrap_or_else(|| panic!("unbalanced quotes in {line}"))
     }
 
     /// Each example parses with the real command line, as the subcommand it names.
