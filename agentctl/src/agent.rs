@@ -51,6 +51,16 @@ impl fmt::Display for AgentRef {
     }
 }
 
+/// The kind the agent name registry (`keys::agent_registry`) has for `name`, `None` when it has
+/// none (or something that is no kind).
+pub async fn registered_kind<C: redis::aio::ConnectionLike + Send + Sync>(
+    con: &mut C,
+    name: &AgentName,
+) -> redis::RedisResult<Option<AgentKind>> {
+    let kind: Option<String> = con.hget(keys::agent_registry(), name.as_str()).await?;
+    Ok(kind.as_deref().and_then(AgentKind::parse))
+}
+
 /// The key prefix of `agent`; a bare name is looked up in the agent name registry
 /// (`keys::agent_registry`), which every agent writes at its start and `agentctl module add` when
 /// it adds a module.
@@ -59,11 +69,10 @@ pub async fn resolve(con: &mut ConnectionManager, agent: &AgentRef) -> Result<Pr
         return Ok(p);
     }
     let registry = keys::agent_registry();
-    let kind: Option<String> = con
-        .hget(&registry, agent.name.as_str())
+    let kind = registered_kind(con, &agent.name)
         .await
         .with_context(|| format!("cannot look up agent {} in {registry}", agent.name))?;
-    match kind.as_deref().and_then(AgentKind::parse) {
+    match kind {
         Some(kind) => Ok(Prefix::new(kind, agent.name.clone())),
         None => Err(fail(
             1,

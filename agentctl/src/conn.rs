@@ -117,14 +117,10 @@ impl Redis {
         name: &core_events::AgentName,
     ) -> Option<core_events::AgentKind> {
         let mut conn = self.target.connection().await.ok()?;
-        let kind: Option<String> = redis::AsyncCommands::hget(
-            &mut conn,
-            core_events::keys::agent_registry(),
-            name.as_str(),
-        )
-        .await
-        .ok()?;
-        kind.as_deref().and_then(core_events::AgentKind::parse)
+        crate::agent::registered_kind(&mut conn, name)
+            .await
+            .ok()
+            .flatten()
     }
 }
 
