@@ -30,14 +30,6 @@ pub enum Error {
     /// The operating system's random source failed.
     #[error("cannot generate random bytes: {0}")]
     Random(String),
-
-    /// Connecting to Redis failed. `url` is masked.
-    #[error("cannot connect to Redis at {url}")]
-    Connect {
-        url: String,
-        #[source]
-        source: redis::RedisError,
-    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

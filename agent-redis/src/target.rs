@@ -29,7 +29,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A Redis server and the credentials to use there. Its `Debug` shows the masked URL only.
 #[derive(Clone)]
 pub struct Target {
-    url: String,
     masked: String,
     credentials: Option<Credentials>,
     resp2: Client,
@@ -70,7 +69,6 @@ impl Target {
         let resp2 = open(settings.clone())?;
         let resp3 = open(settings.set_protocol(ProtocolVersion::RESP3))?;
         Ok(Target {
-            url: url.to_string(),
             masked,
             credentials,
             resp2,
@@ -97,12 +95,6 @@ impl Target {
             Some(c) => Some(c.password.expose()),
             None => self.resp2.get_connection_info().redis_settings().password(),
         }
-    }
-
-    /// The URL a step (a program reading only `REDIS_URL`) gets: the same server and database, with
-    /// these credentials in it.
-    pub fn url_with_credentials(&self) -> String {
-        crate::url::with_credentials(&self.url, self.credentials.as_ref())
     }
 
     /// A connection for short commands: bounded response time, reconnects by itself.
@@ -186,10 +178,6 @@ mod tests {
         assert_eq!(t.password(), Some("fromfile9"));
         assert_eq!(t.user(), Some("mod0"));
         assert!(!format!("{t:?}").contains("fromfile9"));
-        assert_eq!(
-            t.url_with_credentials(),
-            "redis://mod0:fromfile9@127.0.0.1:6379/2"
-        );
         let e = Target::new("http://x:pw12345@h", None).unwrap_err();
         assert!(!e.to_string().contains("pw12345"), "{e}");
     }

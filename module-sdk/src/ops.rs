@@ -26,8 +26,8 @@ pub struct Timeouts {
 impl Timeouts {
     /// For commands whose result matters: generous, a busy Redis must not fail a step.
     pub const NORMAL: Timeouts = Timeouts {
-        connect: Duration::from_secs(5),
-        io: Duration::from_secs(10),
+        connect: agent_redis::CONNECT_TIMEOUT,
+        io: agent_redis::COMMAND_TIMEOUT,
     };
     /// For progress reports, which are best effort and must not hold a step up for long.
     pub const BEST_EFFORT: Timeouts = Timeouts {
