@@ -548,24 +548,18 @@ impl Store {
     pub async fn claim_name(&self) -> Result<bool> {
         let registry = keys::agent_registry();
         let (name, kind) = (self.cfg.name.as_str(), self.cfg.kind);
-        let claimed: redis::RedisResult<(bool, Option<String>)> =
-            retry("claim the agent name", &self.shutdown, || {
-                let mut c = self.conn();
-                let registry = registry.clone();
-                async move {
-                    redis::pipe()
-                        .hset_nx(&registry, name, kind.as_str())
-                        .hget(&registry, name)
-                        .query_async(&mut c)
-                        .await
-                }
-            })
-            .await
-            .map(Ok)
-            .or_else(|e| match e {
-                Error::Redis(e) => Ok(Err(e)),
-                other => Err(other),
-            })?;
+        let claimed = retry("claim the agent name", &self.shutdown, || {
+            let mut c = self.conn();
+            let registry = registry.clone();
+            async move {
+                redis::pipe()
+                    .hset_nx(&registry, name, kind.as_str())
+                    .hget(&registry, name)
+                    .query_async::<(bool, Option<String>)>(&mut c)
+                    .await
+            }
+        })
+        .await;
         match claimed {
             Ok((_, Some(owner))) if owner == kind.as_str() => Ok(true),
             Ok((_, owner)) => Err(Error::Config(format!(
@@ -574,13 +568,13 @@ impl Store {
                 owner.as_deref().unwrap_or("(nothing)"),
                 kind.as_str()
             ))),
-            Err(e) if agent_redis::is_denied(&e) => Ok(false),
+            Err(Error::Redis(e)) if agent_redis::is_denied(&e) => Ok(false),
             // Not the agent's key to repair: it runs unregistered and says why.
-            Err(e) if agent_redis::is_wrong_type(&e) => {
+            Err(Error::Redis(e)) if agent_redis::is_wrong_type(&e) => {
                 tracing::warn!("{registry} is not a hash: the agent's name is not registered");
                 Ok(false)
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         }
     }
 
