@@ -15,6 +15,7 @@ pub mod context;
 pub mod control;
 pub mod error;
 pub mod ops;
+pub mod quadlet;
 pub mod redis_url;
 pub mod secret;
 

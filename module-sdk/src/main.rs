@@ -486,7 +486,7 @@ mod tests {
         };
         assert!(!u.system);
         assert!(
-            matches!(u.cmd, unit::UnitCmd::Enable { ref unit, now: true } if unit.name.as_str() == "sleeper.service")
+            matches!(u.cmd, unit::UnitCmd::Enable { ref unit, now: true } if unit.name.unit.as_str() == "sleeper.service")
         );
         let cli = Cli::try_parse_from(["module-sdk", "unit", "status", "node-agent", "--system"])
             .unwrap();

@@ -13,6 +13,7 @@
 //! * 77: not allowed (e.g. `--system` start as a non-root user).
 
 use module_sdk::exit_code;
+use module_sdk::quadlet::QuadletName;
 use systemd_client::{Bus, Error, Systemd, UnitName};
 
 /// `status` of a unit that is not active.
@@ -37,13 +38,21 @@ Type=simple service counts as started as soon as its process is forked; give a u
 start must really be checked Type=notify, Type=exec or Type=oneshot.
 
 enable and disable change the unit's [Install] symlinks (not runtime, forced, then a
-daemon-reload), and with --now also start or stop it.";
+daemon-reload), and with --now also start or stop it.
+
+Quadlet: NAME may be a Quadlet file's name (hello-httpd.container, pair.pod, web.network,
+data.volume, app.kube, base.image, src.build) for the unit Podman's generator makes of it
+(hello-httpd.service, pair-pod.service, web-network.service, …). start and restart reload
+the manager first, so that a new or changed file in ~/.config/containers/systemd is what
+starts. Generated units cannot be enabled: the file's [Install] section
+(WantedBy=default.target) starts them at boot.";
 
 pub const AFTER_HELP: &str = "\
 Examples:
   module-sdk unit daemon-reload                     after writing ~/.config/systemd/user/*
   module-sdk unit enable --now hello0-httpd         enable and start (waits for the start)
   module-sdk unit restart hello0-httpd.service
+  module-sdk unit start hello-httpd.container       Quadlet: reload, then start hello-httpd.service
   module-sdk unit status hello0-httpd || echo not active
   module-sdk unit --system status node-agent        the node's system manager
 
@@ -65,9 +74,17 @@ pub struct UnitArgs {
 /// A unit name argument; `NAME` without a type suffix means `NAME.service`.
 #[derive(Debug, clap::Args)]
 pub struct NameArg {
-    /// The unit, e.g. hello0-httpd.service (".service" is added when there is no suffix).
+    /// The unit, e.g. hello0-httpd.service (".service" is added when there is no suffix), or a
+    /// Quadlet file's name (hello-httpd.container, pair.pod, …) for the unit generated from it.
     #[arg(value_name = "NAME", value_parser = unit_arg)]
-    pub name: UnitName,
+    pub name: UnitArg,
+}
+
+/// What `NAME` named: a unit, or a Quadlet file and the unit Podman's generator makes of it.
+#[derive(Debug, Clone)]
+pub struct UnitArg {
+    pub unit: UnitName,
+    pub quadlet: Option<QuadletName>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -102,8 +119,60 @@ pub enum UnitCmd {
     DaemonReload,
 }
 
-fn unit_arg(s: &str) -> Result<UnitName, Error> {
-    UnitName::new(s)
+fn unit_arg(s: &str) -> Result<UnitArg, Error> {
+    match QuadletName::parse(s) {
+        Some(quadlet) => Ok(UnitArg {
+            unit: UnitName::new(&quadlet.service_name())?,
+            quadlet: Some(quadlet),
+        }),
+        None => Ok(UnitArg {
+            unit: UnitName::new(s)?,
+            quadlet: None,
+        }),
+    }
+}
+
+/// The Quadlet file the command names, if it names one.
+fn quadlet_of(cmd: &UnitCmd) -> Option<&QuadletName> {
+    match cmd {
+        UnitCmd::Start(u)
+        | UnitCmd::Stop(u)
+        | UnitCmd::Restart(u)
+        | UnitCmd::Reload(u)
+        | UnitCmd::Status(u)
+        | UnitCmd::Enable { unit: u, .. }
+        | UnitCmd::Disable { unit: u, .. } => u.name.quadlet.as_ref(),
+        UnitCmd::DaemonReload => None,
+    }
+}
+
+/// A generated unit has no [Install] symlinks of its own: the Quadlet file's [Install] section
+/// makes the generator add them at every daemon-reload.
+fn refuse_enable(quadlet: &QuadletName, verb: &str) -> i32 {
+    eprintln!(
+        "module-sdk: error: {file} is a Quadlet file: the unit generated from it ({unit}) cannot \
+         be {verb}d. An [Install] section in {file} (WantedBy=default.target) starts it at boot; \
+         without one it starts only when asked (module-sdk unit start {file}).",
+        file = quadlet.file_name(),
+        unit = quadlet.service_name(),
+    );
+    exit_code::USAGE
+}
+
+/// Starting a Quadlet unit reloads the manager first, so that the generator has turned the file,
+/// as it is now, into the unit that is started (a new or changed file is otherwise not seen).
+async fn reload_for(sd: &Systemd, arg: &UnitArg, verbose: bool) -> Result<(), Error> {
+    if let Some(quadlet) = &arg.quadlet {
+        sd.daemon_reload().await?;
+        if verbose {
+            eprintln!(
+                "reloaded: the generator made {} from {}",
+                quadlet.service_name(),
+                quadlet.file_name()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The exit code for an error of the client.
@@ -134,12 +203,35 @@ pub fn run(args: &UnitArgs, verbose: bool) -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("module-sdk: error: {e}");
+            if let (Error::NoSuchUnit { .. }, Some(quadlet)) = (&e, quadlet_of(&args.cmd)) {
+                eprintln!(
+                    "module-sdk: {unit} is generated from {file} (in ~/.config/containers/systemd \
+                     for your user): is the file there, and does it parse? \
+                     `{gen} -dryrun -user` prints the generator's errors; `module-sdk lint` \
+                     checks a module's files.",
+                    unit = quadlet.service_name(),
+                    file = quadlet.file_name(),
+                    gen = module_sdk::quadlet::GENERATOR,
+                );
+            }
             exit_code_of(&e)
         }
     }
 }
 
 async fn execute(bus: Bus, cmd: &UnitCmd, verbose: bool) -> Result<i32, Error> {
+    match cmd {
+        UnitCmd::Enable { unit, .. } if unit.name.quadlet.is_some() => {
+            return Ok(refuse_enable(unit.name.quadlet.as_ref().unwrap(), "enable"));
+        }
+        UnitCmd::Disable { unit, .. } if unit.name.quadlet.is_some() => {
+            return Ok(refuse_enable(
+                unit.name.quadlet.as_ref().unwrap(),
+                "disable",
+            ));
+        }
+        _ => {}
+    }
     let sd = Systemd::connect(bus).await?;
     let done = |what: &str, unit: &UnitName| {
         if verbose {
@@ -148,23 +240,25 @@ async fn execute(bus: Bus, cmd: &UnitCmd, verbose: bool) -> Result<i32, Error> {
     };
     match cmd {
         UnitCmd::Start(u) => {
-            sd.start(&u.name).await?;
-            done("started", &u.name);
+            reload_for(&sd, &u.name, verbose).await?;
+            sd.start(&u.name.unit).await?;
+            done("started", &u.name.unit);
         }
         UnitCmd::Stop(u) => {
-            sd.stop(&u.name).await?;
-            done("stopped", &u.name);
+            sd.stop(&u.name.unit).await?;
+            done("stopped", &u.name.unit);
         }
         UnitCmd::Restart(u) => {
-            sd.restart(&u.name).await?;
-            done("restarted", &u.name);
+            reload_for(&sd, &u.name, verbose).await?;
+            sd.restart(&u.name.unit).await?;
+            done("restarted", &u.name.unit);
         }
         UnitCmd::Reload(u) => {
-            sd.reload(&u.name).await?;
-            done("reloaded", &u.name);
+            sd.reload(&u.name.unit).await?;
+            done("reloaded", &u.name.unit);
         }
         UnitCmd::Enable { unit, now } => {
-            let outcome = sd.enable(&unit.name).await?;
+            let outcome = sd.enable(&unit.name.unit).await?;
             for c in &outcome.changes {
                 eprintln!("{c}");
             }
@@ -172,27 +266,27 @@ async fn execute(bus: Bus, cmd: &UnitCmd, verbose: bool) -> Result<i32, Error> {
                 eprintln!(
                     "module-sdk: warning: {} has no [Install] section (WantedBy=…): enabling it \
                      does nothing; it can only be started by hand or by another unit",
-                    unit.name
+                    unit.name.unit
                 );
             }
-            done("enabled", &unit.name);
+            done("enabled", &unit.name.unit);
             if *now {
-                sd.start(&unit.name).await?;
-                done("started", &unit.name);
+                sd.start(&unit.name.unit).await?;
+                done("started", &unit.name.unit);
             }
         }
         UnitCmd::Disable { unit, now } => {
-            for c in sd.disable(&unit.name).await? {
+            for c in sd.disable(&unit.name.unit).await? {
                 eprintln!("{c}");
             }
-            done("disabled", &unit.name);
+            done("disabled", &unit.name.unit);
             if *now {
-                sd.stop(&unit.name).await?;
-                done("stopped", &unit.name);
+                sd.stop(&unit.name.unit).await?;
+                done("stopped", &unit.name.unit);
             }
         }
         UnitCmd::Status(u) => {
-            let status = sd.status(&u.name).await?;
+            let status = sd.status(&u.name.unit).await?;
             print!("{status}");
             return Ok(if status.is_active() { 0 } else { NOT_ACTIVE });
         }

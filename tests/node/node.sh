@@ -25,24 +25,15 @@ set -euo pipefail
 
 # Bump when the way the base rootfs is built changes: it is part of the cache key.
 SCRIPT_VERSION=1
-# AGENT_NODE_SUITE=trixie (Debian 13, pure cgroup v2 nodes) is being brought up (issue #11);
-# bookworm is what the suite runs on today.
-SUITE=${AGENT_NODE_SUITE:-bookworm}
-# HARNESS.md's list. netavark must be listed explicitly, or debootstrap fails to resolve podman.
-case "$SUITE" in
-  bookworm)
-    PACKAGES=(systemd systemd-sysv dbus dbus-user-session libpam-systemd redis-server iproute2 procps podman
-      netavark aardvark-dns uidmap crun runc slirp4netns catatonit wireguard-tools wireguard-go iputils-ping
-      ca-certificates busybox-static curl docker-registry skopeo iptables)
-    UNIFIED=0 NSPAWN_ENV=() ;;
-  trixie)
-    PACKAGES=(systemd systemd-sysv dbus dbus-user-session libpam-systemd redis-server iproute2 procps podman
-      netavark aardvark-dns uidmap crun passt slirp4netns catatonit nftables wireguard-tools wireguard-go
-      iputils-ping ca-certificates busybox-static curl docker-registry skopeo iptables)
-    # Pure cgroup v2 in the node (HARNESS.md): Podman 5 and Quadlet need it.
-    UNIFIED=1 NSPAWN_ENV=(SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1) ;;
-  *) echo "node.sh: AGENT_NODE_SUITE must be bookworm or trixie, not $SUITE" >&2; exit 2 ;;
-esac
+# Debian 13 "trixie" nodes with pure cgroup v2 (HARNESS.md): Podman 5.4 and Quadlet need it, and the
+# product targets Debian 13. Debian 12 nodes are not supported any more (its Podman 4.3 has no
+# Quadlet; README.md, "Supported systems").
+SUITE=trixie
+# HARNESS.md's list with nftables (netavark's firewall driver) and passt. netavark must be listed
+# explicitly, or debootstrap fails to resolve podman.
+PACKAGES=(systemd systemd-sysv dbus dbus-user-session libpam-systemd redis-server iproute2 procps podman
+  netavark aardvark-dns uidmap crun passt slirp4netns catatonit nftables wireguard-tools wireguard-go
+  iputils-ping ca-certificates busybox-static curl docker-registry skopeo iptables)
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -153,10 +144,25 @@ find_leader() {
   done
 }
 
+# Runs a command inside the node: its namespaces, and a cgroup of the node's own tree. Left in the
+# host's cgroup, the command's cgroup reads "/../../.." inside the node, and systemd 257's logind
+# cannot place such a caller: `loginctl enable-linger` failed with "Protocol driver not attached"
+# (EUNATCH) in Debian 13 nodes, while the same call from a unit inside the node worked.
 in_node() {
-  local leader=$1
+  local leader=$1 exec_cg
   shift
-  nsenter -t "$leader" -a -- env -i PATH="$NODE_PATH" HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" "$@"
+  exec_cg=$(node_exec_cgroup "$leader")
+  sh -c '[ -z "$1" ] || echo $$ >"$1/cgroup.procs" || exit 1; shift; exec "$@"' sh "$exec_cg" \
+    nsenter -t "$leader" -a -- env -i PATH="$NODE_PATH" HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" "$@"
+}
+
+# The cgroup of commands run by `exec` and `shell`: harness-exec beside the node's init.scope in
+# the host's v2 hierarchy, made on first use (removed with the node's cgroups by `down`).
+node_exec_cgroup() {
+  local own
+  own=$(sed -n 's|^0::\(/.*\)/init\.scope$|\1|p' "/proc/$1/cgroup" 2>/dev/null)
+  [ -n "$own" ] && [ -f /sys/fs/cgroup/unified/cgroup.procs ] || return 0
+  mkdir -p "/sys/fs/cgroup/unified$own/harness-exec" && echo "/sys/fs/cgroup/unified$own/harness-exec"
 }
 
 install_into() {
@@ -194,30 +200,34 @@ install_into() {
   echo "$name" >"$root/etc/hostname"
   printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$name" >"$root/etc/hosts"
   : >"$root/etc/machine-id"
-  # Podman inside an nspawn node (HARNESS.md): no kernel keyring, no namespaced sysctls, no pids
-  # controller, and ulimits below the host's hard limit. Harness-only: a real host needs none of it.
+  # Podman inside an nspawn node (HARNESS.md): no kernel keyring, no pids controller. Harness-only:
+  # a real host needs none of it.
   mkdir -p "$root/etc/containers"
-  if [ "$UNIFIED" = 1 ]; then
-    # trixie (HARNESS.md): the ulimits and runtime lines are not needed any more.
-    cat >"$root/etc/containers/containers.conf" <<'CONF'
+  cat >"$root/etc/containers/containers.conf" <<'CONF'
 [containers]
 keyring = false
-default_sysctls = []
 pids_limit = 0
 CONF
-    # Without it every unit ordered after network-online.target (Quadlet's) waits 90 s.
-    mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
-    ln -sf /usr/lib/systemd/system/network-online.target \
-      "$root/etc/systemd/system/multi-user.target.wants/network-online.target"
-  else
-    cat >"$root/etc/containers/containers.conf" <<'CONF'
-[containers]
-keyring = false
-default_sysctls = []
-pids_limit = 0
-default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
-CONF
-  fi
+  # Without it every unit ordered after network-online.target (Quadlet's) waits 90 s.
+  mkdir -p "$root/etc/systemd/system/multi-user.target.wants" "$root/etc/systemd/system/sysinit.target.wants"
+  ln -sf /usr/lib/systemd/system/network-online.target \
+    "$root/etc/systemd/system/multi-user.target.wants/network-online.target"
+  # nspawn mounts /proc/sys read-only, /proc/sys/net included; netavark must set sysctls there for
+  # a bridge network. Safe: the node has a network namespace of its own.
+  cat >"$root/etc/systemd/system/agent-test-node-proc-sys-net.service" <<'UNIT'
+[Unit]
+Description=Writable /proc/sys/net in a test node (its own network namespace)
+DefaultDependencies=no
+Before=sysinit.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/mount --bind /proc/sys/net /proc/sys/net
+ExecStart=/bin/mount -o remount,bind,rw /proc/sys/net
+UNIT
+  ln -sf ../agent-test-node-proc-sys-net.service \
+    "$root/etc/systemd/system/sysinit.target.wants/agent-test-node-proc-sys-net.service"
   # Rootless Podman's slirp4netns opens /dev/net/tun as the module's user: 0666 as on a stock Debian
   # host. The node binds the host's device node, so this changes the host's mode too.
   echo 'z /dev/net/tun 0666 - - -' >"$root/etc/tmpfiles.d/agent-test-node-tun.conf"
@@ -264,7 +274,7 @@ boot_node() {
   # the console, and after ~14-20 KB of console output every writer to /dev/console, PID 1
   # included, blocks — the node then never finishes shutting down.
   setsid sh -c 'for cg in $1; do echo $$ > "$cg/cgroup.procs" || exit 1; done; shift; exec "$@"' sh "$cgs" \
-    env ${NSPAWN_ENV[@]+"${NSPAWN_ENV[@]}"} \
+    env SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 \
     systemd-nspawn -D "$root" --boot -M "$name" --register=no --keep-unit --console=read-only \
     --network-namespace-path="/run/netns/$ns" --bind=/dev/net/tun --capability=CAP_NET_ADMIN \
     --bind="$dir/containers:/var/lib/containers" --bind="$dir/home:/home" \
