@@ -7,6 +7,7 @@
 pub mod exit;
 pub mod keys;
 pub mod module_env;
+pub mod module_image;
 pub mod name;
 pub mod output;
 pub mod record;

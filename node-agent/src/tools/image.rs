@@ -16,95 +16,20 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
-use std::path::{Component, Path};
 use std::process::{Command, Stdio};
 
+use core_events::module_image::{self, check_image_ref, LabelError, ModuleLabels};
 use core_events::{ModuleId, Prefix};
 
 use super::user::{home_relative, ModuleUser};
 use super::{quiet_stdout_of, shown, stdout_of, stdout_ok, Ctx, Result, ToolError};
 
-/// Namespace of the module labels.
-pub const LABEL: &str = "org.agent-system.module";
-
-/// What the labels of a module image say.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModuleLabels {
-    /// Absolute path of the imageroot tree inside the image.
-    pub imageroot: String,
-    /// Images the module's containers run.
-    pub images: Vec<String>,
-}
-
-/// Refuses what podman could take for an option, and white space (`EVENTS_IMAGE` and the entries
-/// of the `images` label are handed to podman as single arguments).
-pub fn check_image_ref(reference: &str) -> std::result::Result<(), String> {
-    if reference.is_empty() {
-        return Err("an empty image reference".into());
-    }
-    if reference.starts_with('-') {
-        return Err(format!("'{reference}' starts with '-'"));
-    }
-    if reference
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(format!("{reference:?} contains white space"));
-    }
-    Ok(())
-}
-
-/// Checks the module labels of image `reference` (`labels`: all its labels).
+/// The node's reading of a module image's labels (core_events::module_image): a rootful module
+/// is one this node cannot install yet (69), any other refusal is bad input (65).
 pub fn parse_labels(reference: &str, labels: &HashMap<String, String>) -> Result<ModuleLabels> {
-    let get = |name: &str| {
-        labels
-            .get(&format!("{LABEL}.{name}"))
-            .map(|v| v.trim())
-            .unwrap_or("")
-    };
-    let imageroot = get("imageroot");
-    if imageroot.is_empty() {
-        return Err(ToolError::Invalid(format!(
-            "image {reference} has no label {LABEL}.imageroot: not a module image (docs/MODULES.md)"
-        )));
-    }
-    let path = Path::new(imageroot);
-    if !path.is_absolute()
-        || path
-            .components()
-            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-    {
-        return Err(ToolError::Invalid(format!(
-            "label {LABEL}.imageroot of {reference} is '{imageroot}', not an absolute path"
-        )));
-    }
-    match get("rootful") {
-        "" | "false" => {}
-        "true" => {
-            return Err(ToolError::Unavailable(format!(
-                "{reference} needs rootful mode, which this node does not support yet"
-            )))
-        }
-        other => {
-            return Err(ToolError::Invalid(format!(
-                "label {LABEL}.rootful of {reference} is '{other}' (true or false)"
-            )))
-        }
-    }
-    let mut images = Vec::new();
-    for image in get("images").split_whitespace() {
-        if check_image_ref(image).is_err() {
-            return Err(ToolError::Invalid(format!(
-                "label {LABEL}.images of {reference} has a bad entry '{image}'"
-            )));
-        }
-        if !images.iter().any(|i| i == image) {
-            images.push(image.to_string());
-        }
-    }
-    Ok(ModuleLabels {
-        imageroot: imageroot.trim_end_matches('/').to_string(),
-        images,
+    module_image::parse_labels(reference, labels).map_err(|e| match e {
+        LabelError::Rootful { .. } => ToolError::Unavailable(e.to_string()),
+        _ => ToolError::Invalid(e.to_string()),
     })
 }
 
@@ -396,23 +321,8 @@ mod tests {
     fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
             .iter()
-            .map(|(k, v)| (format!("{LABEL}.{k}"), v.to_string()))
+            .map(|(k, v)| (format!("{}.{k}", module_image::LABEL_PREFIX), v.to_string()))
             .collect()
-    }
-
-    #[test]
-    fn image_references() {
-        for ok in [
-            "localhost/hello:latest",
-            "oci-archive:/var/tmp/images/hello.oci.tar",
-            "127.0.0.1:5000/modules/hello:1.0",
-            "docker.io/library/redis@sha256:0123",
-        ] {
-            check_image_ref(ok).unwrap();
-        }
-        for bad in ["", "-v", "--rm", "a b", "a\tb", "a\nb", "x\u{0}"] {
-            assert!(check_image_ref(bad).is_err(), "{bad:?}");
-        }
     }
 
     #[test]
@@ -513,7 +423,7 @@ mod tests {
     fn labels_json_and_ids() {
         assert!(labels_from_json("null").unwrap().is_empty());
         let l = labels_from_json(r#"{"org.agent-system.module.imageroot":"/imageroot"}"#).unwrap();
-        assert_eq!(l[&format!("{LABEL}.imageroot")], "/imageroot");
+        assert_eq!(l[module_image::IMAGEROOT], "/imageroot");
         assert!(labels_from_json("<no value>").is_err());
         assert_eq!(short_id("0123456789abcdef"), "0123456789ab");
         assert_eq!(short_id("sha256:0123456789abcdef"), "0123456789ab");
