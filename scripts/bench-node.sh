@@ -5,9 +5,10 @@
 #     extract (40: image, imageroot, container images), agent start (50), containers up (60: the
 #     module's own module.init, which starts its container) and register (70); each as a ratio to the
 #     floor measured in the same node: one bare rootful `podman run --rm` of the same base image.
-#  2. idle RSS of a node with N installed hello modules (default 20): module-agents, their systemd
-#     user managers, and the containers' processes, against the node's own base (systemd, journald,
-#     redis, node-agent) measured before the first install.
+#  2. idle memory (RSS and PSS) of a node with N installed hello modules (default 20), per process
+#     kind: module-agents, their systemd user managers, the user's D-Bus, the container helpers
+#     (conmon, slirp4netns or pasta, catatonit, podman-init) and the container's own process, against
+#     the node's own base (systemd, journald, redis, node-agent) measured before the first install.
 # Usage: scripts/bench-node.sh [--modules N] [--samples N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -85,7 +86,7 @@ echo "median total: ${median} ms = $(awk -v m="$median" -v f="$floor" 'BEGIN { p
 
 # Idle RSS with N modules: install the rest (the sampled ones count), let them settle, then measure.
 echo
-echo "idle RSS with $modules hello modules installed (node base before any module: $((base_rss / 1024)) MiB)"
+echo "idle memory with $modules hello modules installed (node base before any module: $((base_rss / 1024)) MiB)"
 users=
 i=0
 while [ "$i" -lt "$modules" ]; do
@@ -104,14 +105,30 @@ for _ in $(seq 1 3000); do
 done
 in_node test -e "/var/tmp/bench-mark-$last-75" || { echo "the $modules modules did not all install" >&2; exit 1; }
 sleep 10
+# RSS counts a shared page once per process that maps it (twenty user managers share systemd's
+# libraries); PSS splits it among them, so PSS is what a module really adds. Both are shown, per
+# process name, summed over the module users' processes (smaps_rollup, read as root).
+in_node sh -c "for p in \$(pgrep -u '$users'); do
+    printf '%s %s %s\n' \"\$(cat /proc/\$p/comm 2>/dev/null)\" \
+      \"\$(awk '/^Rss:/ { print \$2 }' /proc/\$p/smaps_rollup 2>/dev/null)\" \
+      \"\$(awk '/^Pss:/ { print \$2 }' /proc/\$p/smaps_rollup 2>/dev/null)\"
+  done" >"$marks/idle"
 total=$(rss_kib "")
-mods=$(rss_kib "$users")
-agents=$(in_node sh -c "ps -o rss= -C module-agent | awk '{ s += \$1 } END { print s + 0 }'")
-managers=$(in_node sh -c "ps -o rss=,user= -C systemd -C '(sd-pam)' | awk '\$2 ~ /^hello/ { s += \$1 } END { print s + 0 }'")
-awk -v n="$modules" -v total="$total" -v base="$base_rss" -v mods="$mods" -v agents="$agents" -v managers="$managers" 'BEGIN {
-  printf "  all processes of the %d module users: %6.1f MiB (%.1f MiB a module; %.2fx the node base)\n", n, mods/1024, mods/1024/n, mods/base
-  printf "    module-agents:                    %6.1f MiB (%.1f MiB each)\n", agents/1024, agents/1024/n
-  printf "    systemd user managers (+sd-pam):  %6.1f MiB (%.1f MiB each)\n", managers/1024, managers/1024/n
-  printf "    containers (conmon, slirp4netns, rootlessport, httpd, podman pause): %6.1f MiB\n", (mods-agents-managers)/1024
-  printf "  whole node: %.1f MiB (base %.1f MiB)\n", total/1024, base/1024
-}'
+awk -v n="$modules" -v total="$total" -v base="$base_rss" '
+  NF == 3 && $2 != "" {
+    name = $1
+    if (name == "module-agent") group = "module-agent"
+    else if (name == "systemd" || name == "(sd-pam)") group = "systemd user manager (+ sd-pam)"
+    else if (name == "dbus-daemon" || name == "dbus-broker") group = "user D-Bus (for podman)"
+    else if (name ~ /^(conmon|slirp4netns|pasta|pasta.avx2|rootlessport|rootlessport-ch|catatonit|podman-init)$/) group = "container helpers (" name ")"
+    else if (name == "podman") group = "podman (transient: health checks)"
+    else group = "the container (" name ")"
+    rss[group] += $2; pss[group] += $3; allr += $2; allp += $3
+  }
+  END {
+    printf "  %-44s %9s %9s %12s\n", "", "RSS MiB", "PSS MiB", "PSS/module"
+    for (g in rss) printf "  %-44s %9.1f %9.1f %12.2f\n", g, rss[g]/1024, pss[g]/1024, pss[g]/1024/n | "sort"
+    close("sort")
+    printf "  %-44s %9.1f %9.1f %12.2f\n", "all processes of the " n " module users", allr/1024, allp/1024, allp/1024/n
+    printf "  whole node RSS: %.1f MiB (base %.1f MiB)\n", total/1024, base/1024
+  }' "$marks/idle"

@@ -15,14 +15,15 @@
 //! Idempotent: extracting again rewrites the same files; an image the user has (same id) is kept.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{Read, Write};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use core_events::module_image::{self, check_image_ref, LabelError, ModuleLabels};
 use core_events::{ModuleId, Prefix};
 
 use super::user::{home_relative, ModuleUser};
-use super::{quiet_stdout_of, shown, stdout_of, stdout_ok, Ctx, Result, ToolError};
+use super::{quiet_stdout_of, stdout_of, stdout_ok, Ctx, Result, ToolError};
 
 /// The node's reading of a module image's labels (core_events::module_image): a rootful module
 /// is one this node cannot install yet (69), any other refusal is bad input (65).
@@ -57,17 +58,71 @@ fn root_has(image: &str) -> Result<bool> {
     Ok(st.success())
 }
 
-fn image_id(image: &str) -> Result<String> {
-    stdout_ok(podman().args(["image", "inspect", "--format", "{{.Id}}", image]))
+/// What root's storage knows of `image`: its id and its labels, or `None` when it does not have
+/// it. One podman call in the usual case (each costs ~45 ms on a node); `image exists` only
+/// when the inspect failed, to tell "not here" from a real error.
+fn root_image(image: &str) -> Result<Option<RootImage>> {
+    let (st, out) = quiet_stdout_of(podman().args([
+        "image",
+        "inspect",
+        "--format",
+        "{{.Id}} {{json .Labels}}",
+        image,
+    ]))?;
+    if st.success() {
+        let (id, labels) = out.split_once(' ').unwrap_or((out.as_str(), "null"));
+        if !id.is_empty() {
+            return Ok(Some(RootImage {
+                id: id.to_string(),
+                labels: labels_from_json(labels)?,
+            }));
+        }
+    }
+    if !root_has(image)? {
+        return Ok(None);
+    }
+    Err(ToolError::Failed(format!(
+        "podman image inspect {image} failed ({st}) although the image exists"
+    )))
 }
 
-/// A container removed when dropped, also on an error path.
-struct Container(String);
+/// Rootless Podman's default storage, relative to the user's home.
+const ROOTLESS_STORAGE: &str = ".local/share/containers/storage";
 
-impl Drop for Container {
+/// An image in root's storage.
+struct RootImage {
+    id: String,
+    labels: HashMap<String, String>,
+}
+
+/// An image mounted read-only by root (`podman image mount`), unmounted when dropped, also on an
+/// error path. Reading the tree from the mount costs ~60 ms where `podman create` + `podman cp` +
+/// `podman rm` cost ~335 ms (Podman 5.4, docs/BENCHMARKS.md).
+struct ImageMount {
+    image: String,
+    path: PathBuf,
+}
+
+impl ImageMount {
+    fn new(image: &str) -> Result<ImageMount> {
+        let path = stdout_ok(podman().args(["image", "mount", image]))?;
+        let path = PathBuf::from(path.trim());
+        if !path.is_absolute() {
+            return Err(ToolError::Failed(format!(
+                "podman image mount {image} printed {path:?}, not a directory"
+            )));
+        }
+        Ok(ImageMount {
+            image: image.to_string(),
+            path,
+        })
+    }
+}
+
+impl Drop for ImageMount {
     fn drop(&mut self) {
         let _ = podman()
-            .args(["rm", "--force", "--ignore", &self.0])
+            .args(["image", "unmount", &self.image])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -95,33 +150,38 @@ pub fn install_image(ctx: &Ctx, id: &ModuleId) -> Result<()> {
     let user = ModuleUser::require(id)?;
 
     // 1. The image in root's storage.
-    let image = if root_has(&reference)? {
-        let image = image_id(&reference)?;
-        println!(
-            "image {reference} found in local storage ({})",
-            short_id(&image)
-        );
-        image
-    } else {
-        println!("pulling {reference}");
-        let (st, out) = stdout_of(podman().args(["pull", "--quiet", &reference]))?;
-        match out.lines().last().map(str::trim) {
-            Some(image) if st.success() && !image.is_empty() => image.to_string(),
-            _ => {
-                return Err(ToolError::Unavailable(format!(
-                    "cannot get the image {reference} of {id} (not in local storage; podman pull failed, see above)"
-                )))
-            }
+    let image = match root_image(&reference)? {
+        Some(image) => {
+            println!(
+                "image {reference} found in local storage ({})",
+                short_id(&image.id)
+            );
+            image
+        }
+        None => {
+            println!("pulling {reference}");
+            let (st, out) = stdout_of(podman().args(["pull", "--quiet", &reference]))?;
+            let pulled = match out.lines().last().map(str::trim) {
+                Some(image) if st.success() && !image.is_empty() => image.to_string(),
+                _ => {
+                    return Err(ToolError::Unavailable(format!(
+                        "cannot get the image {reference} of {id} (not in local storage; podman pull failed, see above)"
+                    )))
+                }
+            };
+            root_image(&pulled)?.ok_or_else(|| {
+                ToolError::Failed(format!(
+                    "podman pulled {reference} as {pulled}, which it then does not know"
+                ))
+            })?
         }
     };
 
     // 2. Its labels.
-    let json =
-        stdout_ok(podman().args(["image", "inspect", "--format", "{{json .Labels}}", &image]))?;
-    let labels = parse_labels(&reference, &labels_from_json(&json)?)?;
+    let labels = parse_labels(&reference, &image.labels)?;
 
     // 3. The imageroot into the home, written by the module's user.
-    extract(&user, &image, &labels.imageroot)?;
+    extract(&user, &image.id, &labels.imageroot)?;
     println!(
         "extracted {} of {reference} into {}",
         labels.imageroot,
@@ -135,132 +195,166 @@ pub fn install_image(ctx: &Ctx, id: &ModuleId) -> Result<()> {
     Ok(())
 }
 
-/// `podman cp CTR:IMAGEROOT/. -` (root) | `runuser -u ID -- tar -x -C HOME -f -` (umask 077),
-/// the stream read by root on its way (the member list), then the members made private.
+/// The imageroot, read by root from the image mounted read-only ([`ImageMount`]) and written as a
+/// tar stream into `runuser -u ID -- tar -x -C HOME -f -` (umask 077), then the members made
+/// private.
+///
+/// Reading the image: every component of the imageroot path must be a directory in the image,
+/// not a symlink (an absolute symlink would resolve on the node's own file system, outside the
+/// image); below it nothing is followed — a symlink is archived as a symlink — and anything but
+/// files, directories and symlinks (a FIFO, a device node) refuses the image ([`write_tree`]).
 ///
 /// What the image brings is private to the module however its files are made (world-readable
-/// or world-writable files, a `./` member with the image's mode for the home itself):
+/// or world-writable files):
 /// * the user's `tar` runs with umask 077 ([`super::with_private_umask`]) and
 ///   `--no-same-permissions` (the default for a user, said anyway): GNU tar gives every member it
-///   extracts — a file replaced, an existing directory, the home from a `./` member — the
-///   archive's mode minus the umask, so no group or other bit. Not `--no-overwrite-dir`: that would
-///   keep the modes of directories an earlier install left (0755 before homes were private),
-///   while this way a re-run fixes them;
-/// * checked, not assumed: the members' paths, read from the stream as it passes through root
-///   ([`Tee`], the `tar` crate; nothing of the home is read), are handed to
-///   [`ModuleUser::make_private`], which fixes (and prints) any member that still has a group or
-///   other bit — exactly the members, not the rest of the home: what the module made there
-///   itself and its container storage (whose layers must keep their modes) are its business;
-/// * the home itself, which a `./` member may have changed (to 0500 say), is made exactly 0700
-///   again by root on its own inode ([`ModuleUser::make_home_private`]).
+///   extracts — a file replaced, an existing directory — the archive's mode minus the umask, so
+///   no group or other bit. Not `--no-overwrite-dir`: that would keep the modes of directories an
+///   earlier install left (0755 before homes were private), while this way a re-run fixes them;
+/// * checked, not assumed: the members' paths (what root wrote; nothing of the home is read) are
+///   handed to [`ModuleUser::make_private`], which fixes (and prints) any member that still has a
+///   group or other bit — exactly the members, not the rest of the home: what the module made
+///   there itself and its container storage (whose layers must keep their modes) are its business;
+/// * the stream has no member for the imageroot itself, so the home's own mode is not touched;
+///   it is made exactly 0700 again by root on its own inode anyway
+///   ([`ModuleUser::make_home_private`]).
 fn extract(user: &ModuleUser, image: &str, imageroot: &str) -> Result<()> {
-    let name = format!("agent-extract-{}-{}", user.name, std::process::id());
-    let ctr = stdout_ok(podman().args([
-        "create",
-        "--quiet",
-        "--name",
-        &name,
-        image,
-        "/imageroot-extract",
-    ]))?;
-    let ctr = Container(ctr);
-    let mut cp = podman();
-    cp.args(["cp", &format!("{}:{imageroot}/.", ctr.0), "-"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
-    let mut cp_child = cp
-        .spawn()
-        .map_err(|e| ToolError::OsError(format!("cannot run podman: {e}")))?;
-    let stream = cp_child.stdout.take().expect("piped stdout");
+    let mount = ImageMount::new(image)?;
+    let source = dir_in_image(&mount.path, imageroot)?;
     let mut tar = Command::new("runuser");
     tar.args(["-u", &user.name, "--", "tar", "-x", "--no-same-owner"])
         .args(["--no-same-permissions", "--delay-directory-restore", "-C"])
         .arg(&user.home)
         .args(["-f", "-"])
         .stdin(Stdio::piped());
-    let tar_child = super::with_private_umask(|| tar.spawn());
-    let mut tar_child = match tar_child {
-        Ok(child) => child,
-        Err(e) => {
-            drop(stream);
-            let _ = cp_child.wait();
-            return Err(ToolError::OsError(format!("cannot run runuser: {e}")));
-        }
-    };
+    let mut tar_child = super::with_private_umask(|| tar.spawn())
+        .map_err(|e| ToolError::OsError(format!("cannot run runuser: {e}")))?;
     let input = tar_child.stdin.take().expect("piped stdin");
-    // Both pipe ends are closed when this returns: tar sees the end of its input, and podman cp
-    // EPIPE if tar (or the listing) stopped early.
-    let members = member_paths(Tee {
-        from: stream,
-        to: input,
-    });
+    // `input` is closed when write_tree returns: tar sees the end of its input.
+    let members = write_tree(&source, std::io::BufWriter::with_capacity(1 << 16, input));
     let tar_status = tar_child
         .wait()
         .map_err(|e| ToolError::OsError(format!("runuser: {e}")))?;
-    let cp_status = cp_child
-        .wait()
-        .map_err(|e| ToolError::OsError(format!("podman cp: {e}")))?;
     if !tar_status.success() {
         return Err(ToolError::Failed(format!(
             "extracting {imageroot} of the image as {} failed (tar: {tar_status})",
             user.name
         )));
     }
-    if !cp_status.success() {
-        return Err(ToolError::Failed(format!(
-            "{} failed ({cp_status})",
-            shown(&cp)
-        )));
-    }
-    let members = members.map_err(|e| {
-        ToolError::Failed(format!(
-            "cannot read the members of {imageroot} of the image: {e}"
-        ))
+    let members = members.map_err(|e| match e {
+        TreeError::Refused(why) => ToolError::Invalid(format!("{imageroot} of the image: {why}")),
+        TreeError::Io(e) => ToolError::Failed(format!("cannot read {imageroot} of the image: {e}")),
     })?;
+    drop(mount);
     user.make_private(&members)?;
     user.make_home_private()
 }
 
-/// A reader that writes everything read through it to `to`: the imageroot stream, on its way
-/// from `podman cp` to the user's `tar`.
-struct Tee<R, W> {
-    from: R,
-    to: W,
-}
-
-impl<R: Read, W: Write> Read for Tee<R, W> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.from.read(buf)?;
-        self.to.write_all(&buf[..n])?;
-        Ok(n)
-    }
-}
-
-/// The paths of the members of the tar archive read from `reader`, relative to the extraction
-/// directory ([`home_relative`]), sorted, each once; the whole stream is read (what follows the
-/// end-of-archive blocks too).
-fn member_paths(reader: impl Read) -> std::io::Result<Vec<Vec<u8>>> {
-    // Buffered above the tee: bytes buffered but not parsed yet were forwarded already.
-    let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 16, reader));
-    let mut paths = BTreeSet::new();
-    for entry in archive.entries()? {
-        if let Some(path) = home_relative(&entry?.path_bytes()) {
-            paths.insert(path);
+/// `imageroot` (absolute, without `..`: the labels' rule) below the image's mount point, each
+/// component checked to be a real directory of the image.
+fn dir_in_image(mount: &Path, imageroot: &str) -> Result<PathBuf> {
+    let mut path = mount.to_path_buf();
+    for part in Path::new(imageroot).components() {
+        let std::path::Component::Normal(name) = part else {
+            continue;
+        };
+        path.push(name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(ToolError::Invalid(format!(
+                    "the image's imageroot {imageroot} goes through a symlink ({}): not allowed",
+                    path.strip_prefix(mount).unwrap_or(&path).display()
+                )))
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(ToolError::Invalid(format!(
+                    "the image's imageroot {imageroot} is not a directory"
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ToolError::Invalid(format!(
+                    "the image has no {imageroot} (its imageroot label)"
+                )))
+            }
+            Err(e) => {
+                return Err(ToolError::Failed(format!(
+                    "cannot read {imageroot} in the image: {e}"
+                )))
+            }
         }
     }
-    // The end-of-archive blocks and any padding. A tar that stopped reading at the end of the
-    // archive is no error here; whether its extraction worked is its exit status.
-    match std::io::copy(&mut archive.into_inner(), &mut std::io::sink()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e),
-        _ => {}
+    Ok(path)
+}
+
+/// Why a tree could not be written as an archive.
+#[derive(Debug)]
+enum TreeError {
+    /// The tree holds something an imageroot may not.
+    Refused(String),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for TreeError {
+    fn from(e: std::io::Error) -> Self {
+        TreeError::Io(e)
     }
-    Ok(paths.into_iter().collect())
+}
+
+/// Writes the tree below `root` (not `root` itself) as a tar stream to `out`, parents before
+/// children, names in byte order, nothing followed; returns the members' paths relative to the
+/// extraction directory ([`home_relative`]), sorted. Walks with its own stack: a deep tree cannot
+/// exhaust the thread's.
+fn write_tree(root: &Path, out: impl Write) -> std::result::Result<Vec<Vec<u8>>, TreeError> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileTypeExt;
+    let mut archive = tar::Builder::new(out);
+    archive.follow_symlinks(false);
+    let mut members = BTreeSet::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(dir) = pending.pop() {
+        let mut names: Vec<_> = std::fs::read_dir(root.join(&dir))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()?;
+        names.sort();
+        // Reversed onto the stack, so that subdirectories come out in name order.
+        let mut subdirs = Vec::new();
+        for name in names {
+            let rel = dir.join(&name);
+            let path = root.join(&rel);
+            let kind = std::fs::symlink_metadata(&path)?.file_type();
+            if kind.is_dir() {
+                archive.append_dir(&rel, &path)?;
+                subdirs.push(rel.clone());
+            } else if kind.is_file() || kind.is_symlink() {
+                archive.append_path_with_name(&path, &rel)?;
+            } else {
+                let what = if kind.is_fifo() {
+                    "a FIFO"
+                } else if kind.is_socket() {
+                    "a socket"
+                } else {
+                    "a device node"
+                };
+                return Err(TreeError::Refused(format!(
+                    "{} is {what}: an imageroot holds only files, directories and symlinks",
+                    rel.display()
+                )));
+            }
+            if let Some(member) = home_relative(rel.as_os_str().as_bytes()) {
+                members.insert(member);
+            }
+        }
+        pending.extend(subdirs.into_iter().rev());
+    }
+    archive.into_inner()?.flush()?;
+    Ok(members.into_iter().collect())
 }
 
 /// One image the module runs, into the user's storage: copied from root's, else pulled.
 fn copy_to_user(user: &ModuleUser, image: &str) -> Result<()> {
     let id = &user.name;
-    if !root_has(image)? {
+    let Some(want) = root_image(image)? else {
         let mut pull = user.command("podman");
         pull.args(["pull", "--quiet", image]).stdout(Stdio::null());
         let st = super::status(&mut pull)?;
@@ -271,14 +365,19 @@ fn copy_to_user(user: &ModuleUser, image: &str) -> Result<()> {
         }
         println!("image {image}: pulled by {id}");
         return Ok(());
-    }
-    let want = image_id(image)?;
-    let mut inspect = user.command("podman");
-    inspect.args(["image", "inspect", "--format", "{{.Id}}", image]);
-    let (st, have) = quiet_stdout_of(&mut inspect)?;
-    if st.success() && have == want {
-        println!("image {image}: {id} has it");
-        return Ok(());
+    };
+    // A user without container storage yet (a new module) has no image: asking its podman would
+    // only cost the ~150 ms of a user's first podman call, which the load below pays anyway.
+    // Only whether the path exists is looked at, never what is in it.
+    let has_storage = std::fs::symlink_metadata(user.home.join(ROOTLESS_STORAGE)).is_ok();
+    if has_storage {
+        let mut inspect = user.command("podman");
+        inspect.args(["image", "inspect", "--format", "{{.Id}}", image]);
+        let (st, have) = quiet_stdout_of(&mut inspect)?;
+        if st.success() && have == want.id {
+            println!("image {image}: {id} has it");
+            return Ok(());
+        }
     }
     // Through a file only root can read (podman save cannot write to a pipe); the user reads it
     // on stdin, opened by root. Removed when dropped.
@@ -362,61 +461,114 @@ mod tests {
         assert!(e.to_string().contains("bad entry '--rm'"), "{e}");
     }
 
-    #[test]
-    fn the_member_list_is_read_on_the_way_and_everything_is_passed_on() {
-        let mut b = tar::Builder::new(Vec::new());
-        let mut add = |path: &str, kind: tar::EntryType, data: &[u8]| {
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(kind);
-            h.set_mode(0o777);
-            h.set_size(data.len() as u64);
-            // Raw names: "./" and ".." members as an archive may carry them.
-            b.append_data(&mut h, path, data)
-                .or_else(|_| {
-                    h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
-                    h.set_cksum();
-                    b.append(&h, data)
-                })
-                .unwrap();
-        };
-        add("./", tar::EntryType::Directory, b"");
-        add("./.config/", tar::EntryType::Directory, b"");
-        add(
-            ".config/module-events/x",
-            tar::EntryType::Regular,
-            b"#!/bin/sh\n",
-        );
-        add("../escape", tar::EntryType::Regular, b"no");
-        let long = format!("{}/f", "d".repeat(150));
-        add(&long, tar::EntryType::Regular, &[7u8; 3000]);
-        add(".config/module-events/x", tar::EntryType::Regular, b"again");
-        let archive = b.into_inner().unwrap();
-        let raw = tar::Archive::new(&archive[..]).entries().unwrap().count();
-        assert_eq!(raw, 6, "the odd members are in the archive");
+    /// The archive's members as (path, kind, link target or content).
+    fn members_of(bytes: &[u8]) -> Vec<(String, char, String)> {
+        let mut archive = tar::Archive::new(bytes);
+        archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let path = e.path().unwrap().to_string_lossy().into_owned();
+                let kind = e.header().entry_type();
+                let (kind, detail) = if kind.is_dir() {
+                    ('d', String::new())
+                } else if kind.is_symlink() {
+                    let target = e.link_name().unwrap().unwrap();
+                    ('l', target.to_string_lossy().into_owned())
+                } else {
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut e, &mut text).unwrap();
+                    ('f', text)
+                };
+                (path, kind, detail)
+            })
+            .collect()
+    }
 
-        let mut passed = Vec::new();
-        let paths = member_paths(Tee {
-            from: &archive[..],
-            to: &mut passed,
-        })
-        .unwrap();
-        assert!(
-            passed == archive,
-            "every byte reaches tar, the end blocks too"
-        );
-        let paths: Vec<String> = paths
-            .into_iter()
-            .map(|p| String::from_utf8(p).unwrap())
+    #[test]
+    fn the_tree_is_archived_without_following_anything() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join(".config/module-events/module.init")).unwrap();
+        std::fs::write(root.join(".config/module-events/module.init/10a"), "step").unwrap();
+        std::fs::create_dir(root.join("b")).unwrap();
+        std::fs::write(root.join("b/file"), "x").unwrap();
+        // Links stay links: one to the node's own /etc must not bring /etc along.
+        symlink("/etc", root.join("etc-link")).unwrap();
+        symlink("b/file", root.join("rel-link")).unwrap();
+        let mut out = Vec::new();
+        let members = write_tree(root, &mut out).unwrap();
+        let got = members_of(&out);
+        let want = [
+            (".config", 'd', ""),
+            ("b", 'd', ""),
+            ("etc-link", 'l', "/etc"),
+            ("rel-link", 'l', "b/file"),
+            (".config/module-events", 'd', ""),
+            (".config/module-events/module.init", 'd', ""),
+            (".config/module-events/module.init/10a", 'f', "step"),
+            ("b/file", 'f', "x"),
+        ];
+        let got: Vec<(&str, char, &str)> = got
+            .iter()
+            .map(|(p, k, d)| (p.trim_end_matches('/'), *k, d.as_str()))
+            .collect();
+        assert_eq!(got, want);
+        let members: Vec<String> = members
+            .iter()
+            .map(|m| String::from_utf8_lossy(m).into_owned())
             .collect();
         assert_eq!(
-            paths,
+            members,
             [
-                "./.config".to_string(),
-                "./.config/module-events/x".into(),
-                format!("./{long}"),
+                "./.config",
+                "./.config/module-events",
+                "./.config/module-events/module.init",
+                "./.config/module-events/module.init/10a",
+                "./b",
+                "./b/file",
+                "./etc-link",
+                "./rel-link",
             ]
         );
-        assert!(member_paths(&b"not a tar archive, far too short"[..]).is_err());
+    }
+
+    #[test]
+    fn a_tree_with_a_fifo_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        match write_tree(dir.path(), Vec::new()) {
+            Err(TreeError::Refused(why)) => assert!(why.contains("pipe is a FIFO"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_imageroot_may_not_go_through_a_symlink() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let mount = dir.path();
+        std::fs::create_dir_all(mount.join("srv/imageroot")).unwrap();
+        std::fs::write(mount.join("file"), "").unwrap();
+        symlink("/etc", mount.join("imageroot")).unwrap();
+        symlink("srv", mount.join("via")).unwrap();
+        assert_eq!(
+            dir_in_image(mount, "/srv/imageroot").unwrap(),
+            mount.join("srv/imageroot")
+        );
+        for (imageroot, says) in [
+            ("/imageroot", "goes through a symlink (imageroot)"),
+            ("/via/imageroot", "goes through a symlink (via)"),
+            ("/file", "is not a directory"),
+            ("/nothing", "the image has no /nothing"),
+        ] {
+            let e = dir_in_image(mount, imageroot).unwrap_err();
+            assert_eq!(e.exit_code(), 65, "{e}");
+            assert!(e.to_string().contains(says), "{imageroot}: {e}");
+        }
     }
 
     #[test]
