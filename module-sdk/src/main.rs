@@ -11,6 +11,7 @@ use module_sdk::args::{self, EnvKey, STDIN_ARG};
 use module_sdk::context::{process_env, redis_url_from};
 use module_sdk::{exit_code, AgentContext, Error, RedisUrl, Session, StepContext, Timeouts};
 
+mod lint;
 mod sign;
 mod unit;
 
@@ -40,6 +41,7 @@ Examples (inside a step):
   module-sdk context                                  this step's context as JSON
   module-sdk secret get DB_PASSWORD                   print a secret (see `secret --help`)
   module-sdk unit restart hello0-httpd                restart a user unit, wait (see `unit --help`)
+  module-sdk lint examples/modules/hello              check a module before publishing it
 
 Steps must be idempotent: runs are at-least-once. A run interrupted by an agent
 restart or crash is started again from its first step (AGENT_ATTEMPT counts the
@@ -181,6 +183,10 @@ enum Cmd {
     /// daemon-reload [NAME]`; waits for systemd's job, exits 1 with the unit's journal on failure.
     #[command(long_about = unit::LONG_ABOUT, after_help = unit::AFTER_HELP)]
     Unit(unit::UnitArgs),
+
+    /// Check a module before publishing it: `module-sdk lint DIR|IMAGE`.
+    #[command(long_about = lint::LONG_ABOUT, after_help = lint::AFTER_HELP)]
+    Lint(lint::LintArgs),
 }
 
 #[derive(Args)]
@@ -316,6 +322,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Sign(a) => std::process::exit(sign::sign(&a)),
         Cmd::Verify(a) => std::process::exit(sign::verify(&a)),
         Cmd::Unit(a) => std::process::exit(unit::run(&a, verbose)),
+        Cmd::Lint(a) => std::process::exit(lint::run(&a, verbose)),
         Cmd::Context => {
             let ctx = StepContext::from_env()?;
             let text = serde_json::to_string_pretty(&ctx.to_json())?;
@@ -606,7 +613,7 @@ mod tests {
         }
         // The subcommands that show one example each in their own help.
         for name in [
-            "progress", "env", "emit", "queue", "context", "secret", "unit",
+            "progress", "env", "emit", "queue", "context", "secret", "unit", "lint",
         ] {
             assert_examples_parse(&long_help(Some(name)), 1);
         }
@@ -760,5 +767,39 @@ mod tests {
             exit_codes(&long_help(Some("unit"))),
             codes.into_iter().collect()
         );
+    }
+
+    #[test]
+    fn lint_help_lists_the_exit_codes_it_uses() {
+        let codes = [
+            0,
+            lint::FAILED,
+            exit_code::USAGE,
+            lint::NO_INPUT,
+            exit_code::UNAVAILABLE,
+        ];
+        assert_eq!(
+            exit_codes(&long_help(Some("lint"))),
+            codes.into_iter().collect()
+        );
+        assert_examples_parse(&long_help(Some("lint")), 5);
+        let cli = Cli::try_parse_from([
+            "module-sdk",
+            "lint",
+            "-q",
+            "--strict",
+            "--format",
+            "json",
+            "x",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.cmd,
+            Cmd::Lint(ref a) if a.quiet && a.strict && a.format == lint::Format::Json && a.target == "x"
+        ));
+        let e = Cli::try_parse_from(["module-sdk", "lint", "--format", "xml", "x"])
+            .err()
+            .expect("refused");
+        assert_eq!(e.exit_code(), exit_code::USAGE);
     }
 }
