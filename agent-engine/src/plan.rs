@@ -153,9 +153,38 @@ fn verdict_of(path: &Path) -> PlanVerdict {
     }
 }
 
+/// The most of a settings file that is read: a number and a newline need far less.
+const SETTING_MAX: u64 = 64;
+
+/// The text of a settings file: a regular file (after symlinks), at most [`SETTING_MAX`] bytes.
+/// Opened without blocking and checked on the open file, so a FIFO (which would wait for a
+/// writer) or `/dev/zero` (endless) planted as `.timeout` cannot hang planning, and nothing can
+/// swap the file between the check and the read.
+fn read_setting_text(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_NOCTTY).bits())
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > SETTING_MAX {
+        return Err(format!("{} bytes, more than a setting holds", meta.len()));
+    }
+    let mut text = String::new();
+    file.take(SETTING_MAX)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
 fn read_setting(settings: &mut EventSettings, name: &str, path: &Path) {
     let parse = |path: &Path| -> Result<u64, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+        let text = read_setting_text(path)?;
         text.trim()
             .parse::<u64>()
             .map_err(|e| format!("{:?}: {e}", text.trim()))
@@ -217,6 +246,42 @@ mod tests {
         assert_eq!(steps, ["10first", "20second"]);
         assert_eq!(plan.settings.timeout, Some(Duration::from_secs(7)));
         assert_eq!(plan.settings.retries, Some(2));
+    }
+
+    #[test]
+    fn settings_that_would_block_or_never_end_are_problems_not_hangs() {
+        let t = tempfile::tempdir().unwrap();
+        let ev = t.path().join("ev");
+        std::fs::create_dir_all(&ev).unwrap();
+        symlink("/dev/zero", ev.join(".timeout")).unwrap();
+        nix::unistd::mkfifo(
+            &ev.join(".retries"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let plan = plan_event(&[t.path().into()], &EventName::new("ev").unwrap());
+        assert_eq!(plan.settings.timeout, None);
+        assert_eq!(plan.settings.retries, None);
+        assert_eq!(
+            plan.settings.problems.len(),
+            2,
+            "{:?}",
+            plan.settings.problems
+        );
+        for p in &plan.settings.problems {
+            assert!(p.contains("not a regular file"), "{p}");
+        }
+        std::fs::remove_file(ev.join(".timeout")).unwrap();
+        std::fs::write(ev.join(".timeout"), format!("{}\n", "9".repeat(100))).unwrap();
+        let plan = plan_event(&[t.path().into()], &EventName::new("ev").unwrap());
+        assert!(
+            plan.settings
+                .problems
+                .iter()
+                .any(|p| p.contains("more than a setting holds")),
+            "{:?}",
+            plan.settings.problems
+        );
     }
 
     #[test]
