@@ -57,7 +57,12 @@ rss_kib() { # total RSS (KiB) of the processes whose user is in the list $1 (com
     in_node sh -c "ps -e -o rss= | awk '{ s += \$1 } END { print s + 0 }'"
   fi
 }
+pss_kib_all() { # total PSS (KiB) of every process of the node (root reads every smaps_rollup)
+  in_node sh -c 'for f in /proc/[0-9]*/smaps_rollup; do awk "/^Pss:/ { print \$2 }" "$f" 2>/dev/null; done' |
+    awk '{ s += $1 } END { print s + 0 }'
+}
 base_rss=$(rss_kib "")
+base_pss=$(pss_kib_all)
 
 echo "module.init of hello, image in local storage ($samples samples; floor = one rootless 'podman run --rm' = ${floor} ms)"
 printf '%-8s %9s %9s %9s %9s %9s %9s\n' sample user extract agent containers register total
@@ -114,7 +119,8 @@ in_node sh -c "for p in \$(pgrep -u '$users'); do
       \"\$(awk '/^Pss:/ { print \$2 }' /proc/\$p/smaps_rollup 2>/dev/null)\"
   done" >"$marks/idle"
 total=$(rss_kib "")
-awk -v n="$modules" -v total="$total" -v base="$base_rss" '
+total_pss=$(pss_kib_all)
+awk -v n="$modules" -v total="$total" -v base="$base_rss" -v tpss="$total_pss" -v bpss="$base_pss" '
   NF == 3 && $2 != "" {
     name = $1
     if (name == "module-agent") group = "module-agent"
@@ -131,4 +137,5 @@ awk -v n="$modules" -v total="$total" -v base="$base_rss" '
     close("sort")
     printf "  %-44s %9.1f %9.1f %12.2f\n", "all processes of the " n " module users", allr/1024, allp/1024, allp/1024/n
     printf "  whole node RSS: %.1f MiB (base %.1f MiB)\n", total/1024, base/1024
+    printf "  whole node PSS: %.1f MiB (base %.1f MiB): %.2f MiB a module\n", tpss/1024, bpss/1024, (tpss-bpss)/1024/n
   }' "$marks/idle"

@@ -316,3 +316,76 @@ fn module_sdk_unit_system_drives_the_nodes_manager() {
         text(&out.stderr)
     );
 }
+
+/// Writes `content` as the Quadlet file `name` of `user` (~/.config/containers/systemd).
+fn write_quadlet(node: &Node, user: &str, name: &str, content: &str) {
+    let dir = format!("/home/{user}/.config/containers/systemd");
+    let out = node.exec_with_input(
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "mkdir -p {dir} && cat > {dir}/{name} && chown -R {user}: /home/{user}/.config"
+            ),
+        ],
+        content.as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "writing {name}: {}",
+        text(&out.stderr)
+    );
+}
+
+/// A Quadlet file's name stands for the unit Podman's generator makes of it: `start` reloads the
+/// manager first (a file written just before is what starts), `enable` is refused with the way
+/// to start at boot, and a file the generator rejects gets a hint towards its errors.
+#[test]
+fn module_sdk_unit_starts_quadlet_files_by_their_generated_units() {
+    let node = Node::up("quadlet", &[]);
+    let n = &node;
+    let user = "quad1";
+    let uid = lingering_user(n, user);
+    // A .volume needs no image: the generator makes data-volume.service, which creates it.
+    write_quadlet(n, user, "data.volume", "[Volume]\nVolumeName=agentdata\n");
+    sdk_code(n, user, &uid, &["start", "data.volume"], 0);
+    assert_eq!(
+        user_ctl(n, user, &["is-active", "data-volume.service"]),
+        "active"
+    );
+    assert_eq!(
+        user_ctl(n, user, &["is-enabled", "data-volume.service"]),
+        "generated"
+    );
+    let volumes = n.ok(&[
+        "runuser",
+        "-u",
+        user,
+        "--",
+        "sh",
+        "-c",
+        "cd ~quad1 && HOME=$PWD XDG_RUNTIME_DIR=/run/user/$(id -u) podman volume ls --format '{{.Name}}'",
+    ]);
+    assert_eq!(volumes, "agentdata");
+    let out = sdk(n, user, &uid, &["status", "data.volume"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("unit:   data-volume.service"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let err = sdk_code(n, user, &uid, &["enable", "data.volume"], 2);
+    assert!(err.contains("data.volume is a Quadlet file"), "{err}");
+    assert!(err.contains("WantedBy=default.target"), "{err}");
+
+    // A key the generator does not know: it makes no unit, and the error says where to look.
+    write_quadlet(n, user, "bad.volume", "[Volume]\nNoSuchKey=1\n");
+    let err = sdk_code(n, user, &uid, &["start", "bad.volume"], 69);
+    assert!(err.contains("bad-volume.service not found"), "{err}");
+    assert!(err.contains("generated from bad.volume"), "{err}");
+    assert!(
+        err.contains("/usr/libexec/podman/quadlet -dryrun -user"),
+        "{err}"
+    );
+}
