@@ -890,12 +890,14 @@ fn unpack(archive: &[u8], dest: &Path, reference: &str, out: &mut Findings) -> R
             continue;
         }
         if !(kind.is_file() || kind.is_symlink()) {
-            out.warning(
+            out.error(
                 reference,
                 format!(
-                    "{name}: a {kind:?} entry in the image's imageroot: not extracted, not checked"
+                    "{name}: a {kind:?} entry in the image's imageroot: nodes refuse to install \
+                     an imageroot that holds one (only files, directories and symlinks)"
                 ),
-            );
+            )
+            .fix("remove it from the imageroot and build the image again");
             continue;
         }
         match entry.unpack_in(dest) {
@@ -1060,10 +1062,54 @@ fn sorted_names(dir: &Path) -> std::io::Result<Vec<OsString>> {
 }
 
 fn lint_imageroot(tree: &Tree, images: Option<&[String]>, options: &Options, out: &mut Findings) {
+    check_special_files(tree, out);
     check_events(tree, out);
     check_quadlets(tree, images, options, out);
     check_user_units(tree, out);
     check_signature(tree, &options.trust_dir, out);
+}
+
+/// What the node's install refuses anywhere in an imageroot (node-agent's `install-image`): a
+/// FIFO, a socket or a device node. Walks the tree without following symlinks, with its own
+/// stack, at most [`MAX_DEPTH`] levels.
+fn check_special_files(tree: &Tree, out: &mut Findings) {
+    use std::os::unix::fs::FileTypeExt;
+    let mut pending = vec![(tree.root.clone(), 0usize)];
+    while let Some((dir, depth)) = pending.pop() {
+        let Ok(names) = sorted_names(&dir) else {
+            continue;
+        };
+        for name in names {
+            let path = dir.join(&name);
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let kind = meta.file_type();
+            if kind.is_dir() {
+                if depth < MAX_DEPTH {
+                    pending.push((path, depth + 1));
+                }
+                continue;
+            }
+            let what = if kind.is_fifo() {
+                "a FIFO"
+            } else if kind.is_socket() {
+                "a socket"
+            } else if kind.is_block_device() || kind.is_char_device() {
+                "a device node"
+            } else {
+                continue;
+            };
+            out.error(
+                tree.show(&path),
+                format!(
+                    "{what}: nodes refuse to install an imageroot that holds one (only files, \
+                     directories and symlinks)"
+                ),
+            )
+            .fix(format!("rm {}", tree.source_path(&path)));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -3330,6 +3376,14 @@ something else entirely
             &at("module-events/module.init/30fifo"),
             "not a regular file",
         );
+        // Anywhere in the tree, what the node's install refuses is an error.
+        for fifo in [
+            "module-events/module.init/30fifo",
+            "containers/systemd/fifo.container",
+        ] {
+            let refused = find(&findings, &at(fifo), "a FIFO: nodes refuse to install");
+            assert_eq!(refused.severity, Severity::Error, "{fifo}");
+        }
         let out = find(
             &findings,
             &at("module-events/module.init/40outside"),
