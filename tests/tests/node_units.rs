@@ -86,8 +86,9 @@ fn user_ctl(node: &Node, user: &str, args: &[&str]) -> String {
     panic!("{all:?}: the user bus keeps dropping the connection");
 }
 
-fn write_user_unit(node: &Node, user: &str, name: &str, content: &str) {
-    let dir = format!("/home/{user}/.config/systemd/user");
+/// Writes `content` as `~user/.config/DIR/NAME`, the user's own (`.config` chowned to it).
+fn write_config_file(node: &Node, user: &str, dir: &str, name: &str, content: &str) {
+    let dir = format!("/home/{user}/.config/{dir}");
     let out = node.exec_with_input(
         &[
             "sh",
@@ -103,6 +104,10 @@ fn write_user_unit(node: &Node, user: &str, name: &str, content: &str) {
         "writing {name}: {}",
         text(&out.stderr)
     );
+}
+
+fn write_user_unit(node: &Node, user: &str, name: &str, content: &str) {
+    write_config_file(node, user, "systemd/user", name, content);
 }
 
 #[test]
@@ -319,22 +324,7 @@ fn module_sdk_unit_system_drives_the_nodes_manager() {
 
 /// Writes `content` as the Quadlet file `name` of `user` (~/.config/containers/systemd).
 fn write_quadlet(node: &Node, user: &str, name: &str, content: &str) {
-    let dir = format!("/home/{user}/.config/containers/systemd");
-    let out = node.exec_with_input(
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "mkdir -p {dir} && cat > {dir}/{name} && chown -R {user}: /home/{user}/.config"
-            ),
-        ],
-        content.as_bytes(),
-    );
-    assert!(
-        out.status.success(),
-        "writing {name}: {}",
-        text(&out.stderr)
-    );
+    write_config_file(node, user, "containers/systemd", name, content);
 }
 
 /// A Quadlet file's name stands for the unit Podman's generator makes of it: `start` reloads the
