@@ -4,7 +4,8 @@
 # example module images built inside it, then module hello0 installed the seed-compatible way —
 #     redis-cli HSET module/hello0/module.env EVENTS_IMAGE localhost/hello:latest PORT 8080
 #     redis-cli PUBLISH demo:module.init hello0
-# — and its page shown; then a `configure` event, and a second module through `agentctl module add`.
+# — and its page shown (after `agentctl node setup`: Redis durable, ACL users on, redis-cli as the
+# admin); then a `configure` event, and a second module through `agentctl module add`.
 # The node stays up for you to look around (it says how); `scripts/demo.sh --down` removes it.
 # Without root or systemd-nspawn, scripts/demo-engine.sh shows the engine alone (plain processes).
 set -euo pipefail
@@ -31,17 +32,27 @@ tests/node/node.sh up "$node" >/dev/null
 in_node() { tests/node/node.sh exec "$node" "$@"; }
 in_node systemctl is-active redis-server node-agent
 
+say "making the node durable and locked down (what the package's install runs)"
+show "agentctl node setup"
+in_node agentctl node setup
+show "redis-cli SET x y        # without credentials: read-only"
+in_node redis-cli SET x y
+# redis-cli as the admin: its credentials come from /etc/agent/admin.env (0600), never argv.
+admin_cli() {
+  in_node sh -c '. /etc/agent/admin.env && REDISCLI_AUTH=$REDIS_PASSWORD exec redis-cli --no-auth-warning --user "$REDIS_USER" "$@"' sh "$@"
+}
+
 say "building the example module images inside the node (podman, busybox-static; no registry)"
 in_node /usr/local/share/agent/examples/modules/build.sh
 
-say "installing module hello0, the seed-compatible way"
+say "installing module hello0, the seed-compatible way (redis-cli as the admin: . /etc/agent/admin.env; REDISCLI_AUTH=\$REDIS_PASSWORD redis-cli --user \$REDIS_USER …)"
 show "redis-cli HSET module/hello0/module.env EVENTS_IMAGE localhost/hello:latest PORT 8080"
-in_node redis-cli HSET module/hello0/module.env EVENTS_IMAGE localhost/hello:latest PORT 8080 >/dev/null
+admin_cli HSET module/hello0/module.env EVENTS_IMAGE localhost/hello:latest PORT 8080 >/dev/null
 show "redis-cli PUBLISH $node:module.init hello0"
-in_node redis-cli PUBLISH "$node:module.init" hello0
+admin_cli PUBLISH "$node:module.init" hello0
 # Wait for the run to end: the module is registered, or a module.init run failed.
 for _ in $(seq 1 600); do
-  [ "$(in_node redis-cli HEXISTS "node/$node/modules" hello0)" = 1 ] && break
+  [ "$(admin_cli HEXISTS "node/$node/modules" hello0)" = 1 ] && break
   if in_node agentctl journal "node/$node" --json -n 5 | grep -q '"status":"failed"'; then
     in_node agentctl journal "node/$node"
     echo "demo.sh: module.init of hello0 failed (see above; tests/node/node.sh shell $node to look)" >&2
@@ -58,7 +69,7 @@ in_node systemctl --user -M hello0@ --no-pager status hello-httpd | head -n 4 ||
 
 say "changing the page: an event for the module's own agent"
 show "redis-cli PUBLISH hello0:configure 'Hello from the demo'"
-in_node redis-cli PUBLISH hello0:configure "Hello from the demo"
+admin_cli PUBLISH hello0:configure "Hello from the demo"
 for _ in $(seq 1 100); do
   in_node curl -s http://127.0.0.1:8080/ | grep -q "Hello from the demo" && break
   sleep 0.1
@@ -71,6 +82,9 @@ show "agentctl module add --env PORT=8081 localhost/hello:latest"
 in_node agentctl module add --env PORT=8081 localhost/hello:latest
 show "curl http://127.0.0.1:8081/"
 in_node curl -sS http://127.0.0.1:8081/
+
+show "agentctl node status"
+in_node agentctl node status
 
 cat <<EOF
 

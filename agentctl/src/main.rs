@@ -11,6 +11,7 @@ mod explain;
 mod fail;
 mod journal;
 mod module;
+mod node;
 mod output;
 mod redis_admin;
 mod run;
@@ -53,6 +54,10 @@ enum Cmd {
     /// agent's user and its credentials file.
     #[command(subcommand, long_about = redis_admin::LONG_ABOUT, after_long_help = redis_admin::AFTER_LONG_HELP)]
     Redis(redis_admin::RedisCmd),
+    /// This node: `setup` makes Redis durable and locked down and starts node-agent (the
+    /// package runs it; idempotent); `status` shows Redis, ACL users, agents and modules.
+    #[command(subcommand, long_about = node::LONG_ABOUT)]
+    Node(node::NodeCmd),
 }
 
 const AFTER_SHORT_HELP: &str = "\
@@ -119,6 +124,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
     let redis = match cli.cmd {
         Cmd::Explain(args) => return explain::main(args, &cli.redis),
         Cmd::Redis(cmd) => return redis_admin::main(&cli.redis, cmd),
+        Cmd::Node(cmd) => return node::main(&cli.redis, cmd),
         _ => cli.redis.load()?,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -134,6 +140,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             Cmd::Module(cmd) => module::main(&redis, cmd).await,
             Cmd::Explain(_) => unreachable!("handled without Redis above"),
             Cmd::Redis(_) => unreachable!("handled by redis_admin above"),
+            Cmd::Node(_) => unreachable!("handled by node above"),
         }
     })
 }

@@ -174,7 +174,7 @@ async fn setup(redis: &RedisArgs, args: SetupArgs) -> Result<()> {
         node,
         creds_dir: args.creds_dir,
     };
-    let mut conn = connect(redis, &opts.admin_creds_path()).await?;
+    let mut conn = connect_admin(redis, &opts.admin_creds_path()).await?;
     let done = redis_acl::setup_cluster(&mut conn, &opts)
         .await
         .map_err(explain)?;
@@ -203,7 +203,7 @@ async fn add(redis: &RedisArgs, args: AddArgs) -> Result<()> {
         (None, AgentKind::Module) => Owner::lookup(agent.name.as_str())?,
         (None, AgentKind::Node) => None,
     };
-    let mut conn = connect(redis, &default_admin_creds()).await?;
+    let mut conn = connect_admin(redis, &default_admin_creds()).await?;
     let done = redis_acl::add_agent(&mut conn, kind, &agent.name, &args.creds, owner)
         .await
         .map_err(explain)?;
@@ -214,7 +214,7 @@ async fn add(redis: &RedisArgs, args: AddArgs) -> Result<()> {
 
 async fn remove(redis: &RedisArgs, args: RemoveArgs) -> Result<()> {
     let agent = AgentRef::parse(&args.agent)?;
-    let mut conn = connect(redis, &default_admin_creds()).await?;
+    let mut conn = connect_admin(redis, &default_admin_creds()).await?;
     let Some(kind) = kind_of(&mut conn, &agent).await? else {
         println!(
             "no ACL user {} or {}: nothing to remove",
@@ -237,7 +237,7 @@ async fn remove(redis: &RedisArgs, args: RemoveArgs) -> Result<()> {
 
 async fn rotate(redis: &RedisArgs, args: RotateArgs) -> Result<()> {
     let agent = AgentRef::parse(&args.agent)?;
-    let mut conn = connect(redis, &default_admin_creds()).await?;
+    let mut conn = connect_admin(redis, &default_admin_creds()).await?;
     let kind = match kind_of(&mut conn, &agent).await? {
         Some(k) => k,
         None => agent.kind.unwrap_or(AgentKind::Module),
@@ -332,7 +332,10 @@ pub(crate) fn short_hostname() -> Result<String> {
 
 /// Connects with, in order: `--redis-credentials`; the URL's own credentials; `implicit_admin` if
 /// that file exists (falling back to no credentials when Redis refuses it: a fresh server).
-async fn connect(redis: &RedisArgs, implicit_admin: &Path) -> Result<MultiplexedConnection> {
+pub(crate) async fn connect_admin(
+    redis: &RedisArgs,
+    implicit_admin: &Path,
+) -> Result<MultiplexedConnection> {
     let url = &redis.redis_url;
     if let Some(path) = &redis.redis_credentials {
         let creds = Credentials::from_file(path)

@@ -104,6 +104,19 @@ impl Node {
         text(&out.stdout)
     }
 
+    /// `redis-cli ARGS` inside the node as the admin (`/etc/agent/admin.env`, written by
+    /// `agentctl redis setup` and `agentctl node setup`); asserts success, returns trimmed stdout.
+    pub fn admin_redis(&self, args: &[&str]) -> String {
+        let mut all = vec![
+            "sh",
+            "-c",
+            ". /etc/agent/admin.env && exec redis-cli --no-auth-warning --user \"$REDIS_USER\" --pass \"$REDIS_PASSWORD\" \"$@\"",
+            "sh",
+        ];
+        all.extend_from_slice(args);
+        self.ok(&all)
+    }
+
     /// Runs `systemctl --user -M <user>@ ARGS` in the node and returns its trimmed stdout. The user
     /// manager's bus sometimes drops a fresh connection ("Transport endpoint is not connected"); such
     /// failures are retried (10 times, 0.5 s apart); any other failure fails the test.

@@ -1,0 +1,194 @@
+//! `agentctl node setup` and `agentctl node status` on a real Debian 13 node (issue 12): a stock
+//! Debian Redis becomes durable (AOF) and locked down (ACL users) without a key lost, a second run
+//! changes nothing, and bad input is refused before anything is written.
+
+use std::time::Duration;
+
+use agent_tests::node::Node;
+use agent_tests::poll;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).trim().to_string()
+}
+
+/// Runs `agentctl node setup ARGS` in the node: (exit code, stdout, stderr).
+fn setup(node: &Node, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["agentctl", "node", "setup"];
+    all.extend_from_slice(args);
+    let out = node.exec(&all);
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+/// The files setup owns or must leave alone, with their checksums and modes.
+fn fingerprint(node: &Node) -> String {
+    node.ok(&[
+        "sh",
+        "-c",
+        "for f in /etc/redis/redis.conf /etc/redis/agent.conf /etc/systemd/system/redis-server.service.d/50-agent.conf \
+         /var/lib/redis/agent-users.acl /etc/agent/admin.env /etc/agent/redis.env; do \
+           [ -e \"$f\" ] && echo \"$(stat -c '%a %U:%G' \"$f\") $(sha256sum \"$f\")\" || echo \"missing $f\"; done",
+    ])
+}
+
+fn info_field(node: &Node, section: &str, field: &str) -> String {
+    let info = node.admin_redis(&["INFO", section]);
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {field} in INFO {section}:\n{info}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn node_setup_makes_redis_durable_and_locked_down_once_and_keeps_every_key() {
+    let node = Node::up("s", &[]);
+    let debian_conf = node.ok(&["sha256sum", "/etc/redis/redis.conf"]);
+    // A key written before setup (Redis is restarted onto the AOF: nothing may be lost).
+    node.ok(&["redis-cli", "SET", "before-setup", "kept"]);
+
+    // Bad input first: nothing may be written by a setup that cannot finish.
+    let (code, _, err) = setup(&node, &["--no-such-option"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = setup(&node, &["--node", "../etc"]);
+    assert_eq!(code, 65, "{err}");
+    let (code, out, err) = setup(&node, &["--redis-url", "redis://127.0.0.1:1"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    let untouched = fingerprint(&node);
+    assert!(
+        untouched.contains("missing /etc/redis/agent.conf")
+            && untouched.contains("missing /etc/agent/admin.env"),
+        "a setup that could not reach Redis wrote files:\n{untouched}"
+    );
+
+    // The first run changes things and says what.
+    let (code, out, err) = setup(&node, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("changed:"), "{out}");
+    assert!(out.contains("node-agent.service"), "{out}");
+    assert_eq!(
+        node.ok(&["sha256sum", "/etc/redis/redis.conf"]),
+        debian_conf,
+        "Debian's redis.conf must stay intact"
+    );
+    assert_eq!(
+        node.admin_redis(&["CONFIG", "GET", "appendonly"]),
+        "appendonly\nyes"
+    );
+    assert_eq!(
+        node.admin_redis(&["CONFIG", "GET", "appendfsync"]),
+        "appendfsync\neverysec"
+    );
+    assert_eq!(
+        node.admin_redis(&["CONFIG", "GET", "protected-mode"]),
+        "protected-mode\nyes"
+    );
+    assert_eq!(info_field(&node, "persistence", "aof_enabled"), "1");
+    assert_eq!(node.ok(&["redis-cli", "GET", "before-setup"]), "kept");
+    let refused = node.exec(&["redis-cli", "SET", "x", "y"]);
+    assert!(text(&refused.stdout).contains("NOPERM"), "{refused:?}");
+    let flush = node.exec(&["redis-cli", "FLUSHALL"]);
+    assert!(text(&flush.stdout).contains("NOPERM"), "{flush:?}");
+    for f in ["/etc/agent/admin.env", "/etc/agent/redis.env"] {
+        assert_eq!(node.ok(&["stat", "-c", "%a %U", f]), "600 root");
+    }
+    assert_eq!(
+        node.ok(&["systemctl", "is-enabled", "node-agent"]),
+        "enabled"
+    );
+    let node_user = format!("user=node-{} ", node.name);
+    poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        node.admin_redis(&["CLIENT", "LIST"])
+            .contains(&node_user)
+            .then_some(())
+            .ok_or("waiting for node-agent to connect as its own user".to_string())
+    });
+
+    // The second run changes nothing: no file, no restart of Redis or node-agent.
+    let files = fingerprint(&node);
+    let redis_run = info_field(&node, "server", "run_id");
+    let agent_pid = node.ok(&["systemctl", "show", "-P", "MainPID", "node-agent"]);
+    let (code, out, err) = setup(&node, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        !out.contains("changed:"),
+        "second run changed something:\n{out}"
+    );
+    assert!(out.contains("nothing changed"), "{out}");
+    assert_eq!(fingerprint(&node), files);
+    assert_eq!(info_field(&node, "server", "run_id"), redis_run);
+    assert_eq!(
+        node.ok(&["systemctl", "show", "-P", "MainPID", "node-agent"]),
+        agent_pid
+    );
+
+    // The users survive a Redis restart (they are in the aclfile), and so do the keys.
+    node.ok(&["systemctl", "restart", "redis-server"]);
+    poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        let out = node.exec(&["redis-cli", "GET", "before-setup"]);
+        (text(&out.stdout) == "kept")
+            .then_some(())
+            .ok_or("waiting for Redis to come back".to_string())
+    });
+    assert_eq!(
+        node.admin_redis(&["ACL", "WHOAMI"]),
+        "agent-admin",
+        "the admin user must survive a restart"
+    );
+
+    // A module installed the way the README says, then the status screen.
+    node.ok(&["/usr/local/share/agent/examples/modules/build.sh"]);
+    let id = node.ok(&[
+        "agentctl",
+        "module",
+        "add",
+        "--env",
+        "PORT=8080",
+        "localhost/hello:latest",
+    ]);
+    let id = id.lines().last().unwrap_or_default().to_string();
+    let page = format!("<h1>hello from {id}</h1>");
+    assert_eq!(node.ok(&["curl", "-sS", "http://127.0.0.1:8080/"]), page);
+    let status = node.ok(&["agentctl", "node", "status"]);
+    for want in [
+        "appendonly yes, appendfsync everysec",
+        "acl users:   on",
+        "node-agent:  alive",
+        id.as_str(),
+        "localhost/hello:latest",
+    ] {
+        assert!(status.contains(want), "{want:?} missing in:\n{status}");
+    }
+
+    // `always` is one option away, and changes only what it must.
+    let (code, out, err) = setup(&node, &["--appendfsync", "always"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("changed:  /etc/redis/agent.conf written"),
+        "{out}"
+    );
+    assert_eq!(
+        node.admin_redis(&["CONFIG", "GET", "appendfsync"]),
+        "appendfsync\nalways"
+    );
+    assert_eq!(node.ok(&["curl", "-sS", "http://127.0.0.1:8080/"]), page);
+
+    // ACLs changed by hand (the admin's password is not the one in admin.env any more): a clear
+    // error, and nothing written.
+    node.admin_redis(&[
+        "ACL",
+        "SETUSER",
+        "agent-admin",
+        "resetpass",
+        ">changed-by-hand",
+    ]);
+    let files = fingerprint(&node);
+    let (code, out, err) = setup(&node, &["--appendfsync", "everysec"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("refuses administration"), "{err}");
+    assert_eq!(fingerprint(&node), files, "a refused setup wrote files");
+}
