@@ -46,6 +46,8 @@ WHAT SETUP DOES (each only when it is not already so; a second run changes nothi
   2. The security model: the ACL users of `agentctl redis setup` (agent-admin,
      node-NAME, the default user read-only), credentials 0600 in /etc/agent.
   3. node-agent enabled and started, restarted onto new credentials.
+With --redis valkey the files are /etc/valkey/agent.conf (including Debian's
+/etc/valkey/valkey.conf) and valkey-server.service.d/50-agent.conf.
 Nothing is written when Redis cannot be reached or refuses administration.
 
 LOSS WINDOW:
@@ -109,7 +111,8 @@ pub struct SetupArgs {
     #[arg(long, value_enum, default_value = "everysec", value_name = "WHEN")]
     appendfsync: Fsync,
 
-    /// The Redis server package. Default: redis if its unit is installed, else valkey.
+    /// The Redis server package. Default: the installed one that runs (or is enabled); with
+    /// neither running, redis before valkey.
     #[arg(long = "redis", value_enum, value_name = "SERVER")]
     flavour: Option<Flavour>,
 
@@ -226,16 +229,30 @@ fn node_name(arg: Option<String>) -> Result<AgentName> {
     AgentName::new(&node).map_err(|e| invalid(format!("node name {node:?}: {e}")))
 }
 
-fn pick_server(arg: Option<Flavour>) -> Result<(Server, PathBuf)> {
+/// The server to set up: the one asked for; else, of the installed ones, the one running (or
+/// enabled), else Redis (the default) before Valkey.
+async fn pick_server(systemd: &Systemd, arg: Option<Flavour>) -> Result<(Server, PathBuf)> {
     let candidates = match arg {
         Some(f) => vec![f],
         None => vec![Flavour::Redis, Flavour::Valkey],
     };
-    for f in &candidates {
-        let server = Server::of(*f);
-        if let Some(unit) = server.vendor_unit() {
-            return Ok((server, unit));
+    let installed: Vec<(Server, PathBuf)> = candidates
+        .iter()
+        .filter_map(|f| {
+            let server = Server::of(*f);
+            server.vendor_unit().map(|u| (server, u))
+        })
+        .collect();
+    let mut first = None;
+    for (server, vendor) in installed {
+        let state = systemd.status(&unit(server.unit)?).await?;
+        if state.is_active() || state.unit_file_state.as_deref() == Some("enabled") {
+            return Ok((server, vendor));
         }
+        first.get_or_insert((server, vendor));
+    }
+    if let Some(found) = first {
+        return Ok(found);
     }
     let wanted = match arg {
         Some(f) => format!("{} ({})", Server::of(f).unit, package_of(f)),
@@ -362,14 +379,14 @@ async fn setup(redis: &RedisArgs, args: SetupArgs) -> Result<i32> {
             "node setup configures Redis and systemd units: run it as root",
         ));
     }
-    let (server, vendor_unit) = pick_server(args.flavour)?;
+    let systemd = Systemd::connect(Bus::System)
+        .await
+        .context("cannot reach systemd")?;
+    let (server, vendor_unit) = pick_server(&systemd, args.flavour).await?;
     let vendor_text = std::fs::read_to_string(&vendor_unit)
         .with_context(|| format!("cannot read {}", vendor_unit.display()))?;
     let exec_start = exec_start_for(&server, &vendor_text)?;
     let redis_owner = user_ids(server.user)?;
-    let systemd = Systemd::connect(Bus::System)
-        .await
-        .context("cannot reach systemd")?;
     let redis_unit = unit(server.unit)?;
     let mut report = Report::default();
 

@@ -33,7 +33,7 @@ SUITE=trixie
 # explicitly, or debootstrap fails to resolve podman.
 PACKAGES=(systemd systemd-sysv dbus dbus-user-session libpam-systemd redis-server iproute2 procps podman
   netavark aardvark-dns uidmap crun passt slirp4netns catatonit nftables wireguard-tools wireguard-go
-  iputils-ping ca-certificates busybox-static curl docker-registry skopeo iptables)
+  iputils-ping ca-certificates busybox-static curl docker-registry skopeo iptables valkey-server)
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -184,6 +184,8 @@ install_into() {
   mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
   ln -sf /etc/systemd/system/node-agent.service "$root/etc/systemd/system/multi-user.target.wants/node-agent.service"
   ln -sf /lib/systemd/system/redis-server.service "$root/etc/systemd/system/multi-user.target.wants/redis-server.service"
+  # Valkey is installed too (a test runs the node on it) but not started: both listen on 6379.
+  rm -f "$root/etc/systemd/system/multi-user.target.wants/valkey-server.service"
   if [ -f "$REPO/systemd/module-agent.service" ]; then
     install -D -m 0644 "$REPO/systemd/module-agent.service" "$root/etc/systemd/user/module-agent.service"
   fi

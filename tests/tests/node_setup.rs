@@ -320,3 +320,40 @@ fn kill_redis_during_a_burst(fsync: &str) -> (Vec<String>, Vec<String>) {
     );
     (early, answered_ids)
 }
+
+#[test]
+fn node_setup_works_the_same_on_valkey() {
+    let node = Node::up("v", &[]);
+    node.ok(&["systemctl", "disable", "--now", "redis-server"]);
+    node.ok(&["systemctl", "enable", "--now", "valkey-server"]);
+    node.ok(&["valkey-cli", "SET", "before-setup", "kept"]);
+    // Valkey is the one running: setup finds it without being told.
+    let (code, out, err) = setup(&node, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("/etc/valkey/agent.conf written"), "{out}");
+    assert!(out.contains("valkey-server.service restarted"), "{out}");
+    let redis = node.exec(&["systemctl", "is-active", "redis-server"]);
+    assert_eq!(
+        text(&redis.stdout),
+        "inactive",
+        "setup must not start Redis beside Valkey"
+    );
+    assert_eq!(
+        node.admin_redis(&["CONFIG", "GET", "appendonly"]),
+        "appendonly\nyes"
+    );
+    assert_eq!(node.ok(&["valkey-cli", "GET", "before-setup"]), "kept");
+    let refused = node.exec(&["valkey-cli", "SET", "x", "y"]);
+    assert!(text(&refused.stdout).contains("NOPERM"), "{refused:?}");
+    let (code, out, err) = setup(&node, &["--redis", "valkey"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("nothing changed"), "{out}");
+    let status = poll(Duration::from_secs(30), Duration::from_millis(300), || {
+        let s = node.ok(&["agentctl", "node", "status"]);
+        s.contains("node-agent:  alive")
+            .then(|| s.clone())
+            .ok_or(format!("waiting for node-agent:\n{s}"))
+    });
+    assert!(status.contains("redis:       valkey 8."), "{status}");
+    assert!(status.contains("appendonly yes"), "{status}");
+}
