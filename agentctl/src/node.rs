@@ -485,6 +485,7 @@ async fn setup(redis: &RedisArgs, args: SetupArgs) -> Result<i32> {
     }
 
     // 5. The ACL users (idempotent: passwords in the credentials files are kept).
+    let default_before = default_user_rules(&mut conn).await?;
     let done = redis_acl::setup_cluster(&mut conn, &opts)
         .await
         .context("setting up the ACL users")?;
@@ -506,7 +507,12 @@ async fn setup(redis: &RedisArgs, args: SetupArgs) -> Result<i32> {
             }
         }
     }
-    report.in_place("default user read-only (no writes, no PUBLISH without credentials)");
+    let default_policy = "default user read-only (no writes, no PUBLISH without credentials)";
+    if default_user_rules(&mut conn).await? == default_before {
+        report.in_place(default_policy);
+    } else {
+        report.changed(default_policy);
+    }
     if done.persistence != Persistence::Saved {
         bail!(
             "Redis did not save the ACL users to {} (ACL SAVE): they would be lost at its next \
@@ -692,15 +698,9 @@ async fn status(redis: &RedisArgs, args: StatusArgs) -> Result<i32> {
     }
     let users: redis::RedisResult<Vec<String>> =
         redis::cmd("ACL").arg("USERS").query_async(&mut conn).await;
-    let default_rules: redis::RedisResult<Vec<String>> =
-        redis::cmd("ACL").arg("LIST").query_async(&mut conn).await;
+    let default_rules = default_user_rules(&mut conn).await;
     match (users, default_rules) {
-        (Ok(users), Ok(list)) => {
-            let default = list
-                .iter()
-                .find(|l| l.starts_with("user default "))
-                .cloned()
-                .unwrap_or_default();
+        (Ok(users), Ok(default)) => {
             let open = default.contains(" on ") && default.contains("+@all");
             let state = if open {
                 "off (the default user may do everything: run agentctl node setup)"
@@ -752,6 +752,19 @@ async fn status(redis: &RedisArgs, args: StatusArgs) -> Result<i32> {
     }
     print!("{out}");
     Ok(0)
+}
+
+/// The `default` user's line of `ACL LIST` (its rules: no secret, it has no password).
+async fn default_user_rules(conn: &mut MultiplexedConnection) -> Result<String> {
+    let list: Vec<String> = redis::cmd("ACL")
+        .arg("LIST")
+        .query_async(conn)
+        .await
+        .context("ACL LIST")?;
+    Ok(list
+        .into_iter()
+        .find(|l| l.starts_with("user default "))
+        .unwrap_or_default())
 }
 
 /// Whether the agent's heartbeat key (refreshed with a TTL) exists.

@@ -70,6 +70,7 @@ fn node_setup_makes_redis_durable_and_locked_down_once_and_keeps_every_key() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("changed:"), "{out}");
     assert!(out.contains("node-agent.service"), "{out}");
+    assert!(out.contains("changed:  default user read-only"), "{out}");
     assert_eq!(
         node.ok(&["sha256sum", "/etc/redis/redis.conf"]),
         debian_conf,
