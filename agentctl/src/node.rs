@@ -588,14 +588,25 @@ async fn wait_for_redis(
 ) -> Result<MultiplexedConnection> {
     let deadline = Instant::now() + timeout;
     loop {
-        match connect_admin(redis, admin_creds).await {
+        let attempt = match connect_admin(redis, admin_creds).await {
             Ok(mut c) => {
                 let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut c).await;
                 match pong {
                     Ok(_) => return Ok(c),
-                    Err(e) if is_loading(&e) && Instant::now() < deadline => {}
-                    Err(e) => return Err(e).context("Redis does not answer PING"),
+                    Err(e) if is_loading(&e) && Instant::now() < deadline => Ok(()),
+                    Err(e) => Err(anyhow::Error::new(e).context("PING")),
                 }
+            }
+            Err(e) => Err(e),
+        };
+        match attempt {
+            Ok(()) => {}
+            Err(e) if is_refusal(&e) => {
+                return Err(e.context(
+                    "Redis refuses this connection (were its ACL users changed by hand?): put \
+                     the agent-admin user's credentials in /etc/agent/admin.env or pass \
+                     --redis-credentials; nothing more was changed",
+                ))
             }
             Err(e) if Instant::now() >= deadline => {
                 return Err(e.context(format!(
@@ -609,6 +620,13 @@ async fn wait_for_redis(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Redis answered, and refused the credentials or the command: waiting will not help.
+fn is_refusal(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<redis::RedisError>())
+        .any(agent_redis::is_denied)
 }
 
 fn is_loading(e: &redis::RedisError) -> bool {

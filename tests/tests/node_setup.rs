@@ -192,6 +192,23 @@ fn node_setup_makes_redis_durable_and_locked_down_once_and_keeps_every_key() {
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(err.contains("refuses administration"), "{err}");
     assert_eq!(fingerprint(&node), files, "a refused setup wrote files");
+    // … and with the default user switched off too, so that no connection gets in at all.
+    node.ok(&[
+        "redis-cli",
+        "--no-auth-warning",
+        "--user",
+        "agent-admin",
+        "--pass",
+        "changed-by-hand",
+        "ACL",
+        "SETUSER",
+        "default",
+        "off",
+    ]);
+    let (code, out, err) = setup(&node, &["--appendfsync", "everysec"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("refuses this connection"), "{err}");
+    assert_eq!(fingerprint(&node), files, "a refused setup wrote files");
 }
 
 /// The `tick` event of the durability test: its step appends the event's data to a log.
