@@ -405,6 +405,9 @@ async fn setup(redis: &RedisArgs, args: SetupArgs) -> Result<i32> {
     };
     let mut conn = wait_for_redis(redis, &opts.admin_creds_path(), REDIS_FIRST_TIMEOUT).await?;
     let appendonly = config_get(&mut conn, "appendonly").await.map_err(|e| {
+        if !is_refusal(&e) {
+            return e.context("nothing was changed");
+        }
         e.context(
             "Redis refuses administration to this connection (were its ACL users changed by \
              hand?): put the agent-admin user's credentials in /etc/agent/admin.env or pass \
