@@ -145,11 +145,7 @@ fn rollback_json(rb_event: &EventName, plan: &EventPlan, signing: &Signing) -> s
 /// reads directories on this host and must work without Redis.
 fn registered_kind(redis: &crate::conn::RedisArgs, agent: &AgentRef) -> Option<AgentKind> {
     let target = redis.load().ok()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()?;
-    rt.block_on(async {
+    crate::runtime().ok()?.block_on(async {
         let lookup = target.registered_kind(&agent.name);
         tokio::time::timeout(std::time::Duration::from_secs(2), lookup)
             .await

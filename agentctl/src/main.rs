@@ -127,11 +127,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Node(cmd) => return node::main(&cli.redis, cmd),
         _ => cli.redis.load()?,
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    rt.block_on(async move {
+    runtime()?.block_on(async move {
         match cli.cmd {
             Cmd::Run(args) => run::main(&redis, args).await,
             Cmd::Journal(args) => journal::main(&redis, args).await,
@@ -143,6 +139,15 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             Cmd::Node(_) => unreachable!("handled by node above"),
         }
     })
+}
+
+/// The runtime every command that talks to Redis or systemd runs on: one thread is enough for a
+/// command line tool.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
 }
 
 #[cfg(test)]

@@ -185,11 +185,7 @@ impl Server {
 
 /// Runs one `agentctl node` command; returns the exit code.
 pub fn main(redis: &RedisArgs, cmd: NodeCmd) -> Result<i32> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    rt.block_on(async move {
+    crate::runtime()?.block_on(async move {
         match cmd {
             NodeCmd::Setup(args) => setup(redis, args).await,
             NodeCmd::Status(args) => status(redis, args).await,
@@ -197,27 +193,20 @@ pub fn main(redis: &RedisArgs, cmd: NodeCmd) -> Result<i32> {
     })
 }
 
-/// What setup reports, in order: "changed" lines and "in place" lines.
+/// What setup reports, as it goes: "changed" and "in place" lines, and whether anything changed.
 #[derive(Default)]
 struct Report {
-    lines: Vec<(bool, String)>,
+    any_change: bool,
 }
 
 impl Report {
-    fn changed(&mut self, what: impl Into<String>) {
-        let what = what.into();
-        println!("changed:  {what}");
-        self.lines.push((true, what));
+    fn changed(&mut self, what: impl AsRef<str>) {
+        println!("changed:  {}", what.as_ref());
+        self.any_change = true;
     }
 
-    fn in_place(&mut self, what: impl Into<String>) {
-        let what = what.into();
-        println!("in place: {what}");
-        self.lines.push((false, what));
-    }
-
-    fn any_change(&self) -> bool {
-        self.lines.iter().any(|(c, _)| *c)
+    fn in_place(&mut self, what: impl AsRef<str>) {
+        println!("in place: {}", what.as_ref());
     }
 }
 
@@ -433,13 +422,8 @@ async fn setup(redis: &RedisArgs, args: SetupArgs) -> Result<i32> {
     if aclfile.exists() {
         report.in_place(format!("aclfile {}", aclfile.display()));
     } else {
-        let users: Vec<String> = redis::cmd("ACL")
-            .arg("LIST")
-            .query_async(&mut conn)
-            .await
-            .context("ACL LIST")?;
         let mut text = String::new();
-        for u in users {
+        for u in acl_list(&mut conn).await? {
             let _ = writeln!(text, "{u}");
         }
         ensure_file(&aclfile, &text, 0o640, Some(redis_owner))?;
@@ -566,7 +550,7 @@ async fn setup(redis: &RedisArgs, args: SetupArgs) -> Result<i32> {
     } else {
         report.in_place("node-agent.service running");
     }
-    if report.any_change() {
+    if report.any_change {
         println!("node {node}: set up");
     } else {
         println!("node {node}: already set up, nothing changed");
@@ -632,6 +616,22 @@ fn is_refusal(e: &anyhow::Error) -> bool {
         .any(agent_redis::is_denied)
 }
 
+/// `INFO section`: `name:value` lines.
+async fn info(conn: &mut MultiplexedConnection, section: &str) -> Result<String> {
+    redis::cmd("INFO")
+        .arg(section)
+        .query_async(conn)
+        .await
+        .with_context(|| format!("INFO {section}"))
+}
+
+/// The value of `name` in an `INFO` reply.
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
 fn is_loading(e: &redis::RedisError) -> bool {
     e.code() == Some("LOADING")
 }
@@ -652,18 +652,8 @@ async fn config_get(conn: &mut MultiplexedConnection, name: &str) -> Result<Stri
 async fn wait_aof_rewritten(conn: &mut MultiplexedConnection) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let info: String = redis::cmd("INFO")
-            .arg("persistence")
-            .query_async(conn)
-            .await
-            .context("INFO persistence")?;
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .map(str::trim)
-                .unwrap_or("")
-                .to_string()
-        };
+        let info = info(conn, "persistence").await?;
+        let field = |name: &str| info_field(&info, name).unwrap_or_default();
         if field("aof_enabled") == "1"
             && field("aof_rewrite_in_progress") == "0"
             && field("aof_rewrite_scheduled") == "0"
@@ -686,16 +676,8 @@ async fn status(redis: &RedisArgs, args: StatusArgs) -> Result<i32> {
     let mut conn = connect_admin(redis, &admin).await?;
     let mut out = String::new();
     let _ = writeln!(out, "node:        {node}");
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(&mut conn)
-        .await
-        .context("INFO server")?;
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .map(|v| v.trim().to_string())
-    };
+    let info = info(&mut conn, "server").await?;
+    let field = |name: &str| info_field(&info, name);
     let version = match field("valkey_version") {
         Some(v) => format!("valkey {v}"),
         None => format!("redis {}", field("redis_version").unwrap_or_default()),
@@ -775,14 +757,19 @@ async fn status(redis: &RedisArgs, args: StatusArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// The `default` user's line of `ACL LIST` (its rules: no secret, it has no password).
-async fn default_user_rules(conn: &mut MultiplexedConnection) -> Result<String> {
-    let list: Vec<String> = redis::cmd("ACL")
+/// `ACL LIST`: one line per user, in the aclfile's format.
+async fn acl_list(conn: &mut MultiplexedConnection) -> Result<Vec<String>> {
+    redis::cmd("ACL")
         .arg("LIST")
         .query_async(conn)
         .await
-        .context("ACL LIST")?;
-    Ok(list
+        .context("ACL LIST")
+}
+
+/// The `default` user's line of `ACL LIST` (its rules: no secret, it has no password).
+async fn default_user_rules(conn: &mut MultiplexedConnection) -> Result<String> {
+    Ok(acl_list(conn)
+        .await?
         .into_iter()
         .find(|l| l.starts_with("user default "))
         .unwrap_or_default())

@@ -145,11 +145,7 @@ pub struct RotateArgs {
 
 /// Runs one `agentctl redis` command; returns the exit code.
 pub fn main(redis: &RedisArgs, cmd: RedisCmd) -> Result<i32> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    rt.block_on(async move {
+    crate::runtime()?.block_on(async move {
         match cmd {
             RedisCmd::Setup(args) => setup(redis, args).await,
             RedisCmd::AddAgent(args) => add(redis, args).await,
