@@ -38,7 +38,11 @@ for m in 05 35 45 55 65 75; do
 done
 tests/node/node.sh up "$node" --events "$marks" >/dev/null
 in_node() { tests/node/node.sh exec "$node" "$@"; }
-in_node /usr/local/share/agent/examples/modules/build.sh >/dev/null
+# redis-cli as the admin (the package's setup made the default user read-only).
+admin_cli() {
+  in_node sh -c '. /etc/agent/admin.env && REDISCLI_AUTH=$REDIS_PASSWORD exec redis-cli --no-auth-warning --user "$REDIS_USER" "$@"' sh "$@"
+}
+in_node /usr/share/agent/examples/modules/build.sh >/dev/null
 
 # The floor: one bare rootless container start and stop (same image, no network), as a user with
 # linger like a module's — what every module container costs at least.
@@ -70,9 +74,9 @@ i=0
 declare -a totals
 while [ "$i" -lt "$samples" ]; do
   id=hello$((100 + i))
-  in_node redis-cli HSET "module/$id/module.env" EVENTS_IMAGE localhost/hello:latest PORT $((9000 + i)) >/dev/null
+  admin_cli HSET "module/$id/module.env" EVENTS_IMAGE localhost/hello:latest PORT $((9000 + i)) >/dev/null
   t0=$(in_node date +%s.%N)
-  [ "$(in_node redis-cli PUBLISH "$node:module.init" "$id")" = 1 ] || { echo "node-agent did not receive module.init" >&2; exit 1; }
+  [ "$(admin_cli PUBLISH "$node:module.init" "$id")" = 1 ] || { echo "node-agent did not receive module.init" >&2; exit 1; }
   for _ in $(seq 1 1200); do
     in_node test -e "/var/tmp/bench-mark-$id-75" && break
     sleep 0.1
@@ -97,8 +101,8 @@ i=0
 while [ "$i" -lt "$modules" ]; do
   id=hello$((100 + i))
   if [ "$i" -ge "$samples" ]; then
-    in_node redis-cli HSET "module/$id/module.env" EVENTS_IMAGE localhost/hello:latest PORT $((9000 + i)) >/dev/null
-    in_node redis-cli PUBLISH "$node:module.init" "$id" >/dev/null
+    admin_cli HSET "module/$id/module.env" EVENTS_IMAGE localhost/hello:latest PORT $((9000 + i)) >/dev/null
+    admin_cli PUBLISH "$node:module.init" "$id" >/dev/null
   fi
   users=${users:+$users,}$id
   i=$((i + 1))

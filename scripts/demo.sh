@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# One-command demo on a fresh machine of this kind (as root): a real systemd node with the project
-# installed (tests/node/node.sh: systemd-nspawn, its own network namespace, Redis, node-agent), the
-# example module images built inside it, then module hello0 installed the seed-compatible way —
+# One-command demo on a fresh machine of this kind (as root): a real systemd node (tests/node/node.sh:
+# systemd-nspawn, its own network namespace, Redis) with the project's Debian package installed —
+# its postinst runs `agentctl node setup`: Redis durable, ACL users on —, the example module images
+# built inside it, then module hello0 installed the seed-compatible way (redis-cli as the admin) —
 #     redis-cli HSET module/hello0/module.env EVENTS_IMAGE localhost/hello:latest PORT 8080
 #     redis-cli PUBLISH demo:module.init hello0
-# — and its page shown (after `agentctl node setup`: Redis durable, ACL users on, redis-cli as the
-# admin); then a `configure` event, and a second module through `agentctl module add`.
+# — and its page shown; then a `configure` event, and a second module through `agentctl module add`.
 # The node stays up for you to look around (it says how); `scripts/demo.sh --down` removes it.
 # Without root or systemd-nspawn, scripts/demo-engine.sh shows the engine alone (plain processes).
 set -euo pipefail
@@ -27,14 +27,14 @@ if tests/node/node.sh status "$node" >/dev/null 2>&1; then
   say "removing the node '$node' of an earlier demo"
   tests/node/node.sh down "$node"
 fi
-say "booting node '$node' (systemd, redis-server, node-agent)"
+say "booting node '$node' (systemd, redis-server), then: apt-get install ./agent_….deb (scripts/package.sh)"
 tests/node/node.sh up "$node" >/dev/null
 in_node() { tests/node/node.sh exec "$node" "$@"; }
+say "what the package's postinst printed (agentctl node setup: Redis durable, ACL users, node-agent)"
+grep -E '^(changed|in place|node )' "${AGENT_NODE_RUN:-/run/agent-test-nodes}/$node/install.log" | sed 's/^/   /'
 in_node systemctl is-active redis-server node-agent
-
-say "making the node durable and locked down (what the package's install runs)"
-show "agentctl node setup"
-in_node agentctl node setup
+show "agentctl node setup      # again: nothing to do"
+in_node agentctl node setup | tail -n 1
 show "redis-cli SET x y        # without credentials: read-only"
 in_node redis-cli SET x y
 # redis-cli as the admin: its credentials come from /etc/agent/admin.env (0600), never argv.
@@ -43,7 +43,7 @@ admin_cli() {
 }
 
 say "building the example module images inside the node (podman, busybox-static; no registry)"
-in_node /usr/local/share/agent/examples/modules/build.sh
+in_node /usr/share/agent/examples/modules/build.sh
 
 say "installing module hello0, the seed-compatible way (redis-cli as the admin: . /etc/agent/admin.env; REDISCLI_AUTH=\$REDIS_PASSWORD redis-cli --user \$REDIS_USER …)"
 show "redis-cli HSET module/hello0/module.env EVENTS_IMAGE localhost/hello:latest PORT 8080"

@@ -5,10 +5,12 @@
 #                                 is not used)
 #   libclang-dev, nettle-dev, pkg-config   sequoia-openpgp's nettle backend (module-signing)
 #   debootstrap, systemd-container, binutils, iproute2   the real systemd nodes of tests/node
+#   dpkg-dev                      dpkg-shlibdeps, with which cargo-deb computes the package's library
+#                                 dependencies; cargo-deb itself comes from crates.io (scripts/package.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
-packages=(redis-server redis-tools libclang-dev nettle-dev pkg-config debootstrap systemd-container binutils iproute2)
+packages=(redis-server redis-tools libclang-dev nettle-dev pkg-config debootstrap systemd-container binutils iproute2 dpkg-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,6 +20,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# The Debian package (what every test node installs) is built with cargo-deb: one pinned version,
+# installed once per machine into ~/.cargo/bin, outside the clone.
+scripts/package.sh --install-tool
 # Test nodes: build (or reuse) the cached base rootfs (/var/cache/agent-test-nodes, outside the clone;
 # about a minute the first time on a machine).
 tests/node/node.sh rootfs >/dev/null

@@ -35,8 +35,9 @@ pub struct AgentArgs {
     pub redis_credentials: Option<PathBuf>,
 
     /// Event directory; repeat the flag (or separate with ':' in the variable) for several. Later
-    /// directories override earlier ones by step name. Node default:
-    /// /usr/local/share/agent/node-events:/var/local/node-events. Module default:
+    /// directories override earlier ones by step name; a missing one is skipped. Node default:
+    /// /usr/share/agent/node-events:/usr/local/share/agent/node-events:/var/local/node-events.
+    /// Module default:
     /// $HOME/.config/module-events:$HOME/module-events.
     #[arg(long = "events-dir", env = "AGENT_EVENTS_DIRS", value_delimiter = ':')]
     pub events_dirs: Vec<PathBuf>,

@@ -148,10 +148,12 @@ impl EngineConfig {
 }
 
 /// The default event directories of an agent (earlier first; later ones win). A module's are relative to
-/// its Unix user's home; a node's are fixed FHS paths.
+/// its Unix user's home; a node's are fixed FHS paths: the package's steps, then those of a hand
+/// install (`/usr/local`), then the admin's overrides. A directory that does not exist is skipped.
 pub fn default_events_dirs(kind: AgentKind, home: &Path) -> Vec<PathBuf> {
     match kind {
         AgentKind::Node => vec![
+            PathBuf::from("/usr/share/agent/node-events"),
             PathBuf::from("/usr/local/share/agent/node-events"),
             PathBuf::from("/var/local/node-events"),
         ],

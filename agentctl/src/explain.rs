@@ -23,7 +23,8 @@ use crate::fail::{fail, invalid};
 #[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
     /// The agent: node/NAME, module/NAME or NAME. It only chooses the default event directories:
-    /// node — /usr/local/share/agent/node-events, /var/local/node-events; module — ~NAME/.config/module-events,
+    /// node — /usr/share/agent/node-events, /usr/local/share/agent/node-events, /var/local/node-events;
+    /// module — ~NAME/.config/module-events,
     /// ~NAME/module-events. A bare NAME has the kind the agent name registry (Redis) gives it; when
     /// Redis does not answer within 2 s or has no such name, it is a module when a Unix user NAME
     /// exists, else a node when it is this host's short name.
@@ -801,6 +802,7 @@ mod tests {
         assert_eq!(
             default_dirs(&node).unwrap().1,
             [
+                PathBuf::from("/usr/share/agent/node-events"),
                 PathBuf::from("/usr/local/share/agent/node-events"),
                 PathBuf::from("/var/local/node-events")
             ]

@@ -107,9 +107,10 @@ pub enum Flavour {
 
 #[derive(Debug, Args)]
 pub struct SetupArgs {
-    /// When the append-only file is fsynced.
-    #[arg(long, value_enum, default_value = "everysec", value_name = "WHEN")]
-    appendfsync: Fsync,
+    /// When the append-only file is fsynced. Default: what an earlier setup chose (a package
+    /// upgrade reruns setup and keeps it), else everysec.
+    #[arg(long, value_enum, value_name = "WHEN")]
+    appendfsync: Option<Fsync>,
 
     /// The Redis server package. Default: the installed one that runs (or is enabled); with
     /// neither running, redis before valkey.
@@ -130,6 +131,36 @@ pub struct StatusArgs {
     /// The node. Default: the short hostname.
     #[arg(long, value_name = "NAME")]
     node: Option<String>,
+}
+
+/// The installed Debian package (`agent VERSION`, the version naming the commit that built it), or
+/// what the binary says of itself on a hand install.
+fn package_version() -> String {
+    let dpkg = std::process::Command::new("dpkg-query")
+        .args(["-W", "-f", "${Status} ${Version}", "agent"])
+        .stderr(std::process::Stdio::null())
+        .output();
+    match dpkg {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            match text.strip_prefix("install ok installed ") {
+                Some(v) => format!("agent {v}"),
+                None => format!("agent ({})", text.trim()),
+            }
+        }
+        _ => format!(
+            "none (agentctl {} installed by hand)",
+            env!("CARGO_PKG_VERSION")
+        ),
+    }
+}
+
+/// The appendfsync of the configuration file an earlier setup wrote, if there is one.
+fn chosen_fsync(conf: &Path) -> Option<Fsync> {
+    let text = std::fs::read_to_string(conf).ok()?;
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("appendfsync "))
+        .and_then(|v| Fsync::from_str(v.trim(), false).ok())
 }
 
 /// Where a Redis flavour's Debian package puts things.
@@ -432,9 +463,13 @@ async fn setup(redis: &RedisArgs, args: SetupArgs) -> Result<i32> {
 
     // 4. Our configuration file and the unit's drop-in; Redis restarted onto them when changed.
     let conf = server.agent_conf();
+    let fsync = args
+        .appendfsync
+        .or_else(|| chosen_fsync(&conf))
+        .unwrap_or(Fsync::Everysec);
     let conf_changed = ensure_file(
         &conf,
-        &agent_conf_text(&server, args.appendfsync),
+        &agent_conf_text(&server, fsync),
         0o640,
         Some((0, redis_owner.1)),
     )?;
@@ -444,7 +479,7 @@ async fn setup(redis: &RedisArgs, args: SetupArgs) -> Result<i32> {
         &conf,
         &format!(
             "appendonly yes, appendfsync {}, loopback, protected mode",
-            args.appendfsync.as_str()
+            fsync.as_str()
         ),
     );
     let dropin = server.dropin();
@@ -676,6 +711,7 @@ async fn status(redis: &RedisArgs, args: StatusArgs) -> Result<i32> {
     let mut conn = connect_admin(redis, &admin).await?;
     let mut out = String::new();
     let _ = writeln!(out, "node:        {node}");
+    let _ = writeln!(out, "package:     {}", package_version());
     let info = info(&mut conn, "server").await?;
     let field = |name: &str| info_field(&info, name);
     let version = match field("valkey_version") {
@@ -794,6 +830,27 @@ fn mask(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rerun_keeps_the_fsync_an_earlier_setup_chose() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("agent.conf");
+        assert_eq!(
+            chosen_fsync(&conf),
+            None,
+            "no file yet: the default applies"
+        );
+        for fsync in [Fsync::Always, Fsync::Everysec] {
+            std::fs::write(&conf, agent_conf_text(&Server::of(Flavour::Valkey), fsync)).unwrap();
+            assert_eq!(chosen_fsync(&conf), Some(fsync));
+        }
+        std::fs::write(&conf, "appendfsync no\n").unwrap();
+        assert_eq!(
+            chosen_fsync(&conf),
+            None,
+            "a value setup never writes is not kept"
+        );
+    }
 
     const DEBIAN_UNIT: &str = "[Service]\nType=notify\nExecStart=/usr/bin/redis-server /etc/redis/redis.conf --supervised systemd --daemonize no\nPIDFile=/run/redis/redis-server.pid\n";
 

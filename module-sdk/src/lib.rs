@@ -11,13 +11,17 @@
 //! step. Steps must therefore be idempotent.
 
 pub mod args;
+pub mod cli;
 pub mod context;
 pub mod control;
 pub mod error;
+mod lint;
 pub mod ops;
 pub mod quadlet;
 pub mod redis_url;
 pub mod secret;
+mod sign;
+mod unit;
 
 pub use args::EnvKey;
 pub use context::{AgentContext, StepContext};

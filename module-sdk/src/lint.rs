@@ -5,7 +5,7 @@
 //!
 //! Lint applies the rules of the code that acts on a module, not copies of them: the labels are
 //! read by `core_events::module_image`, the steps planned by `agent_engine::plan`, Quadlet file
-//! names split by `module_sdk::quadlet`, signatures checked by `module_signing`, and the Quadlet
+//! names split by `crate::quadlet`, signatures checked by `module_signing`, and the Quadlet
 //! files run through the generator itself (`-dryrun`) when it is installed. What lint adds on its
 //! own are the things those accept but a module author gets wrong: idempotence of shell steps,
 //! a container that never reports healthy, images the node does not copy, units that do not
@@ -24,11 +24,11 @@ use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::exit_code;
+use crate::quadlet::{QuadletKind, QuadletName, GENERATOR};
 use agent_engine::plan::{is_ignored_name, plan_event, PlanEntry, PlanVerdict};
 use core_events::module_image::{self, LabelError};
 use core_events::EventName;
-use module_sdk::exit_code;
-use module_sdk::quadlet::{QuadletKind, QuadletName, GENERATOR};
 use module_signing::{Policy, SignatureStatus, DEFAULT_TRUST_DIR, MANIFEST_FILE, SIGNATURE_FILE};
 use serde::Serialize;
 

@@ -12,8 +12,8 @@
 //! * 70: any other D-Bus error;
 //! * 77: not allowed (e.g. `--system` start as a non-root user).
 
-use module_sdk::exit_code;
-use module_sdk::quadlet::QuadletName;
+use crate::exit_code;
+use crate::quadlet::QuadletName;
 use systemd_client::{Bus, Error, Systemd, UnitName};
 
 /// `status` of a unit that is not active.
@@ -211,7 +211,7 @@ pub fn run(args: &UnitArgs, verbose: bool) -> i32 {
                      checks a module's files.",
                     unit = quadlet.service_name(),
                     file = quadlet.file_name(),
-                    gen = module_sdk::quadlet::GENERATOR,
+                    gen = crate::quadlet::GENERATOR,
                 );
             }
             exit_code_of(&e)

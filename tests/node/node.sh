@@ -3,8 +3,10 @@
 #
 #   node.sh rootfs            build (once) and cache the Debian base rootfs; prints its path
 #   node.sh up NAME [--events DIR]...
-#                             boot node NAME (systemd-nspawn --boot, own network namespace) with the
-#                             project's binaries, units and node events installed; waits until booted
+#                             boot node NAME (systemd-nspawn --boot, own network namespace), then
+#                             install the project's Debian package in it (`apt-get install ./agent…deb`,
+#                             whose postinst runs `agentctl node setup`); --events trees are copied to
+#                             /usr/local/share/agent/node-events (a hand install's directory)
 #   node.sh exec NAME CMD...  run CMD inside the node (clean environment, exit code passed through)
 #   node.sh shell NAME        interactive root shell inside the node
 #   node.sh status NAME       is it running? (exit 0 = booted)
@@ -18,8 +20,11 @@
 #   AGENT_NODE_RUN     per-node state: overlay, logs     (default /run/agent-test-nodes)
 #   AGENT_NODE_MIRROR  Debian mirror                     (default: the one apt uses)
 #   AGENT_NODE_TARGET  dir with the built binaries       (default <repo>/target/debug)
+#   AGENT_NODE_DEB     the package to install            (default: scripts/package.sh --profile dev
+#                      of those binaries, into <repo>/target/debian/nodes, made again when older
+#                      than the binaries or the packaged files)
+#   AGENT_NODE_SETUP   no = install the package with AGENT_SETUP=no (node setup not run)
 #   AGENT_NODE_BOOT_TIMEOUT  seconds to wait for boot    (default 90)
-#   AGENT_NODE_STRIP   0 = install binaries with their debug info (default: strip it, -370 MB a node)
 # See tests/node/README.md and docs/NODE-HARNESS.md.
 set -euo pipefail
 
@@ -165,39 +170,57 @@ node_exec_cgroup() {
   mkdir -p "/sys/fs/cgroup/unified$own/harness-exec" && echo "/sys/fs/cgroup/unified$own/harness-exec"
 }
 
+# The package the nodes install: AGENT_NODE_DEB, else one made from $TARGET's binaries with
+# scripts/package.sh, again whenever a binary or a packaged file is newer than it. Under a lock:
+# tests start several nodes at once.
+node_package() {
+  if [ -n "${AGENT_NODE_DEB:-}" ]; then
+    [ -f "$AGENT_NODE_DEB" ] || die "AGENT_NODE_DEB=$AGENT_NODE_DEB: no such file"
+    echo "$AGENT_NODE_DEB"
+    return
+  fi
+  local out=$REPO/target/debian/nodes profile deb b
+  case $(basename "$TARGET") in
+    release) profile=release ;;
+    *) profile=dev ;;
+  esac
+  for b in "${BINARIES[@]}" agent-docgen; do
+    [ -x "$TARGET/$b" ] || die "$TARGET/$b is missing: cargo build --workspace --bins"
+  done
+  mkdir -p "$out"
+  (
+    flock 9
+    deb=$(find "$out" -maxdepth 1 -name 'agent_*.deb' | head -n1)
+    if [ -z "$deb" ] || [ -n "$(find "${BINARIES[@]/#/$TARGET/}" "$REPO/systemd" "$REPO/imageroot/node-events" \
+      "$REPO/examples/modules" "$REPO/debian" "$REPO/node-agent/Cargo.toml" "$REPO/docs" \
+      -newer "$deb" -print -quit)" ]; then
+      rm -f "$out"/agent_*.deb
+      CARGO_TARGET_DIR=$(dirname "$TARGET") "$REPO/scripts/package.sh" --profile "$profile" --no-build \
+        --fast --out "$out" >/dev/null || die "scripts/package.sh failed"
+    fi
+  ) 9>"$out.lock"
+  find "$out" -maxdepth 1 -name 'agent_*.deb' | head -n1
+}
+
 install_into() {
   local name=$1 root=$2
   shift 2
-  local b d
-  for b in "${BINARIES[@]}"; do
-    [ -x "$TARGET/$b" ] || die "$TARGET/$b is missing: cargo build --workspace --bins"
-    # Debug builds are ~100 MB each, mostly DWARF: strip it (symbols stay, so backtraces still name
-    # functions) unless AGENT_NODE_STRIP=0. Saves ~370 MB per node.
-    if [ "${AGENT_NODE_STRIP:-1}" != 0 ] && command -v objcopy >/dev/null; then
-      objcopy --strip-debug "$TARGET/$b" "$root/usr/local/bin/$b"
-      chmod 0755 "$root/usr/local/bin/$b"
-    else
-      install -m 0755 "$TARGET/$b" "$root/usr/local/bin/$b"
-    fi
-  done
-  install -D -m 0644 "$REPO/systemd/node-agent.service" "$root/etc/systemd/system/node-agent.service"
+  local d
+  # The package is installed once the node runs (its postinst needs systemd and Redis): here it
+  # is only put where the node sees it.
+  mkdir -p "$root/var/cache/agent-test"
+  cp "$(node_package)" "$root/var/cache/agent-test/agent.deb"
   mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
-  ln -sf /etc/systemd/system/node-agent.service "$root/etc/systemd/system/multi-user.target.wants/node-agent.service"
   ln -sf /lib/systemd/system/redis-server.service "$root/etc/systemd/system/multi-user.target.wants/redis-server.service"
   # Valkey is installed too (a test runs the node on it) but not started: both listen on 6379.
   rm -f "$root/etc/systemd/system/multi-user.target.wants/valkey-server.service"
-  if [ -f "$REPO/systemd/module-agent.service" ]; then
-    install -D -m 0644 "$REPO/systemd/module-agent.service" "$root/etc/systemd/user/module-agent.service"
-  fi
-  install -D -m 0644 "$REPO/docs/ARCHITECTURE.md" "$root/usr/local/share/doc/agent/ARCHITECTURE.md"
-  # Node events: the core's own tree (imageroot/node-events), then the extra trees given with --events.
+  # Extra node events given with --events: the directory of a hand install, searched after the
+  # package's /usr/share/agent/node-events (agent-engine's default_events_dirs).
   mkdir -p "$root/usr/local/share/agent/node-events" "$root/var/local/node-events"
-  cp -a "$REPO/imageroot/node-events/." "$root/usr/local/share/agent/node-events/"
   for d in "$@"; do
     [ -d "$d" ] || die "--events $d: not a directory"
     cp -a "$d/." "$root/usr/local/share/agent/node-events/"
   done
-  rm -f "$root/usr/local/share/agent/node-events/README.md"
   # Identity: the hostname is the node's name (node-agent's default agent name).
   echo "$name" >"$root/etc/hostname"
   printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$name" >"$root/etc/hosts"
@@ -249,9 +272,6 @@ CONF
   rm -f "$root/etc/systemd/system/multi-user.target.wants/docker-registry.service"
   printf '[[registry]]\nlocation = "127.0.0.1:5000"\ninsecure = true\n' \
     >"$root/etc/containers/registries.conf.d/50-agent-test-registry.conf"
-  # The example modules (examples/modules/build.sh builds their images inside the node).
-  mkdir -p "$root/usr/local/share/agent/examples"
-  cp -a "$REPO/examples/modules" "$root/usr/local/share/agent/examples/"
   # Units that only fail or wait for nothing in a container without network devices.
   ln -sf /dev/null "$root/etc/systemd/system/systemd-networkd-wait-online.service"
 }
@@ -314,12 +334,6 @@ boot_node() {
     in_node "$leader" systemctl --failed --no-legend >&2 || true
   fi
   log "node $name up: booted in $(elapsed "$t0") s ($(elapsed "$start") s with setup), state $st"
-  cat <<EOF
-node $name is up (init pid $leader, network namespace $ns, root $root)
-  shell:  $0 shell $name        (or: nsenter -t $leader -a bash)
-  run:    $0 exec $name systemctl status node-agent
-  stop:   $0 down $name
-EOF
 }
 
 cmd_up() {
@@ -359,6 +373,29 @@ cmd_up() {
   ip netns add "$ns"
   ip -n "$ns" link set lo up
   boot_node "$name" "$start"
+  install_package "$name" "$start"
+}
+
+# apt-get install of the package put into the node by install_into: no network, every dependency is
+# in the rootfs. Its postinst runs `agentctl node setup` (unless AGENT_NODE_SETUP=no).
+install_package() {
+  local name=$1 start=$2 leader t0 dir
+  dir=$(node_dir "$name")
+  leader=$(leader_pid "$name")
+  t0=$(now)
+  if ! in_node "$leader" env DEBIAN_FRONTEND=noninteractive AGENT_SETUP="${AGENT_NODE_SETUP:-yes}" \
+    apt-get install -y /var/cache/agent-test/agent.deb >"$dir/install.log" 2>&1; then
+    tail -n 30 "$dir/install.log" >&2
+    die "installing the package in node $name failed (log: $dir/install.log); clean up with: node.sh down $name"
+  fi
+  in_node "$leader" rm -f /var/cache/agent-test/agent.deb
+  log "node $name: package installed in $(elapsed "$t0") s ($(elapsed "$start") s in all; log: $dir/install.log)"
+  cat <<EOF
+node $name is up (init pid $leader, network namespace $(netns_name "$name"), root $dir/root)
+  shell:  $0 shell $name        (or: nsenter -t $leader -a bash)
+  run:    $0 exec $name systemctl status node-agent
+  stop:   $0 down $name
+EOF
 }
 
 running_leader() {

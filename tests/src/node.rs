@@ -4,7 +4,7 @@
 //! stopped and removed on drop, also when the test fails, after printing node-agent's journal.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -25,14 +25,54 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).trim().to_string()
 }
 
+/// Builds the project's package from the test binaries (`scripts/package.sh --profile dev
+/// --no-build`) with version `version` into `out`; returns its path.
+pub fn build_package(version: &str, out: &Path) -> PathBuf {
+    let target = crate::bin("node-agent");
+    let target_dir = target.parent().and_then(Path::parent).expect("target dir");
+    let run = Command::new(repo_root().join("scripts/package.sh"))
+        .args([
+            "--profile",
+            "dev",
+            "--no-build",
+            "--fast",
+            "--version",
+            version,
+            "--out",
+        ])
+        .arg(out)
+        .env("CARGO_TARGET_DIR", target_dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/package.sh");
+    assert!(
+        run.status.success(),
+        "scripts/package.sh failed ({}):\n{}",
+        run.status,
+        text(&run.stderr)
+    );
+    PathBuf::from(text(&run.stdout))
+}
+
 /// A booted node; `node.sh down` on drop.
 pub struct Node {
     pub name: String,
 }
 
 impl Node {
-    /// Boots a node named `<prefix><pid>-<n>` with the extra node-event trees `events`.
+    /// Boots a node named `<prefix><pid>-<n>` with the extra node-event trees `events`, and
+    /// installs the project's package in it (whose postinst runs `agentctl node setup`).
     pub fn up(prefix: &str, events: &[PathBuf]) -> Node {
+        Node::up_with(prefix, events, &[])
+    }
+
+    /// [`Node::up`] with the package installed but `agentctl node setup` not run
+    /// (`AGENT_SETUP=no`): a stock Debian Redis, no ACL users, node-agent not started.
+    pub fn up_without_setup(prefix: &str) -> Node {
+        Node::up_with(prefix, &[], &[("AGENT_NODE_SETUP", "no")])
+    }
+
+    fn up_with(prefix: &str, events: &[PathBuf], env: &[(&str, &str)]) -> Node {
         static COUNT: AtomicUsize = AtomicUsize::new(0);
         let name = format!(
             "{prefix}{}-{}",
@@ -53,6 +93,7 @@ impl Node {
         }
         let out = cmd
             .env("AGENT_NODE_TARGET", &target)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .expect("run node.sh");
@@ -175,6 +216,40 @@ impl Node {
     /// Whether `args` fails inside the node.
     pub fn fails(&self, args: &[&str]) -> bool {
         !self.exec(args).status.success()
+    }
+
+    /// Copies the package `deb` into the node and `apt-get install`s it there (an upgrade when the
+    /// node has an older one); returns apt's output, stdout and stderr.
+    pub fn install_package(&self, deb: &Path) -> String {
+        let bytes = std::fs::read(deb).unwrap_or_else(|e| panic!("read {}: {e}", deb.display()));
+        let copied = self.exec_with_input(
+            &[
+                "sh",
+                "-c",
+                "mkdir -p /var/cache/agent-test && cat >/var/cache/agent-test/new.deb",
+            ],
+            &bytes,
+        );
+        assert!(
+            copied.status.success(),
+            "copy {} into the node: {copied:?}",
+            deb.display()
+        );
+        let out = self.exec(&[
+            "env",
+            "DEBIAN_FRONTEND=noninteractive",
+            "apt-get",
+            "install",
+            "-y",
+            "/var/cache/agent-test/new.deb",
+        ]);
+        let all = format!("{}\n{}", text(&out.stdout), text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "apt-get install in node {} failed:\n{all}",
+            self.name
+        );
+        all
     }
 
     /// The last lines of a system unit's journal in the node.

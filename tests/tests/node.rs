@@ -25,7 +25,7 @@ fn node_agent_runs_a_published_event_in_a_booted_node() {
 
     // node-agent is Type=notify and signals READY after subscribing: it is a receiver now.
     let channel = format!("{}:hello", node.name);
-    assert_eq!(node.ok(&["redis-cli", "PUBLISH", &channel, "x"]), "1");
+    assert_eq!(node.admin_redis(&["PUBLISH", &channel, "x"]), "1");
 
     let content = poll(Duration::from_secs(30), Duration::from_millis(100), || {
         let out = node.exec(&["cat", "/var/lib/agent-test/hello.out"]);
@@ -46,6 +46,16 @@ fn node_agent_runs_a_published_event_in_a_booted_node() {
 fn module_agent_runs_as_a_lingering_users_systemd_service() {
     let node = up();
     node.ok(&["useradd", "--create-home", "--shell", "/bin/bash", "hello0"]);
+    // The node's default user only reads: the agent needs an ACL user of its own, as module.init's
+    // redis-user step gives it.
+    node.ok(&[
+        "agentctl",
+        "redis",
+        "add-agent",
+        "module/hello0",
+        "--creds",
+        "/home/hello0/.config/agent/redis.env",
+    ]);
     node.ok(&["loginctl", "enable-linger", "hello0"]);
     node.wait_output(
         &["systemctl", "--user", "-M", "hello0@", "is-system-running"],
@@ -89,7 +99,7 @@ fn module_agent_runs_as_a_lingering_users_systemd_service() {
         "a step runs in its run's cgroup: {cgroup}"
     );
     assert_eq!(
-        node.ok(&["redis-cli", "PUBLISH", "hello0:module.init", "again"]),
+        node.admin_redis(&["PUBLISH", "hello0:module.init", "again"]),
         "1"
     );
 }

@@ -10,7 +10,7 @@ use std::process::Output;
 use agent_tests::node::Node;
 use serde_json::Value;
 
-const EXAMPLES: &str = "/usr/local/share/agent/examples/modules";
+const EXAMPLES: &str = "/usr/share/agent/examples/modules";
 const GENERATOR: &str = "/usr/libexec/podman/quadlet";
 
 /// A Quadlet file with an unknown key (line 6), `Notify=healthy` without `HealthCmd=` (line 7)

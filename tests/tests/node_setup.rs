@@ -45,7 +45,9 @@ fn info_field(node: &Node, section: &str, field: &str) -> String {
 
 #[test]
 fn node_setup_makes_redis_durable_and_locked_down_once_and_keeps_every_key() {
-    let node = Node::up("s", &[]);
+    // The package installed with AGENT_SETUP=no: a stock Debian Redis, as on a node where the
+    // admin runs setup by hand.
+    let node = Node::up_without_setup("s");
     let debian_conf = node.ok(&["sha256sum", "/etc/redis/redis.conf"]);
     // A key written before setup (Redis is restarted onto the AOF: nothing may be lost).
     node.ok(&["redis-cli", "SET", "before-setup", "kept"]);
@@ -142,7 +144,7 @@ fn node_setup_makes_redis_durable_and_locked_down_once_and_keeps_every_key() {
     );
 
     // A module installed the way the README says, then the status screen.
-    node.ok(&["/usr/local/share/agent/examples/modules/build.sh"]);
+    node.ok(&["/usr/share/agent/examples/modules/build.sh"]);
     let id = node.ok(&[
         "agentctl",
         "module",
@@ -341,7 +343,7 @@ fn kill_redis_during_a_burst(fsync: &str) -> (Vec<String>, Vec<String>) {
 
 #[test]
 fn node_setup_works_the_same_on_valkey() {
-    let node = Node::up("v", &[]);
+    let node = Node::up_without_setup("v");
     node.ok(&["systemctl", "disable", "--now", "redis-server"]);
     node.ok(&["systemctl", "enable", "--now", "valkey-server"]);
     node.ok(&["valkey-cli", "SET", "before-setup", "kept"]);

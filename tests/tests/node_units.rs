@@ -294,7 +294,7 @@ fn module_sdk_unit_system_drives_the_nodes_manager() {
     let status = sdk_root(&["status", "node-agent"], 0);
     assert!(status.contains("active: active (running)"), "{status}");
     assert!(
-        status.contains("/etc/systemd/system/node-agent.service"),
+        status.contains("/usr/lib/systemd/system/node-agent.service"),
         "{status}"
     );
 

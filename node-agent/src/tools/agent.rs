@@ -125,6 +125,98 @@ pub fn stop_agent(id: &ModuleId) -> Result<()> {
     Ok(())
 }
 
+/// What `node-agent module-agents` does to every module's agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum AllAgents {
+    /// Print each module of this node and the state of its module-agent.
+    List,
+    /// Restart each module's agent onto the installed binary and unit file, one at a time, each
+    /// waited for until it is ready (a stopped one is started). The modules' containers are units
+    /// of their own and keep serving; a run in progress is interrupted and runs again.
+    Restart {
+        /// Only the agents that are stopped, run a replaced binary or a changed unit file: what the
+        /// package's postinst does after an upgrade or a reinstall.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Stop each module's agent (left enabled, so a reinstall or a reboot starts it again): the
+    /// package's prerm on `apt remove`. The modules' containers keep running.
+    Stop,
+}
+
+/// `node-agent module-agents ACTION`: ACTION on the agent of every module of the node, one at a
+/// time. A module whose agent cannot be reached is reported and the others are still done; the
+/// result is the first failure.
+pub fn all_agents(action: AllAgents) -> Result<()> {
+    let mut first_failure = None;
+    let ids = super::user::installed_modules()?;
+    if ids.is_empty() {
+        println!("no modules on this node");
+    }
+    for id in ids {
+        if let Err(e) = one_agent(action, &id) {
+            eprintln!("module-agent of {id}: {e}");
+            first_failure.get_or_insert(e);
+        }
+    }
+    first_failure.map_or(Ok(()), Err)
+}
+
+fn one_agent(action: AllAgents, id: &ModuleId) -> Result<()> {
+    let user = ModuleUser::require(id)?;
+    let state = manager_state(id)?;
+    if !matches!(state.as_str(), "running" | "degraded") {
+        // Without linger (a module half removed) nothing runs it; with linger its manager is
+        // starting and will start the agent itself.
+        println!("module-agent of {id}: its user manager is not running ('{state}'): left alone");
+        return Ok(());
+    }
+    match action {
+        AllAgents::List => {}
+        AllAgents::Restart { stale } => {
+            let why = staleness(id)?;
+            // The unit file may be new (a package upgrade): the user's manager must read it again.
+            user_unit(&user, &["daemon-reload"])?;
+            match why {
+                None if stale => {
+                    println!("module-agent of {id}: up to date, left running");
+                    return Ok(());
+                }
+                Some(why) => println!("module-agent of {id}: restarting ({why})"),
+                None => {}
+            }
+            user_unit(&user, &["restart", UNIT])?;
+        }
+        AllAgents::Stop => user_unit(&user, &["stop", UNIT])?,
+    }
+    let (_, status) = quiet_stdout_of(user.command("module-sdk").args(["unit", "status", UNIT]))?;
+    println!("module-agent of {id}: {}", active_state(&status));
+    Ok(())
+}
+
+/// Why a module's agent must be restarted to run what is installed, if it must.
+fn staleness(id: &ModuleId) -> Result<Option<&'static str>> {
+    let show = |property: &str| -> Result<String> {
+        let (_, out) = quiet_stdout_of(user_systemctl(id).args(["show", "-P", property, UNIT]))?;
+        Ok(out)
+    };
+    if show("NeedDaemonReload")? == "yes" {
+        return Ok(Some("its unit file changed"));
+    }
+    let pid = show("MainPID")?;
+    if pid.is_empty() || pid == "0" {
+        return Ok(Some("not running"));
+    }
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    Ok(is_replaced_binary(&exe.to_string_lossy()).then_some("its binary was replaced"))
+}
+
+/// Whether a `/proc/PID/exe` link names a file that was deleted or replaced since the process
+/// started (what dpkg does to a binary it upgrades or removes).
+pub fn is_replaced_binary(exe: &str) -> bool {
+    exe.ends_with(" (deleted)")
+}
+
 /// What the node knows of a module being installed, at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
@@ -202,6 +294,13 @@ pub fn wait_ready(ctx: &Ctx, id: &ModuleId) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_binary_replaced_by_dpkg_reads_deleted() {
+        assert!(is_replaced_binary("/usr/bin/module-agent (deleted)"));
+        assert!(!is_replaced_binary("/usr/bin/module-agent"));
+        assert!(!is_replaced_binary(""));
+    }
 
     #[test]
     fn the_active_state_is_read_from_the_unit_status() {

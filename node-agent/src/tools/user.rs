@@ -40,6 +40,27 @@ pub fn is_module_user(id: &ModuleId, uid: u32, comment: &str) -> bool {
     uid >= MODULE_UID_MIN && uid != 65534 && comment == module_comment(id)
 }
 
+/// The modules that have a user on this node (made by create-user: uid and comment checked by
+/// [`is_module_user`]), in /etc/passwd order: what the package's scripts act on, also for a module
+/// whose module.init never finished. `useradd` writes /etc/passwd, so no other NSS source is read.
+pub fn installed_modules() -> Result<Vec<ModuleId>> {
+    let passwd = std::fs::read_to_string("/etc/passwd")
+        .map_err(|e| ToolError::Failed(format!("cannot read /etc/passwd: {e}")))?;
+    Ok(modules_in_passwd(&passwd))
+}
+
+fn modules_in_passwd(passwd: &str) -> Vec<ModuleId> {
+    passwd
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            let (name, uid, comment) = (f.first()?, f.get(2)?.parse().ok()?, f.get(4)?);
+            let id = ModuleId::new(*name).ok()?;
+            is_module_user(&id, uid, comment).then_some(id)
+        })
+        .collect()
+}
+
 impl ModuleUser {
     /// The user of module `id`, if there is one. A user of that name that is not a module's (a
     /// system user, or one an admin made) is an error: no tool ever changes or removes it.
@@ -499,6 +520,24 @@ fn remove_if_exists(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_modules_of_a_node_are_the_users_create_user_made() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n\
+            redis:x:101:102:module redis:/var/lib/redis:/usr/sbin/nologin\n\
+            hello0:x:1000:1000:module hello0:/home/hello0:/bin/sh\n\
+            admin:x:1001:1001:Admin:/home/admin:/bin/bash\n\
+            pair1:x:1002:1002:module hello0:/home/pair1:/bin/sh\n\
+            Bad:x:1003:1003:module Bad:/home/Bad:/bin/sh\n\
+            short:x:1004\n\
+            \n\
+            pair2:x:1005:1005:module pair2:/home/pair2:/bin/sh";
+        let ids: Vec<String> = modules_in_passwd(passwd)
+            .iter()
+            .map(|i| i.to_string())
+            .collect();
+        assert_eq!(ids, ["hello0", "pair2"]);
+    }
 
     #[test]
     fn only_a_user_made_for_the_module_is_the_modules() {

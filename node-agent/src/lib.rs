@@ -1,0 +1,123 @@
+//! `node-agent`: the event engine configured as a node's root agent (a systemd system service),
+//! and the node's built-in tools (`node-agent module <tool> ID`) that its default steps wrap.
+
+use agent_engine::cli::AgentArgs;
+use clap::{Parser, Subcommand};
+use core_events::{step_env, AgentKind};
+
+mod tools;
+
+/// Runs the steps of events addressed to this agent through Redis.
+///
+/// Events arrive as `PUBLISH <name>:<event> <data>` or `XADD <prefix>/queue * event <event> data <data>`
+/// and run the executables in `<events-dir>/<event>/` in name order, one run at a time by default.
+///
+/// Without a command, `node-agent [FLAGS]` is the daemon. `node-agent module <TOOL> ID` runs one of
+/// the node's module tools, the work of one step of module.init / module.remove.
+#[derive(Parser)]
+#[command(version, about, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The node's module tools: the work of the module.init / module.remove steps.
+    ///
+    /// One tool per step of imageroot/node-events/module.init and module.remove (each step is
+    /// `exec node-agent module <tool> -- "$1"`). They use the same
+    /// --name and Redis flags/environment as the daemon (a step gets REDIS_URL and AGENT_NAME);
+    /// AGENT_ROLLBACK=1 makes the module.remove tools keep a module that was installed before the
+    /// failed module.init. Exit codes: 65 bad input, 69 unavailable, 71 cannot run a program,
+    /// 75 not ready / Redis unreachable, 78 configuration, 1 other failures.
+    #[command(after_help = MODULE_AFTER_HELP)]
+    Module {
+        #[command(subcommand)]
+        tool: tools::Tool,
+    },
+    /// The agents of every module of this node, one at a time: list, restart onto the installed
+    /// binary, stop. The Debian package's maintainer scripts run it (docs/PACKAGING.md).
+    ModuleAgents {
+        #[command(subcommand)]
+        action: tools::agent::AllAgents,
+    },
+    /// Internal: run by module.init/20redis-user as the module's user, to write its credentials
+    /// file (the text on stdin) atomically with mode 0600.
+    #[command(name = tools::keys::WRITE_CREDENTIALS, hide = true)]
+    WriteCredentials { path: std::path::PathBuf },
+}
+
+const AFTER_HELP: &str = "\
+Keys live under node/<name>/: queue, run/<id>, run/<id>/output, journal, heartbeat, modules.
+Example: redis-cli PUBLISH \"$(hostname -s)\":module.init hello0
+Environment of a step: AGENT_NAME, AGENT_KIND, AGENT_KEY_PREFIX, AGENT_EVENT, AGENT_RUN_ID,
+AGENT_ATTEMPT, AGENT_STEP, REDIS_URL (the agent's own credentials).
+Per-event settings: <events-dir>/<event>/.timeout (seconds), .retries (restarts after a crash).
+Module tools: node-agent module --help.
+See docs/PROTOCOL.md for every key and channel, imageroot/README.md for the module lifecycle.";
+
+const MODULE_AFTER_HELP: &str = "\
+module.init:   create-user, redis-user, secret-key, install-image, start-agent, wait-ready, register
+module.remove: stop-agent, disable-linger, kill-processes, delete-user, remove-redis-user,
+               delete-keys, unregister
+Example: node-agent module install-image hello0";
+
+/// The command line's definition, for its man page and shell completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+/// The `node-agent` binary.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => {
+            agent_engine::cli::main(AgentKind::Node, cli.agent)?;
+            Ok(())
+        }
+        Some(Command::WriteCredentials { path }) => {
+            if let Err(e) = tools::keys::write_credentials_as_self(&path) {
+                eprintln!("node-agent {}: {e}", tools::keys::WRITE_CREDENTIALS);
+                std::process::exit(e.exit_code());
+            }
+            Ok(())
+        }
+        Some(Command::ModuleAgents { action }) => {
+            if let Err(e) = tools::agent::all_agents(action) {
+                eprintln!("node-agent module-agents: {e}");
+                std::process::exit(e.exit_code());
+            }
+            Ok(())
+        }
+        Some(Command::Module { tool }) => {
+            let label = tools::message_label(&tool, std::env::var(step_env::AGENT_EVENT).ok());
+            let code = match module_tool(&tool, cli.agent) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("{label}: {e}");
+                    e.exit_code()
+                }
+            };
+            std::process::exit(code)
+        }
+    }
+}
+
+fn module_tool(tool: &tools::Tool, agent: AgentArgs) -> tools::Result<()> {
+    let cfg = agent
+        .into_config(AgentKind::Node)
+        .map_err(|e| tools::ToolError::Config(e.to_string()))?;
+    let target = agent_redis::Target::new(&cfg.redis_url, cfg.credentials.clone())
+        .map_err(|e| tools::ToolError::Config(e.to_string()))?;
+    let ctx = tools::Ctx {
+        node: cfg.name.clone(),
+        target,
+        redis_url: cfg.redis_url.clone(),
+        rollback: tools::is_rollback(std::env::var_os(step_env::AGENT_ROLLBACK).as_deref()),
+    };
+    tools::run(tool, &ctx)
+}
