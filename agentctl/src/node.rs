@@ -412,6 +412,9 @@ async fn setup(redis: &RedisArgs, args: SetupArgs) -> Result<i32> {
 
     // 1. A Redis that answers and lets us administer it, before anything is written.
     if !systemd.status(&redis_unit).await?.is_active() {
+        // A Redis restarted several times in a few seconds (a purge, then this install) would
+        // be refused with start-limit-hit; that counter says nothing about this start.
+        systemd.reset_failed(&redis_unit).await?;
         systemd
             .start(&redis_unit)
             .await
@@ -493,6 +496,7 @@ async fn setup(redis: &RedisArgs, args: SetupArgs) -> Result<i32> {
     if conf_changed || dropin_changed {
         drop(conn);
         systemd.daemon_reload().await?;
+        systemd.reset_failed(&redis_unit).await?;
         systemd
             .restart(&redis_unit)
             .await

@@ -230,6 +230,22 @@ impl Systemd {
         self.job(Verb::Reload, unit).await
     }
 
+    /// `systemctl reset-failed UNIT`: forgets its failed state and its start-rate counter, so that
+    /// a start right after several restarts (a reinstall, say) is not refused with
+    /// `start-limit-hit`. A unit that is not loaded has nothing to reset.
+    pub async fn reset_failed(&self, unit: &UnitName) -> Result<()> {
+        match self.manager.reset_failed_unit(unit.to_string()).await {
+            Ok(()) => Ok(()),
+            Err(e)
+                if Error::method_error(&e)
+                    .is_some_and(|(name, _)| name.ends_with("NoSuchUnit")) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(Error::from_call(self.bus, "reset-failed", unit, e)),
+        }
+    }
+
     /// Queues the job and waits for its `JobRemoved` signal. The signal stream is opened before
     /// the call: the job may end before the call's reply arrives.
     async fn job(&self, verb: Verb, unit: &UnitName) -> Result<()> {

@@ -9,6 +9,22 @@ use agent_tests::node::{build_package, Node};
 use agent_tests::poll;
 
 const PAGE_URL: &str = "http://127.0.0.1:8080/";
+const APT_REMOVE: &[&str] = &[
+    "env",
+    "DEBIAN_FRONTEND=noninteractive",
+    "apt-get",
+    "remove",
+    "-y",
+    "agent",
+];
+const APT_PURGE: &[&str] = &[
+    "env",
+    "DEBIAN_FRONTEND=noninteractive",
+    "apt-get",
+    "purge",
+    "-y",
+    "agent",
+];
 
 /// The `slow` node event: 3 s, then its data and attempt appended to a log.
 fn slow_events() -> tempfile::TempDir {
@@ -212,14 +228,7 @@ fn the_package_installs_upgrades_removes_and_purges_without_losing_a_module_or_a
     );
 
     // apt remove: the agents stop, the module and its data stay (and keep serving).
-    node.ok(&[
-        "env",
-        "DEBIAN_FRONTEND=noninteractive",
-        "apt-get",
-        "remove",
-        "-y",
-        "agent",
-    ]);
+    node.ok(APT_REMOVE);
     assert!(node.fails(&["systemctl", "is-active", "node-agent"]));
     assert!(
         node.fails(&["pgrep", "-x", "module-agent"]),
@@ -247,14 +256,7 @@ fn the_package_installs_upgrades_removes_and_purges_without_losing_a_module_or_a
     assert!(status.contains("node-agent:  alive"), "{status}");
 
     // apt purge with a module installed: refused, the configuration kept.
-    let purge = node.exec(&[
-        "env",
-        "DEBIAN_FRONTEND=noninteractive",
-        "apt-get",
-        "purge",
-        "-y",
-        "agent",
-    ]);
+    let purge = node.exec(APT_PURGE);
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&purge.stdout),
@@ -272,14 +274,7 @@ fn the_package_installs_upgrades_removes_and_purges_without_losing_a_module_or_a
     // Reinstalled, the module removed, then the purge goes through and gives Redis back to Debian.
     node.install_package(&upgrade);
     node.ok(&["agentctl", "module", "remove", "hello1"]);
-    let purge = node.ok(&[
-        "env",
-        "DEBIAN_FRONTEND=noninteractive",
-        "apt-get",
-        "purge",
-        "-y",
-        "agent",
-    ]);
+    let purge = node.ok(APT_PURGE);
     assert!(purge.contains("purged"), "{purge}");
     for gone in [
         "/etc/agent",
@@ -301,4 +296,22 @@ fn the_package_installs_upgrades_removes_and_purges_without_losing_a_module_or_a
         "appendonly\nno",
         "Redis is back on Debian's configuration"
     );
+
+    // Installed and purged again and again in quick succession: every install sets the node up
+    // (Redis is restarted twice per round, more often than systemd's default start rate allows).
+    for round in 1..=3 {
+        let apt = node.install_package(&upgrade);
+        assert!(!apt.contains("node setup failed"), "round {round}:\n{apt}");
+        assert_eq!(
+            node.ok(&["systemctl", "is-active", "node-agent"]),
+            "active",
+            "round {round}:\n{apt}"
+        );
+        node.ok(APT_PURGE);
+        assert_eq!(
+            node.ok(&["systemctl", "is-active", "redis-server"]),
+            "active",
+            "round {round}"
+        );
+    }
 }
