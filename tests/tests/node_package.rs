@@ -255,7 +255,21 @@ fn the_package_installs_upgrades_removes_and_purges_without_losing_a_module_or_a
     });
     assert!(status.contains("node-agent:  alive"), "{status}");
 
-    // apt purge with a module installed: refused, the configuration kept.
+    // dpkg --purge with a module installed: refused before anything is removed.
+    let purge = node.exec(&["dpkg", "--purge", "agent"]);
+    assert!(
+        !purge.status.success(),
+        "dpkg --purge went through: {purge:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&purge.stderr).contains("refusing to purge"),
+        "{purge:?}"
+    );
+    node.ok(&["test", "-x", "/usr/bin/agentctl"]);
+    assert_eq!(node.ok(&["systemctl", "is-active", "node-agent"]), "active");
+
+    // apt purge with a module installed: apt removes first (agents stopped, module kept), then
+    // the purge is refused, the configuration kept.
     let purge = node.exec(APT_PURGE);
     let said = format!(
         "{}{}",
