@@ -79,32 +79,30 @@ pub fn main() -> anyhow::Result<()> {
             agent_engine::cli::main(AgentKind::Node, cli.agent)?;
             Ok(())
         }
-        Some(Command::WriteCredentials { path }) => {
-            if let Err(e) = tools::keys::write_credentials_as_self(&path) {
-                eprintln!("node-agent {}: {e}", tools::keys::WRITE_CREDENTIALS);
-                std::process::exit(e.exit_code());
-            }
-            Ok(())
-        }
+        Some(Command::WriteCredentials { path }) => exit_with(
+            &format!("node-agent {}", tools::keys::WRITE_CREDENTIALS),
+            tools::keys::write_credentials_as_self(&path),
+        ),
         Some(Command::ModuleAgents { action }) => {
-            if let Err(e) = tools::agent::all_agents(action) {
-                eprintln!("node-agent module-agents: {e}");
-                std::process::exit(e.exit_code());
-            }
-            Ok(())
+            exit_with("node-agent module-agents", tools::agent::all_agents(action))
         }
         Some(Command::Module { tool }) => {
             let label = tools::message_label(&tool, std::env::var(step_env::AGENT_EVENT).ok());
-            let code = match module_tool(&tool, cli.agent) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("{label}: {e}");
-                    e.exit_code()
-                }
-            };
-            std::process::exit(code)
+            exit_with(&label, module_tool(&tool, cli.agent))
         }
     }
+}
+
+/// Ends a tool: exit 0, or its error after `label` and the exit code of its kind.
+fn exit_with(label: &str, result: tools::Result<()>) -> ! {
+    let code = match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{label}: {e}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code)
 }
 
 fn module_tool(tool: &tools::Tool, agent: AgentArgs) -> tools::Result<()> {

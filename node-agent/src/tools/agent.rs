@@ -67,6 +67,11 @@ pub fn start_agent(id: &ModuleId) -> Result<()> {
         ".config/systemd/user",
         WANTS_DIR,
     ])?;
+    print_agent_state(&user, id)
+}
+
+/// Prints the module-agent's ActiveState, as its user's manager reports it.
+fn print_agent_state(user: &ModuleUser, id: &ModuleId) -> Result<()> {
     let (_, status) = quiet_stdout_of(user.command("module-sdk").args(["unit", "status", UNIT]))?;
     println!("module-agent of {id}: {}", active_state(&status));
     Ok(())
@@ -189,9 +194,7 @@ fn one_agent(action: AllAgents, id: &ModuleId) -> Result<()> {
         }
         AllAgents::Stop => user_unit(&user, &["stop", UNIT])?,
     }
-    let (_, status) = quiet_stdout_of(user.command("module-sdk").args(["unit", "status", UNIT]))?;
-    println!("module-agent of {id}: {}", active_state(&status));
-    Ok(())
+    print_agent_state(&user, id)
 }
 
 /// Why a module's agent must be restarted to run what is installed, if it must.
