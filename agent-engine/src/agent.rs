@@ -108,6 +108,13 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
     if let Some(e) = fatal.take() {
         return Err(e);
     }
+    let mut reader = QueueReader::new(target.clone(), store.prefix.queue(), &cfg.name);
+    match reader.connect().await {
+        Ok(()) => {}
+        // Redis went away since the checks above: the dispatch loop reconnects with a backoff.
+        Err(Error::Redis(e)) if is_transient(&e) => reader.reset(),
+        Err(e) => return Err(e),
+    }
     if let Some(event) = &cfg.startup_event {
         if store.enqueue_startup(event).await? {
             tracing::info!(%event, "startup event queued");
@@ -137,7 +144,7 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
     let tracker = TaskTracker::new();
     let kill_now = CancellationToken::new();
     let result = dispatch_loop(
-        &ctx, &target, &step_env, &running, &tracker, &kill_now, &fatal,
+        &ctx, reader, &step_env, &running, &tracker, &kill_now, &fatal,
     )
     .await;
     if let Err(e) = &result {
@@ -221,7 +228,7 @@ async fn heartbeat_loop(ctx: AgentCtx) {
 
 async fn dispatch_loop(
     ctx: &AgentCtx,
-    target: &Target,
+    mut reader: QueueReader,
     step_env: &StepEnv,
     running: &Running,
     tracker: &TaskTracker,
@@ -231,7 +238,6 @@ async fn dispatch_loop(
     let (cfg, shutdown, store) = (&ctx.cfg, &ctx.shutdown, &ctx.store);
     let permits = Arc::new(Semaphore::new(cfg.concurrency));
     let in_flight: InFlight = Default::default();
-    let mut reader = QueueReader::new(target.clone(), store.prefix.queue(), &cfg.name);
     let mut backoff = Backoff::default();
     loop {
         let permit = tokio::select! {

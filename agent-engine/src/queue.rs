@@ -61,22 +61,29 @@ impl QueueReader {
         self.buffered.clear();
     }
 
+    /// Opens the blocking connection unless it is open. The agent calls it before it says it is
+    /// ready, so every connection it needs is logged in by then: a password rotated after "ready"
+    /// does not turn the agent's first queue read into a refused login.
+    pub async fn connect(&mut self) -> Result<()> {
+        if self.conn.is_none() {
+            let mut conn = self.target.blocking(Some(BLOCK)).await?;
+            redis::cmd("CLIENT")
+                .arg("SETNAME")
+                .arg(&self.client_name)
+                .query_async::<()>(&mut conn)
+                .await?;
+            self.conn = Some(conn);
+        }
+        Ok(())
+    }
+
     /// The next entry to run, or `None` when the blocking read timed out.
     pub async fn next(&mut self, in_flight: &InFlight) -> Result<Option<RawEntry>> {
         loop {
             if let Some(e) = self.buffered.pop_front() {
                 return Ok(Some(e));
             }
-            if self.conn.is_none() {
-                let mut conn = self.target.blocking(Some(BLOCK)).await?;
-                redis::cmd("CLIENT")
-                    .arg("SETNAME")
-                    .arg(&self.client_name)
-                    .query_async::<()>(&mut conn)
-                    .await?;
-                self.conn = Some(conn);
-            }
-            let conn = self.conn.as_mut().expect("connected above");
+            self.connect().await?;
             let mut cmd = redis::cmd("XREADGROUP");
             cmd.arg("GROUP")
                 .arg(QUEUE_GROUP)
@@ -92,6 +99,7 @@ impl QueueReader {
                     .arg(&self.queue)
                     .arg(">"),
             };
+            let conn = self.conn.as_mut().expect("connected above");
             let reply: Value = cmd.query_async(conn).await?;
             let entries = parse_read_reply(reply);
             if self.pending_cursor.is_some() {

@@ -886,6 +886,14 @@ fn steps_get_a_rotated_password_without_an_agent_restart() {
     std::fs::write(&creds, "REDIS_PASSWORD=old-pass-1234\n").unwrap();
     let mut agent = node_agent_with_credentials(&redis, &redis.url(), "rot0", &dirs, &creds);
     let mut con = redis.conn();
+    // Ready means logged in on every connection the agent keeps (commands, events, queue reads):
+    // one opened after "ready" would meet the rotated password below and be refused.
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut con).unwrap();
+    let named = clients
+        .lines()
+        .filter(|l| l.split(' ').any(|f| f == "name=agent:rot0"))
+        .count();
+    assert_eq!(named, 3, "connections of the agent at ready:\n{clients}");
     // Rotate: the server takes only the new password from now on (open connections stay logged in).
     set_requirepass(&mut con, "new-pass-5678");
     std::fs::write(&creds, "REDIS_PASSWORD=new-pass-5678\n").unwrap();
