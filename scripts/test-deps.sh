@@ -5,12 +5,16 @@
 #                                 is not used)
 #   libclang-dev, nettle-dev, pkg-config   sequoia-openpgp's nettle backend (module-signing)
 #   debootstrap, systemd-container, binutils, iproute2   the real systemd nodes of tests/node
+#   wireguard-go, wireguard-tools, iputils-ping   tests/tests/vpn.rs: userspace WireGuard (these
+#                                 machines have no wireguard kernel module), `wg show`, ping through
+#                                 the tunnel (--no-install-recommends: wireguard-tools would pull in
+#                                 a kernel image)
 #   dpkg-dev                      dpkg-shlibdeps, with which cargo-deb computes the package's library
 #                                 dependencies; cargo-deb itself comes from crates.io (scripts/package.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
-packages=(redis-server redis-tools libclang-dev nettle-dev pkg-config debootstrap systemd-container binutils iproute2 dpkg-dev)
+packages=(redis-server redis-tools libclang-dev nettle-dev pkg-config debootstrap systemd-container binutils iproute2 dpkg-dev wireguard-go wireguard-tools iputils-ping)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

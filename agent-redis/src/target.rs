@@ -33,6 +33,8 @@ pub struct Target {
     credentials: Option<Credentials>,
     resp2: Client,
     resp3: Client,
+    /// Whether connections go to the leader when this server is a replica ([`Target::leader`]).
+    follow: bool,
 }
 
 impl std::fmt::Debug for Target {
@@ -73,7 +75,75 @@ impl Target {
             credentials,
             resp2,
             resp3,
+            follow: true,
         })
+    }
+
+    /// The server that takes the writes: this one, or — when this one is a replica (`ROLE`) — the
+    /// leader it replicates, at the address it replicates from, with the same credentials (every
+    /// node's Redis has the same users). A user that may not run `ROLE` (ACL users made before
+    /// the cluster) and a server that is not a replica keep this target.
+    ///
+    /// Every connection below is made to this server: agents and tools are pointed at the local
+    /// Redis of their node, which tells them where the leader is — and after a failover it is
+    /// the local Redis that Sentinel repoints, so a reconnection follows it.
+    pub async fn leader(&self) -> RedisResult<Target> {
+        if !self.follow {
+            return Ok(self.clone());
+        }
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT));
+        let mut conn = self
+            .resp2
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await?;
+        let role = redis::cmd("ROLE").query_async(&mut conn).await;
+        self.follow(role)
+    }
+
+    /// [`Target::leader`] for synchronous callers.
+    pub fn leader_blocking(&self, connect: Duration, io: Duration) -> RedisResult<Target> {
+        if !self.follow {
+            return Ok(self.clone());
+        }
+        let mut con = self.resp2.get_connection_with_timeout(connect)?;
+        con.set_read_timeout(Some(io))?;
+        con.set_write_timeout(Some(io))?;
+        let role = redis::cmd("ROLE").query(&mut con);
+        self.follow(role)
+    }
+
+    fn follow(&self, role: RedisResult<redis::Value>) -> RedisResult<Target> {
+        let role = match role {
+            Ok(v) => v,
+            Err(e) if crate::class::is_denied(&e) => return Ok(self.clone()),
+            Err(e) => return Err(e),
+        };
+        let Some((host, port)) = leader_of_role(&role) else {
+            return Ok(self.clone());
+        };
+        let at = |c: &Client| {
+            c.get_connection_info()
+                .clone()
+                .set_addr(redis::ConnectionAddr::Tcp(host.clone(), port))
+        };
+        Ok(Target {
+            masked: format!("redis://{host}:{port} (the leader, from {})", self.masked),
+            credentials: self.credentials.clone(),
+            resp2: Client::open(at(&self.resp2))?,
+            resp3: Client::open(at(&self.resp3))?,
+            follow: false,
+        })
+    }
+
+    /// This very server, replica or not: for reads that must work while the leader cannot be
+    /// reached (a node's VPN peers at boot come from its local replica).
+    pub fn here(&self) -> Target {
+        Target {
+            follow: false,
+            ..self.clone()
+        }
     }
 
     /// The URL with every password masked, for messages.
@@ -104,7 +174,8 @@ impl Target {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
-        ConnectionManager::new_with_config(self.resp2.clone(), cfg).await
+        let leader = self.leader().await?;
+        ConnectionManager::new_with_config(leader.resp2, cfg).await
     }
 
     /// A plain connection for short commands (no reconnection: for a tool's few commands, where a
@@ -113,7 +184,9 @@ impl Target {
         let cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(COMMAND_TIMEOUT));
-        self.resp2
+        self.leader()
+            .await?
+            .resp2
             .get_multiplexed_async_connection_with_config(&cfg)
             .await
     }
@@ -125,7 +198,10 @@ impl Target {
         connect: Duration,
         io: Duration,
     ) -> RedisResult<redis::Connection> {
-        let con = self.resp2.get_connection_with_timeout(connect)?;
+        let con = self
+            .leader_blocking(connect, io)?
+            .resp2
+            .get_connection_with_timeout(connect)?;
         con.set_read_timeout(Some(io))?;
         con.set_write_timeout(Some(io))?;
         Ok(con)
@@ -137,7 +213,9 @@ impl Target {
         let cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(block.map(|b| b + COMMAND_TIMEOUT));
-        self.resp2
+        self.leader()
+            .await?
+            .resp2
             .get_multiplexed_async_connection_with_config(&cfg)
             .await
     }
@@ -151,16 +229,57 @@ impl Target {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(COMMAND_TIMEOUT))
             .set_push_sender(pushes);
-        self.resp3
+        self.leader()
+            .await?
+            .resp3
             .get_multiplexed_async_connection_with_config(&cfg)
             .await
     }
+}
+
+/// The leader's address in a `ROLE` reply of a replica (`slave`, host, port, state, offset).
+fn leader_of_role(role: &redis::Value) -> Option<(String, u16)> {
+    use redis::Value;
+    let Value::Array(items) = role else {
+        return None;
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    if text(items.first()?)?.as_str() != "slave" {
+        return None;
+    }
+    let host = text(items.get(1)?)?;
+    let port = match items.get(2)? {
+        Value::Int(p) => u16::try_from(*p).ok()?,
+        other => text(other)?.parse().ok()?,
+    };
+    (!host.is_empty() && host != "?").then_some((host, port))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Password;
+
+    #[test]
+    fn the_leader_is_read_from_a_replica_role_only() {
+        use redis::Value;
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let replica = Value::Array(vec![
+            b("slave"),
+            b("10.5.4.1"),
+            Value::Int(6379),
+            b("connected"),
+            Value::Int(10),
+        ]);
+        assert_eq!(leader_of_role(&replica), Some(("10.5.4.1".into(), 6379)));
+        let master = Value::Array(vec![b("master"), Value::Int(0), Value::Array(vec![])]);
+        assert_eq!(leader_of_role(&master), None);
+        assert_eq!(leader_of_role(&Value::Nil), None);
+    }
 
     #[test]
     fn credentials_override_the_url_and_nothing_shows_the_password() {

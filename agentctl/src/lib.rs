@@ -6,6 +6,8 @@
 
 mod agent;
 mod cancel;
+mod cluster;
+mod cluster_join;
 mod conn;
 mod explain;
 mod fail;
@@ -58,6 +60,10 @@ enum Cmd {
     /// package runs it; idempotent); `status` shows Redis, ACL users, agents and modules.
     #[command(subcommand, long_about = node::LONG_ABOUT)]
     Node(node::NodeCmd),
+    /// The cluster: `create` makes this node the leader of a new one (WireGuard VPN, Redis on
+    /// the VPN address), `token` prints a join token, `status` shows nodes and tokens.
+    #[command(subcommand, long_about = cluster::LONG_ABOUT)]
+    Cluster(cluster::ClusterCmd),
 }
 
 const AFTER_SHORT_HELP: &str = "\
@@ -131,6 +137,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Explain(args) => return explain::main(args, &cli.redis),
         Cmd::Redis(cmd) => return redis_admin::main(&cli.redis, cmd),
         Cmd::Node(cmd) => return node::main(&cli.redis, cmd),
+        Cmd::Cluster(cmd) => return cluster::main(&cli.redis, cmd),
         _ => cli.redis.load()?,
     };
     runtime()?.block_on(async move {
@@ -143,6 +150,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             Cmd::Explain(_) => unreachable!("handled without Redis above"),
             Cmd::Redis(_) => unreachable!("handled by redis_admin above"),
             Cmd::Node(_) => unreachable!("handled by node above"),
+            Cmd::Cluster(_) => unreachable!("handled by cluster above"),
         }
     })
 }

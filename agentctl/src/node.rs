@@ -316,7 +316,69 @@ fn exec_start_for(server: &Server, vendor_unit_text: &str) -> Result<String> {
     }
 }
 
+/// The addresses Redis listens on: loopback, and the node's VPN address once it is in a cluster
+/// (`agentctl cluster`'s vpn.env), so other nodes reach it over the VPN and nowhere else.
+///
+/// Protected mode refuses every client that is not on loopback while the `default` user has no
+/// password (ours is read-only without one): on the VPN it would refuse the other nodes, replicas
+/// included. There the bind keeps Redis off every other network, and only nodes that WireGuard
+/// admitted reach the VPN address.
+fn bind_line(vpn: Option<std::net::Ipv4Addr>) -> String {
+    match vpn {
+        None => "# Loopback only until the node joins a cluster.\nbind 127.0.0.1 -::1\nprotected-mode yes"
+            .into(),
+        Some(a) => format!(
+            "# Loopback and the cluster's VPN (agentctl cluster); protected mode would refuse the\n\
+             # other nodes (docs/CLUSTER.md).\nbind 127.0.0.1 -::1 {a}\nprotected-mode no"
+        ),
+    }
+}
+
+/// Rewrites the configuration file an earlier setup wrote so that it binds the VPN address of
+/// vpn.env too (`agentctl cluster`: the running server was told live). No file, no change.
+pub(crate) fn rewrite_conf_for_vpn() -> Result<()> {
+    for flavour in [Flavour::Redis, Flavour::Valkey] {
+        let server = Server::of(flavour);
+        let conf = server.agent_conf();
+        let Some(fsync) = chosen_fsync(&conf) else {
+            continue;
+        };
+        let owner =
+            std::fs::metadata(&conf).with_context(|| format!("cannot read {}", conf.display()))?;
+        ensure_file(
+            &conf,
+            &agent_conf_text(&server, fsync),
+            0o640,
+            Some((owner.uid(), owner.gid())),
+        )?;
+    }
+    Ok(())
+}
+
+/// On a node that joined a cluster: its Redis replicates the leader's over the VPN, logged in as
+/// the node's own ACL user (the credentials node-agent uses).
+fn replica_lines(vpn: Option<&core_events::cluster::LocalVpn>) -> String {
+    let Some(leader) = vpn.and_then(|v| v.leader) else {
+        return String::new();
+    };
+    let creds = agent_redis::Credentials::from_file(Path::new("/etc/agent/redis.env")).ok();
+    let mut text = format!(
+        "# A replica of the leader's Redis over the VPN (agentctl cluster join).\n\
+         replicaof {leader} 6379\n"
+    );
+    if let Some(c) = creds {
+        if let Some(u) = &c.username {
+            let _ = writeln!(text, "masteruser {u}");
+        }
+        let _ = writeln!(text, "masterauth {}", c.password.expose());
+    }
+    text
+}
+
 fn agent_conf_text(server: &Server, fsync: Fsync) -> String {
+    let vpn = crate::cluster::local_vpn();
+    let bind = bind_line(vpn.as_ref().map(|v| v.address));
+    let replica = replica_lines(vpn.as_ref());
     format!(
         "{OWNED_HEADER}\n\
          # Debian's own configuration first; what follows overrides it (docs/SECURITY.md).\n\
@@ -324,11 +386,10 @@ fn agent_conf_text(server: &Server, fsync: Fsync) -> String {
          # Durable: every acknowledged write is in the append-only file (loss window: docs/PROTOCOL.md).\n\
          appendonly yes\n\
          appendfsync {fsync}\n\
-         # Loopback only until the node joins a cluster.\n\
-         bind 127.0.0.1 -::1\n\
-         protected-mode yes\n\
+         {bind}\n\
          # The ACL users of the security model (agentctl redis setup), saved by ACL SAVE.\n\
-         aclfile {aclfile}\n",
+         aclfile {aclfile}\n\
+         {replica}",
         debian = server.debian_conf,
         fsync = fsync.as_str(),
         aclfile = server.aclfile().display(),
@@ -760,6 +821,7 @@ async fn status(redis: &RedisArgs, args: StatusArgs) -> Result<i32> {
             );
         }
     }
+    let _ = writeln!(out, "cluster:     {}", cluster_line(&mut conn, &node).await);
     let node_alive = alive(&mut conn, Prefix::node(node.clone()).heartbeat()).await?;
     let _ = writeln!(
         out,
@@ -795,6 +857,37 @@ async fn status(redis: &RedisArgs, args: StatusArgs) -> Result<i32> {
     }
     print!("{out}");
     Ok(0)
+}
+
+/// Where the node stands in a cluster: none, or its role, VPN address and WireGuard backend.
+async fn cluster_line(conn: &mut MultiplexedConnection, node: &AgentName) -> String {
+    use core_events::cluster as wire;
+    let Some(vpn) = crate::cluster::local_vpn() else {
+        return "none (agentctl cluster create, or join)".into();
+    };
+    let leader: Option<String> = redis::cmd("GET")
+        .arg(wire::leader())
+        .query_async(conn)
+        .await
+        .unwrap_or(None);
+    let backend: Option<String> = redis::cmd("HGET")
+        .arg(wire::node_vpn(node))
+        .arg(wire::vpn_field::BACKEND)
+        .query_async(conn)
+        .await
+        .unwrap_or(None);
+    let role = match leader.as_deref() {
+        Some(l) if l == node.as_str() => "the leader".to_string(),
+        Some(l) => format!("a member (leader {l})"),
+        None => "joining (no leader known yet)".to_string(),
+    };
+    format!(
+        "{role}; VPN {} on {} ({} backend), endpoint {}",
+        vpn.address,
+        vpn.interface,
+        backend.as_deref().unwrap_or("unknown"),
+        vpn.endpoint
+    )
 }
 
 /// `ACL LIST`: one line per user, in the aclfile's format.

@@ -326,7 +326,8 @@ pub(crate) fn short_hostname() -> Result<String> {
     Ok(host.split('.').next().unwrap_or_default().to_string())
 }
 
-/// Connects with, in order: `--redis-credentials`; the URL's own credentials; `implicit_admin` if
+/// Connects to the node's own Redis (a replica on a cluster member: it is not followed to the
+/// leader) with, in order: `--redis-credentials`; the URL's own credentials; `implicit_admin` if
 /// that file exists (falling back to no credentials when Redis refuses it: a fresh server).
 pub(crate) async fn connect_admin(
     redis: &RedisArgs,
@@ -372,9 +373,10 @@ pub(crate) async fn connect_admin(
 }
 
 /// A connection whose commands may take up to `agent_redis::COMMAND_TIMEOUT` (`ACL SAVE` writes and
-/// fsyncs a file).
+/// fsyncs a file) — to this very server, replica or not: administration is of the node's own
+/// Redis (its ACL users, its configuration, its replication), never silently of the leader's.
 async fn open(target: &Target) -> redis::RedisResult<MultiplexedConnection> {
-    target.connection().await
+    target.here().connection().await
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! Every other crate speaks the protocol through it, so a name can never drift between a writer and a
 //! reader. It is pure: no tokio, no Redis, no filesystem — only validation, builders and serde types.
 
+pub mod cluster;
 pub mod exit;
 pub mod keys;
 pub mod module_env;

@@ -62,7 +62,7 @@ impl Identity {
     }
 
     /// The private key as `AGE-SECRET-KEY-1…`, in memory that is zeroed on drop.
-    pub(crate) fn to_secret_string(&self) -> Zeroizing<String> {
+    pub fn to_secret_string(&self) -> Zeroizing<String> {
         Zeroizing::new(self.key.to_string().expose_secret().to_string())
     }
 }

@@ -45,6 +45,23 @@ enum Command {
         #[command(subcommand)]
         action: tools::agent::AllAgents,
     },
+    /// The node's WireGuard end of the cluster's full mesh: key, interface, peers from Redis.
+    ///
+    /// `key` makes the private key (once) and prints the public key; `up` brings the interface up
+    /// (backend chosen explicitly: kernel or wireguard-go); `sync` publishes node/NODE/vpn and
+    /// makes the peers exactly the other nodes' records, without re-creating the interface;
+    /// `status` shows it; `down` removes it. Run as root.
+    #[command(after_help = tools::vpn::after_help())]
+    Vpn {
+        #[command(subcommand)]
+        cmd: tools::vpn::VpnCmd,
+    },
+    /// The leader's side of a join (`cluster admit`, the step of cluster.admit). Same --name and
+    /// Redis flags/environment as the daemon. Exit codes as for the module tools.
+    Cluster {
+        #[command(subcommand)]
+        tool: tools::cluster::ClusterTool,
+    },
     /// Internal: run by module.init/20redis-user as the module's user, to write its credentials
     /// file (the text on stdin) atomically with mode 0600.
     #[command(name = tools::keys::WRITE_CREDENTIALS, hide = true)]
@@ -57,7 +74,7 @@ Example: redis-cli PUBLISH \"$(hostname -s)\":module.init hello0
 Environment of a step: AGENT_NAME, AGENT_KIND, AGENT_KEY_PREFIX, AGENT_EVENT, AGENT_RUN_ID,
 AGENT_ATTEMPT, AGENT_STEP, REDIS_URL (the agent's own credentials).
 Per-event settings: <events-dir>/<event>/.timeout (seconds), .retries (restarts after a crash).
-Module tools: node-agent module --help.
+Module tools: node-agent module --help. The node's VPN: node-agent vpn --help.
 See docs/PROTOCOL.md for every key and channel, imageroot/README.md for the module lifecycle.";
 
 const MODULE_AFTER_HELP: &str = "\
@@ -86,6 +103,14 @@ pub fn main() -> anyhow::Result<()> {
         Some(Command::ModuleAgents { action }) => {
             exit_with("node-agent module-agents", tools::agent::all_agents(action))
         }
+        Some(Command::Vpn { cmd }) => {
+            let label = format!("node-agent vpn {}", cmd.name());
+            exit_with(&label, tools::vpn::run(cmd, cli.agent, tool_ctx))
+        }
+        Some(Command::Cluster { tool }) => exit_with(
+            &format!("node-agent cluster {}", tool.name()),
+            tool_ctx(cli.agent).and_then(|ctx| tools::cluster::run(&tool, &ctx)),
+        ),
         Some(Command::Module { tool }) => {
             let label = tools::message_label(&tool, std::env::var(step_env::AGENT_EVENT).ok());
             exit_with(&label, module_tool(&tool, cli.agent))
@@ -106,6 +131,11 @@ fn exit_with(label: &str, result: tools::Result<()>) -> ! {
 }
 
 fn module_tool(tool: &tools::Tool, agent: AgentArgs) -> tools::Result<()> {
+    tools::run(tool, &tool_ctx(agent)?)
+}
+
+/// The tools' context from the daemon's flags: the node's name and its Redis.
+fn tool_ctx(agent: AgentArgs) -> tools::Result<tools::Ctx> {
     let cfg = agent
         .into_config(AgentKind::Node)
         .map_err(|e| tools::ToolError::Config(e.to_string()))?;
@@ -117,5 +147,5 @@ fn module_tool(tool: &tools::Tool, agent: AgentArgs) -> tools::Result<()> {
         redis_url: cfg.redis_url.clone(),
         rollback: tools::is_rollback(std::env::var_os(step_env::AGENT_ROLLBACK).as_deref()),
     };
-    tools::run(tool, &ctx)
+    Ok(ctx)
 }

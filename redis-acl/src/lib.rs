@@ -20,4 +20,4 @@ pub use ops::{
     AgentOutcome, CredentialsFile, CredentialsStore, PasswordSource, Persistence, RemoveOutcome,
     RotateOutcome, SetupOptions, SetupOutcome, UserOutcome,
 };
-pub use rules::{agent_user, DefaultPolicy, ADMIN_USER, DEFAULT_USER};
+pub use rules::{agent_rules, agent_user, join_rules, DefaultPolicy, ADMIN_USER, DEFAULT_USER};

@@ -9,7 +9,7 @@
 //! here: a renamed key or channel in the protocol moves the ACL with it.
 
 use core_events::keys::{self, glob_escape};
-use core_events::{AgentKind, AgentName, Prefix};
+use core_events::{AgentKind, AgentName, EventName, Prefix};
 
 /// The sysadmin's user: every command, key and channel.
 pub const ADMIN_USER: &str = keys::ACL_ADMIN_USER;
@@ -119,6 +119,8 @@ pub fn module_rules(id: &AgentName) -> Vec<String> {
     rules.extend(["&*", "+@all"].map(String::from));
     rules.extend(CONFINED_DENIED.iter().map(|s| s.to_string()));
     rules.push("-publish".into());
+    // Which server leads: a module's agent on a replica node follows it to the leader.
+    rules.push("+role".into());
     rules.push(xreadgroup_selector(&[own]));
     let channels: Vec<String> = own_channel_patterns(id)
         .into_iter()
@@ -146,7 +148,9 @@ pub fn node_rules(name: &AgentName) -> Vec<String> {
     rules.push(format!("~{}", glob_escape(&keys::agent_registry())));
     rules.extend(["&*", "+@all"].map(String::from));
     rules.extend(CONFINED_DENIED.iter().map(|s| s.to_string()));
-    rules.extend(["+acl", "+info"].map(String::from));
+    // `+psync +replconf`: the node's Redis is a replica of the leader's, logged in as this user
+    // (`masteruser`); `+role`: agents ask their local Redis which server leads.
+    rules.extend(["+acl", "+info", "+psync", "+replconf", "+role"].map(String::from));
     rules.push(xreadgroup_selector(&[own]));
     rules
 }
@@ -157,6 +161,43 @@ pub fn agent_rules(kind: AgentKind, name: &AgentName) -> Vec<String> {
         AgentKind::Module => module_rules(name),
         AgentKind::Node => node_rules(name),
     }
+}
+
+/// Rules of a join token's user `join-<id>` (`core_events::cluster::join_acl_user`), whose
+/// password is the token's secret: what a node that is not yet a member needs to ask to join —
+/// read the VPN settings and records, write its request under `cluster/join/<id>/*` and read the
+/// reply there, publish the leader's `cluster.admit` event. Nothing else: no other key, no other
+/// channel, no administration.
+pub fn join_rules(token_id: &str, leader: &AgentName, admit: &EventName) -> Vec<String> {
+    vec![
+        "reset".into(),
+        "on".into(),
+        format!("%R~{}", glob_escape(&core_events::cluster::cluster_vpn())),
+        format!("%R~{}", glob_escape(&core_events::cluster::leader())),
+        format!("%R~{}", core_events::cluster::node_vpn_pattern()),
+        format!("~{}", core_events::cluster::join_token_keys(token_id)),
+        format!(
+            "%R~{}",
+            glob_escape(&core_events::cluster::join_token(token_id))
+        ),
+        // The leader's version (its heartbeat) and the names taken: checked before asking.
+        format!(
+            "%R~{}",
+            glob_escape(&Prefix::node(leader.clone()).heartbeat())
+        ),
+        format!("%R~{}", glob_escape(&keys::agent_registry())),
+        "resetchannels".into(),
+        format!("&{}", glob_escape(&keys::event_channel(leader, admit))),
+        "-@all".into(),
+        "+@connection".into(),
+        "+hset".into(),
+        "+hgetall".into(),
+        "+hget".into(),
+        "+get".into(),
+        "+expireat".into(),
+        "+time".into(),
+        "+publish".into(),
+    ]
 }
 
 /// Rules of [`ADMIN_USER`]: everything.

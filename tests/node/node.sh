@@ -2,18 +2,28 @@
 # node-in-a-box: real systemd nodes for integration tests (issue 4, part 1).
 #
 #   node.sh rootfs            build (once) and cache the Debian base rootfs; prints its path
-#   node.sh up NAME [--events DIR]...
+#   node.sh up NAME [--events DIR]... [--lab LAB --address ADDR/PREFIX]
 #                             boot node NAME (systemd-nspawn --boot, own network namespace), then
 #                             install the project's Debian package in it (`apt-get install ./agent…deb`,
 #                             whose postinst runs `agentctl node setup`); --events trees are copied to
-#                             /usr/local/share/agent/node-events (a hand install's directory)
+#                             /usr/local/share/agent/node-events (a hand install's directory); with --lab
+#                             the node gets eth0 with the IPv4 ADDR/PREFIX, a veth into the lab's bridge
 #   node.sh exec NAME CMD...  run CMD inside the node (clean environment, exit code passed through)
 #   node.sh shell NAME        interactive root shell inside the node
 #   node.sh status NAME       is it running? (exit 0 = booted)
 #   node.sh reboot NAME       power the node off and boot it again (root, homes, containers are kept)
-#   node.sh down NAME         stop the node and remove everything `up` created (also after a failed up)
+#   node.sh kill NAME         power cut: SIGKILL every process of the node at once, no shutdown, and
+#                             its eth0 down; root, homes, containers, netns and address are kept
+#   node.sh boot NAME         boot a killed node again (same root; eth0 up, same address)
+#   node.sh down NAME         stop the node and remove everything `up` created (also after a failed up
+#                             or a kill)
 #   node.sh list              nodes that have state under the run dir
-#   node.sh prune             `down` every node and remove stray agentnode-* namespaces (after a killed test run)
+#   node.sh lab-up LAB        network namespace agentlab-LAB with a bridge br0 (idempotent)
+#   node.sh lab-down LAB      delete the lab's namespace: every node's eth0 in it goes too
+#   node.sh cut NAME          network partition: the node's veth port on the lab bridge down
+#   node.sh heal NAME         and up again
+#   node.sh prune             `down` every node, remove stray agentnode-* and agentlab-* namespaces
+#                             (after a killed test run; it takes down every session's nodes)
 #
 # Must run as root. Environment:
 #   AGENT_NODE_CACHE   cache dir of base rootfs trees   (default /var/cache/agent-test-nodes)
@@ -21,8 +31,9 @@
 #   AGENT_NODE_MIRROR  Debian mirror                     (default: the one apt uses)
 #   AGENT_NODE_TARGET  dir with the built binaries       (default <repo>/target/debug)
 #   AGENT_NODE_DEB     the package to install            (default: scripts/package.sh --profile dev
-#                      of those binaries, into <repo>/target/debian/nodes, made again when older
-#                      than the binaries or the packaged files)
+#                      of those binaries, into AGENT_NODE_TARGET/../debian/nodes — so
+#                      <repo>/target/debian/nodes by default —, made again when older than the
+#                      binaries or the packaged files)
 #   AGENT_NODE_SETUP   no = install the package with AGENT_SETUP=no (node setup not run)
 #   AGENT_NODE_BOOT_TIMEOUT  seconds to wait for boot    (default 90)
 # See tests/node/README.md and docs/NODE-HARNESS.md.
@@ -38,7 +49,8 @@ SUITE=trixie
 # explicitly, or debootstrap fails to resolve podman.
 PACKAGES=(systemd systemd-sysv dbus dbus-user-session libpam-systemd redis-server iproute2 procps podman
   netavark aardvark-dns uidmap crun passt slirp4netns catatonit nftables wireguard-tools wireguard-go
-  iputils-ping ca-certificates busybox-static curl docker-registry skopeo iptables valkey-server)
+  iputils-ping ca-certificates busybox-static curl docker-registry skopeo iptables valkey-server
+  redis-sentinel valkey-sentinel)
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -64,6 +76,21 @@ need_cmd() {
 
 check_name() {
   [[ ${1:-} =~ ^[a-z][a-z0-9-]{0,30}$ ]] || die "bad node name '${1:-}': [a-z][a-z0-9-]{0,30} (it is the node's hostname)"
+}
+
+check_lab() {
+  [[ ${1:-} =~ ^[a-z][a-z0-9-]{0,30}$ ]] || die "bad lab name '${1:-}': [a-z][a-z0-9-]{0,30}"
+}
+
+# An IPv4 address with its prefix length, A.B.C.D/N: octets 0-255 without leading zeros, N 1-32.
+check_address() {
+  local a=${1:-} o
+  local oct='(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])'
+  [[ $a =~ ^$oct\.$oct\.$oct\.$oct/([1-9]|[12][0-9]|3[0-2])$ ]] ||
+    die "bad --address '$a': an IPv4 address with its prefix length, like 10.77.0.11/24"
+  o=${a%%.*}
+  { [ "$o" != 0 ] && [ "$o" -lt 224 ] && [ "$o" != 127 ]; } ||
+    die "bad --address '$a': not a unicast address (0/8, 127/8 and 224-255 are refused)"
 }
 
 mirror() {
@@ -124,6 +151,23 @@ cmd_rootfs() {
 
 node_dir() { echo "$RUNDIR/$1"; }
 netns_name() { echo "agentnode-$1"; }
+lab_netns() { echo "agentlab-$1"; }
+netns_exists() { [ -e "/run/netns/$1" ]; }
+
+# The lab-side end of node NAME's veth: v-NAME, or (an interface name has at most 15 characters)
+# v-<first 7 of NAME>-<5 hex of its sha256> for a name longer than 13.
+lab_veth_name() {
+  if [ ${#1} -le 13 ]; then
+    echo "v-$1"
+  else
+    echo "v-${1:0:7}-$(printf %s "$1" | sha256sum | cut -c1-5)"
+  fi
+}
+
+# The node's lab, address and lab-side veth as `up --lab` recorded them (empty when in no lab).
+node_lab() { cat "$(node_dir "$1")/lab" 2>/dev/null || true; }
+node_address() { cat "$(node_dir "$1")/address" 2>/dev/null || true; }
+node_veth() { cat "$(node_dir "$1")/veth" 2>/dev/null || true; }
 
 # PID 1 of the node (the init nspawn started), or nothing.
 leader_pid() {
@@ -179,7 +223,9 @@ node_package() {
     echo "$AGENT_NODE_DEB"
     return
   fi
-  local out=$REPO/target/debian/nodes profile deb b
+  # Beside the binaries' target dir: a session building into another CARGO_TARGET_DIR packages there.
+  local out profile deb b
+  out=$(dirname "$TARGET")/debian/nodes
   case $(basename "$TARGET") in
     release) profile=release ;;
     *) profile=dev ;;
@@ -214,6 +260,12 @@ install_into() {
   ln -sf /lib/systemd/system/redis-server.service "$root/etc/systemd/system/multi-user.target.wants/redis-server.service"
   # Valkey is installed too (a test runs the node on it) but not started: both listen on 6379.
   rm -f "$root/etc/systemd/system/multi-user.target.wants/valkey-server.service"
+  # Both Sentinels are installed for cluster tests, not started (both listen on 26379, and Debian's
+  # sentinel.conf watches a "mymaster" on 127.0.0.1): a test configures and starts the one it uses.
+  # (sentinel.service: the alias both claim; the package installed last got it.)
+  rm -f "$root/etc/systemd/system/multi-user.target.wants/redis-sentinel.service" \
+    "$root/etc/systemd/system/multi-user.target.wants/valkey-sentinel.service" \
+    "$root/etc/systemd/system/sentinel.service"
   # Extra node events given with --events: the directory of a hand install, searched after the
   # package's /usr/share/agent/node-events (agent-engine's default_events_dirs).
   mkdir -p "$root/usr/local/share/agent/node-events" "$root/var/local/node-events"
@@ -342,13 +394,28 @@ cmd_up() {
   local name=${1:-}
   check_name "$name"
   shift
-  local events=()
+  local events=() lab='' address=''
   while [ $# -gt 0 ]; do
     case $1 in
-      --events) events+=("$(cd "$2" && pwd)"); shift 2 ;;
+      --events) [ $# -ge 2 ] || die "up: --events needs a directory"; events+=("$(cd "$2" && pwd)"); shift 2 ;;
+      --lab) [ $# -ge 2 ] || die "up: --lab needs a lab name"; lab=$2; shift 2 ;;
+      --address) [ $# -ge 2 ] || die "up: --address needs ADDR/PREFIX"; address=$2; shift 2 ;;
       *) die "up: unknown argument $1" ;;
     esac
   done
+  # Everything is checked before anything is made.
+  if [ -n "$lab" ] || [ -n "$address" ]; then
+    if [ -z "$lab" ] || [ -z "$address" ]; then die "up: --lab and --address go together"; fi
+    check_lab "$lab"
+    check_address "$address"
+    netns_exists "$(lab_netns "$lab")" || die "lab $lab is not up: node.sh lab-up $lab"
+    local other
+    for other in "$RUNDIR"/*/; do
+      [ -f "$other/lab" ] && [ "$(cat "$other/lab")" = "$lab" ] &&
+        [ "$(cat "$other/address" 2>/dev/null)" = "$address" ] &&
+        die "up: address $address is node $(basename "$other")'s in lab $lab"
+    done
+  fi
   local dir ns base start root
   dir=$(node_dir "$name")
   ns=$(netns_name "$name")
@@ -369,11 +436,31 @@ cmd_up() {
   # Podman's overlay storage refuses an overlayfs backing: container storage (root's and, under /home,
   # every module user's) lives in plain per-node directories bound over the overlay.
   mkdir -p "$dir/containers" "$dir/home"
-  # Network: a namespace of its own with only loopback up (see README: why no veth yet).
+  # Network: a namespace of its own with loopback up, and with --lab a veth into the lab's bridge.
   ip netns add "$ns"
   ip -n "$ns" link set lo up
+  [ -z "$lab" ] || lab_attach "$name" "$lab" "$address"
   boot_node "$name" "$start"
   install_package "$name" "$start"
+}
+
+# Node NAME's network in lab LAB: a veth made in the lab's namespace (nothing in the host's), its
+# end eth0 moved into the node's namespace with ADDRESS, the other end a port of the lab's br0.
+# Recorded in the run dir (lab, address, veth) for reboot, kill, boot, cut, heal, status and down.
+lab_attach() {
+  local name=$1 lab=$2 address=$3 ns labns veth dir
+  dir=$(node_dir "$name")
+  ns=$(netns_name "$name")
+  labns=$(lab_netns "$lab")
+  veth=$(lab_veth_name "$name")
+  echo "$lab" >"$dir/lab"
+  echo "$address" >"$dir/address"
+  echo "$veth" >"$dir/veth"
+  ip -n "$labns" link add "$veth" type veth peer name eth0 netns "$ns" ||
+    die "node $name: cannot make veth $veth in lab $lab; clean up with: node.sh down $name"
+  ip -n "$labns" link set "$veth" master br0 up
+  ip -n "$ns" addr add "$address" dev eth0
+  ip -n "$ns" link set eth0 up
 }
 
 # apt-get install of the package put into the node by install_into: no network, every dependency is
@@ -390,8 +477,11 @@ install_package() {
   fi
   in_node "$leader" rm -f /var/cache/agent-test/agent.deb
   log "node $name: package installed in $(elapsed "$t0") s ($(elapsed "$start") s in all; log: $dir/install.log)"
+  local lab
+  lab=$(node_lab "$name")
   cat <<EOF
-node $name is up (init pid $leader, network namespace $(netns_name "$name"), root $dir/root)
+node $name is up (init pid $leader, network namespace $(netns_name "$name"), root $dir/root)${lab:+
+  network: eth0 $(node_address "$name") in lab $lab (bridge br0 of network namespace $(lab_netns "$lab"))}
   shell:  $0 shell $name        (or: nsenter -t $leader -a bash)
   run:    $0 exec $name systemctl status node-agent
   stop:   $0 down $name
@@ -401,7 +491,10 @@ EOF
 running_leader() {
   local l
   l=$(leader_pid "$1")
-  [ -n "$l" ] || die "node $1 is not running"
+  if [ -z "$l" ]; then
+    [ -f "$(node_dir "$1")/killed" ] && die "node $1 is not running (killed; node.sh boot $1 starts it again)"
+    die "node $1 is not running"
+  fi
   echo "$l"
 }
 
@@ -428,10 +521,26 @@ cmd_shell() {
 cmd_status() {
   local name=${1:-}
   check_name "$name"
-  local l
+  local l net='' lab
+  lab=$(node_lab "$name")
+  if [ -n "$lab" ]; then
+    net="; lab $lab, eth0 $(node_address "$name")"
+    if ! ip -n "$(lab_netns "$lab")" link show "$(node_veth "$name")" >/dev/null 2>&1; then
+      net="$net, veth gone (lab down?)"
+    elif ! ip -n "$(lab_netns "$lab")" link show "$(node_veth "$name")" | grep -q '[<,]UP[,>]'; then
+      net="$net, cut"
+    fi
+  fi
   l=$(leader_pid "$name")
-  [ -n "$l" ] || { echo "$name: not running"; return 1; }
-  echo "$name: $(in_node "$l" systemctl is-system-running 2>/dev/null || true) (init pid $l)"
+  if [ -z "$l" ]; then
+    if [ -f "$(node_dir "$name")/killed" ]; then
+      echo "$name: killed, not running (node.sh boot $name$net)"
+    else
+      echo "$name: not running${net:+ (${net#; })}"
+    fi
+    return 1
+  fi
+  echo "$name: $(in_node "$l" systemctl is-system-running 2>/dev/null || true) (init pid $l$net)"
 }
 
 # The node's own cgroup directories: in the v2 hierarchy and the named systemd one (hybrid host).
@@ -478,6 +587,86 @@ power_off() {
   remove_node_cgroups "$name"
 }
 
+# Pids in cgroup CG and every cgroup below it.
+cgroup_pids() {
+  find "$1" -name cgroup.procs -exec cat {} + 2>/dev/null || true
+}
+
+# Whether process PID exists and is not a zombie (a killed nspawn stays one until the host's init
+# reaps it).
+alive() {
+  local st
+  st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
+  [ -n "$st" ] && [ "$st" != Z ]
+}
+
+# Power cut: SIGKILL to every process of the node at once (cgroup.kill of its own v2 cgroup, else
+# each pid of its cgroups, and nspawn); no shutdown. Root, homes, containers and netns stay. A node
+# in a lab first loses its eth0 (link down; `boot` brings it up): a dead machine answers nothing,
+# while the namespace's kernel would go on answering ping and refusing TCP connections, and the
+# dying processes' FIN/RST never reach the peers, as after a real power cut.
+cmd_kill() {
+  need_root
+  local name=${1:-}
+  check_name "$name"
+  local dir npid l cg i p q
+  dir=$(node_dir "$name")
+  [ -d "$dir" ] || die "no node $name"
+  npid=$(cat "$dir/nspawn.pid" 2>/dev/null || true)
+  l=$(leader_pid "$name")
+  [ -n "$l" ] || { [ -n "$npid" ] && kill -0 "$npid" 2>/dev/null; } || die "node $name is not running"
+  if [ -n "$(node_lab "$name")" ]; then
+    ip -n "$(netns_name "$name")" link set eth0 down 2>/dev/null || log "node $name: no eth0 to take down"
+  fi
+  # The v2 cgroup.kill takes the whole tree at once; a hierarchy without one (the named v1 systemd
+  # one) holds the same processes, killed one by one only if there was no cgroup.kill.
+  local killed=''
+  for cg in $(node_cgroups "$name"); do
+    if [ -f "$cg/cgroup.kill" ] && echo 1 >"$cg/cgroup.kill"; then killed=yes; fi
+  done
+  if [ -z "$killed" ]; then
+    for cg in $(node_cgroups "$name"); do
+      for p in $(cgroup_pids "$cg"); do kill -KILL "$p" 2>/dev/null || true; done
+    done
+  fi
+  if [ -n "$npid" ]; then kill -KILL "$npid" 2>/dev/null || true; fi
+  if [ -n "$l" ]; then kill -KILL "$l" 2>/dev/null || true; fi
+  # Until every process is gone (a cgroup's pids may still be exiting), then its cgroups can go.
+  for ((i = 0; i < 100; i++)); do
+    p=
+    for cg in $(node_cgroups "$name"); do
+      [ -d "$cg" ] && p="$p $(cgroup_pids "$cg")"
+    done
+    if [ -n "$npid" ] && alive "$npid"; then p="$p $npid"; fi
+    [ -n "${p//[[:space:]]/}" ] || break
+    for q in $p; do kill -KILL "$q" 2>/dev/null || true; done
+    sleep 0.05
+  done
+  [ -z "${p//[[:space:]]/}" ] || log "node $name: processes still there after the kill: $p"
+  rm -f "$dir/leader.pid" "$dir/nspawn.pid"
+  remove_node_cgroups "$name"
+  touch "$dir/killed"
+  log "node $name killed (node.sh boot $name starts it again)"
+}
+
+# Boots a node that is not running (after `kill`) with its root, homes, containers and network.
+cmd_boot() {
+  need_root
+  local name=${1:-} dir start
+  check_name "$name"
+  dir=$(node_dir "$name")
+  [ -d "$dir/root" ] || die "no node $name: node.sh up $name"
+  [ -z "$(leader_pid "$name")" ] || die "node $name is running"
+  netns_exists "$(netns_name "$name")" || die "node $name has no network namespace: node.sh down $name"
+  start=$(now)
+  remove_node_cgroups "$name"
+  rm -f "$dir/killed"
+  if [ -n "$(node_lab "$name")" ]; then
+    ip -n "$(netns_name "$name")" link set eth0 up || log "node $name: no eth0 (was its lab taken down?)"
+  fi
+  boot_node "$name" "$start"
+}
+
 # Power off and boot again with the same root, homes and container storage: what a reboot keeps.
 cmd_reboot() {
   need_root
@@ -490,18 +679,36 @@ cmd_reboot() {
   boot_node "$name" "$start"
 }
 
+# The lab-side veth of node NAME down (cut) or up (heal): the node's eth0 loses its carrier.
+lab_port() {
+  need_root
+  local name=${2:-} lab veth
+  check_name "$name"
+  lab=$(node_lab "$name")
+  [ -n "$lab" ] || die "node $name is in no lab (up --lab LAB --address ADDR)"
+  veth=$(node_veth "$name")
+  ip -n "$(lab_netns "$lab")" link set "$veth" "$1" ||
+    die "node $name: cannot set $veth $1 in lab $lab (is the lab up?)"
+}
+
 cmd_down() {
   need_root
   local name=${1:-}
   check_name "$name"
-  local dir ns
+  local dir ns lab veth
   dir=$(node_dir "$name")
   ns=$(netns_name "$name")
+  lab=$(node_lab "$name")
+  veth=$(node_veth "$name")
   power_off "$name"
   if mountpoint -q "$dir/root" 2>/dev/null; then
     umount "$dir/root" 2>/dev/null || { sleep 0.5; umount "$dir/root" 2>/dev/null; } || umount -l "$dir/root"
   fi
-  if ip netns list | awk '{print $1}' | grep -qx "$ns"; then ip netns del "$ns"; fi
+  # Deleting the lab-side end deletes both ends of the veth (the node's namespace would take it too).
+  if [ -n "$lab" ] && [ -n "$veth" ] && netns_exists "$(lab_netns "$lab")"; then
+    ip -n "$(lab_netns "$lab")" link del "$veth" 2>/dev/null || true
+  fi
+  if netns_exists "$ns"; then ip netns del "$ns"; fi
   rm -rf "$dir"
   rmdir "$RUNDIR" 2>/dev/null || true
   log "node $name is down"
@@ -515,6 +722,40 @@ cmd_list() {
   done
 }
 
+# A network namespace agentlab-LAB with lo and a bridge br0 up: nodes' veths are its ports.
+# Nothing is added to the host's namespace. Idempotent.
+cmd_lab_up() {
+  need_root
+  need_cmd ip
+  local lab=${1:-} ns
+  check_lab "$lab"
+  ns=$(lab_netns "$lab")
+  netns_exists "$ns" || ip netns add "$ns"
+  ip -n "$ns" link set lo up
+  ip -n "$ns" link show br0 >/dev/null 2>&1 || ip -n "$ns" link add br0 type bridge
+  # No STP: a port forwards as soon as it is up (after `heal` too).
+  ip -n "$ns" link set br0 type bridge stp_state 0
+  ip -n "$ns" link set br0 up
+  echo "$ns"
+}
+
+# Deletes the lab's namespace, and with it the veths of nodes still in it: those nodes keep
+# running with no eth0 (down them first).
+cmd_lab_down() {
+  need_root
+  local lab=${1:-} ns d left=
+  check_lab "$lab"
+  ns=$(lab_netns "$lab")
+  if [ -d "$RUNDIR" ]; then
+    for d in "$RUNDIR"/*/; do
+      [ -f "$d/lab" ] && [ "$(cat "$d/lab")" = "$lab" ] && left="$left $(basename "$d")"
+    done
+  fi
+  [ -z "$left" ] || log "warning: lab $lab still has nodes:$left (their eth0 goes with it)"
+  if netns_exists "$ns"; then ip netns del "$ns"; fi
+  log "lab $lab is down"
+}
+
 cmd_prune() {
   need_root
   local d n
@@ -523,7 +764,7 @@ cmd_prune() {
       [ -d "$d" ] && cmd_down "$(basename "$d")"
     done
   fi
-  for n in $(ip netns list | awk '{print $1}' | grep '^agentnode-' || true); do
+  for n in $(ip netns list | awk '{print $1}' | grep -E '^agent(node|lab)-' || true); do
     ip netns del "$n" && log "removed stray network namespace $n"
   done
 }
@@ -536,6 +777,12 @@ case ${1:-} in
   status) shift; cmd_status "$@" ;;
   down) shift; cmd_down "$@" ;;
   reboot) shift; cmd_reboot "$@" ;;
+  kill) shift; cmd_kill "$@" ;;
+  boot) shift; cmd_boot "$@" ;;
+  lab-up) shift; cmd_lab_up "$@" ;;
+  lab-down) shift; cmd_lab_down "$@" ;;
+  cut) shift; lab_port down "$@" ;;
+  heal) shift; lab_port up "$@" ;;
   list) shift; cmd_list ;;
   prune) shift; cmd_prune ;;
   *) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 2 ;;

@@ -2,11 +2,16 @@
 //!
 //! [`Node::up`] boots a node (systemd-nspawn, own network namespace, the project installed); the node is
 //! stopped and removed on drop, also when the test fails, after printing node-agent's journal.
+//!
+//! Several nodes that talk to each other: a [`Lab`] (a network namespace with a bridge) and
+//! [`Node::up_in_lab`], which gives the node an `eth0` with an address on that bridge. A node holds
+//! its lab, so the lab goes only after its last node is down, whatever the drop order.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The repository's root directory.
@@ -23,6 +28,81 @@ fn script() -> PathBuf {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).trim().to_string()
+}
+
+/// Runs `tests/node/node.sh ARGS` (no stdin) and returns its output, whatever its exit status.
+pub fn node_sh(args: &[&str]) -> Output {
+    Command::new(script())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run node.sh")
+}
+
+/// `node.sh ARGS`, asserting success.
+fn node_sh_ok(args: &[&str]) {
+    let out = node_sh(args);
+    assert!(
+        out.status.success(),
+        "node.sh {} failed ({}):\n{}\n{}",
+        args.join(" "),
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// A unique name `<prefix><pid>-<n>` for a node or a lab.
+fn unique_name(prefix: &str) -> String {
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}{}-{}",
+        std::process::id(),
+        COUNT.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A lab (`node.sh lab-up`): network namespace `agentlab-NAME` holding a bridge `br0` into which
+/// [`Node::up_in_lab`] plugs nodes. Cheap to clone; `node.sh lab-down` when the last clone is
+/// dropped — every node in it holds one, so the lab outlives its nodes.
+#[derive(Clone)]
+pub struct Lab {
+    inner: Arc<LabGuard>,
+}
+
+struct LabGuard {
+    name: String,
+}
+
+impl Lab {
+    /// Makes a lab named `<prefix><pid>-<n>`.
+    pub fn new(prefix: &str) -> Lab {
+        let lab = Lab {
+            inner: Arc::new(LabGuard {
+                name: unique_name(prefix),
+            }),
+        };
+        node_sh_ok(&["lab-up", lab.name()]);
+        lab
+    }
+
+    /// The lab's name (its network namespace is `agentlab-<name>`).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let out = node_sh(&["lab-down", &self.name]);
+        if !out.status.success() {
+            eprintln!(
+                "node.sh lab-down {} failed: {}",
+                self.name,
+                text(&out.stderr)
+            );
+        }
+    }
 }
 
 /// Builds the project's package from the test binaries (`scripts/package.sh --profile dev
@@ -57,6 +137,8 @@ pub fn build_package(version: &str, out: &Path) -> PathBuf {
 /// A booted node; `node.sh down` on drop.
 pub struct Node {
     pub name: String,
+    /// With [`Node::up_in_lab`]: its lab (kept until the node is down) and `eth0`'s ADDR/PREFIX.
+    lab: Option<(Lab, String)>,
 }
 
 impl Node {
@@ -72,15 +154,30 @@ impl Node {
         Node::up_with(prefix, &[], &[("AGENT_NODE_SETUP", "no")])
     }
 
+    /// [`Node::up`] plugged into `lab`: the node's `eth0` has the IPv4 `address` (`ADDR/PREFIX`,
+    /// e.g. `10.77.0.11/24`) on the lab's bridge, where every other node of the lab reaches it.
+    pub fn up_in_lab(prefix: &str, lab: &Lab, address: &str, events: &[PathBuf]) -> Node {
+        Node::up_full(
+            prefix,
+            events,
+            &[],
+            Some((lab.clone(), address.to_string())),
+        )
+    }
+
     fn up_with(prefix: &str, events: &[PathBuf], env: &[(&str, &str)]) -> Node {
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "{prefix}{}-{}",
-            std::process::id(),
-            COUNT.fetch_add(1, Ordering::SeqCst)
-        );
+        Node::up_full(prefix, events, env, None)
+    }
+
+    fn up_full(
+        prefix: &str,
+        events: &[PathBuf],
+        env: &[(&str, &str)],
+        lab: Option<(Lab, String)>,
+    ) -> Node {
+        let name = unique_name(prefix);
         // The guard exists before `up`, so a failed `up` is cleaned up too.
-        let node = Node { name };
+        let node = Node { name, lab };
         let target = crate::bin("node-agent")
             .parent()
             .expect("target dir")
@@ -90,6 +187,9 @@ impl Node {
         cmd.args(["up", &node.name]);
         for e in events {
             cmd.arg("--events").arg(e);
+        }
+        if let Some((lab, address)) = &node.lab {
+            cmd.args(["--lab", lab.name(), "--address", address]);
         }
         let out = cmd
             .env("AGENT_NODE_TARGET", &target)
@@ -195,6 +295,42 @@ impl Node {
             text(&out.stderr)
         );
         eprintln!("node {} rebooted in {:?}", self.name, started.elapsed());
+    }
+
+    /// A power cut (`node.sh kill`): every process of the node is SIGKILLed at once, no shutdown.
+    /// Root, homes, container storage and network stay; [`Node::boot`] starts it again.
+    pub fn kill(&self) {
+        node_sh_ok(&["kill", &self.name]);
+    }
+
+    /// Boots a killed node again (`node.sh boot`): same root, same lab address.
+    pub fn boot(&self) {
+        let started = Instant::now();
+        node_sh_ok(&["boot", &self.name]);
+        eprintln!("node {} booted in {:?}", self.name, started.elapsed());
+    }
+
+    /// A network partition (`node.sh cut`): the node's port on the lab bridge goes down, so no
+    /// other node reaches it (its loopback and Redis go on). Panics for a node in no lab.
+    pub fn cut(&self) {
+        node_sh_ok(&["cut", &self.name]);
+    }
+
+    /// Ends [`Node::cut`] (`node.sh heal`).
+    pub fn heal(&self) {
+        node_sh_ok(&["heal", &self.name]);
+    }
+
+    /// The node's address in its lab without the prefix (`10.77.0.11`), or None in no lab.
+    pub fn ip(&self) -> Option<&str> {
+        self.lab
+            .as_ref()
+            .map(|(_, a)| a.split('/').next().unwrap_or(a))
+    }
+
+    /// The node's lab, if any.
+    pub fn lab(&self) -> Option<&Lab> {
+        self.lab.as_ref().map(|(l, _)| l)
     }
 
     /// Polls `args` inside the node (every 100 ms, for at most `timeout`) until it succeeds with

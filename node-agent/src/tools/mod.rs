@@ -17,9 +17,11 @@
 //!   undo nothing of a module that was installed before that run (field in `node/NODE/modules`).
 
 pub mod agent;
+pub mod cluster;
 pub mod image;
 pub mod keys;
 pub mod user;
+pub mod vpn;
 
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;

@@ -1,0 +1,350 @@
+//! The cluster on real Debian 13 nodes in one lab network (issue 13): `agentctl cluster create` on
+//! the first node, joins with tokens over a real WireGuard full mesh (wireguard-go), the local
+//! Redis of each member a replica of the leader's, events crossing nodes; refused joins that leave
+//! nothing; a join killed after each of its steps and run again.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agent_tests::node::{Lab, Node};
+use agent_tests::poll;
+use core_events::cluster::JoinToken;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).trim().to_string()
+}
+
+/// (exit code, stdout, stderr) of a command in the node.
+fn run(node: &Node, args: &[&str]) -> (i32, String, String) {
+    let out = node.exec(args);
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+/// A node event `hello.cluster` whose step records where it ran.
+fn events() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let ev = dir.path().join("hello.cluster");
+    std::fs::create_dir_all(&ev).unwrap();
+    let step = ev.join("10where");
+    std::fs::write(
+        &step,
+        "#!/bin/sh\necho \"ran on $(hostname) with $1\"\nhostname > /tmp/hello-cluster-ran\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&step, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().to_path_buf();
+    (dir, path)
+}
+
+fn create(leader: &Node, address: &str) -> String {
+    let ip = address.split('/').next().unwrap();
+    let (code, out, err) = run(
+        leader,
+        &[
+            "agentctl",
+            "cluster",
+            "create",
+            "--endpoint",
+            ip,
+            "--backend",
+            "userspace",
+        ],
+    );
+    assert_eq!(code, 0, "create: {out}\n{err}");
+    out
+}
+
+fn token(leader: &Node, args: &[&str]) -> String {
+    let mut all = vec!["agentctl", "cluster", "token"];
+    all.extend_from_slice(args);
+    let (code, out, err) = run(leader, &all);
+    assert_eq!(code, 0, "token: {out}\n{err}");
+    assert!(err.contains("printed once"), "{err}");
+    out
+}
+
+fn join(
+    node: &Node,
+    leader_ip: &str,
+    token: &str,
+    address: &str,
+    env: &[&str],
+) -> (i32, String, String) {
+    let ip = address.split('/').next().unwrap();
+    let mut all: Vec<&str> = vec!["env"];
+    all.extend_from_slice(env);
+    all.extend([
+        "agentctl",
+        "cluster",
+        "join",
+        leader_ip,
+        "-",
+        "--endpoint",
+        ip,
+        "--backend",
+        "userspace",
+    ]);
+    let out = node.exec_with_input(&all, token.as_bytes());
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+fn ping(from: &Node, to: &str) -> bool {
+    from.exec(&["ping", "-c1", "-W2", to]).status.success()
+}
+
+fn wait_ping(from: &Node, to: &str) {
+    poll(Duration::from_secs(30), Duration::from_millis(500), || {
+        if ping(from, to) {
+            Ok(())
+        } else {
+            Err(format!("{} cannot ping {to}", from.name))
+        }
+    })
+}
+
+#[test]
+fn create_and_two_joins_make_a_full_mesh_and_events_cross_it() {
+    let (_keep, ev) = events();
+    let lab = Lab::new("cl");
+    let n1 = Node::up_in_lab("ca", &lab, "10.77.0.11/24", std::slice::from_ref(&ev));
+    let n2 = Node::up_in_lab("cb", &lab, "10.77.0.12/24", std::slice::from_ref(&ev));
+    let n3 = Node::up_in_lab("cc", &lab, "10.77.0.13/24", std::slice::from_ref(&ev));
+
+    let out = create(&n1, "10.77.0.11");
+    assert!(out.contains("is the leader of a new cluster"), "{out}");
+    // A second create changes nothing.
+    let again = create(&n1, "10.77.0.11");
+    assert!(again.contains("nothing to do"), "{again}");
+    let status = n1.ok(&["agentctl", "node", "status"]);
+    assert!(
+        status.contains("cluster:     the leader; VPN 10.5.4.1"),
+        "{status}"
+    );
+    assert!(status.contains("userspace backend"), "{status}");
+
+    // A token is printed once; the leader keeps a hash of its secret, never the secret.
+    let t2 = token(&n1, &[]);
+    let parsed = JoinToken::decode(&t2).expect("a join token");
+    let secret = parsed.password();
+    let dump = n1.admin_redis(&["--scan"]);
+    for key in dump.lines() {
+        let kind = n1.admin_redis(&["TYPE", key]);
+        if kind == "hash" {
+            let v = n1.admin_redis(&["HGETALL", key]);
+            assert!(!v.contains(&secret), "the token's secret is in {key}");
+        }
+    }
+    let user = n1.admin_redis(&["ACL", "GETUSER", &format!("join-{}", parsed.id)]);
+    assert!(
+        !user.contains(&secret),
+        "ACL GETUSER shows the secret:\n{user}"
+    );
+
+    let (code, out, err) = join(&n2, "10.77.0.11", &t2, "10.77.0.12", &[]);
+    assert_eq!(
+        code,
+        0,
+        "join n2:\n{out}\n{err}\n{}",
+        n1.journal("node-agent")
+    );
+    assert!(out.contains("joined:"), "{out}");
+    let t3 = token(&n1, &[]);
+    let (code, out, err) = join(&n3, "10.77.0.11", &t3, "10.77.0.13", &[]);
+    assert_eq!(code, 0, "join n3:\n{out}\n{err}");
+
+    // The full mesh: the two members reach each other directly, not through the leader.
+    wait_ping(&n2, "10.5.4.3");
+    wait_ping(&n3, "10.5.4.2");
+    // Every node has the two others as peers (the leader also the used tokens, until they expire).
+    let names = [&n1, &n2, &n3].map(|n| n.name.clone());
+    for n in [&n1, &n2, &n3] {
+        poll(Duration::from_secs(20), Duration::from_millis(500), || {
+            let st = n.ok(&["node-agent", "vpn", "status", "--json"]);
+            let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+            let mut peers: Vec<String> = v["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["node"].as_str().map(String::from))
+                .filter(|p| !p.starts_with("join token"))
+                .collect();
+            peers.sort();
+            let mut want: Vec<String> = names.iter().filter(|m| **m != n.name).cloned().collect();
+            want.sort();
+            if peers == want {
+                Ok(())
+            } else {
+                Err(format!("peers of {}: {st}", n.name))
+            }
+        });
+    }
+    // The requests and answers (with their encrypted passwords) are gone from the leader.
+    let left = n1.admin_redis(&["--scan", "--pattern", "cluster/join/*/*"]);
+    assert_eq!(left, "", "join keys left on the leader");
+    let st = n1.ok(&["agentctl", "cluster", "status"]);
+    for n in [&n1, &n2, &n3] {
+        assert!(st.contains(&n.name), "{st}");
+    }
+
+    // An event published on the leader runs on node 3; its record is read on node 2's replica.
+    let receivers = n1.admin_redis(&["PUBLISH", &format!("{}:hello.cluster", n3.name), "x1"]);
+    assert_eq!(receivers, "1", "node 3's agent listens on the leader");
+    n3.wait_output(
+        &["cat", "/tmp/hello-cluster-ran"],
+        &n3.name,
+        Duration::from_secs(30),
+    );
+    let journal = format!("node/{}/journal", n3.name);
+    poll(Duration::from_secs(30), Duration::from_millis(300), || {
+        let entries = n2.admin_redis(&["XREVRANGE", &journal, "+", "-", "COUNT", "20"]);
+        if entries.contains("hello.cluster") && entries.contains("done") {
+            Ok(())
+        } else {
+            Err(format!(
+                "node 2's replica has no done hello.cluster run of node 3:\n{entries}"
+            ))
+        }
+    });
+    // agentctl works from every node: run on node 3 from node 2, followed to its end.
+    let (code, out, err) = run(
+        &n2,
+        &[
+            "agentctl",
+            "run",
+            &format!("node/{}", n3.name),
+            "hello.cluster",
+            "x2",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let status = n2.ok(&["agentctl", "node", "status"]);
+    assert!(status.contains("a member (leader"), "{status}");
+    // The member's own Redis is a replica of the leader's over the VPN.
+    let info = n2.admin_redis(&["INFO", "replication"]);
+    assert!(
+        info.contains("role:slave") && info.contains("master_host:10.5.4.1"),
+        "{info}"
+    );
+}
+
+#[test]
+fn bad_expired_and_used_up_tokens_are_refused_and_leave_nothing() {
+    let lab = Lab::new("ct");
+    let n1 = Node::up_in_lab("ta", &lab, "10.77.1.11/24", &[]);
+    let n2 = Node::up_in_lab("tb", &lab, "10.77.1.12/24", &[]);
+    let n3 = Node::up_in_lab("tc", &lab, "10.77.1.13/24", &[]);
+    create(&n1, "10.77.1.11");
+
+    let nothing_left = |n: &Node| {
+        assert!(
+            n.fails(&["test", "-e", "/etc/agent/vpn.env"]),
+            "vpn.env left on {}",
+            n.name
+        );
+        assert!(
+            n.fails(&["ip", "link", "show", "wg-agent-join"]),
+            "join interface left"
+        );
+        assert!(
+            n.fails(&["ip", "link", "show", "wg-agent"]),
+            "interface left"
+        );
+        assert!(
+            n1.admin_redis(&["EXISTS", &format!("node/{}/vpn", n.name)]) == "0",
+            "the leader has a record of {}",
+            n.name
+        );
+    };
+
+    // Not a token at all.
+    let (code, _, err) = join(&n2, "10.77.1.11", "hello", "10.77.1.12", &[]);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("agentjoin1-"), "{err}");
+    nothing_left(&n2);
+
+    // A well-formed token with a wrong secret: the leader refuses the login.
+    let good = token(&n1, &[]);
+    let mut forged = JoinToken::decode(&good).unwrap();
+    forged.secret[0] ^= 1;
+    let (code, _, err) = join(&n2, "10.77.1.11", &forged.encode(), "10.77.1.12", &[]);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("refuses the token"), "{err}");
+    nothing_left(&n2);
+
+    // The preflight alone passes with the good token and changes nothing.
+    let out = n2.exec_with_input(
+        &[
+            "agentctl",
+            "cluster",
+            "join",
+            "10.77.1.11",
+            "-",
+            "--endpoint",
+            "10.77.1.12",
+            "--backend",
+            "userspace",
+            "--check",
+        ],
+        good.as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("nothing was changed"));
+    nothing_left(&n2);
+
+    // Used up: one use, taken by node 2; node 3 is refused.
+    let (code, out, err) = join(&n2, "10.77.1.11", &good, "10.77.1.12", &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, _, err) = join(&n3, "10.77.1.11", &good, "10.77.1.13", &[]);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("used up"), "{err}");
+    nothing_left(&n3);
+
+    // Expired (its record gone, as Redis expires it).
+    let expiring = token(&n1, &[]);
+    let id = JoinToken::decode(&expiring).unwrap().id;
+    n1.admin_redis(&["DEL", &format!("cluster/join/{id}")]);
+    let (code, _, err) = join(&n3, "10.77.1.11", &expiring, "10.77.1.13", &[]);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("expired"), "{err}");
+    nothing_left(&n3);
+}
+
+#[test]
+fn a_join_killed_after_each_of_its_steps_completes_when_run_again() {
+    let lab = Lab::new("ck");
+    let n1 = Node::up_in_lab("ka", &lab, "10.77.2.11/24", &[]);
+    let n2 = Node::up_in_lab("kb", &lab, "10.77.2.12/24", &[]);
+    create(&n1, "10.77.2.11");
+    let t = token(&n1, &[]);
+    for step in ["started", "requested", "admitted", "switched"] {
+        let crash = format!("AGENT_JOIN_CRASH_AFTER={step}");
+        let (code, out, err) = join(&n2, "10.77.2.11", &t, "10.77.2.12", &[&crash]);
+        assert_ne!(code, 0, "the join was to stop after {step}:\n{out}\n{err}");
+        assert!(
+            out.contains(&format!("step:     {step} done")),
+            "{out}\n{err}"
+        );
+    }
+    let (code, out, err) = join(&n2, "10.77.2.11", &t, "10.77.2.12", &[]);
+    assert_eq!(code, 0, "{out}\n{err}\n{}", n1.journal("node-agent"));
+    assert!(out.contains("joined:"), "{out}");
+    // One node, one address, one use of the token however often it was asked.
+    wait_ping(&n2, "10.5.4.1");
+    let st = n1.ok(&["agentctl", "cluster", "status"]);
+    assert!(st.contains(&n2.name) && st.contains("10.5.4.2"), "{st}");
+    assert!(!st.contains("10.5.4.3"), "{st}");
+}
