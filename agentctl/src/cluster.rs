@@ -108,6 +108,11 @@ pub enum ClusterCmd {
     /// the join (resumable: run it again after any failure or interruption).
     #[command(after_long_help = JOIN_AFTER_HELP)]
     Join(JoinArgs),
+    /// Take a node out of the cluster (from any member): it leaves (its cluster.leave event),
+    /// the leader forgets it, every member drops it as a peer. Refused while it has modules.
+    RemoveNode(crate::cluster_leave::RemoveArgs),
+    /// Take this node out of the cluster; it goes on alone, as a fresh node.
+    Leave(crate::cluster_leave::LeaveArgs),
     /// The cluster as Redis knows it: leader, network, nodes and their VPN ends, join tokens.
     Status(StatusArgs),
 }
@@ -234,6 +239,8 @@ pub fn main(redis: &RedisArgs, cmd: ClusterCmd) -> Result<i32> {
             ClusterCmd::Token(args) => token(redis, args).await,
             ClusterCmd::Status(args) => status(redis, args).await,
             ClusterCmd::Join(args) => crate::cluster_join::join(redis, args).await,
+            ClusterCmd::RemoveNode(args) => crate::cluster_leave::remove_node(redis, args).await,
+            ClusterCmd::Leave(args) => crate::cluster_leave::leave(redis, args).await,
         }
     })
 }

@@ -758,21 +758,7 @@ async fn abort(redis: &RedisArgs, node: &AgentName) -> Result<i32> {
         }
     }
     join_interface_down();
-    if let Some(v) = crate::cluster::local_vpn() {
-        let _ = vpn_tool(&["down", "--interface", &v.interface]);
-    }
-    let _ = Command::new("systemctl")
-        .args(["disable", "--quiet", "agent-vpn.service"])
-        .status();
-    let _ = std::fs::remove_file(VPN_ENV);
-    if let Ok(mut local) = admin(redis).await {
-        let _: redis::RedisResult<()> = redis::cmd("REPLICAOF")
-            .arg("NO")
-            .arg("ONE")
-            .query_async(&mut local)
-            .await;
-    }
-    crate::node::rewrite_conf_for_vpn().context("updating Redis's configuration file")?;
+    crate::cluster_leave::on_its_own(redis).await?;
     let _ = std::fs::remove_file(state_path());
     let _ = std::fs::remove_dir(STATE_DIR);
     let _ = Command::new("systemctl")

@@ -8,6 +8,7 @@ mod agent;
 mod cancel;
 mod cluster;
 mod cluster_join;
+mod cluster_leave;
 mod conn;
 mod explain;
 mod fail;

@@ -20,7 +20,7 @@ pub const IMAGE_FIELD: &str = core_events::module_env::EVENTS_IMAGE;
 pub const MAX_IMAGE_NAME: usize = 25;
 /// The node events `add` and `remove` queue.
 const INIT_EVENT: &str = "module.init";
-const REMOVE_EVENT: &str = "module.remove";
+pub(crate) const REMOVE_EVENT: &str = "module.remove";
 /// How often `add` retries when another `add` of the same image raced it.
 const ALLOCATION_TRIES: usize = 20;
 

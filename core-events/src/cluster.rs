@@ -47,6 +47,10 @@ pub const ADMIT_EVENT: &str = "cluster.admit";
 /// the full mesh of peers (imageroot/node-events/cluster.join).
 pub const JOIN_EVENT: &str = "cluster.join";
 
+/// A member's event that takes it out of the cluster (`agentctl cluster remove-node`):
+/// imageroot/node-events/cluster.leave.
+pub const LEAVE_EVENT: &str = "cluster.leave";
+
 /// The event every member gets when a node joins or leaves: its peers made those in Redis again
 /// (imageroot/node-events/vpn.sync).
 pub const PEERS_EVENT: &str = "vpn.sync";

@@ -234,6 +234,63 @@ fn create_and_two_joins_make_a_full_mesh_and_events_cross_it() {
         info.contains("role:slave") && info.contains("master_host:10.5.4.1"),
         "{info}"
     );
+
+    // remove-node refuses a node with modules, and names them.
+    n1.admin_redis(&["HSET", &format!("node/{}/modules", n2.name), "fake1", "img"]);
+    let (code, _, err) = run(&n1, &["agentctl", "cluster", "remove-node", &n2.name]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("fake1"), "{err}");
+    n1.admin_redis(&["HDEL", &format!("node/{}/modules", n2.name), "fake1"]);
+
+    // remove-node from a member: node 3 leaves, every trace of it goes.
+    let (code, out, err) = run(&n2, &["agentctl", "cluster", "remove-node", &n3.name]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // The node's own side ends just after the leader saw it stop replicating.
+    poll(Duration::from_secs(20), Duration::from_millis(500), || {
+        if n3.fails(&["test", "-e", "/etc/agent/vpn.env"])
+            && n3.fails(&["ip", "link", "show", "wg-agent"])
+        {
+            Ok(())
+        } else {
+            Err("node 3 still has its VPN settings or interface".to_string())
+        }
+    });
+    let info = n3.admin_redis(&["INFO", "replication"]);
+    assert!(info.contains("role:master"), "{info}");
+    assert_eq!(
+        n1.admin_redis(&["--scan", "--pattern", &format!("node/{}/*", n3.name)]),
+        ""
+    );
+    assert!(!n1
+        .admin_redis(&["ACL", "USERS"])
+        .contains(&format!("node-{}", n3.name)));
+    for (n, other) in [(&n1, &n2), (&n2, &n1)] {
+        poll(Duration::from_secs(20), Duration::from_millis(500), || {
+            let st = n.ok(&["node-agent", "vpn", "status", "--json"]);
+            let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+            let peers: Vec<&str> = v["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["node"].as_str())
+                .filter(|p| !p.starts_with("join token"))
+                .collect();
+            if peers == [other.name.as_str()] {
+                Ok(())
+            } else {
+                Err(format!("peers of {} after the removal: {st}", n.name))
+            }
+        });
+    }
+    // Node 3 goes on alone: its agent works on its own Redis again.
+    poll(Duration::from_secs(30), Duration::from_millis(500), || {
+        let beat = n3.admin_redis(&["EXISTS", &format!("node/{}/heartbeat", n3.name)]);
+        if beat == "1" {
+            Ok(())
+        } else {
+            Err("node 3's agent has no heartbeat on its own Redis".to_string())
+        }
+    });
 }
 
 #[test]
@@ -321,6 +378,28 @@ fn bad_expired_and_used_up_tokens_are_refused_and_leave_nothing() {
     assert_eq!(code, 65, "{err}");
     assert!(err.contains("expired"), "{err}");
     nothing_left(&n3);
+
+    // A join stopped after the leader admitted the node, then --abort: undone on both sides.
+    let t = token(&n1, &[]);
+    let (code, out, err) = join(
+        &n3,
+        "10.77.1.11",
+        &t,
+        "10.77.1.13",
+        &["AGENT_JOIN_CRASH_AFTER=admitted"],
+    );
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        n1.admin_redis(&["EXISTS", &format!("node/{}/vpn", n3.name)]),
+        "1"
+    );
+    let (code, out, err) = run(&n3, &["agentctl", "cluster", "join", "--abort"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    nothing_left(&n3);
+    assert!(n3.fails(&["test", "-e", "/var/lib/agent/cluster/join.json"]));
+    assert!(!n1
+        .admin_redis(&["ACL", "USERS"])
+        .contains(&format!("node-{}", n3.name)));
 }
 
 #[test]
