@@ -117,7 +117,11 @@ impl State {
         self.step = step;
         let text = serde_json::to_string_pretty(self).expect("state serializes");
         write_private(&state_path(), &text)?;
-        println!("step:     {} done", step.name());
+        println!(
+            "step:     {} done ({:.1} s)",
+            step.name(),
+            started().elapsed().as_secs_f64()
+        );
         if std::env::var(CRASH_AFTER_ENV).as_deref() == Ok(step.name()) {
             eprintln!(
                 "{CRASH_AFTER_ENV}={}: stopping here (test hook)",
@@ -127,6 +131,12 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// When this command started (the steps print their time since).
+fn started() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
 }
 
 fn random_hex(n: usize) -> Result<String> {
@@ -381,6 +391,7 @@ pub async fn join(redis: &RedisArgs, args: JoinArgs) -> Result<i32> {
             "cluster join configures the network and Redis: run it as root",
         ));
     }
+    started();
     let node = node_name(args.node.clone())?;
     if args.abort {
         return abort(redis, &node).await;
@@ -703,7 +714,10 @@ pub async fn join(redis: &RedisArgs, args: JoinArgs) -> Result<i32> {
         .await?;
     let _ = std::fs::remove_file(state_path());
     let _ = std::fs::remove_dir(STATE_DIR);
-    println!("joined: {node} is a member of {leader}'s cluster, VPN address {address}");
+    println!(
+        "joined: {node} is a member of {leader}'s cluster, VPN address {address} ({:.1} s)",
+        started().elapsed().as_secs_f64()
+    );
     Ok(0)
 }
 
