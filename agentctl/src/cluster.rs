@@ -260,14 +260,8 @@ pub(crate) fn node_name(arg: Option<String>) -> Result<AgentName> {
 
 /// `HOST[:PORT]` → a socket address (a name is resolved once, here: WireGuard wants addresses).
 pub(crate) fn parse_endpoint(s: &str, default_port: u16) -> Result<SocketAddr> {
-    let with_port = if s.parse::<SocketAddr>().is_ok()
-        || s.rsplit_once(':')
-            .is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok())
-    {
-        s.to_string()
-    } else {
-        format!("{s}:{default_port}")
-    };
+    let with_port =
+        wire::endpoint_with_port(s, default_port).map_err(|e| invalid(format!("endpoint: {e}")))?;
     let addrs: Vec<SocketAddr> = with_port
         .to_socket_addrs()
         .map_err(|e| invalid(format!("endpoint {s:?}: {e}")))?
@@ -366,6 +360,19 @@ pub(crate) fn start_vpn_unit() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `node-agent vpn sync --from-config` as this node: its record published, its peers made the
+/// cluster's; what it printed.
+fn sync_peers(node: &AgentName) -> Result<String> {
+    vpn_tool(&[
+        "sync",
+        "--from-config",
+        "--node",
+        node.as_str(),
+        "--redis-credentials",
+        &node_creds(),
+    ])
 }
 
 /// node-agent beside this agentctl (a package or a build tree), else from PATH.
@@ -482,14 +489,7 @@ async fn create(redis: &RedisArgs, args: CreateArgs) -> Result<i32> {
         .hset(wire::cluster_vpn(), cluster_vpn_field::PORT, args.port)
         .query_async(&mut conn)
         .await?;
-    let sync = vpn_tool(&[
-        "sync",
-        "--from-config",
-        "--node",
-        node.as_str(),
-        "--redis-credentials",
-        &node_creds(),
-    ])?;
+    let sync = sync_peers(&node)?;
     println!("peers:    {sync}");
     if leader.is_none() {
         let _: () = conn.set(wire::leader(), node.as_str()).await?;
@@ -664,15 +664,7 @@ async fn token(redis: &RedisArgs, args: TokenArgs) -> Result<i32> {
         eprintln!("warning: Redis has no aclfile: the token's user is lost at its next restart");
     }
     // The leader's interface takes the token's key as a peer.
-    vpn_tool(&[
-        "sync",
-        "--from-config",
-        "--node",
-        node.as_str(),
-        "--redis-credentials",
-        &node_creds(),
-    ])
-    .context("the leader's interface did not take the token's key")?;
+    sync_peers(&node).context("the leader's interface did not take the token's key")?;
     eprintln!(
         "join token {id}: valid for {} node(s) until {} (printed once; the leader keeps only a hash)",
         args.uses,
@@ -745,19 +737,6 @@ async fn status(redis: &RedisArgs, _args: StatusArgs) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoints_get_the_default_port() {
-        assert_eq!(
-            parse_endpoint("192.0.2.1", 55820).unwrap(),
-            "192.0.2.1:55820".parse().unwrap()
-        );
-        assert_eq!(
-            parse_endpoint("192.0.2.1:1234", 55820).unwrap(),
-            "192.0.2.1:1234".parse().unwrap()
-        );
-        assert!(parse_endpoint("no such host.invalid", 1).is_err());
-    }
 
     #[test]
     fn expiry_is_bounded() {

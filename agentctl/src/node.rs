@@ -44,7 +44,9 @@ WHAT SETUP DOES (each only when it is not already so; a second run changes nothi
      (redis-server.service.d/50-agent.conf) starts Redis on it. AOF is switched
      on live first (CONFIG SET appendonly yes), so no key is lost by the restart.
   2. The security model: the ACL users of `agentctl redis setup` (agent-admin,
-     node-NAME, the default user read-only), credentials 0600 in /etc/agent.
+     node-NAME, the default user locked: every client authenticates), credentials
+     0600 in /etc/agent. (A read-only default user would lose every transaction of
+     the append-only file at each Redis restart: docs/SECURITY.md.)
   3. node-agent enabled and started, restarted onto new credentials.
 With --redis valkey the files are /etc/valkey/agent.conf (including Debian's
 /etc/valkey/valkey.conf) and valkey-server.service.d/50-agent.conf.
@@ -320,8 +322,8 @@ fn exec_start_for(server: &Server, vendor_unit_text: &str) -> Result<String> {
 /// (`agentctl cluster`'s vpn.env), so other nodes reach it over the VPN and nowhere else.
 ///
 /// Protected mode refuses every client that is not on loopback while the `default` user has no
-/// password (ours is read-only without one): on the VPN it would refuse the other nodes, replicas
-/// included. There the bind keeps Redis off every other network, and only nodes that WireGuard
+/// password; ours has one, so protected mode changes nothing for it, but a Redis set up before it
+/// was locked would refuse the other nodes, replicas included. There the bind keeps Redis off every other network, and only nodes that WireGuard
 /// admitted reach the VPN address.
 fn bind_line(vpn: Option<std::net::Ipv4Addr>) -> String {
     match vpn {
@@ -483,7 +485,7 @@ async fn setup(redis: &RedisArgs, args: SetupArgs) -> Result<i32> {
         report.changed(format!("{} started", server.unit));
     }
     let opts = SetupOptions {
-        default_policy: DefaultPolicy::ReadOnly,
+        default_policy: DefaultPolicy::Off,
         node: node.clone(),
         creds_dir: args.creds_dir.clone(),
     };
@@ -594,7 +596,8 @@ async fn setup(redis: &RedisArgs, args: SetupArgs) -> Result<i32> {
             }
         }
     }
-    let default_policy = "default user read-only (no writes, no PUBLISH without credentials)";
+    let default_policy =
+        "default user locked (every client authenticates; Redis replays its AOF as it: docs/SECURITY.md)";
     if default_user_rules(&mut conn).await? == default_before {
         report.in_place(default_policy);
     } else {
@@ -805,7 +808,8 @@ async fn status(redis: &RedisArgs, args: StatusArgs) -> Result<i32> {
     let default_rules = default_user_rules(&mut conn).await;
     match (users, default_rules) {
         (Ok(users), Ok(default)) => {
-            let open = default.contains(" on ") && default.contains("+@all");
+            let open =
+                default.contains(" on ") && default.contains("nopass") && default.contains("+@all");
             let state = if open {
                 "off (the default user may do everything: run agentctl node setup)"
             } else {

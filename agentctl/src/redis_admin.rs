@@ -33,7 +33,11 @@ Redis users of the security model: every agent has its own ACL user and password
   module-ID      a module-agent: reads every key, writes only module/ID/*,
                  subscribes to anything, publishes only on ID:*, cancel/ID,
                  progress/ID/* and event/ID/*; no administration
-  default        connections without credentials: read-only (public reads) or off
+  default        connections without credentials: readonly (public reads; the default
+                 here) or off (they must authenticate: what `agentctl node setup`
+                 chooses). With the append-only file on, use off: Redis replays the
+                 file as the default user, and a read-only one drops every MULTI/EXEC
+                 and multi-write script at each restart (docs/SECURITY.md)
 
 Every command is idempotent: run it again after a failure. A password already in a
 credentials file is kept. Changes are saved to the server's aclfile (ACL SAVE) when
@@ -87,14 +91,10 @@ enum DefaultArg {
 
 #[derive(Debug, Args)]
 pub struct SetupArgs {
-    /// What connections without credentials may do.
-    #[arg(
-        long = "default",
-        value_enum,
-        value_name = "POLICY",
-        default_value = "readonly"
-    )]
-    default_policy: DefaultArg,
+    /// What connections without credentials may do. Default: off when the default user is
+    /// locked already (`agentctl node setup` locks it), else readonly.
+    #[arg(long = "default", value_enum, value_name = "POLICY")]
+    default_policy: Option<DefaultArg>,
 
     /// This node's name: its user is node-NAME. Default: the short hostname, like the node-agent.
     #[arg(long, value_name = "NAME")]
@@ -162,15 +162,39 @@ async fn setup(redis: &RedisArgs, args: SetupArgs) -> Result<()> {
         None => short_hostname()?,
     };
     let node = AgentName::new(&node).map_err(|e| invalid(format!("node name {node:?}: {e}")))?;
+    let admin_creds = SetupOptions {
+        default_policy: DefaultPolicy::Off,
+        node: node.clone(),
+        creds_dir: args.creds_dir.clone(),
+    }
+    .admin_creds_path();
+    let mut conn = connect_admin(redis, &admin_creds).await?;
+    let default_policy = match args.default_policy {
+        Some(DefaultArg::Readonly) => DefaultPolicy::ReadOnly,
+        Some(DefaultArg::Off) => DefaultPolicy::Off,
+        // Never unlock what a node's setup locked: a read-only default user loses the AOF's
+        // transactions at every restart.
+        None => {
+            let lines: Vec<String> = redis::cmd("ACL")
+                .arg("LIST")
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            if lines
+                .iter()
+                .any(|l| l.starts_with("user default ") && redis_acl::is_locked_default(l))
+            {
+                DefaultPolicy::Off
+            } else {
+                DefaultPolicy::ReadOnly
+            }
+        }
+    };
     let opts = SetupOptions {
-        default_policy: match args.default_policy {
-            DefaultArg::Readonly => DefaultPolicy::ReadOnly,
-            DefaultArg::Off => DefaultPolicy::Off,
-        },
+        default_policy,
         node,
         creds_dir: args.creds_dir,
     };
-    let mut conn = connect_admin(redis, &opts.admin_creds_path()).await?;
     let done = redis_acl::setup_cluster(&mut conn, &opts)
         .await
         .map_err(explain)?;
@@ -178,7 +202,12 @@ async fn setup(redis: &RedisArgs, args: SetupArgs) -> Result<()> {
     say_user("node user", &done.node);
     match done.default_policy {
         DefaultPolicy::ReadOnly => {
-            println!("default user: read-only without a password (public reads, no writes)")
+            println!("default user: read-only without a password (public reads, no writes)");
+            eprintln!(
+                "warning: with appendonly yes, Redis replays its append-only file as the default \
+                 user and a read-only one drops every MULTI/EXEC and multi-write script at each \
+                 restart (redis#14541): use --default off where the AOF is on"
+            );
         }
         DefaultPolicy::Off => println!("default user: disabled; every client must authenticate"),
     }

@@ -151,6 +151,25 @@ pub fn is_wireguard_key(s: &str) -> bool {
         && matches!(s.as_bytes()[42], b'A' | b'E' | b'I' | b'M' | b'Q' | b'U' | b'Y' | b'c' | b'g' | b'k' | b'o' | b's' | b'w' | b'0' | b'4' | b'8')
 }
 
+/// An endpoint as typed (`HOST`, `HOST:PORT`, an IP address, `[v6]:PORT`) checked and given
+/// `port` when it has none, ready to resolve (`ToSocketAddrs`). Pure: the resolving is the
+/// caller's.
+pub fn endpoint_with_port(s: &str, port: u16) -> Result<String, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a.to_string());
+    }
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port).to_string());
+    }
+    if s.is_empty() || s.starts_with('-') || s.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(format!("{s:?} is not HOST[:PORT]"));
+    }
+    Ok(match s.rsplit_once(':') {
+        Some((_, p)) if p.parse::<u16>().is_ok() => s.to_string(),
+        _ => format!("{s}:{port}"),
+    })
+}
+
 /// An IPv4 network `a.b.c.d/len`, as the cluster's VPN network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ipv4Net {
@@ -605,5 +624,25 @@ mod tests {
         };
         assert_eq!(LocalVpn::parse(&worker.text()), Some(worker));
         assert_eq!(LocalVpn::parse("VPN_ADDRESS=x\n"), None);
+    }
+
+    #[test]
+    fn endpoints_get_the_default_port() {
+        assert_eq!(
+            endpoint_with_port("192.0.2.1", 55820).unwrap(),
+            "192.0.2.1:55820"
+        );
+        assert_eq!(
+            endpoint_with_port("192.0.2.1:1234", 1).unwrap(),
+            "192.0.2.1:1234"
+        );
+        assert_eq!(
+            endpoint_with_port("node1.example", 7).unwrap(),
+            "node1.example:7"
+        );
+        assert_eq!(endpoint_with_port("::1", 7).unwrap(), "[::1]:7");
+        for bad in ["", "-x", "a b", "a/b"] {
+            assert!(endpoint_with_port(bad, 7).is_err(), "{bad:?}");
+        }
     }
 }

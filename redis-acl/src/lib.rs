@@ -20,4 +20,6 @@ pub use ops::{
     AgentOutcome, CredentialsFile, CredentialsStore, PasswordSource, Persistence, RemoveOutcome,
     RotateOutcome, SetupOptions, SetupOutcome, UserOutcome,
 };
-pub use rules::{agent_rules, agent_user, join_rules, DefaultPolicy, ADMIN_USER, DEFAULT_USER};
+pub use rules::{
+    agent_rules, agent_user, is_locked_default, join_rules, DefaultPolicy, ADMIN_USER, DEFAULT_USER,
+};

@@ -266,13 +266,23 @@ pub async fn setup_cluster<C: ConnectionLike + Send>(
     };
     let node_rules = agent_rules(AgentKind::Node, &opts.node);
     let (node, _) = ensure_user(conn, &node_user, &node_rules, &node_file).await?;
-    set_user(
-        conn,
-        DEFAULT_USER,
-        &default_rules(opts.default_policy),
-        None,
-    )
-    .await?;
+    let locked_already = opts.default_policy == DefaultPolicy::Off && {
+        let mut list = redis::cmd("ACL");
+        list.arg("LIST");
+        let lines: Vec<String> = query(conn, "ACL LIST".to_string(), &list, &[]).await?;
+        lines
+            .iter()
+            .any(|l| l.starts_with("user default ") && crate::rules::is_locked_default(l))
+    };
+    if !locked_already {
+        set_user(
+            conn,
+            DEFAULT_USER,
+            &default_rules(opts.default_policy),
+            None,
+        )
+        .await?;
+    }
     claim_node_name(conn, &opts.node).await?;
     let persistence = save_acl(conn).await?;
     Ok(SetupOutcome {

@@ -23,8 +23,25 @@ pub enum DefaultPolicy {
     /// Public reads: read every key, subscribe to every channel, no password; no writes, no
     /// PUBLISH, no administration.
     ReadOnly,
-    /// Disabled: a connection must authenticate before it can run anything.
+    /// Locked: a connection must authenticate before it can run anything. The user itself keeps
+    /// every right, behind a password nobody has (a random SHA-256, no preimage): Redis replays
+    /// its append-only file as the `default` user and re-checks its rights at every `EXEC`, so
+    /// a restricted `default` user silently drops every transaction and multi-write script from
+    /// the file at each restart (redis#14541, valkey#3983; not fixed in Debian 13's 8.0 / 8.1).
     Off,
+}
+
+/// True when `ACL LIST`'s line for the default user says it is locked as [`DefaultPolicy::Off`]
+/// makes it: on, every right, a password (the password itself is random at each setting).
+pub fn is_locked_default(acl_list_line: &str) -> bool {
+    let words: Vec<&str> = acl_list_line.split_whitespace().collect();
+    words.contains(&"on")
+        && !words.contains(&"nopass")
+        && words.iter().any(|w| w.starts_with('#'))
+        && words.contains(&"~*")
+        && words.contains(&"&*")
+        && words.contains(&"+@all")
+        && !words.iter().any(|w| w.starts_with('-'))
 }
 
 impl DefaultPolicy {
@@ -207,8 +224,18 @@ pub fn admin_rules() -> Vec<String> {
         .to_vec()
 }
 
-/// Rules of the `default` user.
+/// Rules of the `default` user. For [`DefaultPolicy::Off`] they hold a new random password hash
+/// at each call: apply them only when [`is_locked_default`] says the user is not locked yet.
 pub fn default_rules(policy: DefaultPolicy) -> Vec<String> {
+    if policy == DefaultPolicy::Off {
+        let mut b = [0u8; 32];
+        // No randomness: a fixed hash is as unguessable (no preimage is known).
+        let _ = getrandom::fill(&mut b);
+        let hash: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        return ["reset", "on", &format!("#{hash}"), "~*", "&*", "+@all"]
+            .map(String::from)
+            .to_vec();
+    }
     let rules: &[&str] = match policy {
         DefaultPolicy::ReadOnly => &[
             "reset",
@@ -226,7 +253,7 @@ pub fn default_rules(policy: DefaultPolicy) -> Vec<String> {
             // KEYS, SORT_RO, INFO, CLIENT KILL|LIST, … come back with the categories above.
             "-@dangerous",
         ],
-        DefaultPolicy::Off => &["reset", "off"],
+        DefaultPolicy::Off => unreachable!("handled above"),
     };
     rules.iter().map(|s| s.to_string()).collect()
 }
@@ -307,7 +334,21 @@ mod tests {
         assert!(!ro
             .iter()
             .any(|x| x.starts_with('~') || x == "+@write" || x == "+@all"));
-        assert_eq!(default_rules(DefaultPolicy::Off), ["reset", "off"]);
+        let locked = default_rules(DefaultPolicy::Off);
+        assert!(is_locked_default(&format!(
+            "user default {}",
+            locked[1..].join(" ")
+        )));
+        assert_ne!(
+            locked,
+            default_rules(DefaultPolicy::Off),
+            "a new password each time"
+        );
+        assert!(!is_locked_default("user default on nopass ~* &* +@all"));
+        assert!(!is_locked_default(&format!(
+            "user default {}",
+            ro[1..].join(" ")
+        )));
         assert_eq!("off".parse(), Ok(DefaultPolicy::Off));
         assert_eq!("readonly".parse(), Ok(DefaultPolicy::ReadOnly));
         assert!("yes".parse::<DefaultPolicy>().is_err());

@@ -134,6 +134,20 @@ pub fn build_package(version: &str, out: &Path) -> PathBuf {
     PathBuf::from(text(&run.stdout))
 }
 
+/// The argument vector of `redis-cli ARGS` as the admin (`/etc/agent/admin.env`) inside a node,
+/// for [`Node::exec`] and [`Node::wait_output`]: after `agentctl node setup` a client without
+/// credentials may run nothing (the default user is locked, docs/SECURITY.md).
+pub fn admin_cli<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec![
+        "sh",
+        "-c",
+        ". /etc/agent/admin.env && exec redis-cli --no-auth-warning --user \"$REDIS_USER\" --pass \"$REDIS_PASSWORD\" \"$@\"",
+        "sh",
+    ];
+    all.extend_from_slice(args);
+    all
+}
+
 /// A booted node; `node.sh down` on drop.
 pub struct Node {
     pub name: String,
@@ -248,14 +262,7 @@ impl Node {
     /// `redis-cli ARGS` inside the node as the admin (`/etc/agent/admin.env`, written by
     /// `agentctl redis setup` and `agentctl node setup`); asserts success, returns trimmed stdout.
     pub fn admin_redis(&self, args: &[&str]) -> String {
-        let mut all = vec![
-            "sh",
-            "-c",
-            ". /etc/agent/admin.env && exec redis-cli --no-auth-warning --user \"$REDIS_USER\" --pass \"$REDIS_PASSWORD\" \"$@\"",
-            "sh",
-        ];
-        all.extend_from_slice(args);
-        self.ok(&all)
+        self.ok(&admin_cli(args))
     }
 
     /// Runs `systemctl --user -M <user>@ ARGS` in the node and returns its trimmed stdout. The user

@@ -78,12 +78,7 @@ fn module_agent_runs_as_a_lingering_users_systemd_service() {
         "active"
     );
     node.wait_output(
-        &[
-            "redis-cli",
-            "HGET",
-            "module/hello0/run/startup-module.init",
-            "status",
-        ],
+        &agent_tests::node::admin_cli(&["HGET", "module/hello0/run/startup-module.init", "status"]),
         "done",
         Duration::from_secs(30),
     );

@@ -235,6 +235,40 @@ fn create_and_two_joins_make_a_full_mesh_and_events_cross_it() {
         "{info}"
     );
 
+    // A reboot of a member, then of the leader: the VPN, the replica and the agents come back by
+    // themselves (agent-vpn.service before Redis, the peers from the local replica, node-agent on
+    // the leader through its replica's ROLE).
+    n2.reboot();
+    n1.reboot();
+    wait_ping(&n2, "10.5.4.1");
+    wait_ping(&n3, "10.5.4.2");
+    poll(Duration::from_secs(60), Duration::from_millis(500), || {
+        let info = n2.admin_redis(&["INFO", "replication"]);
+        if info.contains("master_link_status:up") {
+            Ok(())
+        } else {
+            Err(format!("node 2's replica after the reboots:\n{info}"))
+        }
+    });
+    let (code, out, err) = run(
+        &n1,
+        &[
+            "agentctl",
+            "run",
+            "--timeout",
+            "60",
+            &format!("node/{}", n2.name),
+            "hello.cluster",
+            "x3",
+        ],
+    );
+    assert_eq!(
+        code,
+        0,
+        "after the reboots: {out}\n{err}\n{}",
+        n2.journal("node-agent")
+    );
+
     // remove-node refuses a node with modules, and names them.
     n1.admin_redis(&["HSET", &format!("node/{}/modules", n2.name), "fake1", "img"]);
     let (code, _, err) = run(&n1, &["agentctl", "cluster", "remove-node", &n2.name]);

@@ -116,7 +116,7 @@ fn the_package_installs_upgrades_removes_and_purges_without_losing_a_module_or_a
     assert!(bash.contains("complete -F"), "not a bash completion script");
     node.ok(&["test", "!", "-e", "/usr/local/bin/node-agent"]);
 
-    // The fresh install is set up: node-agent active, AOF on, the default user read-only.
+    // The fresh install is set up: node-agent active, AOF on, the default user locked.
     assert_eq!(node.ok(&["systemctl", "is-active", "node-agent"]), "active");
     assert_eq!(
         node.ok(&["systemctl", "is-enabled", "node-agent"]),
@@ -128,7 +128,7 @@ fn the_package_installs_upgrades_removes_and_purges_without_losing_a_module_or_a
     );
     let refused = node.exec(&["redis-cli", "SET", "x", "y"]);
     assert!(
-        String::from_utf8_lossy(&refused.stdout).contains("NOPERM"),
+        String::from_utf8_lossy(&refused.stdout).contains("NOAUTH"),
         "{refused:?}"
     );
     let status = node.ok(&["agentctl", "node", "status"]);

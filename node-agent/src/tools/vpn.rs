@@ -687,19 +687,7 @@ fn parse_address(s: &str) -> std::result::Result<IfAddress, String> {
 
 /// `--endpoint`: an address or a name, with or without a port (default `port`).
 fn parse_endpoint(s: &str, port: u16) -> std::result::Result<SocketAddr, String> {
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    if s.is_empty() || s.starts_with('-') || s.chars().any(|c| c.is_whitespace() || c == '/') {
-        return Err(format!("{s:?} is not HOST[:PORT]"));
-    }
-    let with_port = match s.rsplit_once(':') {
-        Some((_, p)) if p.parse::<u16>().is_ok() => s.to_string(),
-        _ => format!("{s}:{port}"),
-    };
+    let with_port = cluster::endpoint_with_port(s, port)?;
     let addrs: Vec<SocketAddr> = with_port
         .to_socket_addrs()
         .map_err(|e| format!("{s:?}: {e}"))?
