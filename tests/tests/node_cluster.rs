@@ -460,4 +460,38 @@ fn a_join_killed_after_each_of_its_steps_completes_when_run_again() {
     let st = n1.ok(&["agentctl", "cluster", "status"]);
     assert!(st.contains(&n2.name) && st.contains("10.5.4.2"), "{st}");
     assert!(!st.contains("10.5.4.3"), "{st}");
+
+    // A module on the member: installed from the member, its agent logs in on the member's own
+    // Redis (a replica: the module's ACL user is made there too) and works on the leader.
+    n2.ok(&["/usr/share/agent/examples/modules/build.sh"]);
+    let out = n2.ok(&[
+        "agentctl",
+        "module",
+        "add",
+        "--node",
+        &n2.name,
+        "--env",
+        "PORT=8080",
+        "localhost/hello:latest",
+    ]);
+    let id = out.lines().last().unwrap_or_default().to_string();
+    assert_eq!(
+        n2.ok(&["curl", "-sS", "http://127.0.0.1:8080/"]),
+        format!("<h1>hello from {id}</h1>")
+    );
+    poll(Duration::from_secs(30), Duration::from_millis(500), || {
+        if n1.admin_redis(&["EXISTS", &format!("module/{id}/heartbeat")]) == "1" {
+            Ok(())
+        } else {
+            Err(format!("{id}'s agent has no heartbeat on the leader"))
+        }
+    });
+    let (code, out, err) = run(
+        &n2,
+        &["agentctl", "module", "remove", "--node", &n2.name, &id],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!n1
+        .admin_redis(&["ACL", "USERS"])
+        .contains(&format!("module-{id}")));
 }

@@ -157,6 +157,21 @@ async fn acl_connection(ctx: &Ctx) -> Result<redis::aio::MultiplexedConnection> 
     })
 }
 
+/// Every Redis that must know the ACL users of this node's agents: the leader's and, on a cluster
+/// member, this node's own (a replica, where the agents ask `ROLE` before they follow it to the
+/// leader; ACL users are not replicated).
+async fn acl_connections(ctx: &Ctx) -> Result<Vec<redis::aio::MultiplexedConnection>> {
+    let mut all = vec![acl_connection(ctx).await?];
+    let mut here = ctx.target.here().connection().await?;
+    let role: redis::Value = redis::cmd("ROLE").query_async(&mut here).await?;
+    let replica = matches!(&role, redis::Value::Array(v)
+        if matches!(v.first(), Some(redis::Value::BulkString(b)) if b == b"slave"));
+    if replica {
+        all.push(here);
+    }
+    Ok(all)
+}
+
 /// module.init/20redis-user: the module's ACL user module-ID and its credentials file
 /// ~ID/.config/agent/redis.env (0600, owned by ID and written by ID; its directories 0700), through
 /// `redis-acl`. Idempotent: a password already in the credentials file is kept.
@@ -177,11 +192,17 @@ pub fn redis_user(ctx: &Ctx, id: &ModuleId) -> Result<()> {
         user: &user,
         path: PathBuf::from(agent_config(&user, "redis.env")),
     };
+    // The first server makes the password (or keeps the one in the file); the others get the same.
     let outcome = ctx.block_on(async {
-        let mut conn = acl_connection(ctx).await?;
-        redis_acl::add_agent_to(&mut conn, AgentKind::Module, id.agent_name(), &store)
-            .await
-            .map_err(acl_error)
+        let mut last = None;
+        for mut conn in acl_connections(ctx).await? {
+            let done =
+                redis_acl::add_agent_to(&mut conn, AgentKind::Module, id.agent_name(), &store)
+                    .await
+                    .map_err(acl_error)?;
+            last.get_or_insert(done);
+        }
+        Ok(last.expect("at least the leader"))
     })?;
     let how = match outcome.user.password {
         PasswordSource::Kept => "password kept",
@@ -204,10 +225,14 @@ pub fn remove_redis_user(ctx: &Ctx, id: &ModuleId) -> Result<()> {
         return Ok(());
     }
     let outcome = ctx.block_on(async {
-        let mut conn = acl_connection(ctx).await?;
-        redis_acl::remove_agent(&mut conn, AgentKind::Module, id.agent_name())
-            .await
-            .map_err(acl_error)
+        let mut first = None;
+        for mut conn in acl_connections(ctx).await? {
+            let done = redis_acl::remove_agent(&mut conn, AgentKind::Module, id.agent_name())
+                .await
+                .map_err(acl_error)?;
+            first.get_or_insert(done);
+        }
+        Ok(first.expect("at least the leader"))
     })?;
     if outcome.existed {
         println!("Redis ACL user {} deleted", outcome.user);
