@@ -38,7 +38,7 @@ for m in 05 35 45 55 65 75; do
 done
 tests/node/node.sh up "$node" --events "$marks" >/dev/null
 in_node() { tests/node/node.sh exec "$node" "$@"; }
-# redis-cli as the admin (the package's setup made the default user read-only).
+# redis-cli as the admin (the package's setup locked the default user).
 admin_cli() {
   in_node sh -c '. /etc/agent/admin.env && REDISCLI_AUTH=$REDIS_PASSWORD exec redis-cli --no-auth-warning --user "$REDIS_USER" "$@"' sh "$@"
 }

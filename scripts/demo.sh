@@ -35,7 +35,7 @@ grep -E '^(changed|in place|node )' "${AGENT_NODE_RUN:-/run/agent-test-nodes}/$n
 in_node systemctl is-active redis-server node-agent
 show "agentctl node setup      # again: nothing to do"
 in_node agentctl node setup | tail -n 1
-show "redis-cli SET x y        # without credentials: read-only"
+show "redis-cli SET x y        # without credentials: NOAUTH (the default user is locked)"
 in_node redis-cli SET x y
 # redis-cli as the admin: its credentials come from /etc/agent/admin.env (0600), never argv.
 admin_cli() {
