@@ -34,6 +34,8 @@ where
 /// Appends a PUBLISHed event to the queue unless the queue is full, and journals it as queued, in one
 /// round trip: [`EnqueueArgs`] → [`EnqueueReply`].
 const ENQUEUE_SCRIPT: &str = include_str!("scripts/enqueue.lua");
+/// How long a delivery marker of `enqueue.lua` lives: far longer than any retry of one enqueue.
+const DELIVERY_TTL_SECS: u64 = 3600;
 /// Queues the startup event once in the agent's life: [`StartupArgs`] → [`StartupReply`].
 const STARTUP_SCRIPT: &str = include_str!("scripts/startup.lua");
 /// Begins a run in one round trip (attempt, `running` record and journal entry, module.env and the
@@ -57,6 +59,8 @@ fn push_pairs(inv: &mut redis::ScriptInvocation<'_>, pairs: &[(&str, String)]) {
 struct EnqueueArgs<'a> {
     queue: &'a str,
     journal: &'a str,
+    delivery: &'a str,
+    delivery_ttl: u64,
     max_queue: usize,
     journal_maxlen: usize,
     event_field: &'a str,
@@ -74,6 +78,8 @@ impl EnqueueArgs<'_> {
         let EnqueueArgs {
             queue,
             journal,
+            delivery,
+            delivery_ttl,
             max_queue,
             journal_maxlen,
             event_field,
@@ -83,13 +89,14 @@ impl EnqueueArgs<'_> {
             journal_run_field,
             journal_fields,
         } = self;
-        inv.key(*queue).key(*journal);
+        inv.key(*queue).key(*journal).key(*delivery);
         inv.arg(*max_queue)
             .arg(*journal_maxlen)
             .arg(*event_field)
             .arg(*event)
             .arg(*data_field)
             .arg(*data)
+            .arg(*delivery_ttl)
             .arg(*journal_run_field);
         push_pairs(inv, journal_fields);
     }
@@ -832,9 +839,19 @@ impl Store {
             .next()
             .expect("journal entries start with the run");
         let journal_fields: Vec<(&str, String)> = journal_fields.collect();
+        // One delivery, one entry: a retry after an ambiguous failure (Redis killed after the
+        // script ran and was persisted, before the reply) finds its marker and gets the entry
+        // the first try made, instead of queuing the event twice.
+        let mut token = [0u8; 16];
+        getrandom::fill(&mut token)
+            .map_err(|e| Error::Config(format!("no random numbers: {e}")))?;
+        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        let delivery = self.prefix.delivery(&token);
         let args = EnqueueArgs {
             queue: &queue,
             journal: &journal,
+            delivery: &delivery,
+            delivery_ttl: DELIVERY_TTL_SECS,
             max_queue: self.cfg.max_queue,
             journal_maxlen: self.cfg.journal_maxlen,
             event_field: QUEUE_FIELD_EVENT,
@@ -1139,12 +1156,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_retried_enqueue_queues_the_event_once() {
+        // The reply of the first try lost (Redis killed after it ran and persisted it): the retry
+        // of the same delivery must get the same entry, not a second one.
+        let (store, _server) = store().await;
+        let fields = [("status", "queued".to_string())];
+        let args = EnqueueArgs {
+            queue: "module/m0/queue",
+            journal: "module/m0/journal",
+            delivery: "module/m0/delivery/t1",
+            delivery_ttl: 60,
+            max_queue: 100,
+            journal_maxlen: 100,
+            event_field: "event",
+            event: "ev",
+            data_field: "data",
+            data: b"x",
+            journal_run_field: "run",
+            journal_fields: &fields,
+        };
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let mut inv = store.enqueue.prepare_invoke();
+            args.push(&mut inv);
+            let v: redis::Value = inv.invoke_async(&mut store.conn()).await.unwrap();
+            ids.push(format!("{v:?}"));
+        }
+        assert_eq!(ids[0], ids[1]);
+        let len: usize = redis::cmd("XLEN")
+            .arg("module/m0/queue")
+            .query_async(&mut store.conn())
+            .await
+            .unwrap();
+        assert_eq!(len, 1);
+    }
+
+    #[tokio::test]
     async fn enqueue_args_are_pushed_as_the_header_documents() {
         let (store, _server) = store().await;
         let fields = [("f1", "v1".to_string()), ("f2", "v2".to_string())];
         let args = EnqueueArgs {
             queue: "q",
             journal: "j",
+            delivery: "d",
+            delivery_ttl: 9,
             max_queue: 7,
             journal_maxlen: 8,
             event_field: "ef",
@@ -1158,15 +1213,17 @@ mod tests {
         let layout = [
             ("KEYS[1]", "queue", vec![b("q")]),
             ("KEYS[2]", "journal", vec![b("j")]),
+            ("KEYS[3]", "delivery", vec![b("d")]),
             ("ARGV[1]", "max_queue", vec![b("7")]),
             ("ARGV[2]", "journal_maxlen", vec![b("8")]),
             ("ARGV[3]", "event_field", vec![b("ef")]),
             ("ARGV[4]", "event", vec![b("ev")]),
             ("ARGV[5]", "data_field", vec![b("df")]),
             ("ARGV[6]", "data", vec![b"\xffdata".to_vec()]),
-            ("ARGV[7]", "journal_run_field", vec![b("rf")]),
+            ("ARGV[7]", "delivery_ttl", vec![b("9")]),
+            ("ARGV[8]", "journal_run_field", vec![b("rf")]),
             (
-                "ARGV[8..]",
+                "ARGV[9..]",
                 "journal_fields",
                 vec![b("f1"), b("v1"), b("f2"), b("v2")],
             ),

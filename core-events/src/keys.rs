@@ -115,6 +115,12 @@ impl Prefix {
         format!("{}/modules", self.text)
     }
 
+    /// `<prefix>/delivery/<token>`: the marker of one PUBLISH the agent queued (its value the
+    /// queue entry's id, kept an hour), so that a retried enqueue never queues it twice.
+    pub fn delivery(&self, token: &str) -> String {
+        format!("{}/delivery/{token}", self.text)
+    }
+
     /// `module/<id>/public_key`: the module's age recipient.
     pub fn public_key(&self) -> String {
         format!("{}/public_key", self.text)
