@@ -686,12 +686,7 @@ pub async fn join(redis: &RedisArgs, args: JoinArgs) -> Result<i32> {
         &Prefix::node(node.clone()),
         &event,
         leader.as_str(),
-        &crate::run::Follow {
-            no_wait: false,
-            timeout: 300,
-            json: false,
-            run_id_on_stdout: false,
-        },
+        &crate::run::Follow::to_end(300),
     )
     .await?;
     if code != 0 {

@@ -96,12 +96,7 @@ pub async fn remove_node(redis: &RedisArgs, args: RemoveArgs) -> Result<i32> {
                 &Prefix::node(node.clone()),
                 &EventName::new(crate::module::REMOVE_EVENT).expect("valid event name"),
                 id,
-                &crate::run::Follow {
-                    no_wait: false,
-                    timeout: 300,
-                    json: false,
-                    run_id_on_stdout: false,
-                },
+                &crate::run::Follow::to_end(300),
             )
             .await?;
             if code != 0 {

@@ -78,6 +78,19 @@ pub struct Follow {
     pub run_id_on_stdout: bool,
 }
 
+impl Follow {
+    /// Follow to the end (at most `timeout` seconds), text output: how agentctl's own commands
+    /// (cluster join, remove-node) run the events they queue.
+    pub fn to_end(timeout: u64) -> Follow {
+        Follow {
+            no_wait: false,
+            timeout,
+            json: false,
+            run_id_on_stdout: false,
+        }
+    }
+}
+
 /// Queues `event` with `data` on `prefix`'s queue under a fresh run id and, unless `no_wait`,
 /// follows the run to its end with a progress bar. Returns the exit code agentctl ends with: the
 /// run's own, or 124/130 when it stopped waiting.
