@@ -238,7 +238,7 @@ impl Target {
 }
 
 /// The leader's address in a `ROLE` reply of a replica (`slave`, host, port, state, offset).
-fn leader_of_role(role: &redis::Value) -> Option<(String, u16)> {
+pub fn leader_of_role(role: &redis::Value) -> Option<(String, u16)> {
     use redis::Value;
     let Value::Array(items) = role else {
         return None;

@@ -491,6 +491,16 @@ async fn create(redis: &RedisArgs, args: CreateArgs) -> Result<i32> {
         .await?;
     let sync = sync_peers(&node)?;
     println!("peers:    {sync}");
+    // The users of this node's agents, published for every node that joins (`cluster/users`).
+    let published = redis_acl::replicate::sync_users(
+        &mut conn,
+        redis_acl::replicate::Source::Leader,
+        &core_events::keys::acl_user(core_events::AgentKind::Node, &node),
+    )
+    .await?;
+    if !published.published.is_empty() {
+        println!("users:    published {}", published.published.join(" "));
+    }
     if leader.is_none() {
         let _: () = conn.set(wire::leader(), node.as_str()).await?;
         println!("changed:  {node} is the leader of a new cluster (network {net})");

@@ -767,7 +767,7 @@ async fn abort(redis: &RedisArgs, node: &AgentName) -> Result<i32> {
         }
     }
     join_interface_down();
-    crate::cluster_leave::on_its_own(redis).await?;
+    crate::cluster_leave::on_its_own(redis, node).await?;
     let _ = std::fs::remove_file(state_path());
     let _ = std::fs::remove_dir(STATE_DIR);
     let _ = Command::new("systemctl")
@@ -799,12 +799,8 @@ async fn remove_at_leader(token: &JoinToken, node: &AgentName, s: &State) -> Res
         .del(wire::join_reply(&token.id, node))
         .query_async(&mut conn)
         .await?;
-    let _: i64 = redis::cmd("ACL")
-        .arg("DELUSER")
-        .arg(core_events::keys::acl_user(AgentKind::Node, node))
-        .query_async(&mut conn)
-        .await?;
-    let _ = redis_acl::save_acl(&mut conn).await;
+    // Members that made the user already (their users.sync) drop it at their next sync.
+    redis_acl::replicate::forget_agent(&mut conn, AgentKind::Node, node).await?;
     Ok(())
 }
 

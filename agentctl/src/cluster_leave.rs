@@ -183,13 +183,8 @@ async fn forget(
         pipe.del(k);
     }
     let _: () = pipe.query_async(con).await?;
-    let _: i64 = redis::cmd("ACL")
-        .arg("DELUSER")
-        .arg(core_events::keys::acl_user(AgentKind::Node, node))
-        .query_async(con)
-        .await?;
-    let _: redis::RedisResult<()> = redis::cmd("ACL").arg("SAVE").query_async(con).await;
-    // Every remaining member (the leader included) makes its peers again.
+    redis_acl::replicate::forget_agent(con, AgentKind::Node, node).await?;
+    // Every remaining member (the leader included) makes its peers and its agents' users again.
     let mut members: Vec<String> = Vec::new();
     {
         let mut it: redis::AsyncIter<String> = con.scan_match(wire::node_vpn_pattern()).await?;
@@ -202,13 +197,15 @@ async fn forget(
     }
     for m in members {
         let Ok(m) = AgentName::new(&m) else { continue };
-        let _: String = con
-            .xadd(
-                Prefix::node(m).queue(),
-                "*",
-                &[(core_events::record::QUEUE_FIELD_EVENT, wire::PEERS_EVENT)],
-            )
-            .await?;
+        for event in [wire::PEERS_EVENT, wire::USERS_EVENT] {
+            let _: String = con
+                .xadd(
+                    Prefix::node(m.clone()).queue(),
+                    "*",
+                    &[(core_events::record::QUEUE_FIELD_EVENT, event)],
+                )
+                .await?;
+        }
     }
     Ok(())
 }
@@ -251,7 +248,7 @@ pub async fn leave(redis: &RedisArgs, args: LeaveArgs) -> Result<i32> {
         forget(&mut con, &node, &leader).await?;
         println!("leader:   {leader} forgot {node}");
     }
-    on_its_own(redis).await?;
+    on_its_own(redis, &node).await?;
     // Last: node-agent restarts onto this node's own Redis (from a step, without waiting for the
     // restart, which ends the step's run).
     let _ = Command::new("systemctl")
@@ -263,19 +260,34 @@ pub async fn leave(redis: &RedisArgs, args: LeaveArgs) -> Result<i32> {
 
 /// This node on its own again: VPN down and its settings gone, Redis a primary again without the
 /// copy of the cluster's data, Redis's configuration file without the cluster's lines.
-pub(crate) async fn on_its_own(redis: &RedisArgs) -> Result<()> {
+pub(crate) async fn on_its_own(redis: &RedisArgs, node: &AgentName) -> Result<()> {
     // Redis first (what can be refused), the VPN last: a failure leaves a node a rerun can fix.
     let mut local = admin(redis).await?;
     let role: redis::Value = redis::cmd("ROLE").query_async(&mut local).await?;
-    let was_replica = matches!(&role, redis::Value::Array(v) if matches!(v.first(), Some(redis::Value::BulkString(b)) if b == b"slave"));
+    let was_replica = agent_redis::target::leader_of_role(&role).is_some();
     let _: () = redis::cmd("REPLICAOF")
         .arg("NO")
         .arg("ONE")
         .query_async(&mut local)
         .await?;
     if was_replica {
-        // The cluster's data is not this node's any more.
+        // The cluster's data is not this node's any more, nor its agents' users (`users.sync`
+        // made them here); this node's own user stays.
         let _: () = redis::cmd("FLUSHALL").query_async(&mut local).await?;
+        let own = core_events::keys::acl_user(AgentKind::Node, node);
+        for user in redis_acl::replicate::agent_users(&mut local)
+            .await?
+            .into_keys()
+        {
+            if user != own {
+                let _: i64 = redis::cmd("ACL")
+                    .arg("DELUSER")
+                    .arg(&user)
+                    .query_async(&mut local)
+                    .await?;
+            }
+        }
+        let _ = redis_acl::save_acl(&mut local).await;
     }
     for (k, v) in [("masteruser", ""), ("masterauth", "")] {
         let _: redis::RedisResult<()> = redis::cmd("CONFIG")

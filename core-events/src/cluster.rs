@@ -39,6 +39,24 @@ pub fn leader() -> String {
     "cluster/leader".to_string()
 }
 
+/// `cluster/users`: the password of every agent's ACL user (`node-<name>`, `module-<id>`) as Redis
+/// keeps it — the SHA-256 of the password, 64 hex digits —, a hash `user → hash`. ACL users are not
+/// replicated, and after a failover any node's Redis may lead: every node-agent makes its own
+/// Redis's agent users from this key (`node-agent cluster sync-users`, the `users.sync` event), with
+/// the rules its own `redis-acl` derives from the user's name. Nothing but a hash comes from here.
+pub fn users() -> String {
+    "cluster/users".to_string()
+}
+
+/// True for what `cluster/users` may hold as a password: a SHA-256, lowercase hex.
+pub fn is_password_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The event every member gets when an agent's ACL user is added or removed anywhere in the
+/// cluster: its Redis's agent users made those of `cluster/users` (imageroot/node-events/users.sync).
+pub const USERS_EVENT: &str = "users.sync";
+
 /// The leader's event that admits a node asking to join with a token (published by the token's
 /// ACL user, the only channel it may publish on).
 pub const ADMIT_EVENT: &str = "cluster.admit";

@@ -156,6 +156,15 @@ pub fn acl_user(kind: AgentKind, name: &AgentName) -> String {
     format!("{}-{}", kind.as_str(), name)
 }
 
+/// The agent an ACL user name is for (`node-<name>`, `module-<id>`), when it is an agent's: the
+/// inverse of [`acl_user`].
+pub fn agent_of_acl_user(user: &str) -> Option<(AgentKind, AgentName)> {
+    AgentKind::ALL.into_iter().find_map(|kind| {
+        let name = user.strip_prefix(kind.as_str())?.strip_prefix('-')?;
+        AgentName::new(name).ok().map(|n| (kind, n))
+    })
+}
+
 /// `cluster/agents`: the registry of agent names, a hash `name → kind` (`node` or `module`). Nodes
 /// and modules share one name space — channels carry the name only — so each name is claimed once,
 /// with `HSETNX`, by whoever creates the agent (`agentctl module add`, `agentctl redis setup`, and
@@ -230,6 +239,24 @@ mod tests {
 
     fn agent(s: &str) -> AgentName {
         AgentName::new(s).unwrap()
+    }
+
+    #[test]
+    fn acl_user_names_give_their_agent_back() {
+        for kind in AgentKind::ALL {
+            let user = acl_user(kind, &agent("n1"));
+            assert_eq!(agent_of_acl_user(&user), Some((kind, agent("n1"))));
+        }
+        for other in [
+            "agent-admin",
+            "default",
+            "join-abc",
+            "module-",
+            "node",
+            "module-A b",
+        ] {
+            assert_eq!(agent_of_acl_user(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -7,10 +7,14 @@
 //! * [`ops`] — the idempotent operations on a live Redis: [`setup_cluster`], [`add_agent`],
 //!   [`remove_agent`], [`rotate_password`], each followed by `ACL SAVE` when there is an aclfile.
 //!
+//! * [`replicate`] — the agents' users made the same on every node's Redis of a cluster, from the
+//!   replicated `cluster/users` key (ACL users are not replicated by Redis).
+//!
 //! `agentctl redis …` is the command line over this crate; the node-agent's tools call it too.
 
 pub mod error;
 pub mod ops;
+pub mod replicate;
 pub mod rules;
 
 pub use agent_redis::{Credentials, Owner, Password};

@@ -151,7 +151,7 @@ pub fn module_rules(id: &AgentName) -> Vec<String> {
 /// (`module/*`: the node-agent creates modules and their keys) and the agent name registry (it claims
 /// its own name at start, `keys::agent_registry`), PUBLISH on any channel (it drives its
 /// modules: events and cancels to them; channel names do not tell nodes and modules apart), and
-/// `ACL` (it creates the module users), plus `INFO` (replication health of the node's replica).
+/// `ACL` (it creates the module users; their password hashes go to `cluster/users`), plus `INFO` (replication health of the node's replica).
 ///
 /// `+acl` lets this user give itself any permission: it is as powerful as the admin user. That
 /// matches the design, where the node-agent is root on its node. The other restrictions are a guard
@@ -163,6 +163,9 @@ pub fn node_rules(name: &AgentName) -> Vec<String> {
     rules.push(own.clone());
     rules.push(modules);
     rules.push(format!("~{}", glob_escape(&keys::agent_registry())));
+    // The password hashes of the agents' users, which it publishes when it makes a module's user
+    // (`replicate`).
+    rules.push(format!("~{}", glob_escape(&core_events::cluster::users())));
     rules.extend(["&*", "+@all"].map(String::from));
     rules.extend(CONFINED_DENIED.iter().map(|s| s.to_string()));
     // `+psync +replconf`: the node's Redis is a replica of the leader's, logged in as this user

@@ -97,6 +97,33 @@ fn join(
     )
 }
 
+/// The password hash Redis keeps for `user` on `node`'s own Redis (`ACL GETUSER`), if any.
+fn user_hash(node: &Node, user: &str) -> Option<String> {
+    let out = node.admin_redis(&["ACL", "GETUSER", user]);
+    let mut lines = out.lines();
+    lines.find(|l| l.trim() == "passwords")?;
+    lines
+        .next()
+        .map(|h| h.trim().to_string())
+        .filter(|h| h.len() == 64)
+}
+
+/// Waits until every node's Redis has `user` with one and the same password (Some) or none has it.
+fn wait_user_everywhere(nodes: &[&Node], user: &str, present: bool) {
+    poll(Duration::from_secs(30), Duration::from_millis(500), || {
+        let hashes: Vec<Option<String>> = nodes.iter().map(|n| user_hash(n, user)).collect();
+        let same = hashes.windows(2).all(|w| w[0] == w[1]);
+        if same && hashes[0].is_some() == present {
+            Ok(())
+        } else {
+            Err(format!(
+                "{user} on {:?}: {hashes:?}",
+                nodes.iter().map(|n| &n.name).collect::<Vec<_>>()
+            ))
+        }
+    });
+}
+
 fn ping(from: &Node, to: &str) -> bool {
     from.exec(&["ping", "-c1", "-W2", to]).status.success()
 }
@@ -160,6 +187,12 @@ fn create_and_two_joins_make_a_full_mesh_and_events_cross_it() {
     let t3 = token(&n1, &[]);
     let (code, out, err) = join(&n3, "10.77.0.11", &t3, "10.77.0.13", &[]);
     assert_eq!(code, 0, "join n3:\n{out}\n{err}");
+
+    // Every node's user on every node's Redis, with the same password: any of them may lead
+    // after a failover (ACL users are not replicated; cluster/users is).
+    for n in [&n1, &n2, &n3] {
+        wait_user_everywhere(&[&n1, &n2, &n3], &format!("node-{}", n.name), true);
+    }
 
     // The full mesh: the two members reach each other directly, not through the leader.
     wait_ping(&n2, "10.5.4.3");
@@ -295,9 +328,19 @@ fn create_and_two_joins_make_a_full_mesh_and_events_cross_it() {
         n1.admin_redis(&["--scan", "--pattern", &format!("node/{}/*", n3.name)]),
         ""
     );
-    assert!(!n1
-        .admin_redis(&["ACL", "USERS"])
-        .contains(&format!("node-{}", n3.name)));
+    // Its user goes from every remaining node; on node 3, alone again, only its own is left.
+    wait_user_everywhere(&[&n1, &n2], &format!("node-{}", n3.name), false);
+    poll(Duration::from_secs(20), Duration::from_millis(500), || {
+        let users = n3.admin_redis(&["ACL", "USERS"]);
+        if users.contains(&format!("node-{}", n3.name))
+            && !users.contains(&format!("node-{}", n1.name))
+            && !users.contains(&format!("node-{}", n2.name))
+        {
+            Ok(())
+        } else {
+            Err(format!("node 3's users after it left: {users}"))
+        }
+    });
     for (n, other) in [(&n1, &n2), (&n2, &n1)] {
         poll(Duration::from_secs(20), Duration::from_millis(500), || {
             let st = n.ok(&["node-agent", "vpn", "status", "--json"]);
@@ -486,12 +529,27 @@ fn a_join_killed_after_each_of_its_steps_completes_when_run_again() {
             Err(format!("{id}'s agent has no heartbeat on the leader"))
         }
     });
-    let (code, out, err) = run(
-        &n2,
-        &["agentctl", "module", "remove", "--node", &n2.name, &id],
-    );
-    assert_eq!(code, 0, "{out}\n{err}");
-    assert!(!n1
-        .admin_redis(&["ACL", "USERS"])
-        .contains(&format!("module-{id}")));
+    wait_user_everywhere(&[&n1, &n2], &format!("module-{id}"), true);
+    // A module on the leader: its user reaches the member's Redis by the member's users.sync.
+    n1.ok(&["/usr/share/agent/examples/modules/build.sh"]);
+    let out = n1.ok(&[
+        "agentctl",
+        "module",
+        "add",
+        "--node",
+        &n1.name,
+        "--env",
+        "PORT=8081",
+        "localhost/hello:latest",
+    ]);
+    let on_leader = out.lines().last().unwrap_or_default().to_string();
+    wait_user_everywhere(&[&n1, &n2], &format!("module-{on_leader}"), true);
+    for (node, module) in [(&n2, &id), (&n1, &on_leader)] {
+        let (code, out, err) = run(
+            node,
+            &["agentctl", "module", "remove", "--node", &node.name, module],
+        );
+        assert_eq!(code, 0, "{out}\n{err}");
+        wait_user_everywhere(&[&n1, &n2], &format!("module-{module}"), false);
+    }
 }

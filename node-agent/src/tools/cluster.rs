@@ -34,6 +34,16 @@ pub enum ClusterTool {
         /// `TOKEN-ID NODE`.
         data: String,
     },
+    /// users.sync/10sync (every member; also before node-agent starts): this node's Redis gets
+    /// the ACL users of every agent of the cluster, from `cluster/users` (ACL users are not
+    /// replicated). On the leader, its own agents' users missing from that key are added to it.
+    /// Read from the leader, a user absent there is deleted here; read from this node's replica
+    /// (the leader does not answer), users are only added.
+    SyncUsers {
+        /// Do nothing on a node in no cluster (no /etc/agent/vpn.env).
+        #[arg(long)]
+        from_config: bool,
+    },
 }
 
 impl ClusterTool {
@@ -41,6 +51,7 @@ impl ClusterTool {
     pub fn name(&self) -> &'static str {
         match self {
             ClusterTool::Admit { .. } => "admit",
+            ClusterTool::SyncUsers { .. } => "sync-users",
         }
     }
 }
@@ -48,7 +59,78 @@ impl ClusterTool {
 pub fn run(tool: &ClusterTool, ctx: &Ctx) -> Result<()> {
     match tool {
         ClusterTool::Admit { data } => admit(ctx, data),
+        ClusterTool::SyncUsers { from_config } => {
+            if *from_config && !std::path::Path::new(wire::VPN_ENV).exists() {
+                println!(
+                    "{} does not exist: this node is in no cluster; nothing to do",
+                    wire::VPN_ENV
+                );
+                return Ok(());
+            }
+            sync_users(ctx)
+        }
     }
+}
+
+/// `node-agent cluster sync-users`.
+fn sync_users(ctx: &Ctx) -> Result<()> {
+    use redis_acl::replicate::{sync_users, Source};
+    let keep = core_events::keys::acl_user(AgentKind::Node, &ctx.node);
+    let outcome = ctx.block_on(async {
+        let mut here = ctx.target.here().connection().await?;
+        let done = if !super::keys::is_replica(&mut here).await? {
+            sync_users(&mut here, Source::Leader, &keep).await
+        } else {
+            match ctx.target.connection().await {
+                Ok(mut leader) => {
+                    sync_users(&mut here, Source::FromLeader(&mut leader), &keep).await
+                }
+                Err(e) => {
+                    eprintln!(
+                        "warning: the leader does not answer ({e}): users from this node's \
+                         replica, none deleted"
+                    );
+                    sync_users(&mut here, Source::FromReplica, &keep).await
+                }
+            }
+        };
+        done.map_err(super::keys::acl_error)
+    })?;
+    for r in &outcome.refused {
+        eprintln!("warning: {} entry refused: {r}", wire::users());
+    }
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(" ")
+        }
+    };
+    println!(
+        "agent users here: set {}; deleted {}; published {}",
+        list(&outcome.set),
+        list(&outcome.deleted),
+        list(&outcome.published)
+    );
+    Ok(())
+}
+
+/// Queues `event` on every other member's node-agent (`PUBLISH <member>:<event>` on the leader,
+/// where they subscribe); a member that is down catches up when its node-agent starts (the
+/// syncs run before it). Nothing on a node in no cluster.
+pub fn tell_members(ctx: &Ctx, event: &str) -> Result<()> {
+    let event = core_events::EventName::new(event)
+        .map_err(|e| ToolError::Failed(format!("event {event:?}: {e}")))?;
+    let mut con = ctx.con()?;
+    for k in scan(&mut con, &wire::node_vpn_pattern())? {
+        let Some(member) = wire::node_of_vpn_key(&k).and_then(|n| AgentName::new(n).ok()) else {
+            continue;
+        };
+        if member != ctx.node {
+            let _: i64 = con.publish(core_events::keys::event_channel(&member, &event), "")?;
+        }
+    }
+    Ok(())
 }
 
 fn now() -> u64 {
@@ -251,6 +333,15 @@ fn admit(ctx: &Ctx, data: &str) -> Result<()> {
         .arg("SAVE")
         .query(&mut con)
         .unwrap_or(redis::Value::Nil);
+    // Its user on every member's Redis too (their users.sync, below): any may lead one day.
+    let node_user = core_events::keys::acl_user(AgentKind::Node, &node);
+    let getuser: redis::Value = redis::cmd("ACL")
+        .arg("GETUSER")
+        .arg(&node_user)
+        .query(&mut con)?;
+    let hash = redis_acl::replicate::first_password(&getuser)
+        .ok_or_else(|| ToolError::Failed(format!("{node_user} has no password here")))?;
+    let _: () = con.hset(wire::users(), &node_user, hash)?;
     // The leader's own peers now, every other member's through its vpn.sync event.
     let sync = std::process::Command::new(
         std::env::current_exe().map_err(|e| ToolError::OsError(e.to_string()))?,
@@ -271,11 +362,13 @@ fn admit(ctx: &Ctx, data: &str) -> Result<()> {
         if member == ctx.node || member == node {
             continue;
         }
-        let _: String = con.xadd(
-            core_events::Prefix::node(member.clone()).queue(),
-            "*",
-            &[(core_events::record::QUEUE_FIELD_EVENT, peers_event)],
-        )?;
+        for event in [peers_event, wire::USERS_EVENT] {
+            let _: String = con.xadd(
+                core_events::Prefix::node(member.clone()).queue(),
+                "*",
+                &[(core_events::record::QUEUE_FIELD_EVENT, event)],
+            )?;
+        }
     }
     println!(
         "node {node} {} with VPN address {address}, endpoint {}",

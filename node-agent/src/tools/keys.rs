@@ -131,7 +131,7 @@ fn shown_error(e: &dyn std::error::Error) -> String {
 }
 
 /// A redis-acl error as the tool's: Redis unreachable 75, the node's user refused 78, else 1.
-fn acl_error(e: redis_acl::Error) -> ToolError {
+pub(super) fn acl_error(e: redis_acl::Error) -> ToolError {
     let text = shown_error(&e);
     match e.redis_class() {
         Some(ErrorClass::Unreachable) => ToolError::TempFailure(text),
@@ -163,13 +163,16 @@ async fn acl_connection(ctx: &Ctx) -> Result<redis::aio::MultiplexedConnection> 
 async fn acl_connections(ctx: &Ctx) -> Result<Vec<redis::aio::MultiplexedConnection>> {
     let mut all = vec![acl_connection(ctx).await?];
     let mut here = ctx.target.here().connection().await?;
-    let role: redis::Value = redis::cmd("ROLE").query_async(&mut here).await?;
-    let replica = matches!(&role, redis::Value::Array(v)
-        if matches!(v.first(), Some(redis::Value::BulkString(b)) if b == b"slave"));
-    if replica {
+    if is_replica(&mut here).await? {
         all.push(here);
     }
     Ok(all)
+}
+
+/// Whether this server replicates another (`ROLE`).
+pub(super) async fn is_replica(conn: &mut redis::aio::MultiplexedConnection) -> Result<bool> {
+    let role: redis::Value = redis::cmd("ROLE").query_async(conn).await?;
+    Ok(agent_redis::target::leader_of_role(&role).is_some())
 }
 
 /// module.init/20redis-user: the module's ACL user module-ID and its credentials file
@@ -200,10 +203,17 @@ pub fn redis_user(ctx: &Ctx, id: &ModuleId) -> Result<()> {
                 redis_acl::add_agent_to(&mut conn, AgentKind::Module, id.agent_name(), &store)
                     .await
                     .map_err(acl_error)?;
+            if last.is_none() {
+                // On the leader, before this node's own Redis: see `redis_acl::replicate`.
+                redis_acl::replicate::publish_user(&mut conn, &done.user.user)
+                    .await
+                    .map_err(acl_error)?;
+            }
             last.get_or_insert(done);
         }
         Ok(last.expect("at least the leader"))
     })?;
+    super::cluster::tell_members(ctx, core_events::cluster::USERS_EVENT)?;
     let how = match outcome.user.password {
         PasswordSource::Kept => "password kept",
         PasswordSource::Generated => "new password",
@@ -227,13 +237,18 @@ pub fn remove_redis_user(ctx: &Ctx, id: &ModuleId) -> Result<()> {
     let outcome = ctx.block_on(async {
         let mut first = None;
         for mut conn in acl_connections(ctx).await? {
-            let done = redis_acl::remove_agent(&mut conn, AgentKind::Module, id.agent_name())
-                .await
-                .map_err(acl_error)?;
+            let done = if first.is_none() {
+                redis_acl::replicate::forget_agent(&mut conn, AgentKind::Module, id.agent_name())
+                    .await
+            } else {
+                redis_acl::remove_agent(&mut conn, AgentKind::Module, id.agent_name()).await
+            }
+            .map_err(acl_error)?;
             first.get_or_insert(done);
         }
         Ok(first.expect("at least the leader"))
     })?;
+    super::cluster::tell_members(ctx, core_events::cluster::USERS_EVENT)?;
     if outcome.existed {
         println!("Redis ACL user {} deleted", outcome.user);
     } else {
