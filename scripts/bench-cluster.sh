@@ -4,15 +4,20 @@
 #             on the leader, the mesh made), against a bare `agentctl cluster token` round on the
 #             leader in the same run (the fixed cost of one agentctl against Redis);
 #   dispatch: PUBLISH on the leader → the first step running on a member (the step writes its clock;
-#             the nodes share the host's), as a ratio to the same on the leader itself, same run.
-# Usage: scripts/bench-cluster.sh [--samples N]   (debug build of the workspace, as the tests use)
+#             the nodes share the host's), as a ratio to the same on the leader itself, same run;
+#   failover: the leader's node killed (SIGKILL of the whole node) → a member's Redis leads
+#             (Sentinel) → a member's agent runs an event PUBLISHed on the new leader; the old
+#             leader booted again and back as a replica before the next round. Median of the rounds.
+# Usage: scripts/bench-cluster.sh [--samples N] [--failovers N]   (debug build, as the tests use)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 samples=10
+failovers=3
 while [ $# -gt 0 ]; do
   case $1 in
     --samples) samples=$2; shift 2 ;;
-    *) echo "usage: scripts/bench-cluster.sh [--samples N]" >&2; exit 2 ;;
+    --failovers) failovers=$2; shift 2 ;;
+    *) echo "usage: scripts/bench-cluster.sh [--samples N] [--failovers N]" >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench-cluster.sh: must run as root (it boots systemd-nspawn nodes)" >&2; exit 1; }
@@ -69,3 +74,39 @@ on_leader=$(for _ in $(seq "$samples"); do dispatch_ms "$a"; done | median)
 on_member=$(for _ in $(seq "$samples"); do dispatch_ms "$b"; done | median)
 ratio=$(awk -v l="$on_leader" -v m="$on_member" 'BEGIN { printf "%.2f", m / l }')
 echo "  on the leader: $on_leader ms; on a member (over WireGuard): $on_member ms; ratio $ratio"
+
+role_of() { admin_cli "$1" ROLE 2>/dev/null | head -1; }
+now_ms() { date +%s%3N; }
+echo "failover: leader killed → a new leader; → a member's agent runs an event on it (ms)"
+leader=$a
+: >/tmp/bench-failover.txt
+for round in $(seq "$failovers"); do
+  survivors=()
+  for n in "$a" "$b" "$c"; do [ "$n" = "$leader" ] || survivors+=("$n"); done
+  t0=$(now_ms)
+  $N kill "$leader" >/dev/null
+  new=
+  while [ -z "$new" ]; do
+    for n in "${survivors[@]}"; do [ "$(role_of "$n")" = master ] && new=$n; done
+    [ $(( $(now_ms) - t0 )) -lt 60000 ] || { echo "no new leader after 60 s" >&2; exit 1; }
+    [ -n "$new" ] || sleep 0.1
+  done
+  t1=$(now_ms)
+  member=${survivors[0]}; [ "$member" = "$new" ] && member=${survivors[1]}
+  in_node "$member" rm -f /tmp/bench-dispatch
+  until in_node "$member" test -s /tmp/bench-dispatch; do
+    admin_cli "$new" PUBLISH "$member:bench.dispatch" x >/dev/null 2>&1 || true
+    [ $(( $(now_ms) - t0 )) -lt 120000 ] || { echo "no agent on the new leader after 120 s" >&2; exit 1; }
+    sleep 0.2
+  done
+  t2=$(now_ms)
+  echo "  round $round: $leader killed; $new leads after $((t1 - t0)) ms; $member's agent runs on it after $((t2 - t0)) ms"
+  echo "$((t1 - t0)) $((t2 - t0))" >>/tmp/bench-failover.txt
+  $N boot "$leader" >/dev/null
+  until admin_cli "$leader" INFO replication 2>/dev/null | grep -q master_link_status:up; do
+    [ $(( $(now_ms) - t2 )) -lt 180000 ] || { echo "$leader did not come back as a replica" >&2; exit 1; }
+    sleep 0.5
+  done
+  leader=$new
+done
+echo "  median: new leader $(cut -d' ' -f1 /tmp/bench-failover.txt | median) ms; agents on it $(cut -d' ' -f2 /tmp/bench-failover.txt | median) ms"

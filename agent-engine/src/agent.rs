@@ -6,6 +6,7 @@
 //! `Semaphore` with `concurrency` permits keeps runs in FIFO order when it is 1.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use agent_redis::{is_transient, Backoff, Target};
 use core_events::QueueEntry;
@@ -66,7 +67,19 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
         scrubber.add(p);
     }
 
-    let conn = agent_redis::retry("connecting", &shutdown, || target.manager()).await?;
+    // The leader now: the store's connection stays on it, and the watch below restarts the agent
+    // when another server leads.
+    let leader = agent_redis::retry("connecting", &shutdown, || target.leader()).await?;
+    let fatal = Fatal::default();
+    // From the start: a leader that stops leading while the agent sets up (its writes refused,
+    // READONLY, and retried) must end this run too.
+    let watch = tokio::spawn(watch_leader(
+        target.clone(),
+        leader.address(),
+        shutdown.clone(),
+        fatal.clone(),
+    ));
+    let conn = agent_redis::retry("connecting", &shutdown, || leader.manager()).await?;
     let store = Store::new(conn, cfg.clone(), shutdown.clone(), scrubber.clone());
     let ctx = AgentCtx {
         cfg: cfg.clone(),
@@ -83,7 +96,6 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
     store.heartbeat(&heartbeat_value()).await?;
 
     let running: Running = Default::default();
-    let fatal = Fatal::default();
     let (ready_tx, ready_rx) = oneshot::channel();
     let mut listener = Some({
         let (ctx, running, fatal) = (ctx.clone(), running.clone(), fatal.clone());
@@ -119,6 +131,10 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
         if store.enqueue_startup(event).await? {
             tracing::info!(%event, "startup event queued");
         }
+    }
+    if let (true, Some(event)) = (cfg.leader_moved, &cfg.leader_event) {
+        store.enqueue_published(event.as_str(), b"").await?;
+        tracing::info!(%event, "queued on the new leader");
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     // Watchdog pings start after READY=1, as systemd expects.
@@ -167,6 +183,7 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
     ctx.wind_down().await;
     shutdown.cancel();
     let _ = heartbeat.await;
+    let _ = watch.await;
     if let Some(handle) = listener {
         if let Err(e) = handle.await {
             tracing::error!(error = %e, "listener panicked");
@@ -194,6 +211,54 @@ impl Fatal {
 
     fn take(&self) -> Option<Error> {
         self.0.lock().expect("fatal lock").take()
+    }
+}
+
+/// How often an agent asks its node's Redis (`ROLE`) which server leads.
+const LEADER_CHECK: Duration = Duration::from_secs(1);
+
+/// Ends the agent with [`Error::LeaderMoved`] as soon as its node's Redis says another server
+/// leads than `leader`, the one its connections were made to: after a failover Sentinel repoints
+/// every replica (and makes the old leader one when it is back), and a connection to a server that
+/// no longer leads would go on failing (a dead host) or be refused (`READONLY`). The agent's main
+/// loop starts it again on the new leader; nothing is lost, the queue is in Redis. A server that
+/// does not answer is asked again; a user that may not run `ROLE` never follows, so nothing is
+/// watched.
+async fn watch_leader(target: Target, leader: String, shutdown: CancellationToken, fatal: Fatal) {
+    if !target.follows() {
+        return;
+    }
+    let here = target.here();
+    let mut conn = None;
+    let mut tick = tokio::time::interval(LEADER_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if conn.is_none() {
+            conn = here.connection().await.ok();
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        match redis::cmd("ROLE").query_async::<redis::Value>(c).await {
+            Ok(role) => {
+                let now = here.leader_address_of(&role);
+                if now != leader {
+                    tracing::warn!(from = %leader, to = %now, "the leader moved: starting again on it");
+                    fatal.set(
+                        Error::LeaderMoved {
+                            from: leader,
+                            to: now,
+                        },
+                        &shutdown,
+                    );
+                    return;
+                }
+            }
+            Err(e) if agent_redis::is_denied(&e) => return,
+            Err(_) => conn = None,
+        }
     }
 }
 

@@ -86,6 +86,11 @@ pub struct AgentArgs {
     #[arg(long, env = "AGENT_STARTUP_EVENT")]
     pub startup_event: Option<String>,
 
+    /// Event to queue for itself each time the agent starts again on a new leader after a
+    /// failover (the node-agent's `cluster.leader`, which records the leader's name).
+    #[arg(long, env = "AGENT_LEADER_EVENT")]
+    pub leader_event: Option<String>,
+
     /// A module's age identity: the values of the module's secrets it decrypts are scrubbed from run
     /// output, records, journal and logs. Module default: $HOME/.config/agent/secret.key (ignored
     /// while it does not exist). Node agents have none.
@@ -133,6 +138,7 @@ impl AgentArgs {
         cfg.run_ttl = Duration::from_secs(self.run_ttl.max(1));
         cfg.output_cap = self.output_cap;
         cfg.startup_event = self.startup_event.map(EventName::new).transpose()?;
+        cfg.leader_event = self.leader_event.map(EventName::new).transpose()?;
         cfg.shutdown_grace = Duration::from_secs(self.shutdown_grace);
         if self.secret_key_file.is_some() {
             cfg.secret_key_file = self.secret_key_file;
@@ -229,9 +235,20 @@ pub fn main(kind: AgentKind, args: AgentArgs) -> Result<()> {
             tracing::info!("signal received, shutting down");
             signals.cancel();
         });
-        match crate::run_agent(cfg, shutdown).await {
-            Err(Error::Shutdown) => Ok(()),
-            other => other,
+        let mut cfg = cfg;
+        loop {
+            // Each run has its own token: an agent that ends to follow a new leader cancels its
+            // own, never the signal handler's.
+            match crate::run_agent(cfg.clone(), shutdown.child_token()).await {
+                // A run's own token cancelled without a signal: its leader watch ended it while it
+                // was still setting up (a retried write returns `Shutdown` then).
+                Err(Error::LeaderMoved { .. } | Error::Shutdown) if !shutdown.is_cancelled() => {
+                    cfg.leader_moved = true;
+                    continue;
+                }
+                Err(Error::Shutdown) | Err(Error::LeaderMoved { .. }) => return Ok(()),
+                other => return other,
+            }
         }
     })
 }

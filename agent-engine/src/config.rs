@@ -49,6 +49,11 @@ pub struct EngineConfig {
     pub journal_maxlen: usize,
     /// Event queued on the agent's very first start (the module-agent's `module.init`).
     pub startup_event: Option<EventName>,
+    /// Event the agent queues for itself each time it starts again on a new leader (a failover
+    /// moved it: `Error::LeaderMoved`); the node-agent's `cluster.leader`.
+    pub leader_event: Option<EventName>,
+    /// Set by the agent's main loop when this run follows a new leader.
+    pub leader_moved: bool,
     /// On SIGTERM, how long running steps may go on before they are killed (and re-run on next start).
     pub shutdown_grace: Duration,
     /// Heartbeat key refresh interval; the key lives three intervals.
@@ -105,6 +110,8 @@ impl EngineConfig {
             output_cap: defaults::OUTPUT_CAP,
             journal_maxlen: defaults::JOURNAL_MAXLEN,
             startup_event: None,
+            leader_event: None,
+            leader_moved: false,
             shutdown_grace: Duration::from_secs(defaults::SHUTDOWN_GRACE_SECS),
             heartbeat_interval: Duration::from_secs(5),
             secret_key_file: match kind {

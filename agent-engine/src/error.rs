@@ -20,6 +20,10 @@ pub enum Error {
     Config(String),
     #[error("shutting down")]
     Shutdown,
+    /// The server that takes the writes is another one now (a failover, or this node's Redis
+    /// joined or left a cluster): the agent starts again, connected to it (`cli::main`).
+    #[error("the leader moved from {from} to {to}")]
+    LeaderMoved { from: String, to: String },
     /// A Lua script of the store replied something its header does not document (a reply of another
     /// shape, an unknown outcome word, a status that is not a run status): never read as a default.
     #[error("unexpected reply from the {script} script: {reason}")]

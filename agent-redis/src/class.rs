@@ -27,15 +27,25 @@ pub fn classify(e: &RedisError) -> ErrorClass {
 }
 
 /// True for errors that mean "Redis is not reachable right now" rather than "this command is wrong".
+///
+/// In a cluster, `NOREPLICAS` (a leader whose replicas are not in sync yet, or cut off from them)
+/// and `READONLY` (a server that was the leader and is a replica now) are such: they last until
+/// the replicas catch up or the caller follows the new leader (the engine's leader watch).
 pub fn is_transient(e: &RedisError) -> bool {
+    const TRANSIENT: [&str; 6] = [
+        "LOADING",
+        "TRYAGAIN",
+        "BUSY",
+        "MASTERDOWN",
+        "NOREPLICAS",
+        "READONLY",
+    ];
     e.is_io_error()
         || e.is_connection_refusal()
         || e.is_timeout()
         || e.is_connection_dropped()
-        || matches!(
-            e.code(),
-            Some("LOADING" | "TRYAGAIN" | "BUSY" | "MASTERDOWN")
-        )
+        || e.code().is_some_and(|c| TRANSIENT.contains(&c))
+        || server_codes(e).any(|c| TRANSIENT.contains(&c.as_str()))
 }
 
 /// True when Redis refused the credentials or the ACL refused the command, for a single command or
@@ -84,5 +94,7 @@ mod tests {
         let auth = RedisError::from((ErrorKind::AuthenticationFailed, "no"));
         assert_eq!(classify(&auth), ErrorClass::Denied);
         assert_eq!(classify(&server("ERR")), ErrorClass::Other);
+        assert_eq!(classify(&server("NOREPLICAS")), ErrorClass::Unreachable);
+        assert_eq!(classify(&server("READONLY")), ErrorClass::Unreachable);
     }
 }

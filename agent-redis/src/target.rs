@@ -10,8 +10,9 @@
 //!   `CLIENT SETNAME` too and tells us when it drops (a `Disconnection` push), which RESP2 pub/sub
 //!   never does.
 //!
-//! The cluster's Sentinel discovery (asking the sentinels which node leads, following a failover)
-//! belongs here: every caller already connects through this type.
+//! Finding the leader belongs here: every caller already connects through this type. After a
+//! failover Redis Sentinel repoints every node's Redis, and a `Target` follows what its server
+//! replicates (`Target::leader`); the engine watches it to start again on a new leader.
 
 use std::time::Duration;
 
@@ -143,6 +144,34 @@ impl Target {
         Target {
             follow: false,
             ..self.clone()
+        }
+    }
+
+    /// Whether connections follow this server's leader when it is a replica.
+    pub fn follows(&self) -> bool {
+        self.follow
+    }
+
+    /// `host:port` (or the socket's path) of this very server: what [`Target::leader`] changes.
+    pub fn address(&self) -> String {
+        match &self.resp2.get_connection_info().addr() {
+            redis::ConnectionAddr::Tcp(h, p)
+            | redis::ConnectionAddr::TcpTls {
+                host: h, port: p, ..
+            } => {
+                format!("{h}:{p}")
+            }
+            redis::ConnectionAddr::Unix(path) => path.display().to_string(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    /// The address of the leader as a `ROLE` reply of this server tells it: the replica's
+    /// leader, or this server itself.
+    pub fn leader_address_of(&self, role: &redis::Value) -> String {
+        match leader_of_role(role) {
+            Some((host, port)) => format!("{host}:{port}"),
+            None => self.address(),
         }
     }
 

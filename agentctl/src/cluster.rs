@@ -115,6 +115,22 @@ pub enum ClusterCmd {
     Leave(crate::cluster_leave::LeaveArgs),
     /// The cluster as Redis knows it: leader, network, nodes and their VPN ends, join tokens.
     Status(StatusArgs),
+    /// (Re)configure this node's Redis Sentinel and its Redis's failover settings for the
+    /// cluster as it is now: the quorum (a majority of the members), `min-replicas-to-write` (1
+    /// from 3 members on, else 0), Sentinel told to forget nodes that left. Run by the `vpn.sync`
+    /// event on every member; `cluster create` and `join` run it too. Idempotent.
+    Sentinel(SentinelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SentinelArgs {
+    /// Do nothing on a node in no cluster (no /etc/agent/vpn.env).
+    #[arg(long)]
+    pub from_config: bool,
+
+    /// This node's name. Default: the short hostname.
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
 }
 
 /// Which WireGuard implementation runs the interface.
@@ -241,6 +257,7 @@ pub fn main(redis: &RedisArgs, cmd: ClusterCmd) -> Result<i32> {
             ClusterCmd::Join(args) => crate::cluster_join::join(redis, args).await,
             ClusterCmd::RemoveNode(args) => crate::cluster_leave::remove_node(redis, args).await,
             ClusterCmd::Leave(args) => crate::cluster_leave::leave(redis, args).await,
+            ClusterCmd::Sentinel(args) => sentinel(redis, args).await,
         }
     })
 }
@@ -417,6 +434,29 @@ pub(crate) async fn admin(redis: &RedisArgs) -> Result<MultiplexedConnection> {
     connect_admin(redis, &crate::conn::default_admin_credentials()).await
 }
 
+async fn sentinel(redis: &RedisArgs, args: SentinelArgs) -> Result<i32> {
+    let node = node_name(args.node)?;
+    let Some(vpn) = local_vpn() else {
+        if args.from_config {
+            println!("{VPN_ENV} does not exist: this node is in no cluster; nothing to do");
+            return Ok(0);
+        }
+        return Err(fail(
+            78,
+            format!("{VPN_ENV} does not exist: this node is in no cluster"),
+        ));
+    };
+    if !nix::unistd::geteuid().is_root() {
+        return Err(fail(
+            1,
+            "cluster sentinel configures services: run it as root",
+        ));
+    }
+    let mut local = admin(redis).await?;
+    crate::sentinel::configure(&mut local, &node, vpn.address, None).await?;
+    Ok(0)
+}
+
 async fn create(redis: &RedisArgs, args: CreateArgs) -> Result<i32> {
     let node = node_name(args.node)?;
     let net = Ipv4Net::parse(&args.network).map_err(|e| invalid(format!("--network: {e}")))?;
@@ -478,7 +518,7 @@ async fn create(redis: &RedisArgs, args: CreateArgs) -> Result<i32> {
         println!("changed:  Redis listens on {address} too");
         changes += 1;
     }
-    crate::node::rewrite_conf_for_vpn().context("updating Redis's configuration file")?;
+    crate::node::rewrite_conf_for_vpn(None).context("updating Redis's configuration file")?;
     // 4. The cluster's records.
     let _: () = redis::pipe()
         .hset(
@@ -501,6 +541,7 @@ async fn create(redis: &RedisArgs, args: CreateArgs) -> Result<i32> {
     if !published.published.is_empty() {
         println!("users:    published {}", published.published.join(" "));
     }
+    crate::sentinel::configure(&mut conn, &node, address, None).await?;
     if leader.is_none() {
         let _: () = conn.set(wire::leader(), node.as_str()).await?;
         println!("changed:  {node} is the leader of a new cluster (network {net})");
@@ -693,6 +734,10 @@ async fn status(redis: &RedisArgs, _args: StatusArgs) -> Result<i32> {
     };
     let vpn: Vec<(String, String)> = conn.hgetall(wire::cluster_vpn()).await?;
     println!("leader:   {leader}");
+    match crate::sentinel::view().await {
+        Some(v) => println!("sentinel: {v}"),
+        None => println!("sentinel: none answers on this node"),
+    }
     println!(
         "network:  {} (UDP port {})",
         field(&vpn, cluster_vpn_field::NETWORK).unwrap_or("?"),

@@ -664,9 +664,16 @@ pub async fn join(redis: &RedisArgs, args: JoinArgs) -> Result<i32> {
             .arg(REDIS_PORT)
             .query_async(&mut local)
             .await?;
-        crate::node::rewrite_conf_for_vpn().context("updating Redis's configuration file")?;
+        crate::node::rewrite_conf_for_vpn(None).context("updating Redis's configuration file")?;
         wait_in_sync(&mut local).await?;
         println!("redis:    a replica of {leader}'s, in sync");
+        crate::sentinel::configure(
+            &mut local,
+            &node,
+            address,
+            secrets.sentinel_password.as_deref(),
+        )
+        .await?;
         let restart = Command::new("systemctl")
             .args(["restart", "node-agent.service"])
             .status();

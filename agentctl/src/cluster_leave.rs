@@ -263,6 +263,8 @@ pub async fn leave(redis: &RedisArgs, args: LeaveArgs) -> Result<i32> {
 pub(crate) async fn on_its_own(redis: &RedisArgs, node: &AgentName) -> Result<()> {
     // Redis first (what can be refused), the VPN last: a failure leaves a node a rerun can fix.
     let mut local = admin(redis).await?;
+    // Sentinel first: it would make this Redis a replica again.
+    crate::sentinel::remove(&mut local).await?;
     let role: redis::Value = redis::cmd("ROLE").query_async(&mut local).await?;
     let was_replica = agent_redis::target::leader_of_role(&role).is_some();
     let _: () = redis::cmd("REPLICAOF")
@@ -319,6 +321,6 @@ pub(crate) async fn on_its_own(redis: &RedisArgs, node: &AgentName) -> Result<()
         .args(["disable", "--quiet", "agent-vpn.service"])
         .status();
     let _ = std::fs::remove_file(VPN_ENV);
-    crate::node::rewrite_conf_for_vpn().context("updating Redis's configuration file")?;
+    crate::node::rewrite_conf_for_vpn(None).context("updating Redis's configuration file")?;
     Ok(())
 }

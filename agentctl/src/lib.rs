@@ -18,6 +18,7 @@ mod node;
 mod output;
 mod redis_admin;
 mod run;
+mod sentinel;
 mod show;
 
 use std::io::Write;

@@ -157,6 +157,14 @@ fn package_version() -> String {
     }
 }
 
+/// The `min-replicas-to-write` of the configuration file, if it has one.
+fn chosen_min_replicas(conf: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(conf).ok()?;
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("min-replicas-to-write "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The appendfsync of the configuration file an earlier setup wrote, if there is one.
 fn chosen_fsync(conf: &Path) -> Option<Fsync> {
     let text = std::fs::read_to_string(conf).ok()?;
@@ -338,7 +346,7 @@ fn bind_line(vpn: Option<std::net::Ipv4Addr>) -> String {
 
 /// Rewrites the configuration file an earlier setup wrote so that it binds the VPN address of
 /// vpn.env too (`agentctl cluster`: the running server was told live). No file, no change.
-pub(crate) fn rewrite_conf_for_vpn() -> Result<()> {
+pub(crate) fn rewrite_conf_for_vpn(min_replicas: Option<usize>) -> Result<()> {
     for flavour in [Flavour::Redis, Flavour::Valkey] {
         let server = Server::of(flavour);
         let conf = server.agent_conf();
@@ -349,7 +357,7 @@ pub(crate) fn rewrite_conf_for_vpn() -> Result<()> {
             std::fs::metadata(&conf).with_context(|| format!("cannot read {}", conf.display()))?;
         ensure_file(
             &conf,
-            &agent_conf_text(&server, fsync),
+            &agent_conf_text(&server, fsync, min_replicas),
             0o640,
             Some((owner.uid(), owner.gid())),
         )?;
@@ -359,15 +367,30 @@ pub(crate) fn rewrite_conf_for_vpn() -> Result<()> {
 
 /// On a node that joined a cluster: its Redis replicates the leader's over the VPN, logged in as
 /// the node's own ACL user (the credentials node-agent uses).
-fn replica_lines(vpn: Option<&core_events::cluster::LocalVpn>) -> String {
-    let Some(leader) = vpn.and_then(|v| v.leader) else {
+///
+/// On every member, the first node too: its user and password at whichever node leads (any may
+/// become a replica in a failover), and `min-replicas-to-write 1` — a leader cut off from every
+/// replica refuses writes (`agentctl cluster sentinel` lowers it to 0 while the cluster has fewer
+/// than 3 nodes: docs/CLUSTER.md). Sentinel's `CONFIG REWRITE` may add to this file; a later
+/// setup writes it anew from the node's settings, and Sentinel repoints the server again.
+fn replica_lines(vpn: Option<&core_events::cluster::LocalVpn>, min_replicas: usize) -> String {
+    let Some(vpn) = vpn else {
         return String::new();
     };
     let creds = agent_redis::Credentials::from_file(Path::new("/etc/agent/redis.env")).ok();
     let mut text = format!(
-        "# A replica of the leader's Redis over the VPN (agentctl cluster join).\n\
-         replicaof {leader} 6379\n"
+        "# In a cluster: no write without a replica in sync (agentctl cluster).\n\
+         min-replicas-to-write {min_replicas}\n\
+         min-replicas-max-lag {}\n",
+        core_events::cluster::MIN_REPLICAS_MAX_LAG
     );
+    if let Some(leader) = vpn.leader {
+        let _ = writeln!(
+            text,
+            "# A replica of the leader's Redis over the VPN (agentctl cluster join).\n\
+             replicaof {leader} 6379"
+        );
+    }
     if let Some(c) = creds {
         if let Some(u) = &c.username {
             let _ = writeln!(text, "masteruser {u}");
@@ -377,10 +400,13 @@ fn replica_lines(vpn: Option<&core_events::cluster::LocalVpn>) -> String {
     text
 }
 
-fn agent_conf_text(server: &Server, fsync: Fsync) -> String {
+fn agent_conf_text(server: &Server, fsync: Fsync, min_replicas: Option<usize>) -> String {
     let vpn = crate::cluster::local_vpn();
     let bind = bind_line(vpn.as_ref().map(|v| v.address));
-    let replica = replica_lines(vpn.as_ref());
+    let min_replicas = min_replicas
+        .or_else(|| chosen_min_replicas(&server.agent_conf()))
+        .unwrap_or(1);
+    let replica = replica_lines(vpn.as_ref(), min_replicas);
     format!(
         "{OWNED_HEADER}\n\
          # Debian's own configuration first; what follows overrides it (docs/SECURITY.md).\n\
@@ -535,7 +561,7 @@ async fn setup(redis: &RedisArgs, args: SetupArgs) -> Result<i32> {
         .unwrap_or(Fsync::Everysec);
     let conf_changed = ensure_file(
         &conf,
-        &agent_conf_text(&server, fsync),
+        &agent_conf_text(&server, fsync, None),
         0o640,
         Some((0, redis_owner.1)),
     )?;
@@ -942,7 +968,11 @@ mod tests {
             "no file yet: the default applies"
         );
         for fsync in [Fsync::Always, Fsync::Everysec] {
-            std::fs::write(&conf, agent_conf_text(&Server::of(Flavour::Valkey), fsync)).unwrap();
+            std::fs::write(
+                &conf,
+                agent_conf_text(&Server::of(Flavour::Valkey), fsync, None),
+            )
+            .unwrap();
             assert_eq!(chosen_fsync(&conf), Some(fsync));
         }
         std::fs::write(&conf, "appendfsync no\n").unwrap();
@@ -979,7 +1009,7 @@ mod tests {
 
     #[test]
     fn our_file_includes_debians_first_and_overrides_it() {
-        let text = agent_conf_text(&Server::of(Flavour::Redis), Fsync::Always);
+        let text = agent_conf_text(&Server::of(Flavour::Redis), Fsync::Always, None);
         let include = text.find("include /etc/redis/redis.conf").unwrap();
         for setting in [
             "appendonly yes",

@@ -66,6 +66,43 @@ pub async fn main(redis: &Redis, args: RunArgs) -> Result<i32> {
     queue_and_follow(redis, &mut con, &prefix, &event, &data, &opts).await
 }
 
+/// How long a queued event waits for a replica's acknowledgement.
+const REPLICA_WAIT: Duration = Duration::from_secs(5);
+
+/// In a cluster, waits until a replica has what this connection wrote (`WAIT 1`), so that the
+/// queued event survives the leader's loss; says so when none acknowledged in time. A leader
+/// without replicas (a lone node, every replica down) is not waited on: `WAIT` would only time
+/// out. What this protects and what not: docs/CLUSTER.md, "Writes that survive a failover".
+pub(crate) async fn wait_for_a_replica(con: &mut redis::aio::ConnectionManager) {
+    let Ok(role) = redis::cmd("ROLE").query_async::<redis::Value>(con).await else {
+        return;
+    };
+    let replicas = match &role {
+        redis::Value::Array(v) => match v.get(2) {
+            Some(redis::Value::Array(r)) => r.len(),
+            _ => 0,
+        },
+        _ => 0,
+    };
+    if replicas == 0 {
+        return;
+    }
+    let acked: redis::RedisResult<i64> = redis::cmd("WAIT")
+        .arg(1)
+        .arg(REPLICA_WAIT.as_millis() as u64)
+        .query_async(con)
+        .await;
+    match acked {
+        Ok(n) if n >= 1 => {}
+        Ok(_) => eprintln!(
+            "warning: no replica acknowledged within {}s: if the leader is lost now, this may be \
+             lost with it",
+            REPLICA_WAIT.as_secs()
+        ),
+        Err(e) => eprintln!("warning: cannot wait for a replica: {e}"),
+    }
+}
+
 /// How [`queue_and_follow`] behaves: the options of `agentctl run`.
 pub struct Follow {
     /// Queue and return at once.
@@ -141,6 +178,7 @@ pub async fn queue_and_follow(
         .await
         .with_context(|| format!("cannot queue the event on {}", prefix.queue()))?;
     eprintln!("run {run} queued on {}", prefix.as_str());
+    wait_for_a_replica(con).await;
 
     if args.no_wait {
         if args.json {

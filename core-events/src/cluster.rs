@@ -57,6 +57,41 @@ pub fn is_password_hash(s: &str) -> bool {
 /// cluster: its Redis's agent users made those of `cluster/users` (imageroot/node-events/users.sync).
 pub const USERS_EVENT: &str = "users.sync";
 
+/// The name under which every node's Sentinel monitors the cluster's Redis.
+pub const SENTINEL_MASTER: &str = "agent";
+/// Sentinel's TCP port (loopback and the VPN address).
+pub const SENTINEL_PORT: u16 = 26379;
+/// The ACL user the Sentinels log in as on every node's Redis (not an agent's: its rules are
+/// `redis_acl::sentinel_rules`). The same password opens the Sentinels themselves.
+pub const SENTINEL_USER: &str = "sentinel";
+/// The Sentinel credentials of this node (root, 0600): `REDIS_USER=sentinel`, its password.
+pub const SENTINEL_CREDENTIALS: &str = "/etc/agent/sentinel.env";
+/// How long a leader may not answer before the Sentinels call it down (ms).
+pub const SENTINEL_DOWN_AFTER_MS: u32 = 2000;
+
+/// How many Sentinels must agree that the leader is down, among `members` nodes (one Sentinel
+/// each): a majority. Sentinel also needs a majority to elect the one that runs the failover, so
+/// with 2 nodes nothing fails over by itself (one Sentinel alone is no majority of 2).
+pub fn sentinel_quorum(members: usize) -> usize {
+    members / 2 + 1
+}
+
+/// `min-replicas-to-write` of every node's Redis among `members` nodes: from 3 nodes on, a leader
+/// cut off from every replica refuses writes (the side of a partition that may elect a new
+/// leader has them); with 1 or 2 nodes nothing fails over by itself, and a leader that refused
+/// writes whenever its only member is down would stop the cluster for nothing.
+pub fn min_replicas_to_write(members: usize) -> usize {
+    usize::from(members >= 3)
+}
+
+/// How far behind (s) a replica may be and still count for `min-replicas-to-write`.
+pub const MIN_REPLICAS_MAX_LAG: u32 = 10;
+
+/// The event a node-agent queues for itself when it starts again on a new leader after a
+/// failover (`AGENT_LEADER_EVENT` in node-agent.service): the node whose Redis now leads records
+/// itself in `cluster/leader` (imageroot/node-events/cluster.leader).
+pub const LEADER_EVENT: &str = "cluster.leader";
+
 /// The leader's event that admits a node asking to join with a token (published by the token's
 /// ACL user, the only channel it may publish on).
 pub const ADMIT_EVENT: &str = "cluster.admit";
@@ -326,6 +361,10 @@ pub mod join_reply_field {
 pub struct JoinSecrets {
     pub node_password: String,
     pub admin_password: String,
+    /// The password of the Sentinels and of their Redis user ([`SENTINEL_USER`]); absent in the
+    /// answer of a leader without Sentinel.
+    #[serde(default)]
+    pub sentinel_password: Option<String>,
 }
 
 impl std::fmt::Debug for JoinSecrets {

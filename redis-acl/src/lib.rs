@@ -25,5 +25,6 @@ pub use ops::{
     RotateOutcome, SetupOptions, SetupOutcome, UserOutcome,
 };
 pub use rules::{
-    agent_rules, agent_user, is_locked_default, join_rules, DefaultPolicy, ADMIN_USER, DEFAULT_USER,
+    agent_rules, agent_user, is_locked_default, join_rules, sentinel_rules, DefaultPolicy,
+    ADMIN_USER, DEFAULT_USER,
 };

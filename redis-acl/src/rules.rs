@@ -175,6 +175,35 @@ pub fn node_rules(name: &AgentName) -> Vec<String> {
     rules
 }
 
+/// Rules of the Sentinels' user on every node's Redis (`core_events::cluster::SENTINEL_USER`): what
+/// Redis Sentinel documents it needs to watch a server and reconfigure it in a failover, on the
+/// Sentinels' own channel only, no key.
+pub fn sentinel_rules() -> Vec<String> {
+    [
+        "reset",
+        "on",
+        "resetchannels",
+        "&__sentinel__:hello",
+        "-@all",
+        "+multi",
+        "+exec",
+        "+slaveof",
+        "+replicaof",
+        "+ping",
+        "+subscribe",
+        "+publish",
+        "+config|rewrite",
+        "+config|get",
+        "+role",
+        "+info",
+        "+client|setname",
+        "+client|kill",
+        "+script|kill",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// Rules of an agent's user, by kind.
 pub fn agent_rules(kind: AgentKind, name: &AgentName) -> Vec<String> {
     match kind {

@@ -32,7 +32,8 @@ fn events() -> (tempfile::TempDir, PathBuf) {
     let step = ev.join("10where");
     std::fs::write(
         &step,
-        "#!/bin/sh\necho \"ran on $(hostname) with $1\"\nhostname > /tmp/hello-cluster-ran\n",
+        "#!/bin/sh\necho \"ran on $(hostname) with $1\"\nhostname > /tmp/hello-cluster-ran\n\
+         echo \"$1\" >> /tmp/hello-cluster-data\n",
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -270,21 +271,23 @@ fn create_and_two_joins_make_a_full_mesh_and_events_cross_it() {
 
     // A reboot of a member, then of the leader: the VPN, the replica and the agents come back by
     // themselves (agent-vpn.service before Redis, the peers from the local replica, node-agent on
-    // the leader through its replica's ROLE).
+    // the leader through its replica's ROLE). The leader down for its reboot is a failover: the
+    // cluster settles with one leader and two replicas in sync.
     n2.reboot();
     n1.reboot();
     wait_ping(&n2, "10.5.4.1");
     wait_ping(&n3, "10.5.4.2");
-    poll(Duration::from_secs(60), Duration::from_millis(500), || {
-        let info = n2.admin_redis(&["INFO", "replication"]);
-        if info.contains("master_link_status:up") {
-            Ok(())
-        } else {
-            Err(format!("node 2's replica after the reboots:\n{info}"))
-        }
-    });
+    wait_settled(&[&n1, &n2, &n3]);
+    // From here on, n1 is whichever node leads now, n2 and n3 the two others.
+    let (n1, n2, n3) = {
+        let all = [&n1, &n2, &n3];
+        let leader = leading(&all).expect("a leader once settled");
+        let others: Vec<&Node> = all.into_iter().filter(|n| n.name != leader.name).collect();
+        (leader, others[0], others[1])
+    };
+    eprintln!("after the reboots {} leads", n1.name);
     let (code, out, err) = run(
-        &n1,
+        n1,
         &[
             "agentctl",
             "run",
@@ -304,13 +307,13 @@ fn create_and_two_joins_make_a_full_mesh_and_events_cross_it() {
 
     // remove-node refuses a node with modules, and names them.
     n1.admin_redis(&["HSET", &format!("node/{}/modules", n2.name), "fake1", "img"]);
-    let (code, _, err) = run(&n1, &["agentctl", "cluster", "remove-node", &n2.name]);
+    let (code, _, err) = run(n1, &["agentctl", "cluster", "remove-node", &n2.name]);
     assert_eq!(code, 78, "{err}");
     assert!(err.contains("fake1"), "{err}");
     n1.admin_redis(&["HDEL", &format!("node/{}/modules", n2.name), "fake1"]);
 
     // remove-node from a member: node 3 leaves, every trace of it goes.
-    let (code, out, err) = run(&n2, &["agentctl", "cluster", "remove-node", &n3.name]);
+    let (code, out, err) = run(n2, &["agentctl", "cluster", "remove-node", &n3.name]);
     assert_eq!(code, 0, "{out}\n{err}");
     // The node's own side ends just after the leader saw it stop replicating.
     poll(Duration::from_secs(20), Duration::from_millis(500), || {
@@ -329,7 +332,7 @@ fn create_and_two_joins_make_a_full_mesh_and_events_cross_it() {
         ""
     );
     // Its user goes from every remaining node; on node 3, alone again, only its own is left.
-    wait_user_everywhere(&[&n1, &n2], &format!("node-{}", n3.name), false);
+    wait_user_everywhere(&[n1, n2], &format!("node-{}", n3.name), false);
     poll(Duration::from_secs(20), Duration::from_millis(500), || {
         let users = n3.admin_redis(&["ACL", "USERS"]);
         if users.contains(&format!("node-{}", n3.name))
@@ -552,4 +555,361 @@ fn a_join_killed_after_each_of_its_steps_completes_when_run_again() {
         assert_eq!(code, 0, "{out}\n{err}");
         wait_user_everywhere(&[&n1, &n2], &format!("module-{module}"), false);
     }
+}
+
+/// Waits until one node's Redis leads with every other one a replica of it, in sync.
+fn wait_settled(nodes: &[&Node]) {
+    poll(Duration::from_secs(90), Duration::from_millis(500), || {
+        let infos: Vec<String> = nodes
+            .iter()
+            .map(|n| n.admin_redis(&["INFO", "replication"]))
+            .collect();
+        let masters = infos.iter().filter(|i| i.contains("role:master")).count();
+        let replicas_up = infos
+            .iter()
+            .filter(|i| i.contains("role:slave") && i.contains("master_link_status:up"))
+            .count();
+        let served = infos
+            .iter()
+            .any(|i| i.contains(&format!("connected_slaves:{}", nodes.len() - 1)));
+        if masters == 1 && replicas_up == nodes.len() - 1 && served {
+            Ok(())
+        } else {
+            Err(format!(
+                "the cluster has not settled:\n{}",
+                infos.join("\n---\n")
+            ))
+        }
+    });
+}
+
+/// A node's VPN address, from its settings file.
+fn vpn_address(node: &Node) -> String {
+    let env = node.ok(&["cat", "/etc/agent/vpn.env"]);
+    env.lines()
+        .find_map(|l| l.strip_prefix("VPN_ADDRESS="))
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_string()
+}
+
+/// The node whose own Redis says it leads (`ROLE`), among `nodes`.
+fn leading<'a>(nodes: &[&'a Node]) -> Option<&'a Node> {
+    nodes
+        .iter()
+        .find(|n| {
+            let out = n.exec(&agent_tests::node::admin_cli(&["ROLE"]));
+            text(&out.stdout).lines().next() == Some("master")
+        })
+        .copied()
+}
+
+#[test]
+fn the_leader_killed_fails_over_and_comes_back_as_a_replica() {
+    let (_keep, ev) = events();
+    let lab = Lab::new("cf");
+    let n1 = Node::up_in_lab("fa", &lab, "10.77.3.11/24", std::slice::from_ref(&ev));
+    let n2 = Node::up_in_lab("fb", &lab, "10.77.3.12/24", std::slice::from_ref(&ev));
+    let n3 = Node::up_in_lab("fc", &lab, "10.77.3.13/24", std::slice::from_ref(&ev));
+    create(&n1, "10.77.3.11");
+    for (n, ip) in [(&n2, "10.77.3.12"), (&n3, "10.77.3.13")] {
+        let t = token(&n1, &[]);
+        let (code, out, err) = join(n, "10.77.3.11", &t, ip, &[]);
+        assert_eq!(code, 0, "join {}:\n{out}\n{err}", n.name);
+    }
+    // Three Sentinels that see each other, and agree a failover is possible.
+    for n in [&n1, &n2, &n3] {
+        poll(Duration::from_secs(40), Duration::from_millis(500), || {
+            let st = n.ok(&["agentctl", "cluster", "status"]);
+            if st.contains("sees 2 other Sentinels; automatic failover possible") {
+                Ok(())
+            } else {
+                Err(format!("{}: {st}\n{}", n.name, n.journal("redis-sentinel")))
+            }
+        });
+    }
+    // A module on a member, serving.
+    n2.ok(&["/usr/share/agent/examples/modules/build.sh"]);
+    let out = n2.ok(&[
+        "agentctl",
+        "module",
+        "add",
+        "--node",
+        &n2.name,
+        "--env",
+        "PORT=8080",
+        "localhost/hello:latest",
+    ]);
+    let id = out.lines().last().unwrap_or_default().to_string();
+    let page = format!("<h1>hello from {id}</h1>");
+    assert_eq!(n2.ok(&["curl", "-sS", "http://127.0.0.1:8080/"]), page);
+
+    // An event queued with agentctl (acknowledged by a replica: WAIT), then the leader is killed.
+    let (code, out, err) = run(
+        &n2,
+        &[
+            "agentctl",
+            "run",
+            "--no-wait",
+            &format!("node/{}", n3.name),
+            "hello.cluster",
+            "before-kill",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!err.contains("no replica acknowledged"), "{err}");
+    n1.kill();
+    let killed = std::time::Instant::now();
+    let new_leader = loop {
+        if let Some(n) = leading(&[&n2, &n3]) {
+            break n;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no new leader 30 s after the kill:\n{}",
+            n2.journal("redis-sentinel")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let took = killed.elapsed();
+    eprintln!(
+        "failover: {} leads {took:?} after the kill",
+        new_leader.name
+    );
+    assert!(
+        took <= Duration::from_secs(10),
+        "the failover took {took:?}"
+    );
+    let other = if new_leader.name == n2.name { &n3 } else { &n2 };
+
+    // The module on the member keeps serving; the event queued before the kill runs.
+    assert_eq!(n2.ok(&["curl", "-sS", "http://127.0.0.1:8080/"]), page);
+    n3.wait_output(
+        &["cat", "/tmp/hello-cluster-data"],
+        "before-kill",
+        Duration::from_secs(60),
+    );
+    // The agents follow: an event from the other member runs on the new leader's node, and the
+    // new leader records itself.
+    // The other member's Redis is repointed by Sentinel just after the promotion.
+    poll(Duration::from_secs(20), Duration::from_millis(300), || {
+        let info = other.admin_redis(&["INFO", "replication"]);
+        let want = format!("master_host:{}", vpn_address(new_leader));
+        if info.contains(&want) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} after the failover:\n{info}\n{}",
+                other.name,
+                other.journal("redis-sentinel")
+            ))
+        }
+    });
+    eprintln!(
+        "failover: {} replicates the new leader {:?} after the kill",
+        other.name,
+        killed.elapsed()
+    );
+    let (code, out, err) = run(
+        other,
+        &[
+            "agentctl",
+            "run",
+            "--timeout",
+            "60",
+            &format!("node/{}", new_leader.name),
+            "hello.cluster",
+            "after-kill",
+        ],
+    );
+    assert_eq!(
+        code,
+        0,
+        "after the failover: {out}\n{err}\n{}",
+        new_leader.journal("node-agent")
+    );
+    poll(Duration::from_secs(30), Duration::from_millis(500), || {
+        let l = other.admin_redis(&["GET", "cluster/leader"]);
+        if l == new_leader.name {
+            Ok(())
+        } else {
+            Err(format!("cluster/leader is {l:?}"))
+        }
+    });
+    assert!(other
+        .ok(&["agentctl", "cluster", "status"])
+        .contains(&format!("leader:   {}", new_leader.name)));
+
+    // The old leader comes back as a replica of the new one, its agents on the new leader.
+    n1.boot();
+    let vpn_of_new = vpn_address(new_leader);
+    poll(Duration::from_secs(90), Duration::from_millis(500), || {
+        let info = n1.admin_redis(&["INFO", "replication"]);
+        if info.contains("role:slave")
+            && info.contains(&format!("master_host:{vpn_of_new}"))
+            && info.contains("master_link_status:up")
+        {
+            Ok(())
+        } else {
+            Err(format!("the old leader after its boot:\n{info}"))
+        }
+    });
+    let (code, out, err) = run(
+        &n1,
+        &[
+            "agentctl",
+            "run",
+            "--timeout",
+            "60",
+            &format!("node/{}", n1.name),
+            "hello.cluster",
+            "old-leader",
+        ],
+    );
+    assert_eq!(
+        code,
+        0,
+        "on the old leader: {out}\n{err}\n{}",
+        n1.journal("node-agent")
+    );
+}
+
+#[test]
+fn a_partitioned_leader_refuses_writes_and_no_acknowledged_event_is_lost() {
+    let (_keep, ev) = events();
+    let lab = Lab::new("cp");
+    let n1 = Node::up_in_lab("pa", &lab, "10.77.4.11/24", std::slice::from_ref(&ev));
+    let n2 = Node::up_in_lab("pb", &lab, "10.77.4.12/24", std::slice::from_ref(&ev));
+    let n3 = Node::up_in_lab("pc", &lab, "10.77.4.13/24", std::slice::from_ref(&ev));
+    create(&n1, "10.77.4.11");
+    for (n, ip) in [(&n2, "10.77.4.12"), (&n3, "10.77.4.13")] {
+        let t = token(&n1, &[]);
+        let (code, out, err) = join(n, "10.77.4.11", &t, ip, &[]);
+        assert_eq!(code, 0, "join {}:\n{out}\n{err}", n.name);
+    }
+    for n in [&n1, &n2, &n3] {
+        poll(Duration::from_secs(40), Duration::from_millis(500), || {
+            let st = n.ok(&["agentctl", "cluster", "status"]);
+            if st.contains("sees 2 other Sentinels; automatic failover possible") {
+                Ok(())
+            } else {
+                Err(format!("{}: {st}", n.name))
+            }
+        });
+    }
+
+    // The leader cut off from both members.
+    n1.cut();
+    let cut = std::time::Instant::now();
+    // The majority side elects a leader of its own.
+    let new_leader = loop {
+        if let Some(n) = leading(&[&n2, &n3]) {
+            break n;
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(40),
+            "no leader on the majority side:\n{}",
+            n2.journal("redis-sentinel")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    eprintln!(
+        "partition: {} leads {:?} after the cut",
+        new_leader.name,
+        cut.elapsed()
+    );
+    let other = if new_leader.name == n2.name { &n3 } else { &n2 };
+    // The minority side refuses writes once its replicas are overdue (min-replicas-max-lag).
+    poll(Duration::from_secs(30), Duration::from_millis(500), || {
+        let (code, out, err) = run(
+            &n1,
+            &[
+                "agentctl",
+                "run",
+                "--no-wait",
+                &format!("node/{}", n1.name),
+                "hello.cluster",
+                "minority",
+            ],
+        );
+        if code != 0 && format!("{out}{err}").contains("NOREPLICAS") {
+            Ok(())
+        } else {
+            Err(format!("a write on the cut-off leader: {code} {out} {err}"))
+        }
+    });
+    // Events queued on the majority side are acknowledged by its replica and run.
+    poll(Duration::from_secs(30), Duration::from_millis(500), || {
+        let out = other.admin_redis(&["INFO", "replication"]);
+        if out.contains(&format!("master_host:{}", vpn_address(new_leader)))
+            && out.contains("master_link_status:up")
+        {
+            Ok(())
+        } else {
+            Err(format!("{}: {out}", other.name))
+        }
+    });
+    let (code, out, err) = run(
+        other,
+        &[
+            "agentctl",
+            "run",
+            "--timeout",
+            "60",
+            &format!("node/{}", other.name),
+            "hello.cluster",
+            "majority",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!err.contains("no replica acknowledged"), "{err}");
+    let run_id = err
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string();
+    assert!(!run_id.is_empty(), "{err}");
+
+    // Healed: the old leader becomes a replica of the new one; the acknowledged run is still there,
+    // on the old leader's copy too.
+    n1.heal();
+    poll(Duration::from_secs(60), Duration::from_millis(500), || {
+        let info = n1.admin_redis(&["INFO", "replication"]);
+        if info.contains("role:slave")
+            && info.contains(&format!("master_host:{}", vpn_address(new_leader)))
+            && info.contains("master_link_status:up")
+        {
+            Ok(())
+        } else {
+            Err(format!("the old leader after the heal:\n{info}"))
+        }
+    });
+    let journal = format!("node/{}/journal", other.name);
+    for n in [&n1, &n2, &n3] {
+        poll(Duration::from_secs(20), Duration::from_millis(500), || {
+            let entries = n.admin_redis(&["XREVRANGE", &journal, "+", "-", "COUNT", "50"]);
+            if entries.contains(&run_id) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} has no record of run {run_id}:\n{entries}",
+                    n.name
+                ))
+            }
+        });
+    }
+    let (code, out, err) = run(
+        &n1,
+        &[
+            "agentctl",
+            "run",
+            "--timeout",
+            "60",
+            &format!("node/{}", n1.name),
+            "hello.cluster",
+            "healed",
+        ],
+    );
+    assert_eq!(code, 0, "on the old leader after the heal: {out}\n{err}");
 }

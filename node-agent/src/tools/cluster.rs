@@ -39,6 +39,10 @@ pub enum ClusterTool {
     /// replicated). On the leader, its own agents' users missing from that key are added to it.
     /// Read from the leader, a user absent there is deleted here; read from this node's replica
     /// (the leader does not answer), users are only added.
+    /// cluster.leader/10claim (queued by node-agent for itself after a failover): when this node's
+    /// Redis leads, its name goes to cluster/leader, and its VPN peers are made again (the live
+    /// join tokens are the leader's peers). Nothing on any other node.
+    ClaimLeader,
     SyncUsers {
         /// Do nothing on a node in no cluster (no /etc/agent/vpn.env).
         #[arg(long)]
@@ -52,6 +56,7 @@ impl ClusterTool {
         match self {
             ClusterTool::Admit { .. } => "admit",
             ClusterTool::SyncUsers { .. } => "sync-users",
+            ClusterTool::ClaimLeader => "claim-leader",
         }
     }
 }
@@ -59,6 +64,7 @@ impl ClusterTool {
 pub fn run(tool: &ClusterTool, ctx: &Ctx) -> Result<()> {
     match tool {
         ClusterTool::Admit { data } => admit(ctx, data),
+        ClusterTool::ClaimLeader => claim_leader(ctx),
         ClusterTool::SyncUsers { from_config } => {
             if *from_config && !std::path::Path::new(wire::VPN_ENV).exists() {
                 println!(
@@ -70,6 +76,47 @@ pub fn run(tool: &ClusterTool, ctx: &Ctx) -> Result<()> {
             sync_users(ctx)
         }
     }
+}
+
+/// `node-agent cluster claim-leader`.
+fn claim_leader(ctx: &Ctx) -> Result<()> {
+    let leads = ctx.block_on(async {
+        let mut here = ctx.target.here().connection().await?;
+        Ok(!super::keys::is_replica(&mut here).await?)
+    })?;
+    if !leads || !std::path::Path::new(wire::VPN_ENV).exists() {
+        println!("this node's Redis does not lead a cluster: nothing to record");
+        return Ok(());
+    }
+    let mut con = admin_connection(ctx)?;
+    let was: Option<String> = con.get(wire::leader())?;
+    if was.as_deref() == Some(ctx.node.as_str()) {
+        println!("{} is the leader already", ctx.node);
+    } else {
+        let _: () = con.set(wire::leader(), ctx.node.as_str())?;
+        println!(
+            "{} is the leader now (was {})",
+            ctx.node,
+            was.as_deref().unwrap_or("nobody")
+        );
+    }
+    run_vpn_sync()
+}
+
+/// `node-agent vpn sync --from-config`, this same binary.
+fn run_vpn_sync() -> Result<()> {
+    let sync = std::process::Command::new(
+        std::env::current_exe().map_err(|e| ToolError::OsError(e.to_string()))?,
+    )
+    .args(["vpn", "sync", "--from-config"])
+    .status()
+    .map_err(|e| ToolError::OsError(format!("cannot run node-agent vpn sync: {e}")))?;
+    if !sync.success() {
+        return Err(ToolError::Failed(format!(
+            "node-agent vpn sync failed ({sync})"
+        )));
+    }
+    Ok(())
 }
 
 /// `node-agent cluster sync-users`.
@@ -200,15 +247,26 @@ fn parse_request(rec: &[(String, String)]) -> std::result::Result<Request, Strin
     })
 }
 
+fn admin_credentials() -> Result<agent_redis::Credentials> {
+    agent_redis::Credentials::from_file(std::path::Path::new(ADMIN_CREDENTIALS))
+        .map_err(|e| ToolError::Config(format!("the admin's credentials: {e}")))
+}
+
+/// A connection to the leader as the admin (root's credentials on this node).
+fn admin_connection(ctx: &Ctx) -> Result<redis::Connection> {
+    Ok(
+        agent_redis::Target::new(&ctx.redis_url, Some(admin_credentials()?))
+            .map_err(|e| ToolError::Config(e.to_string()))?
+            .sync_connection(agent_redis::CONNECT_TIMEOUT, agent_redis::COMMAND_TIMEOUT)?,
+    )
+}
+
 fn admit(ctx: &Ctx, data: &str) -> Result<()> {
     let (id, node) = parse_data(data)?;
     // The cluster's keys (another node's record, the token's, the answer) are beyond what the
     // node's own ACL user may write: admitting a node is the admin's work, done by root here.
-    let admin = agent_redis::Credentials::from_file(std::path::Path::new(ADMIN_CREDENTIALS))
-        .map_err(|e| ToolError::Config(format!("the admin's credentials: {e}")))?;
-    let mut con = agent_redis::Target::new(&ctx.redis_url, Some(admin.clone()))
-        .map_err(|e| ToolError::Config(e.to_string()))?
-        .sync_connection(agent_redis::CONNECT_TIMEOUT, agent_redis::COMMAND_TIMEOUT)?;
+    let admin = admin_credentials()?;
+    let mut con = admin_connection(ctx)?;
     let reply_key = wire::join_reply(&id, &node);
     let token: Vec<(String, String)> = con.hgetall(wire::join_token(&id))?;
     let expires: u64 = field(&token, join_field::EXPIRES)
@@ -286,6 +344,11 @@ fn admit(ctx: &Ctx, data: &str) -> Result<()> {
     let secrets = JoinSecrets {
         node_password: node_password.clone(),
         admin_password: admin.password.expose().to_string(),
+        sentinel_password: agent_redis::Credentials::from_file(std::path::Path::new(
+            wire::SENTINEL_CREDENTIALS,
+        ))
+        .ok()
+        .map(|c| c.password.expose().to_string()),
     };
     let json = serde_json::to_vec(&secrets).expect("secrets serialize");
     let sealed = module_secrets::encrypt(&json, &request.recipient)
@@ -343,17 +406,7 @@ fn admit(ctx: &Ctx, data: &str) -> Result<()> {
         .ok_or_else(|| ToolError::Failed(format!("{node_user} has no password here")))?;
     let _: () = con.hset(wire::users(), &node_user, hash)?;
     // The leader's own peers now, every other member's through its vpn.sync event.
-    let sync = std::process::Command::new(
-        std::env::current_exe().map_err(|e| ToolError::OsError(e.to_string()))?,
-    )
-    .args(["vpn", "sync", "--from-config"])
-    .status()
-    .map_err(|e| ToolError::OsError(format!("cannot run node-agent vpn sync: {e}")))?;
-    if !sync.success() {
-        return Err(ToolError::Failed(format!(
-            "node-agent vpn sync failed ({sync}): the new node's peer is not set here"
-        )));
-    }
+    run_vpn_sync()?;
     let peers_event = wire::PEERS_EVENT;
     for k in scan(&mut con, &wire::node_vpn_pattern())? {
         let Some(member) = wire::node_of_vpn_key(&k).and_then(|n| AgentName::new(n).ok()) else {
