@@ -94,7 +94,13 @@ mod tests {
         let auth = RedisError::from((ErrorKind::AuthenticationFailed, "no"));
         assert_eq!(classify(&auth), ErrorClass::Denied);
         assert_eq!(classify(&server("ERR")), ErrorClass::Other);
-        assert_eq!(classify(&server("NOREPLICAS")), ErrorClass::Unreachable);
-        assert_eq!(classify(&server("READONLY")), ErrorClass::Unreachable);
+        // As Redis sends them: a server error reply, parsed.
+        for code in ["NOREPLICAS", "READONLY", "LOADING"] {
+            let reply = format!("-{code} not now\r\n");
+            let e = redis::parse_redis_value(reply.as_bytes())
+                .and_then(|v| v.extract_error())
+                .expect_err("an error reply");
+            assert_eq!(classify(&e), ErrorClass::Unreachable, "{code}");
+        }
     }
 }

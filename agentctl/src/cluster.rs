@@ -467,6 +467,7 @@ async fn create(redis: &RedisArgs, args: CreateArgs) -> Result<i32> {
             "cluster create configures the network and Redis: run it as root",
         ));
     }
+    crate::sentinel::check_installed().map_err(|e| fail(69, format!("{e:#}")))?;
     let mut conn = admin(redis).await?;
     let leader: Option<String> = conn.get(wire::leader()).await?;
     match &leader {

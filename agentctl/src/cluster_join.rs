@@ -338,13 +338,14 @@ async fn preflight_leader(
     Ok(leader)
 }
 
-/// The local checks: in no cluster, no modules, the port free.
+/// The local checks: in no cluster, no modules, the port free, Sentinel installed.
 async fn preflight_local(
     local: &mut MultiplexedConnection,
     node: &AgentName,
     port: u16,
     interface: &str,
 ) -> Result<()> {
+    crate::sentinel::check_installed().map_err(|e| fail(69, format!("{e:#}")))?;
     if let Some(v) = crate::cluster::local_vpn() {
         return Err(fail(
             78,

@@ -26,7 +26,7 @@ use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
 
 /// Where a Redis flavour's Debian package puts its Sentinel.
-struct Flavour {
+pub(crate) struct Flavour {
     unit: &'static str,
     binary: &'static str,
     conf_dir: &'static str,
@@ -71,6 +71,20 @@ impl Flavour {
             .join(format!("{}.d", self.unit))
             .join("50-agent.conf")
     }
+}
+
+/// This node's Sentinel flavour, refused with what to install when its binary is missing.
+pub(crate) fn check_installed() -> Result<&'static Flavour> {
+    let flavour = Flavour::active()?;
+    if !Path::new(flavour.binary).is_file() {
+        bail!(
+            "{} is not installed: the cluster's automatic failover needs it (apt-get install {}); \
+             nothing was changed",
+            flavour.binary,
+            flavour.unit.trim_end_matches(".service")
+        );
+    }
+    Ok(flavour)
 }
 
 /// The Sentinels' password of this node, from `SENTINEL_CREDENTIALS`.
@@ -184,7 +198,7 @@ pub(crate) async fn configure(
     address: Ipv4Addr,
     given: Option<&str>,
 ) -> Result<()> {
-    let flavour = Flavour::active()?;
+    let flavour = check_installed()?;
     let stored = stored_password();
     let password = match (given, stored.clone()) {
         (Some(p), _) => p.to_string(),
