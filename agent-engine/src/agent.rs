@@ -170,7 +170,9 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
     }
 
     // Shutdown: stop taking work, let runs finish within the grace period, then kill their steps.
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    // No STOPPING=1 here: this run may end only to start again on a new leader, and systemd
+    // takes STOPPING=1 for the process's end (it SIGKILLs it TimeoutStopSec later). The binary's
+    // signal handler says it (cli.rs).
     tracker.close();
     if tokio::time::timeout(cfg.shutdown_grace, tracker.wait())
         .await
@@ -204,7 +206,10 @@ struct Fatal(Arc<std::sync::Mutex<Option<Error>>>);
 
 impl Fatal {
     fn set(&self, e: Error, shutdown: &CancellationToken) {
-        tracing::error!(error = %e, "cannot go on; shutting down");
+        // A moved leader is no failure: the run ends to start again (the watch said so).
+        if !matches!(e, Error::LeaderMoved { .. }) {
+            tracing::error!(error = %e, "cannot go on; shutting down");
+        }
         self.0.lock().expect("fatal lock").get_or_insert(e);
         shutdown.cancel();
     }
@@ -282,8 +287,14 @@ async fn heartbeat_loop(ctx: AgentCtx) {
             _ = tick.tick() => {}
             _ = ctx.shutdown.cancelled() => return,
         }
-        if let Err(e) = store.heartbeat(&heartbeat_value()).await {
-            tracing::debug!(error = %e, "heartbeat not written");
+        // Given up at shutdown: a write to a server that stopped answering (an old leader) would
+        // hold the agent's stop for a whole command timeout.
+        let value = heartbeat_value();
+        tokio::select! {
+            r = store.heartbeat(&value) => if let Err(e) = r {
+                tracing::debug!(error = %e, "heartbeat not written");
+            },
+            _ = ctx.shutdown.cancelled() => return,
         }
         if watchdog {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);

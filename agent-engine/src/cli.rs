@@ -233,6 +233,8 @@ pub fn main(kind: AgentKind, args: AgentArgs) -> Result<()> {
                 _ = int.recv() => {}
             }
             tracing::info!("signal received, shutting down");
+            // Only here, where the process really ends: see run_agent.
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
             signals.cancel();
         });
         let mut cfg = cfg;
@@ -242,8 +244,21 @@ pub fn main(kind: AgentKind, args: AgentArgs) -> Result<()> {
             match crate::run_agent(cfg.clone(), shutdown.child_token()).await {
                 // A run's own token cancelled without a signal: its leader watch ended it while it
                 // was still setting up (a retried write returns `Shutdown` then).
-                Err(Error::LeaderMoved { .. } | Error::Shutdown) if !shutdown.is_cancelled() => {
+                Err(e @ (Error::LeaderMoved { .. } | Error::Shutdown))
+                    if !shutdown.is_cancelled() =>
+                {
                     cfg.leader_moved = true;
+                    // systemd sees one service going on: fed, and told why it is busy.
+                    let status = match &e {
+                        Error::LeaderMoved { to, .. } => {
+                            format!("following the new leader at {to}")
+                        }
+                        _ => "following the new leader".to_string(),
+                    };
+                    let _ = sd_notify::notify(&[
+                        sd_notify::NotifyState::Status(&status),
+                        sd_notify::NotifyState::Watchdog,
+                    ]);
                     continue;
                 }
                 Err(Error::Shutdown) | Err(Error::LeaderMoved { .. }) => return Ok(()),

@@ -388,6 +388,10 @@ pub(crate) async fn view() -> Option<String> {
         .query_async(&mut s)
         .await;
     let failover = match ckquorum {
+        // With 2 Sentinels a failover needs both, and one dies with the leader's node.
+        Ok(_) if others.len() + 1 < 3 => {
+            "no automatic failover with fewer than 3 nodes (docs/CLUSTER.md: manual)".to_string()
+        }
         Ok(_) => "automatic failover possible".to_string(),
         Err(e) => format!("no automatic failover: {}", e.detail().unwrap_or("?")),
     };

@@ -472,8 +472,13 @@ pub struct Agent {
     /// Extra environment for the agent process.
     env: Vec<(String, String)>,
     log: PathBuf,
+    /// How many [`READY_LINE`]s the log held when the agent was last started.
+    ready_lines: usize,
     _logdir: tempfile::TempDir,
 }
+
+/// What an agent logs once it is ready (agent-engine's `run_agent`).
+const READY_LINE: &str = "agent ready";
 
 impl Agent {
     /// Starts a module-agent named `name` on `dirs`, waiting until it is subscribed.
@@ -518,6 +523,7 @@ impl Agent {
             admin_url: admin_url.into(),
             env: Vec::new(),
             log: logdir.path().join("agent.log"),
+            ready_lines: 0,
             _logdir: logdir,
         };
         a.spawn(true);
@@ -525,6 +531,8 @@ impl Agent {
     }
 
     fn spawn(&mut self, wait_ready: bool) {
+        // The log is appended across restarts: readiness is one more "agent ready" than now.
+        self.ready_lines = self.ready_lines();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -534,7 +542,9 @@ impl Agent {
             .args(&self.args)
             .env(
                 "RUST_LOG",
+                // Whatever a developer asks for, the ready line stays visible: readiness is read from it.
                 std::env::var("AGENT_TEST_LOG")
+                    .map(|f| format!("{f},agent_engine::agent=info"))
                     .unwrap_or_else(|_| "info,agent_engine=debug".into()),
             )
             .env_remove("NOTIFY_SOCKET")
@@ -552,7 +562,14 @@ impl Agent {
         }
     }
 
-    /// Waits until the agent's subscriptions exist (it then counts as a PUBLISH receiver).
+    fn ready_lines(&self) -> usize {
+        self.log().matches(READY_LINE).count()
+    }
+
+    /// Waits until the agent is ready as it says so itself: its subscriptions exist (it then
+    /// counts as a PUBLISH receiver) and it has logged [`READY_LINE`], which it does once every
+    /// connection it keeps is logged in and its startup event is queued. The subscription alone
+    /// comes earlier: a test that went on from there raced the agent's queue connection.
     pub fn wait_ready(&mut self) {
         let url = self.admin_url.clone();
         let chan = format!("cancel/{}", self.name);
@@ -580,6 +597,12 @@ impl Agent {
                     .ok()?;
                 (v.first()?.1 >= 1).then_some(())
             },
+        );
+        let before = self.ready_lines;
+        wait_for(
+            &format!("agent {} to log that it is ready", self.name),
+            Duration::from_secs(20),
+            || (self.ready_lines() > before).then_some(()),
         );
     }
 

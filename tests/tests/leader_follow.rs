@@ -84,3 +84,95 @@ fn agentctl_on_a_replica_queues_on_the_leader_and_follows_the_run() {
         "no run recorded on the leader: {runs:?}"
     );
 }
+
+/// Every notification the agent has sent to `sock` so far (waits `quiet` for the next one).
+fn notifications(sock: &std::os::unix::net::UnixDatagram, quiet: Duration) -> Vec<String> {
+    sock.set_read_timeout(Some(quiet)).unwrap();
+    let mut buf = [0u8; 512];
+    let mut out = Vec::new();
+    while let Ok(n) = sock.recv(&mut buf) {
+        out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    out
+}
+
+#[test]
+fn a_promotion_is_followed_in_process_and_systemd_is_never_told_the_agent_stops() {
+    use std::os::unix::net::UnixDatagram;
+    let old = RedisServer::start();
+    let replica = replica_of(&old);
+    let dirs = EventDirs::new(1);
+    let marks = dirs.work().join("marks");
+    for event in ["moved", "hello"] {
+        dirs.step(
+            0,
+            event,
+            "10",
+            &format!("echo {event} >> {}", marks.display()),
+        );
+    }
+    let sock_path = dirs.work().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let mut agent = Agent::start_with_admin(
+        "node-agent",
+        &replica.url(),
+        &old.url(),
+        "f1",
+        &dirs.dirs(),
+        &["--leader-event", "moved"],
+    );
+    agent.terminate();
+    agent.set_env("NOTIFY_SOCKET", sock_path.to_str().unwrap());
+    agent.restart();
+    let pid = agent.pid();
+    let before = notifications(&sock, Duration::from_millis(300));
+    assert!(before.iter().any(|m| m.contains("READY=1")), "{before:?}");
+
+    // The replica is promoted (what Sentinel does on a failover): the agent follows it.
+    let mut rcon = replica.conn();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut rcon)
+        .unwrap();
+    wait_for("the leader event on the new leader", LONG, || {
+        std::fs::read_to_string(&marks)
+            .ok()?
+            .contains("moved")
+            .then_some(())
+    });
+    xadd(
+        &mut rcon,
+        "node/f1/queue",
+        &[("event", "hello"), ("id", "after")],
+    );
+    let rec = wait_run_end(&mut rcon, "node/f1/run/after", LONG);
+    assert_eq!(rec["status"], "done", "{rec:?}");
+    assert_eq!(agent.pid(), pid, "the same process");
+    assert!(agent.wait_exit(Duration::ZERO).is_none(), "still running");
+    let log = agent.log();
+    assert!(log.contains("the leader moved"), "{log}");
+    assert!(
+        !log.contains("cannot go on"),
+        "a move is no failure:\n{log}"
+    );
+
+    // systemd takes STOPPING=1 for the end of the process and SIGKILLs it TimeoutStopSec later:
+    // a move must never say it. It says where the agent went, and feeds the watchdog.
+    let during = notifications(&sock, Duration::from_millis(300));
+    assert!(
+        !during.iter().any(|m| m.contains("STOPPING=1")),
+        "{during:?}"
+    );
+    let status = format!(
+        "STATUS=following the new leader at 127.0.0.1:{}",
+        replica.port()
+    );
+    assert!(during.iter().any(|m| m.contains(&status)), "{during:?}");
+    assert!(during.iter().any(|m| m.contains("READY=1")), "{during:?}");
+
+    // A real stop still says it.
+    assert_eq!(agent.terminate().code(), Some(0));
+    let after = notifications(&sock, Duration::from_millis(300));
+    assert!(after.iter().any(|m| m.contains("STOPPING=1")), "{after:?}");
+}

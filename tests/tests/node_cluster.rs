@@ -305,6 +305,27 @@ fn create_and_two_joins_make_a_full_mesh_and_events_cross_it() {
         n2.journal("node-agent")
     );
 
+    // Both members' agents follow whichever node leads now (the one not rebooted too: its Redis
+    // was repointed by Sentinel under a running agent).
+    let (code, out, err) = run(
+        n1,
+        &[
+            "agentctl",
+            "run",
+            "--timeout",
+            "60",
+            &format!("node/{}", n3.name),
+            "hello.cluster",
+            "x4",
+        ],
+    );
+    assert_eq!(
+        code,
+        0,
+        "after the reboots: {out}\n{err}\n{}",
+        n3.journal("node-agent")
+    );
+
     // remove-node refuses a node with modules, and names them.
     n1.admin_redis(&["HSET", &format!("node/{}/modules", n2.name), "fake1", "img"]);
     let (code, _, err) = run(n1, &["agentctl", "cluster", "remove-node", &n2.name]);
@@ -331,6 +352,18 @@ fn create_and_two_joins_make_a_full_mesh_and_events_cross_it() {
         n1.admin_redis(&["--scan", "--pattern", &format!("node/{}/*", n3.name)]),
         ""
     );
+    // Every remaining Sentinel forgets it: two nodes, no automatic failover.
+    for n in [n1, n2] {
+        poll(Duration::from_secs(30), Duration::from_millis(500), || {
+            let st = n.ok(&["agentctl", "cluster", "status"]);
+            if st.contains("sees 1 other Sentinels; no automatic failover with fewer than 3 nodes")
+            {
+                Ok(())
+            } else {
+                Err(format!("{} after the removal: {st}", n.name))
+            }
+        });
+    }
     // Its user goes from every remaining node; on node 3, alone again, only its own is left.
     wait_user_everywhere(&[n1, n2], &format!("node-{}", n3.name), false);
     poll(Duration::from_secs(20), Duration::from_millis(500), || {
