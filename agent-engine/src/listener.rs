@@ -161,9 +161,10 @@ async fn subscribe_and_serve(
         io.handle
             .spawn(async move { target.subscriber(buffer).await })
     };
-    let mut conn = connect
-        .await
-        .map_err(|e| Error::Config(format!("the listener's thread failed: {e}")))??;
+    let mut conn = tokio::select! {
+        c = connect => c.map_err(|e| Error::Config(format!("the listener's thread failed: {e}")))??,
+        _ = ctx.shutdown.cancelled() => return Err(Error::Shutdown),
+    };
     redis::cmd("CLIENT")
         .arg("SETNAME")
         .arg(keys::client_name(&cfg.name))
@@ -226,7 +227,13 @@ async fn subscribe_and_serve(
                     _ = buffer.wake.notified() => {}
                     _ = tokio::time::sleep_until(refusals.next_summary()), if pending => {}
                     _ = ping.tick() => {
-                        lost = redis::cmd("PING").query_async::<()>(&mut conn).await.err();
+                        // Given up at shutdown: a PING to a server that died (an old leader)
+                        // would hold the agent's stop for a whole command timeout.
+                        let ping = redis::cmd("PING");
+                        tokio::select! {
+                            r = ping.query_async::<()>(&mut conn) => lost = r.err(),
+                            _ = ctx.shutdown.cancelled() => {}
+                        }
                     }
                     _ = ctx.shutdown.cancelled() => {}
                 }

@@ -382,6 +382,12 @@ impl RedisServer {
         format!("unix://{}", self.dir.path().join("redis.sock").display())
     }
 
+    /// The server's process id (to freeze it with SIGSTOP: a server that stops answering, as a
+    /// dead host does, rather than one whose connections are refused).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("redis-server running").id()
+    }
+
     pub fn conn(&self) -> redis::Connection {
         redis::Client::open(self.url())
             .unwrap()

@@ -397,7 +397,16 @@ impl Node {
 
     /// The last lines of a system unit's journal in the node.
     pub fn journal(&self, unit: &str) -> String {
-        let out = self.exec(&["journalctl", "-u", unit, "--no-pager", "-n", "80"]);
+        let out = self.exec(&[
+            "journalctl",
+            "-u",
+            unit,
+            "--no-pager",
+            "-n",
+            "80",
+            "-o",
+            "short-precise",
+        ]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }

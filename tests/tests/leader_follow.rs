@@ -25,21 +25,32 @@ fn replica_of(leader: &RedisServer) -> RedisServer {
     replica
 }
 
+/// A node-agent given the replica's URL, as on a member node (its local Redis); the harness checks
+/// its readiness on `leader`, where its subscription is.
+fn node_agent_on(
+    replica: &RedisServer,
+    leader: &RedisServer,
+    name: &str,
+    dirs: &EventDirs,
+    extra: &[&str],
+) -> Agent {
+    Agent::start_with_admin(
+        "node-agent",
+        &replica.url(),
+        &leader.url(),
+        name,
+        &dirs.dirs(),
+        extra,
+    )
+}
+
 #[test]
 fn an_agent_pointed_at_a_replica_runs_the_leaders_queue_and_records_there() {
     let leader = RedisServer::start();
     let replica = replica_of(&leader);
     let dirs = EventDirs::new(1);
     dirs.step(0, "hello", "10", "echo hello from the step");
-    // The agent is given the replica's URL, as on a member node (its local Redis).
-    let _agent = Agent::start_with_admin(
-        "node-agent",
-        &replica.url(),
-        &leader.url(),
-        "w1",
-        &dirs.dirs(),
-        &[],
-    );
+    let _agent = node_agent_on(&replica, &leader, "w1", &dirs, &[]);
     let mut con = leader.conn();
     xadd(
         &mut con,
@@ -113,14 +124,7 @@ fn a_promotion_is_followed_in_process_and_systemd_is_never_told_the_agent_stops(
     }
     let sock_path = dirs.work().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let mut agent = Agent::start_with_admin(
-        "node-agent",
-        &replica.url(),
-        &old.url(),
-        "f1",
-        &dirs.dirs(),
-        &["--leader-event", "moved"],
-    );
+    let mut agent = node_agent_on(&replica, &old, "f1", &dirs, &["--leader-event", "moved"]);
     agent.terminate();
     agent.set_env("NOTIFY_SOCKET", sock_path.to_str().unwrap());
     agent.restart();
@@ -175,4 +179,55 @@ fn a_promotion_is_followed_in_process_and_systemd_is_never_told_the_agent_stops(
     assert_eq!(agent.terminate().code(), Some(0));
     let after = notifications(&sock, Duration::from_millis(300));
     assert!(after.iter().any(|m| m.contains("STOPPING=1")), "{after:?}");
+}
+
+/// The time of day, in seconds, of the first log line that contains `what` (the agent's log lines
+/// start with an RFC 3339 time, `2026-12-03T05:51:19.545568Z`).
+fn logged_at(log: &str, what: &str) -> Option<f64> {
+    let line = log.lines().find(|l| l.contains(what))?;
+    let (_, time) = line.split_whitespace().next()?.split_once('T')?;
+    let mut parts = time.trim_end_matches('Z').split(':');
+    let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+}
+
+#[test]
+fn a_leader_that_stops_answering_does_not_hold_the_move_to_the_new_one() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let old = RedisServer::start();
+    let replica = replica_of(&old);
+    let dirs = EventDirs::new(1);
+    dirs.step(0, "hello", "10", "echo hello");
+    let agent = node_agent_on(&replica, &old, "f2", &dirs, &[]);
+    // The old leader freezes (a dead host: nothing answers, nothing is refused) long enough for
+    // the agent's periodic commands (heartbeat, the subscription's PING: every 5 s) to be waiting
+    // on it, each for its 10 s command timeout. Then the replica is promoted.
+    let frozen = Pid::from_raw(old.pid() as i32);
+    kill(frozen, Signal::SIGSTOP).unwrap();
+    std::thread::sleep(Duration::from_millis(5500));
+    let mut rcon = replica.conn();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut rcon)
+        .unwrap();
+    xadd(
+        &mut rcon,
+        "node/f2/queue",
+        &[("event", "hello"), ("id", "on-new")],
+    );
+    let rec = wait_run_end(&mut rcon, "node/f2/run/on-new", LONG);
+    kill(frozen, Signal::SIGCONT).unwrap();
+    assert_eq!(rec["status"], "done", "{rec:?}");
+    // The run that ends to follow the new leader gives up what waits on the old one: its stop
+    // takes milliseconds, not what is left of a command timeout (3.5 s or more here).
+    let log = agent.log();
+    let moved = logged_at(&log, "the leader moved").expect("the move is logged");
+    let stopped = logged_at(&log, "agent stopped").expect("the old run's end is logged");
+    assert!(
+        stopped - moved < 2.0,
+        "the old run took {:.1} s to stop:\n{log}",
+        stopped - moved
+    );
 }

@@ -12,6 +12,9 @@ fn main() {
             .append(true)
             .open(path)
             .expect("stamp file");
-        writeln!(f, "{now} {}", std::process::id()).expect("write stamp");
+        // One write(2) of the whole line: with O_APPEND, steps of many agents stamping the same
+        // file at once never interleave (`writeln!` on a File writes piece by piece).
+        let line = format!("{now} {}\n", std::process::id());
+        f.write_all(line.as_bytes()).expect("write stamp");
     }
 }
