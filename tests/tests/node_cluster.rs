@@ -483,6 +483,36 @@ fn bad_expired_and_used_up_tokens_are_refused_and_leave_nothing() {
     assert!(err.contains("used up"), "{err}");
     nothing_left(&n3);
 
+    // A preflight that fails on something else than the token (the name is a member's) changes
+    // nothing on either side: no trace of node 3, node 2's record as it was, the token unused
+    // (the join stopped after admission below uses it).
+    let t = token(&n1, &[]);
+    let n2_key = n1.admin_redis(&["HGET", &format!("node/{}/vpn", n2.name), "public_key"]);
+    let out = n3.exec_with_input(
+        &[
+            "agentctl",
+            "cluster",
+            "join",
+            "10.77.1.11",
+            "-",
+            "--endpoint",
+            "10.77.1.13",
+            "--backend",
+            "userspace",
+            "--node",
+            &n2.name,
+        ],
+        t.as_bytes(),
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(err.contains("already a member"), "{err}");
+    nothing_left(&n3);
+    assert_eq!(
+        n1.admin_redis(&["HGET", &format!("node/{}/vpn", n2.name), "public_key"]),
+        n2_key
+    );
+
     // Expired (its record gone, as Redis expires it).
     let expiring = token(&n1, &[]);
     let id = JoinToken::decode(&expiring).unwrap().id;
@@ -493,7 +523,6 @@ fn bad_expired_and_used_up_tokens_are_refused_and_leave_nothing() {
     nothing_left(&n3);
 
     // A join stopped after the leader admitted the node, then --abort: undone on both sides.
-    let t = token(&n1, &[]);
     let (code, out, err) = join(
         &n3,
         "10.77.1.11",
