@@ -487,7 +487,7 @@ pub struct Agent {
 const READY_LINE: &str = "agent ready";
 
 impl Agent {
-    /// Starts a module-agent named `name` on `dirs`, waiting until it is subscribed.
+    /// Starts a module-agent named `name` on `dirs`, waiting until it is ready ([`Agent::wait_ready`]).
     pub fn module(redis: &RedisServer, name: &str, dirs: &EventDirs, extra: &[&str]) -> Self {
         Self::start("module-agent", &redis.url(), name, &dirs.dirs(), extra)
     }
@@ -608,7 +608,12 @@ impl Agent {
         wait_for(
             &format!("agent {} to log that it is ready", self.name),
             Duration::from_secs(20),
-            || (self.ready_lines() > before).then_some(()),
+            || {
+                if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                    panic!("agent exited before it was ready ({st}):\n{}", self.log());
+                }
+                (self.ready_lines() > before).then_some(())
+            },
         );
     }
 
