@@ -104,6 +104,12 @@ impl Prefix {
         format!("{}/module.env", self.text)
     }
 
+    /// `module/<id>/routes`: route name → [`crate::edge::Route`] as JSON, the module's routes
+    /// through the edge proxy (written by the module's own user: owned by it).
+    pub fn routes(&self) -> String {
+        format!("{}/routes", self.text)
+    }
+
     /// `module/<id>/secrets`: field → age-armored ciphertext.
     pub fn secrets(&self) -> String {
         format!("{}/secrets", self.text)

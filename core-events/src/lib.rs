@@ -5,6 +5,7 @@
 //! reader. It is pure: no tokio, no Redis, no filesystem — only validation, builders and serde types.
 
 pub mod cluster;
+pub mod edge;
 pub mod exit;
 pub mod keys;
 pub mod module_env;

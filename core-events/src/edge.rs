@@ -1,0 +1,555 @@
+//! What a module may ask the edge proxy for (issue 14, in progress): a *route*, from a host name
+//! and/or a path prefix to one of the module's local ports. Every part is checked here, to a
+//! small grammar, because the edge service renders routes into the proxy's configuration: nothing
+//! a module writes may become configuration of its own (a Caddy placeholder `{…}`, a path that
+//! escapes with `..`, a header that splits a response).
+//!
+//! Routes are stored in the module's own hash, `module/<id>/routes` ([`crate::Prefix::routes`]),
+//! one field per route name, the value [`Route`] as JSON: the module's ACL user may write only its
+//! own keys, so a route is owned by the module that asked. Nothing consumes them yet: `module-sdk
+//! route add/rm`, the edge service and Caddy come next (docs/ARCHITECTURE.md).
+
+use serde::{Deserialize, Serialize};
+
+/// Emitted to a module when one of its routes was applied, changed or removed.
+pub const ROUTE_CHANGED: &str = "route-changed";
+/// Emitted to a module when a certificate of one of its host names was issued or renewed.
+pub const CERTIFICATE_CHANGED: &str = "certificate-changed";
+
+/// Longest host name (RFC 1035: 253 characters in text form).
+const HOST_MAX: usize = 253;
+const LABEL_MAX: usize = 63;
+const PATH_MAX: usize = 256;
+const HEADER_NAME_MAX: usize = 64;
+const HEADER_VALUE_MAX: usize = 1024;
+/// Extra response headers one route may set.
+pub const HEADERS_MAX: usize = 16;
+const ROUTE_NAME_MAX: usize = 32;
+
+/// Why a route, or a part of it, is refused. The messages are for the module author: they say
+/// what would be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("host {0:?}: {1}")]
+    Host(String, &'static str),
+    #[error("path {0:?}: {1}")]
+    Path(String, &'static str),
+    #[error("header {0:?}: {1}")]
+    Header(String, &'static str),
+    #[error("route name {0:?}: 1 to 32 of a-z, 0-9 and '-', starting with a letter")]
+    Name(String),
+    #[error("a route needs a host, a path prefix or both")]
+    NoMatch,
+    #[error("port 0: a route goes to the module's port, 1 to 65535")]
+    Port,
+    #[error("strip_prefix needs a path prefix to strip")]
+    StripWithoutPath,
+    #[error("{0} headers: at most {HEADERS_MAX}")]
+    TooManyHeaders(usize),
+    #[error("the route is not valid JSON: {0}")]
+    Json(String),
+}
+
+/// A host name a route matches: lowercase ASCII labels of `a-z`, `0-9` and `-` (IDNs in their
+/// `xn--` form), one trailing dot dropped. Not an IP address, not a wildcard: certificates are
+/// issued per name by HTTP-01, which cannot prove a wildcard.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(into = "String")]
+pub struct HostName(String);
+
+impl HostName {
+    pub fn parse(s: &str) -> Result<HostName, RouteError> {
+        let bad = |why| Err(RouteError::Host(s.to_string(), why));
+        let name = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
+        if name.is_empty() {
+            return bad("empty");
+        }
+        if !name.is_ascii() {
+            return bad("not ASCII: write an international name in its xn-- form");
+        }
+        if name.len() > HOST_MAX {
+            return bad("longer than 253 characters");
+        }
+        if name.starts_with("*.") || name == "*" {
+            return bad("a wildcard: certificates are issued per name (HTTP-01)");
+        }
+        for label in name.split('.') {
+            if label.is_empty() {
+                return bad("an empty label (two dots, or a leading dot)");
+            }
+            if label.len() > LABEL_MAX {
+                return bad("a label longer than 63 characters");
+            }
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return bad("only letters, digits, '-' and dots");
+            }
+            if label.starts_with('-') || label.ends_with('-') {
+                return bad("a label starts or ends with '-'");
+            }
+        }
+        let last = name.rsplit('.').next().unwrap_or_default();
+        if last.bytes().all(|b| b.is_ascii_digit()) {
+            return bad("an IP address or all digits: a route matches a name");
+        }
+        Ok(HostName(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<HostName> for String {
+    fn from(h: HostName) -> String {
+        h.0
+    }
+}
+
+impl std::fmt::Display for HostName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A path prefix a route matches: `/`, or `/` followed by segments of `A-Z a-z 0-9 - . _ ~`
+/// separated by single slashes; no `.` or `..` segment, no percent-encoding, no trailing slash
+/// (`/app/` is `/app`: the same route). Matching is by whole segments: `/app` matches `/app` and
+/// `/app/x`, not `/apple`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(into = "String")]
+pub struct PathPrefix(String);
+
+impl PathPrefix {
+    pub fn parse(s: &str) -> Result<PathPrefix, RouteError> {
+        let bad = |why| Err(RouteError::Path(s.to_string(), why));
+        if !s.starts_with('/') {
+            return bad("must start with '/'");
+        }
+        if s.len() > PATH_MAX {
+            return bad("longer than 256 characters");
+        }
+        if s == "/" {
+            return Ok(PathPrefix(s.into()));
+        }
+        // One trailing slash is the same prefix; what is left must be whole segments ("//" is not).
+        let trimmed = s.strip_suffix('/').unwrap_or(s);
+        for segment in trimmed[1..].split('/') {
+            if segment.is_empty() {
+                return bad("an empty segment ('//')");
+            }
+            if segment == "." || segment == ".." {
+                return bad("a '.' or '..' segment");
+            }
+            if !segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+            {
+                return bad(
+                    "only letters, digits, '-', '.', '_', '~' and '/' (no percent-encoding)",
+                );
+            }
+        }
+        Ok(PathPrefix(trimmed.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<PathPrefix> for String {
+    fn from(p: PathPrefix) -> String {
+        p.0
+    }
+}
+
+/// A response header a route adds: a field name of RFC 9110's token characters (not one the proxy
+/// must own: framing, connection and host headers), and a value of visible ASCII and spaces, without
+/// `{` and `}` (the proxy's placeholders).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "(String, String)", into = "(String, String)")]
+pub struct Header {
+    name: String,
+    value: String,
+}
+
+/// Headers the proxy sets or that change how a response is framed: never a module's.
+const OWNED_HEADERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "host",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+impl Header {
+    pub fn new(name: &str, value: &str) -> Result<Header, RouteError> {
+        let bad = |why| Err(RouteError::Header(name.to_string(), why));
+        if name.is_empty() || name.len() > HEADER_NAME_MAX {
+            return bad("a name of 1 to 64 characters");
+        }
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$&'*+-.^_`|~".contains(&b))
+        {
+            return bad("a name of letters, digits and !#$&'*+-.^_`|~");
+        }
+        if OWNED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            return bad("set by the proxy, not by a route");
+        }
+        if value.len() > HEADER_VALUE_MAX {
+            return bad("a value longer than 1024 characters");
+        }
+        if !value
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'{' && b != b'}')
+        {
+            return bad("a value of visible ASCII and spaces, without '{' and '}'");
+        }
+        Ok(Header {
+            name: name.to_string(),
+            value: value.trim().to_string(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+impl TryFrom<(String, String)> for Header {
+    type Error = RouteError;
+    fn try_from((name, value): (String, String)) -> Result<Header, RouteError> {
+        Header::new(&name, &value)
+    }
+}
+
+impl From<Header> for (String, String) {
+    fn from(h: Header) -> (String, String) {
+        (h.name, h.value)
+    }
+}
+
+/// The name of one of a module's routes (a field of `module/<id>/routes`).
+pub fn check_route_name(s: &str) -> Result<&str, RouteError> {
+    let ok = !s.is_empty()
+        && s.len() <= ROUTE_NAME_MAX
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    ok.then_some(s)
+        .ok_or_else(|| RouteError::Name(s.to_string()))
+}
+
+/// One route: requests for `host` (any host when `None`) under `path` (all paths when `None`) go
+/// to the module's `port` on the node's loopback. Built only through [`Route::new`] or from JSON,
+/// which checks the same rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RouteFields", into = "RouteFields")]
+pub struct Route {
+    host: Option<HostName>,
+    path: Option<PathPrefix>,
+    port: u16,
+    strip_prefix: bool,
+    redirect_https: bool,
+    headers: Vec<Header>,
+}
+
+/// A route as written: every field checked by [`Route::new`] on the way in.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    port: u16,
+    #[serde(default)]
+    strip_prefix: bool,
+    #[serde(default = "yes")]
+    redirect_https: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    headers: Vec<Header>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl TryFrom<RouteFields> for Route {
+    type Error = RouteError;
+    fn try_from(f: RouteFields) -> Result<Route, RouteError> {
+        Route::new(
+            f.host.as_deref(),
+            f.path.as_deref(),
+            f.port,
+            f.strip_prefix,
+            f.redirect_https,
+            f.headers,
+        )
+    }
+}
+
+impl From<Route> for RouteFields {
+    fn from(r: Route) -> RouteFields {
+        RouteFields {
+            host: r.host.map(String::from),
+            path: r.path.map(String::from),
+            port: r.port,
+            strip_prefix: r.strip_prefix,
+            redirect_https: r.redirect_https,
+            headers: r.headers,
+        }
+    }
+}
+
+impl Route {
+    pub fn new(
+        host: Option<&str>,
+        path: Option<&str>,
+        port: u16,
+        strip_prefix: bool,
+        redirect_https: bool,
+        headers: Vec<Header>,
+    ) -> Result<Route, RouteError> {
+        let host = host.map(HostName::parse).transpose()?;
+        let path = path.map(PathPrefix::parse).transpose()?;
+        if host.is_none() && path.is_none() {
+            return Err(RouteError::NoMatch);
+        }
+        if port == 0 {
+            return Err(RouteError::Port);
+        }
+        if strip_prefix && path.as_ref().is_none_or(|p| p.as_str() == "/") {
+            return Err(RouteError::StripWithoutPath);
+        }
+        if headers.len() > HEADERS_MAX {
+            return Err(RouteError::TooManyHeaders(headers.len()));
+        }
+        Ok(Route {
+            host,
+            path,
+            port,
+            strip_prefix,
+            redirect_https,
+            headers,
+        })
+    }
+
+    /// A route from its stored JSON (a field value of `module/<id>/routes`).
+    pub fn from_json(text: &str) -> Result<Route, RouteError> {
+        serde_json::from_str(text).map_err(|e| RouteError::Json(e.to_string()))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a route always serializes")
+    }
+
+    /// What two routes conflict on: the same host (or both any host) and the same path prefix
+    /// (no path is `/`). Two modules may not hold routes with the same key.
+    pub fn match_key(&self) -> (Option<&str>, &str) {
+        (
+            self.host.as_ref().map(HostName::as_str),
+            self.path.as_ref().map_or("/", PathPrefix::as_str),
+        )
+    }
+
+    pub fn host(&self) -> Option<&HostName> {
+        self.host.as_ref()
+    }
+
+    pub fn path(&self) -> Option<&PathPrefix> {
+        self.path.as_ref()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn strip_prefix(&self) -> bool {
+        self.strip_prefix
+    }
+
+    pub fn redirect_https(&self) -> bool {
+        self.redirect_https
+    }
+
+    pub fn headers(&self) -> &[Header] {
+        &self.headers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn host_names_are_normalised_and_checked() {
+        assert_eq!(
+            HostName::parse("Hello.Test.").unwrap().as_str(),
+            "hello.test"
+        );
+        assert_eq!(
+            HostName::parse("xn--bcher-kva.example").unwrap().as_str(),
+            "xn--bcher-kva.example"
+        );
+        assert_eq!(HostName::parse("intranet").unwrap().as_str(), "intranet");
+        for (bad, why) in [
+            ("", "empty"),
+            ("*.example.org", "wildcard"),
+            ("a..b", "empty label"),
+            (".a", "empty label"),
+            ("-a.b", "starts or ends"),
+            ("a_b.c", "only letters"),
+            ("a b", "only letters"),
+            ("{http.request.host}", "only letters"),
+            ("bücher.example", "xn--"),
+            ("192.168.1.1", "IP address"),
+            ("[::1]", "only letters"),
+        ] {
+            let e = HostName::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        assert!(HostName::parse(&format!("{}.test", "a".repeat(64))).is_err());
+        assert!(HostName::parse(&format!("{}test", "a.".repeat(130))).is_err());
+    }
+
+    #[test]
+    fn path_prefixes_are_normalised_and_checked() {
+        assert_eq!(PathPrefix::parse("/").unwrap().as_str(), "/");
+        assert_eq!(PathPrefix::parse("/app/").unwrap().as_str(), "/app");
+        assert_eq!(
+            PathPrefix::parse("/a-b/c_d.e~f").unwrap().as_str(),
+            "/a-b/c_d.e~f"
+        );
+        for (bad, why) in [
+            ("app", "start with '/'"),
+            ("", "start with '/'"),
+            ("//", "empty segment"),
+            ("/a//b", "empty segment"),
+            ("/a/../b", "'..'"),
+            ("/.", "'.'"),
+            ("/a%2e", "percent"),
+            ("/{path}", "only letters"),
+            ("/a b", "only letters"),
+            ("/a?b", "only letters"),
+            ("/a*", "only letters"),
+        ] {
+            let e = PathPrefix::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn headers_that_the_proxy_owns_or_that_could_split_a_response_are_refused() {
+        assert!(Header::new("Strict-Transport-Security", "max-age=31536000").is_ok());
+        for (name, value) in [
+            ("Content-Length", "1"),
+            ("host", "x"),
+            ("X-A", "a\r\nSet-Cookie: x"),
+            ("X-A", "{env.SECRET}"),
+            ("X A", "1"),
+            ("", "1"),
+        ] {
+            assert!(Header::new(name, value).is_err(), "{name:?}: {value:?}");
+        }
+    }
+
+    #[test]
+    fn a_route_needs_something_to_match_and_somewhere_to_go() {
+        assert_eq!(
+            Route::new(None, None, 80, false, true, vec![]),
+            Err(RouteError::NoMatch)
+        );
+        assert_eq!(
+            Route::new(Some("a.test"), None, 0, false, true, vec![]),
+            Err(RouteError::Port)
+        );
+        assert_eq!(
+            Route::new(Some("a.test"), None, 8080, true, true, vec![]),
+            Err(RouteError::StripWithoutPath)
+        );
+        let many = (0..=HEADERS_MAX)
+            .map(|i| Header::new(&format!("X-{i}"), "v").unwrap())
+            .collect();
+        assert_eq!(
+            Route::new(Some("a.test"), None, 8080, false, true, many),
+            Err(RouteError::TooManyHeaders(HEADERS_MAX + 1))
+        );
+        let r = Route::new(Some("A.test"), Some("/app/"), 8080, true, false, vec![]).unwrap();
+        assert_eq!(r.match_key(), (Some("a.test"), "/app"));
+        let whole = Route::new(Some("a.test"), None, 8080, false, true, vec![]).unwrap();
+        let root = Route::new(Some("a.test"), Some("/"), 9090, false, true, vec![]).unwrap();
+        assert_eq!(
+            whole.match_key(),
+            root.match_key(),
+            "no path is /: they conflict"
+        );
+    }
+
+    #[test]
+    fn stored_json_is_checked_like_a_new_route() {
+        let r = Route::from_json(r#"{"host":"hello.test","port":8080}"#).unwrap();
+        assert!(r.redirect_https(), "redirect by default");
+        assert_eq!(Route::from_json(&r.to_json()).unwrap(), r);
+        for bad in [
+            r#"{"host":"{upstream}","port":8080}"#,
+            r#"{"host":"a.test","port":70000}"#,
+            r#"{"host":"a.test","port":8080,"caddy":{"handle":[]}}"#,
+            r#"{"host":"a.test","port":8080,"headers":[["X","a\nb"]]}"#,
+            r#"{"port":8080}"#,
+            "not json",
+        ] {
+            assert!(Route::from_json(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn route_names_are_short_slugs() {
+        assert!(check_route_name("web").is_ok());
+        assert!(check_route_name("admin-2").is_ok());
+        for bad in ["", "2web", "Web", "a/b", &"a".repeat(33)] {
+            assert!(check_route_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Characters that mean something to the proxy's configuration, a shell or HTTP framing.
+    const UNSAFE: &str = "{}\"'\\ \t\r\n%*?#";
+
+    proptest! {
+        /// Whatever a module writes, what is accepted holds none of the proxy's syntax.
+        #[test]
+        fn accepted_parts_hold_no_proxy_syntax(s in "\\PC{0,40}") {
+            let unsafe_char = |c: char| UNSAFE.contains(c);
+            if let Ok(h) = HostName::parse(&s) {
+                prop_assert!(!h.as_str().contains(unsafe_char), "host {:?}", h);
+                prop_assert_eq!(HostName::parse(h.as_str()).unwrap(), h.clone());
+            }
+            if let Ok(p) = PathPrefix::parse(&s) {
+                prop_assert!(!p.as_str().contains(unsafe_char), "path {:?}", p);
+                prop_assert!(!p.as_str().contains("/../") && !p.as_str().ends_with("/.."), "path {:?}", p);
+                prop_assert_eq!(PathPrefix::parse(p.as_str()).unwrap(), p.clone());
+            }
+            if let Ok(h) = Header::new("X-Test", &s) {
+                prop_assert!(!h.value().contains(['{', '}', '\r', '\n']), "value {:?}", h);
+            }
+        }
+
+        #[test]
+        fn any_json_is_a_route_or_an_error(s in "\\PC{0,120}") {
+            let _ = Route::from_json(&s);
+        }
+    }
+}
