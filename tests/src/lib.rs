@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,29 @@ pub fn bench_arg(name: &str) -> Option<String> {
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .cloned()
+}
+
+/// The `p`-quantile (0.0–1.0) of sorted benchmark samples, nearest rank.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// A duration in milliseconds, for benchmark reports.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The `<monotonic ns> <pid>` lines the `bench-step` binary appended to `path`.
+pub fn bench_stamps(path: &Path) -> Vec<(u64, u32)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (t, pid) = l.split_once(' ')?;
+            Some((t.parse().ok()?, pid.parse().ok()?))
+        })
+        .collect()
 }
 
 /// A numeric `--NAME N` of a benchmark binary, or `default`.

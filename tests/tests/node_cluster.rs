@@ -286,45 +286,28 @@ fn create_and_two_joins_make_a_full_mesh_and_events_cross_it() {
         (leader, others[0], others[1])
     };
     eprintln!("after the reboots {} leads", n1.name);
-    let (code, out, err) = run(
-        n1,
-        &[
-            "agentctl",
-            "run",
-            "--timeout",
-            "60",
-            &format!("node/{}", n2.name),
-            "hello.cluster",
-            "x3",
-        ],
-    );
-    assert_eq!(
-        code,
-        0,
-        "after the reboots: {out}\n{err}\n{}",
-        n2.journal("node-agent")
-    );
-
     // Both members' agents follow whichever node leads now (the one not rebooted too: its Redis
     // was repointed by Sentinel under a running agent).
-    let (code, out, err) = run(
-        n1,
-        &[
-            "agentctl",
-            "run",
-            "--timeout",
-            "60",
-            &format!("node/{}", n3.name),
-            "hello.cluster",
-            "x4",
-        ],
-    );
-    assert_eq!(
-        code,
-        0,
-        "after the reboots: {out}\n{err}\n{}",
-        n3.journal("node-agent")
-    );
+    for (member, id) in [(n2, "x3"), (n3, "x4")] {
+        let (code, out, err) = run(
+            n1,
+            &[
+                "agentctl",
+                "run",
+                "--timeout",
+                "60",
+                &format!("node/{}", member.name),
+                "hello.cluster",
+                id,
+            ],
+        );
+        assert_eq!(
+            code,
+            0,
+            "after the reboots: {out}\n{err}\n{}",
+            member.journal("node-agent")
+        );
+    }
 
     // remove-node refuses a node with modules, and names them.
     n1.admin_redis(&["HSET", &format!("node/{}/modules", n2.name), "fake1", "img"]);

@@ -21,20 +21,13 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_tests::{bin, monotonic_ns, wait_for, Agent, EventDirs, RedisServer};
+use agent_tests::{
+    bench_stamps, bin, monotonic_ns, ms, percentile, wait_for, Agent, EventDirs, RedisServer,
+};
 use redis::Commands;
 
 /// Idle time before each latency sample, so samples do not queue behind each other.
 const GAP: Duration = Duration::from_millis(20);
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 /// p50, p99 and the largest of `v`.
 fn spread(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
@@ -46,13 +39,9 @@ fn spread(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
     )
 }
 
-/// The `<monotonic ns> <pid>` lines bench-step wrote: their times.
+/// The times of the stamps bench-step wrote.
 fn stamps(path: &Path) -> Vec<u64> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once(' ')?.0.parse().ok())
-        .collect()
+    bench_stamps(path).into_iter().map(|(t, _)| t).collect()
 }
 
 /// Raises the open-file limit to the hard one: Redis inherits it, and N agents keep ~4N connections

@@ -22,26 +22,19 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use agent_tests::{bin, monotonic_ns, wait_for, Agent, EventDirs, RedisServer};
+use agent_tests::{
+    bench_stamps, bin, monotonic_ns, ms, percentile, wait_for, Agent, EventDirs, RedisServer,
+};
 use exec_events::ExecEvents;
 use redis::Commands;
 
 /// Idle time before each latency sample and each paced floor sample.
 const GAP: Duration = Duration::from_millis(20);
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
 /// p50 and p99 of unsorted samples.
 fn p50_p99(mut v: Vec<Duration>) -> (Duration, Duration) {
     v.sort();
     (percentile(&v, 0.5), percentile(&v, 0.99))
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn ratio(a: Duration, b: Duration) -> f64 {
@@ -55,18 +48,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
-}
-
-/// The `<monotonic ns> <pid>` lines bench-step wrote.
-fn stamps(path: &Path) -> Vec<(u64, u32)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let (t, pid) = l.split_once(' ')?;
-            Some((t.parse().ok()?, pid.parse().ok()?))
-        })
-        .collect()
 }
 
 fn since(t0: u64, t1: u64) -> Duration {
@@ -112,7 +93,7 @@ fn floor_sample(
         .env("BENCH_STAMP_FILE", stamp_file)
         .status()
         .expect("bench-step");
-    let (t_code, _) = *stamps(stamp_file).last().expect("bench-step's stamp");
+    let (t_code, _) = *bench_stamps(stamp_file).last().expect("bench-step's stamp");
     FloorSample {
         rtt,
         spawn,
@@ -182,7 +163,7 @@ impl LatencyBench<'_> {
             if paced {
                 std::thread::sleep(GAP);
             }
-            let before = stamps(self.stamp_file).len();
+            let before = bench_stamps(self.stamp_file).len();
             let t0 = monotonic_ns();
             let n: i64 = con.publish("lat0:lat", "x").unwrap();
             assert_eq!(n, 1);
@@ -196,7 +177,7 @@ impl LatencyBench<'_> {
                 assert!(!body.contains("\"status\":\"failed\""), "{body}");
             }
             let (t_code, pid) = wait_for("step stamp", Duration::from_secs(30), || {
-                stamps(self.stamp_file).get(before).copied()
+                bench_stamps(self.stamp_file).get(before).copied()
             });
             let t_exec = self.execs.map(|e| {
                 e.exec_time(pid, Duration::from_secs(1))
