@@ -64,6 +64,15 @@ show "agentctl journal node/$node"
 in_node agentctl journal "node/$node" -n 4
 show "curl http://127.0.0.1:8080/"
 in_node curl -sS http://127.0.0.1:8080/
+say "the same page through the node's edge proxy (Caddy): hello's module.init asked for the route /hello0"
+for _ in $(seq 1 100); do
+  in_node curl -sf http://127.0.0.1/hello0/ >/dev/null && break
+  sleep 0.1
+done
+show "REDIS_URL=… module-sdk route list --all; curl http://127.0.0.1/hello0/"
+# The admin's credentials through the environment, never argv.
+in_node sh -c '. /etc/agent/admin.env && REDIS_URL="redis://$REDIS_USER:$REDIS_PASSWORD@127.0.0.1:6379" exec module-sdk route list --all' || true
+in_node curl -sS http://127.0.0.1/hello0/
 show "systemctl --user -M hello0@ status hello-httpd"
 in_node systemctl --user -M hello0@ --no-pager status hello-httpd | head -n 4 || true
 

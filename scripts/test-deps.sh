@@ -9,12 +9,15 @@
 #                                 machines have no wireguard kernel module), `wg show`, ping through
 #                                 the tunnel (--no-install-recommends: wireguard-tools would pull in
 #                                 a kernel image)
+#   caddy                         tests/tests/edge.rs: the edge proxy, driven through its admin socket
+#                                 (the tests start their own; the packaged service is not used)
+#   wrk                           the edge benchmark (scripts/bench-edge.sh): requests/s through it
 #   dpkg-dev                      dpkg-shlibdeps, with which cargo-deb computes the package's library
 #                                 dependencies; cargo-deb itself comes from crates.io (scripts/package.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
-packages=(redis-server redis-tools libclang-dev nettle-dev pkg-config debootstrap systemd-container binutils iproute2 dpkg-dev wireguard-go wireguard-tools iputils-ping)
+packages=(redis-server redis-tools libclang-dev nettle-dev pkg-config debootstrap systemd-container binutils iproute2 dpkg-dev wireguard-go wireguard-tools iputils-ping caddy wrk)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,6 +27,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# Caddy binds a reloaded configuration's listeners beside the old ones (SO_REUSEPORT) and closes the
+# old ones; without this the kernel resets the connections still in their accept queue, and the
+# edge test that reloads 50 times under load sees failed requests. The package sets it on a node
+# (/usr/lib/sysctl.d/60-agent-edge.conf); this machine runs the edge tests too.
+sysctl -q -w net.ipv4.tcp_migrate_req=1
 # The Debian package (what every test node installs) is built with cargo-deb: one pinned version,
 # installed once per machine into ~/.cargo/bin, outside the clone.
 scripts/package.sh --install-tool

@@ -136,6 +136,16 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
         store.enqueue_published(event.as_str(), b"").await?;
         tracing::info!(%event, "queued on the new leader");
     }
+    // Read once, at start: an `.on` added later takes effect when the agent starts again.
+    let triggers = crate::plan::triggers(&cfg.events_dirs);
+    let triggers = {
+        let (ctx, fatal, target) = (ctx.clone(), fatal.clone(), target.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::triggers::run(target, ctx.clone(), triggers).await {
+                fatal.set(e, &ctx.shutdown);
+            }
+        })
+    };
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     // Watchdog pings start after READY=1, as systemd expects.
     let heartbeat = tokio::spawn(heartbeat_loop(ctx.clone()));
@@ -186,6 +196,7 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
     shutdown.cancel();
     let _ = heartbeat.await;
     let _ = watch.await;
+    let _ = triggers.await;
     if let Some(handle) = listener {
         if let Err(e) = handle.await {
             tracing::error!(error = %e, "listener panicked");

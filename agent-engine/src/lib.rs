@@ -22,6 +22,7 @@ mod spawn;
 mod step_process;
 mod store;
 pub mod time;
+mod triggers;
 
 pub use agent::{run_agent, start_agent, AgentHandle};
 pub use config::{default_events_dirs, EngineConfig};

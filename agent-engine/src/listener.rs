@@ -399,7 +399,8 @@ impl PushBuffer {
     }
 }
 
-fn bulk(v: Option<Value>) -> Vec<u8> {
+/// A pushed message's part as bytes (also for the triggers' subscription).
+pub(crate) fn bulk(v: Option<Value>) -> Vec<u8> {
     match v {
         Some(Value::BulkString(b)) => b,
         Some(v) => redis::from_redis_value::<Vec<u8>>(v).unwrap_or_default(),

@@ -45,6 +45,10 @@ pub struct EventSettings {
     pub timeout: Option<Duration>,
     /// `.retries`: how many times an interrupted run is started again.
     pub retries: Option<u32>,
+    /// `.on`: the emitted events (one name per line, `#` comments) that queue this event — from
+    /// any agent but this one (see [`triggers`]). An empty `.on` in a later directory turns the
+    /// triggers of an earlier one off.
+    pub on: Vec<EventName>,
     /// Settings files that could not be read, in words.
     pub problems: Vec<String>,
 }
@@ -155,12 +159,14 @@ fn verdict_of(path: &Path) -> PlanVerdict {
 
 /// The most of a settings file that is read: a number and a newline need far less.
 const SETTING_MAX: u64 = 64;
+/// The most of an `.on` file: a few event names.
+const ON_MAX: u64 = 4096;
 
 /// The text of a settings file: a regular file (after symlinks), at most [`SETTING_MAX`] bytes.
 /// Opened without blocking and checked on the open file, so a FIFO (which would wait for a
 /// writer) or `/dev/zero` (endless) planted as `.timeout` cannot hang planning, and nothing can
 /// swap the file between the check and the read.
-fn read_setting_text(path: &Path) -> Result<String, String> {
+fn read_setting_text(path: &Path, max: u64) -> Result<String, String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
@@ -172,11 +178,11 @@ fn read_setting_text(path: &Path) -> Result<String, String> {
     if !meta.is_file() {
         return Err("not a regular file".into());
     }
-    if meta.len() > SETTING_MAX {
+    if meta.len() > max {
         return Err(format!("{} bytes, more than a setting holds", meta.len()));
     }
     let mut text = String::new();
-    file.take(SETTING_MAX)
+    file.take(max)
         .read_to_string(&mut text)
         .map_err(|e| e.to_string())?;
     Ok(text)
@@ -184,7 +190,7 @@ fn read_setting_text(path: &Path) -> Result<String, String> {
 
 fn read_setting(settings: &mut EventSettings, name: &str, path: &Path) {
     let parse = |path: &Path| -> Result<u64, String> {
-        let text = read_setting_text(path)?;
+        let text = read_setting_text(path, SETTING_MAX)?;
         text.trim()
             .parse::<u64>()
             .map_err(|e| format!("{:?}: {e}", text.trim()))
@@ -201,9 +207,55 @@ fn read_setting(settings: &mut EventSettings, name: &str, path: &Path) {
             Ok(n) => settings.retries = Some(n.min(100) as u32),
             Err(e) => settings.problems.push(format!("{}: {e}", path.display())),
         },
+        "on" => match read_setting_text(path, ON_MAX) {
+            Ok(text) => {
+                settings.on.clear();
+                for line in text.lines().map(str::trim) {
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    match EventName::new(line) {
+                        Ok(e) if !settings.on.contains(&e) => settings.on.push(e),
+                        Ok(_) => {}
+                        Err(e) => settings.problems.push(format!("{}: {e}", path.display())),
+                    }
+                }
+            }
+            Err(e) => settings.problems.push(format!("{}: {e}", path.display())),
+        },
         _ => {}
     }
 }
+
+/// Every trigger of the event directories: emitted event → the events of this agent it queues
+/// (from the events' `.on` settings, merged like every setting). Read when the agent starts.
+/// Rollback events have none (they run only inside their event's run).
+pub fn triggers(dirs: &[PathBuf]) -> BTreeMap<EventName, Vec<EventName>> {
+    let mut events = std::collections::BTreeSet::new();
+    for dir in dirs {
+        let Ok(read) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in read.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Ok(event) = EventName::new(&name) {
+                if !is_ignored_name(&name) && !name.ends_with(ROLLBACK_SUFFIX) {
+                    events.insert(event);
+                }
+            }
+        }
+    }
+    let mut out: BTreeMap<EventName, Vec<EventName>> = BTreeMap::new();
+    for event in events {
+        for on in plan_event(dirs, &event).settings.on {
+            out.entry(on).or_default().push(event.clone());
+        }
+    }
+    out
+}
+
+/// The suffix of rollback events (`module.init.rollback`).
+const ROLLBACK_SUFFIX: &str = ".rollback";
 
 #[cfg(test)]
 mod tests {
@@ -279,6 +331,38 @@ mod tests {
                 .problems
                 .iter()
                 .any(|p| p.contains("more than a setting holds")),
+            "{:?}",
+            plan.settings.problems
+        );
+    }
+
+    #[test]
+    fn triggers_merge_like_settings() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        for d in ["a/edge.sync", "a/reload", "b/reload", "a/x.rollback"] {
+            std::fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        std::fs::write(a.join("edge.sync/.on"), "# routes\nroute-requested\n\n").unwrap();
+        std::fs::write(a.join("reload/.on"), "certificate-changed\nroute-changed\n").unwrap();
+        // The admin's later directory turns one trigger set off, another has a bad name.
+        std::fs::write(b.join("reload/.on"), "").unwrap();
+        std::fs::write(a.join("x.rollback/.on"), "route-changed\n").unwrap();
+        let found = triggers(&[a.clone(), b.clone()]);
+        let shown: Vec<(String, Vec<String>)> = found
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.iter().map(|e| e.to_string()).collect()))
+            .collect();
+        assert_eq!(
+            shown,
+            [("route-requested".to_string(), vec!["edge.sync".to_string()])]
+        );
+        std::fs::write(b.join("reload/.on"), "bad/name\nroute-changed\n").unwrap();
+        let plan = plan_event(&[a, b], &EventName::new("reload").unwrap());
+        assert_eq!(plan.settings.on, [EventName::new("route-changed").unwrap()]);
+        assert_eq!(
+            plan.settings.problems.len(),
+            1,
             "{:?}",
             plan.settings.problems
         );

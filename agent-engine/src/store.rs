@@ -903,6 +903,24 @@ impl Store {
         ))
     }
 
+    /// The id of the last queue entry the agent's consumer group has read (`XINFO GROUPS`), if
+    /// any: entries after it wait unread.
+    pub async fn last_delivered(&self) -> Result<Option<String>> {
+        let queue = self.prefix.queue();
+        let reply: redis::streams::StreamInfoGroupsReply =
+            retry("read the queue's group", &self.shutdown, || {
+                let mut c = self.conn();
+                let queue = queue.clone();
+                async move { c.xinfo_groups(queue).await }
+            })
+            .await?;
+        Ok(reply
+            .groups
+            .into_iter()
+            .find(|g| g.name == keys::QUEUE_GROUP)
+            .map(|g| g.last_delivered_id))
+    }
+
     /// Finds a queued (not yet started) entry by run id: its stream id and event.
     pub async fn find_queued(&self, run: &RunId) -> Result<Option<(String, String)>> {
         let queue = self.prefix.queue();

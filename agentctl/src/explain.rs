@@ -507,6 +507,13 @@ fn plan_text(
             defaults::MAX_ATTEMPTS
         )),
     }
+    if !s.on.is_empty() {
+        let on: Vec<&str> = s.on.iter().map(|e| e.as_str()).collect();
+        out.push_str(&format!(
+            "  on: {} (.on: queued when another agent emits it; read at the agent's start)\n",
+            on.join(", ")
+        ));
+    }
     for p in &s.problems {
         out.push_str(&format!("  problem: {p}\n"));
     }
@@ -556,6 +563,7 @@ fn plan_json(
         "settings": {
             "timeout_secs": plan.settings.timeout.map(|t| t.as_secs()),
             "retries": plan.settings.retries,
+            "on": plan.settings.on,
             "problems": plan.settings.problems,
         },
     })

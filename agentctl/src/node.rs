@@ -862,6 +862,9 @@ async fn status(redis: &RedisArgs, args: StatusArgs) -> Result<i32> {
             "NOT alive: no heartbeat (systemctl status node-agent)"
         }
     );
+    for line in edge_lines(&mut conn, &node).await? {
+        let _ = writeln!(out, "{line}");
+    }
     let modules: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
         .arg(Prefix::node(node.clone()).modules())
         .query_async(&mut conn)
@@ -887,6 +890,56 @@ async fn status(redis: &RedisArgs, args: StatusArgs) -> Result<i32> {
     }
     print!("{out}");
     Ok(0)
+}
+
+/// The edge proxy as the node's last `edge.sync` left it (`node/<n>/edge`): what serves, and the
+/// last refusal while it stands (the previous configuration serving meanwhile).
+async fn edge_lines(conn: &mut MultiplexedConnection, node: &AgentName) -> Result<Vec<String>> {
+    use core_events::edge::status as field;
+    let key = core_events::edge::status_key(node);
+    let status: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async(conn)
+        .await
+        .with_context(|| format!("HGETALL {key}"))?;
+    let get = |f: &str| status.get(f).map(String::as_str).unwrap_or("");
+    let mut lines = Vec::new();
+    if status.is_empty() {
+        lines.push("edge:        never applied (no edge.sync ran on this node)".to_string());
+        return Ok(lines);
+    }
+    let routes: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(get(field::ROUTES)).unwrap_or_default();
+    let serving = routes.values().filter(|v| v["state"] == "serving").count();
+    if get(field::APPLIED).is_empty() {
+        lines.push("edge:        no configuration applied yet".to_string());
+    } else {
+        lines.push(format!(
+            "edge:        {serving} routes served, applied {} (config {})",
+            get(field::APPLIED),
+            get(field::CONFIG_SHA256).get(..12).unwrap_or("?")
+        ));
+    }
+    for (route, state) in &routes {
+        if state["state"] != "serving" {
+            lines.push(format!(
+                "  {route}: refused: {}",
+                state["reason"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    if !get(field::WARNING).is_empty() {
+        lines.push(format!("  warning: {}", get(field::WARNING)));
+    }
+    if !get(field::ERROR).is_empty() {
+        lines.push(format!(
+            "  LAST SYNC FAILED at {} (run {}): {}",
+            get(field::ERROR_AT),
+            get(field::ERROR_RUN),
+            get(field::ERROR)
+        ));
+    }
+    Ok(lines)
 }
 
 /// Where the node stands in a cluster: none, or its role, VPN address and WireGuard backend.

@@ -6,12 +6,20 @@
 //!
 //! Routes are stored in the module's own hash, `module/<id>/routes` ([`crate::Prefix::routes`]),
 //! one field per route name, the value [`Route`] as JSON: the module's ACL user may write only its
-//! own keys, so a route is owned by the module that asked. Nothing consumes them yet: `module-sdk
-//! route add/rm`, the edge service and Caddy come next (docs/ARCHITECTURE.md).
+//! own keys, so a route is owned by the module that asked. `module-sdk route add/rm` writes them
+//! and emits [`ROUTE_REQUESTED`]; every node's `edge.sync` event ([`EDGE_SYNC_EVENT`], triggered by
+//! it) renders the routes of the node's modules into Caddy's configuration (docs/EDGE.md).
 
 use serde::{Deserialize, Serialize};
 
-/// Emitted to a module when one of its routes was applied, changed or removed.
+/// Emitted by a module (`module-sdk route add/rm`) when it changed its routes; JSON
+/// `{"route": NAME, "action": "add"|"rm"}`. Every node-agent's [`EDGE_SYNC_EVENT`] runs on it.
+pub const ROUTE_REQUESTED: &str = "route-requested";
+/// The node event that renders the node's routes and certificates into its proxy's configuration
+/// and applies it (`imageroot/node-events/edge.sync`).
+pub const EDGE_SYNC_EVENT: &str = "edge.sync";
+/// Emitted by a node's edge service when a route of one of its modules was applied, changed,
+/// refused or removed.
 pub const ROUTE_CHANGED: &str = "route-changed";
 /// Emitted to a module when a certificate of one of its host names was issued or renewed.
 pub const CERTIFICATE_CHANGED: &str = "certificate-changed";
@@ -25,6 +33,116 @@ const HEADER_VALUE_MAX: usize = 1024;
 /// Extra response headers one route may set.
 pub const HEADERS_MAX: usize = 16;
 const ROUTE_NAME_MAX: usize = 32;
+
+/// `module/*/routes`: every module's routes hash (a `SCAN MATCH` pattern).
+pub fn routes_pattern() -> String {
+    format!("{}/*/routes", crate::AgentKind::Module.as_str())
+}
+
+/// The module id of a `module/<id>/routes` key, when it is one (not checked as an agent name).
+pub fn module_of_routes_key(key: &str) -> Option<&str> {
+    let id = key
+        .strip_prefix(crate::AgentKind::Module.as_str())?
+        .strip_prefix('/')?
+        .strip_suffix("/routes")?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+/// The node-agent's environment variable naming the edge's state directory (the applied Caddy
+/// configuration; default `/run/agent/edge`). Local configuration, never from Redis.
+pub const STATE_DIR_VAR: &str = "AGENT_EDGE_STATE_DIR";
+/// The node-agent's environment variable naming Caddy's admin socket (default
+/// `/run/agent/edge/admin.sock`).
+pub const ADMIN_SOCKET_VAR: &str = "AGENT_EDGE_ADMIN_SOCKET";
+
+/// What a route of a node's modules is after the node's last `edge.sync` (in
+/// [`status::ROUTES`]): served, or refused and why (a conflict, a stored route that is not valid).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "state", content = "reason")]
+pub enum RouteState {
+    Serving,
+    Refused(String),
+}
+
+/// The `state` of a [`RouteChanged`] event for a route that is no longer there.
+pub const ROUTE_REMOVED: &str = "removed";
+
+impl RouteState {
+    /// The word of the state: `serving` or `refused`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            RouteState::Serving => "serving",
+            RouteState::Refused(_) => "refused",
+        }
+    }
+}
+
+/// What a module says when it changed its routes ([`ROUTE_REQUESTED`]'s JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRequest {
+    /// The module whose routes changed (a node step may change a module's routes).
+    pub module: String,
+    pub route: String,
+    pub action: RouteAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteAction {
+    Add,
+    Rm,
+}
+
+/// What a node's edge says when a route of one of its modules changed state
+/// ([`ROUTE_CHANGED`]'s JSON): `state` is [`RouteState::word`] or [`ROUTE_REMOVED`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteChanged {
+    pub node: String,
+    pub module: String,
+    pub route: String,
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `cluster/edge`: the edge proxy's settings, the same on every node (fields in [`settings`]).
+pub fn settings_key() -> String {
+    "cluster/edge".to_string()
+}
+
+/// The fields of [`settings_key`] (absent fields take their defaults).
+pub mod settings {
+    /// TCP port of plain HTTP (ACME HTTP-01 challenges and redirects to HTTPS); default 80.
+    pub const HTTP_PORT: &str = "http_port";
+    /// TCP port of HTTPS; default 443.
+    pub const HTTPS_PORT: &str = "https_port";
+    pub const DEFAULT_HTTP_PORT: u16 = 80;
+    pub const DEFAULT_HTTPS_PORT: u16 = 443;
+}
+
+/// `node/<name>/edge`: what the node's last `edge.sync` applied (fields in [`status`]).
+pub fn status_key(node: &crate::AgentName) -> String {
+    format!("{}/edge", crate::Prefix::node(node.clone()).as_str())
+}
+
+/// The fields of [`status_key`].
+pub mod status {
+    /// When the serving configuration was applied (RFC 3339).
+    pub const APPLIED: &str = "applied";
+    /// SHA-256 of the serving configuration (hex).
+    pub const CONFIG_SHA256: &str = "config_sha256";
+    /// JSON: `"<module>/<route>"` → `{"state": "serving"}` or `{"state": "refused", "reason":
+    /// …}`, every route of the node's modules as the serving configuration has it.
+    pub const ROUTES: &str = "routes";
+    /// Why the last configuration was not applied (empty when it was): Caddy's refusal.
+    pub const ERROR: &str = "error";
+    /// When that happened (RFC 3339), and the run that tried.
+    pub const ERROR_AT: &str = "error_at";
+    pub const ERROR_RUN: &str = "error_run";
+    /// What may go wrong with the serving configuration although it applied (empty when
+    /// nothing): e.g. reloads that can reset connections.
+    pub const WARNING: &str = "warning";
+}
 
 /// Why a route, or a part of it, is refused. The messages are for the module author: they say
 /// what would be accepted.
@@ -394,6 +512,22 @@ impl Route {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn routes_keys_name_their_module() {
+        assert_eq!(routes_pattern(), "module/*/routes");
+        assert_eq!(module_of_routes_key("module/hello1/routes"), Some("hello1"));
+        for bad in [
+            "module//routes",
+            "module/a/b/routes",
+            "node/n1/routes",
+            "module/a/routesx",
+        ] {
+            assert_eq!(module_of_routes_key(bad), None, "{bad}");
+        }
+        let node = crate::AgentName::new("n1").unwrap();
+        assert_eq!(status_key(&node), "node/n1/edge");
+    }
 
     #[test]
     fn host_names_are_normalised_and_checked() {

@@ -239,9 +239,38 @@ pub fn emitted_event_pattern(agent: &AgentName) -> String {
     format!("event/{}/*", glob_escape(agent.as_str()))
 }
 
+/// `event/*/<event>`, the event name escaped: one event, whichever agent emits it (what an
+/// agent's triggers PSUBSCRIBE to: an event directory's `.on` setting).
+pub fn emitted_event_any_agent(event: &EventName) -> String {
+    format!("event/*/{}", glob_escape(event.as_str()))
+}
+
+/// The emitting agent and the event of an `event/<agent>/<event>` channel, both checked.
+pub fn of_emitted_channel(channel: &str) -> Option<(AgentName, EventName)> {
+    let (agent, event) = channel.strip_prefix("event/")?.split_once('/')?;
+    Some((AgentName::new(agent).ok()?, EventName::new(event).ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn emitted_channels_name_their_agent_and_event() {
+        let e = EventName::new("route-requested").unwrap();
+        assert_eq!(emitted_event_any_agent(&e), "event/*/route-requested");
+        let (a, ev) = of_emitted_channel(&emitted_event_channel(&agent("hello1"), &e)).unwrap();
+        assert_eq!((a.as_str(), ev.as_str()), ("hello1", "route-requested"));
+        for bad in [
+            "event/hello1",
+            "event//x",
+            "event/a/b/c",
+            "progress/a/b",
+            "event/a/..",
+        ] {
+            assert!(of_emitted_channel(bad).is_none(), "{bad}");
+        }
+    }
 
     fn agent(s: &str) -> AgentName {
         AgentName::new(s).unwrap()

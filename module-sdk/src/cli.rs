@@ -11,7 +11,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use core_events::{AgentKind, AgentName, EventName, Prefix, RunId, StepMessage};
 
-use crate::{lint, sign, unit};
+use crate::control::Emitted;
+use crate::{lint, route, sign, unit};
 
 const ABOUT: &str = "Helper for event steps and module authors: progress, module env, events.";
 
@@ -39,6 +40,7 @@ Examples (inside a step):
   module-sdk context                                  this step's context as JSON
   module-sdk secret get DB_PASSWORD                   print a secret (see `secret --help`)
   module-sdk unit restart hello0-httpd                restart a user unit, wait (see `unit --help`)
+  module-sdk route add web --host w.test --port 8080  publish a port (see `route --help`)
   module-sdk lint examples/modules/hello              check a module before publishing it
 
 Steps must be idempotent: runs are at-least-once. A run interrupted by an agent
@@ -50,10 +52,11 @@ also cope with any state: they run whatever step failed, so each undoes only wha
 exists.
 
 Exit codes: 0 ok; 1 `env get` of a key that is not set; 2 bad arguments;
-69 Redis unreachable; 70 other Redis error; 74 standard input/output error;
-77 Redis refused the credentials or the command (ACL); 78 not inside a step
-(a variable is missing or invalid). `progress` exits 0 even when Redis fails:
-a progress report never fails a step.";
+69 Redis unreachable; 70 other Redis error; 73 `route add` of a route whose host
+and path another route has; 74 standard input/output error; 77 Redis refused the
+credentials or the command (ACL); 78 not inside a step (a variable is missing or
+invalid). `progress` exits 0 even when Redis fails: a progress report never fails
+a step.";
 
 #[derive(Parser)]
 #[command(
@@ -164,6 +167,13 @@ enum Cmd {
     ///
     /// Example: printf %s "$PW" | module-sdk secret set DB_PASSWORD
     Secret(crate::secret::SecretArgs),
+
+    /// Routes through the node's edge proxy: `module-sdk route add web --host H --port 8080`.
+    ///
+    /// A route publishes one of the module's local ports under a host name and/or a path prefix;
+    /// routes are stored in module/<id>/routes and applied by the edge proxy of the module's node.
+    #[command(long_about = route::LONG_ABOUT, after_help = route::AFTER_HELP)]
+    Route(route::RouteArgs),
 
     /// Make an OpenPGP signing key: `module-sdk keygen --userid "Name <mail>" --out KEY.tsk
     /// --cert-out KEY.asc`. See docs/SIGNING.md.
@@ -277,20 +287,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(j) => j.to_string(),
             };
             let json = args::parse_json(&json)?;
-            let msg = StepMessage::emit(event.clone(), json.clone())
-                .map_err(|e| Error::Usage(e.to_string()))?;
-            if crate::control::send(&msg)? {
-                if verbose {
-                    eprintln!("event {event} handed to the agent, which publishes it");
+            let emitted = crate::control::emit(&event, json, || {
+                AgentContext::from_env().map(|ctx| (ctx.name().clone(), ctx.redis))
+            })?;
+            match emitted {
+                Emitted::ToAgent if verbose => {
+                    eprintln!("event {event} handed to the agent, which publishes it")
                 }
-                return Ok(());
-            }
-            // Not in a step: nobody to hand it to, so it is published from here.
-            let ctx = AgentContext::from_env()?;
-            let n =
-                Session::connect(&ctx.redis, Timeouts::NORMAL)?.emit(ctx.name(), &event, &json)?;
-            if verbose {
-                out(format!("{n}\n").as_bytes())?;
+                Emitted::Published(n) if verbose => out(format!("{n}\n").as_bytes())?,
+                _ => {}
             }
             Ok(())
         }
@@ -322,6 +327,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out(format!("{run}\n").as_bytes())
         }
         Cmd::Secret(secret) => Ok(crate::secret::run(secret, verbose)?),
+        Cmd::Route(r) => Ok(route::run(r, verbose)?),
         Cmd::Keygen(a) => std::process::exit(sign::keygen(&a)),
         Cmd::Sign(a) => std::process::exit(sign::sign(&a)),
         Cmd::Verify(a) => std::process::exit(sign::verify(&a)),
@@ -617,7 +623,7 @@ mod tests {
         }
         // The subcommands that show one example each in their own help.
         for name in [
-            "progress", "env", "emit", "queue", "context", "secret", "unit", "lint",
+            "progress", "env", "emit", "queue", "context", "secret", "unit", "lint", "route",
         ] {
             assert_examples_parse(&long_help(Some(name)), 1);
         }
@@ -632,6 +638,7 @@ mod tests {
             USAGE,
             UNAVAILABLE,
             SOFTWARE,
+            CONFLICT,
             IO,
             NO_PERMISSION,
             CONFIG,
@@ -771,6 +778,34 @@ mod tests {
             exit_codes(&long_help(Some("unit"))),
             codes.into_iter().collect()
         );
+    }
+
+    #[test]
+    fn route_help_lists_the_exit_codes_and_parses_its_examples() {
+        use exit_code::*;
+        let help = long_help(Some("route"));
+        let codes = [
+            0,
+            USAGE,
+            UNAVAILABLE,
+            SOFTWARE,
+            CONFLICT,
+            IO,
+            NO_PERMISSION,
+            CONFIG,
+        ];
+        assert_eq!(exit_codes(&help), codes.into_iter().collect());
+        assert_examples_parse(&help, 7);
+        let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for needle in [
+            "whole path segments",
+            "removed with the module",
+            "docs/EDGE.md",
+            "Conflicts:",
+            core_events::edge::ROUTE_REQUESTED,
+        ] {
+            assert!(flat.contains(needle), "{needle:?} missing in:\n{help}");
+        }
     }
 
     #[test]

@@ -151,6 +151,39 @@ impl AgentContext {
     }
 }
 
+/// The module a command works on, and the Redis URL: `module` (`--module ID`) with `url`
+/// (`--redis-url`) or `REDIS_URL`; else the step's own module (`AGENT_NAME`, `AGENT_KIND`,
+/// `REDIS_URL`), with `url` instead of `REDIS_URL` when given. `what` is what only modules have
+/// and how to name one instead, for the error in a node's step (`"secrets; use --module ID …"`).
+pub fn module_target(
+    module: Option<&AgentName>,
+    url: Option<RedisUrl>,
+    what: &str,
+) -> Result<(Prefix, RedisUrl)> {
+    if let Some(id) = module {
+        let url = match url {
+            Some(url) => url,
+            None => redis_url_from(process_env)?,
+        };
+        return Ok((Prefix::module(id.clone()), url));
+    }
+    if process_env(var::AGENT_NAME).is_none() {
+        return Err(Error::Usage(
+            "not inside a step (AGENT_NAME is not set): name the module with --module ID, and Redis \
+             with REDIS_URL or --redis-url"
+                .into(),
+        ));
+    }
+    let ctx = AgentContext::from_env()?;
+    if ctx.kind() != AgentKind::Module {
+        return Err(Error::Usage(format!(
+            "this step belongs to {}, a node agent: only modules have {what}",
+            ctx.prefix.as_str()
+        )));
+    }
+    Ok((ctx.prefix, url.unwrap_or(ctx.redis)))
+}
+
 /// Everything a step knows about itself.
 #[derive(Debug, Clone)]
 pub struct StepContext {

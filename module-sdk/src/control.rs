@@ -10,9 +10,39 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixDatagram;
 
 use core_events::step::CONTROL_FD_ENV;
-use core_events::StepMessage;
+use core_events::{AgentName, EventName, StepMessage};
 
 use crate::error::{Error, Result};
+use crate::ops::{Session, Timeouts};
+use crate::redis_url::RedisUrl;
+
+/// What became of an emitted event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emitted {
+    /// Handed to the step's agent, which removes known secret values and publishes it.
+    ToAgent,
+    /// Published from here on `event/<agent>/<event>`, to this many receivers.
+    Published(i64),
+}
+
+/// Emits `event` with the JSON `data` (checked by the caller) as `module-sdk emit` does: inside a
+/// step it is handed to the agent; outside one it is published from here, as the agent and on the
+/// Redis that `outside` gives (asked only then).
+pub fn emit(
+    event: &EventName,
+    data: String,
+    outside: impl FnOnce() -> Result<(AgentName, RedisUrl)>,
+) -> Result<Emitted> {
+    let msg =
+        StepMessage::emit(event.clone(), data.clone()).map_err(|e| Error::Usage(e.to_string()))?;
+    if send(&msg)? {
+        return Ok(Emitted::ToAgent);
+    }
+    // Not in a step: nobody to hand it to, so it is published from here.
+    let (agent, url) = outside()?;
+    let n = Session::connect(&url, Timeouts::NORMAL)?.emit(&agent, event, &data)?;
+    Ok(Emitted::Published(n))
+}
 
 /// Sends `msg` to the agent. `Ok(false)`: not in a step of an agent that gives a control socket.
 pub fn send(msg: &StepMessage) -> Result<bool> {

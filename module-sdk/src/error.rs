@@ -24,6 +24,9 @@ pub mod exit_code {
     pub const DATA_ERR: i32 = 65;
     /// The key directory is locked, or the keys changed concurrently: try again (`EX_TEMPFAIL`).
     pub const TEMP_FAIL: i32 = 75;
+    /// `route add` of a route whose host and path another route has: it cannot be created
+    /// (`EX_CANTCREAT`).
+    pub const CONFLICT: i32 = 73;
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -86,6 +89,11 @@ pub enum Error {
     /// A `secret` command failed (Redis errors are sorted into the variants above first).
     #[error("{0}")]
     Secret(module_secrets::Error),
+
+    /// `route add` of a route whose host and path another route has already (the message names
+    /// both routes and the owner of the other).
+    #[error("{0}")]
+    RouteConflict(String),
 }
 
 /// The exit code of a `secret` command's error.
@@ -123,6 +131,7 @@ impl Error {
             Error::Stdin(_) => exit_code::IO,
             Error::Stdout(_) => exit_code::IO,
             Error::Secret(e) => secret_exit_code(e),
+            Error::RouteConflict(_) => exit_code::CONFLICT,
         }
     }
 

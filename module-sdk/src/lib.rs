@@ -19,6 +19,7 @@ mod lint;
 pub mod ops;
 pub mod quadlet;
 pub mod redis_url;
+pub mod route;
 pub mod secret;
 mod sign;
 mod unit;

@@ -36,6 +36,15 @@ impl Timeouts {
     };
 }
 
+/// Writes `bytes` to stdout and flushes (a closed stdout is [`Error::Stdout`], exit 74).
+pub fn print_stdout(bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(Error::Stdout)
+}
+
 /// One connection to Redis, with errors sorted into unreachable / denied / other.
 pub struct Session {
     con: redis::Connection,

@@ -12,10 +12,10 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use core_events::{AgentKind, AgentName, Prefix};
+use core_events::{AgentName, Prefix};
 use module_secrets::{self as ms, KeyFile, Secret, SecretName, MAX_VALUE_LEN};
 
-use crate::context::{process_env, redis_url_from, var, AgentContext};
+use crate::context::{process_env, redis_url_from};
 use crate::error::{Error, Result};
 use crate::ops::Timeouts;
 use crate::redis_url::RedisUrl;
@@ -308,30 +308,12 @@ fn given_url(args: &SecretArgs) -> Result<Option<RedisUrl>> {
 
 /// The module whose secrets are meant, and the Redis URL.
 fn target(args: &SecretArgs) -> Result<(Prefix, RedisUrl)> {
-    let url = given_url(args)?;
-    if let Some(id) = &args.module {
-        let url = match url {
-            Some(url) => url,
-            None => redis_url_from(process_env)?,
-        };
-        return Ok((Prefix::module(id.clone()), url));
-    }
-    if process_env(var::AGENT_NAME).is_none() {
-        return Err(Error::Usage(
-            "not inside a step (AGENT_NAME is not set): name the module with --module ID, and Redis \
-             with REDIS_URL or --redis-url"
-                .into(),
-        ));
-    }
-    let ctx = AgentContext::from_env()?;
-    if ctx.kind() != AgentKind::Module {
-        return Err(Error::Usage(format!(
-            "this step belongs to {}, a node agent: only modules have secrets; use --module ID for a \
-             module's, or `secret set-for MODULE NAME` to give one a secret",
-            ctx.prefix.as_str()
-        )));
-    }
-    Ok((ctx.prefix, url.unwrap_or(ctx.redis)))
+    crate::context::module_target(
+        args.module.as_ref(),
+        given_url(args)?,
+        "secrets; use --module ID for a module's, or `secret set-for MODULE NAME` to give one a \
+         secret",
+    )
 }
 
 fn key_file(args: &SecretArgs) -> Result<KeyFile> {
@@ -372,12 +354,7 @@ fn connect(url: &RedisUrl) -> Result<redis::Connection> {
     crate::ops::connect(url, Timeouts::NORMAL)
 }
 
-fn print(bytes: &[u8]) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(bytes)
-        .and_then(|()| out.flush())
-        .map_err(Error::Stdout)
-}
+use crate::ops::print_stdout as print;
 
 #[cfg(test)]
 mod tests {

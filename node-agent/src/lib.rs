@@ -62,6 +62,14 @@ enum Command {
         #[command(subcommand)]
         tool: tools::cluster::ClusterTool,
     },
+    /// The node's edge proxy (Caddy): `apply` is the step of the edge.sync event, which renders
+    /// the routes of this node's modules into Caddy's configuration and applies it through its
+    /// admin socket; `queue-sync` queues that event. docs/EDGE.md. Exit codes as for the module
+    /// tools.
+    Edge {
+        #[command(subcommand)]
+        cmd: tools::edge::EdgeCmd,
+    },
     /// Internal: run by module.init/20redis-user as the module's user, to write its credentials
     /// file (the text on stdin) atomically with mode 0600.
     #[command(name = tools::keys::WRITE_CREDENTIALS, hide = true)]
@@ -110,6 +118,10 @@ pub fn main() -> anyhow::Result<()> {
         Some(Command::Cluster { tool }) => exit_with(
             &format!("node-agent cluster {}", tool.name()),
             tool_ctx(cli.agent).and_then(|ctx| tools::cluster::run(&tool, &ctx)),
+        ),
+        Some(Command::Edge { cmd }) => exit_with(
+            &format!("node-agent edge {}", cmd.name()),
+            tool_ctx(cli.agent).and_then(|ctx| tools::edge::run(&cmd, &ctx)),
         ),
         Some(Command::Module { tool }) => {
             let label = tools::message_label(&tool, std::env::var(step_env::AGENT_EVENT).ok());

@@ -45,12 +45,13 @@ SCRIPT_VERSION=1
 # product targets Debian 13. Debian 12 nodes are not supported any more (its Podman 4.3 has no
 # Quadlet; README.md, "Supported systems").
 SUITE=trixie
-# HARNESS.md's list with nftables (netavark's firewall driver) and passt. netavark must be listed
+# HARNESS.md's list with nftables (netavark's firewall driver) and passt; caddy (the edge proxy) and
+# pebble (its tests' ACME server). netavark must be listed
 # explicitly, or debootstrap fails to resolve podman.
 PACKAGES=(systemd systemd-sysv dbus dbus-user-session libpam-systemd redis-server iproute2 procps podman
   netavark aardvark-dns uidmap crun passt slirp4netns catatonit nftables wireguard-tools wireguard-go
   iputils-ping ca-certificates busybox-static curl docker-registry skopeo iptables valkey-server
-  redis-sentinel valkey-sentinel)
+  redis-sentinel valkey-sentinel caddy pebble)
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod edge;
 pub mod node;
 
 pub use redis;
@@ -523,6 +524,18 @@ impl Agent {
         Self::start_with_admin(binary, url, url, name, dirs, extra)
     }
 
+    /// Like [`Agent::start`], with extra environment from the first start.
+    pub fn start_with_env(
+        binary: &str,
+        url: &str,
+        name: &str,
+        dirs: &[PathBuf],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::start_full(binary, url, url, name, dirs, extra, env)
+    }
+
     /// Like [`Agent::start`], with a separate URL the harness uses to watch the agent.
     pub fn start_with_admin(
         binary: &str,
@@ -531,6 +544,18 @@ impl Agent {
         name: &str,
         dirs: &[PathBuf],
         extra: &[&str],
+    ) -> Self {
+        Self::start_full(binary, url, admin_url, name, dirs, extra, &[])
+    }
+
+    fn start_full(
+        binary: &str,
+        url: &str,
+        admin_url: &str,
+        name: &str,
+        dirs: &[PathBuf],
+        extra: &[&str],
+        env: &[(&str, &str)],
     ) -> Self {
         let mut args = vec![
             "--name".to_string(),
@@ -550,7 +575,10 @@ impl Agent {
             name: name.into(),
             args,
             admin_url: admin_url.into(),
-            env: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             log: logdir.path().join("agent.log"),
             ready_lines: 0,
             _logdir: logdir,

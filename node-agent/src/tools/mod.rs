@@ -18,6 +18,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod edge;
 pub mod image;
 pub mod keys;
 pub mod user;

@@ -1,0 +1,111 @@
+//! `node-agent edge …`: the node's side of the edge proxy. `apply` is the step of the node's
+//! `edge.sync` event (imageroot/node-events/edge.sync): it renders the routes of this node's
+//! modules into Caddy's configuration and applies it (the `edge` crate); `queue-sync` queues that
+//! event, for steps that change routes without failing on the proxy's trouble (module.remove).
+
+use core_events::edge::EDGE_SYNC_EVENT;
+use core_events::record::{QUEUE_FIELD_DATA, QUEUE_FIELD_EVENT};
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+
+/// How long `queue-sync` waits for Redis to answer.
+const REDIS_WAIT: Duration = Duration::from_secs(60);
+
+use super::{Ctx, Result, ToolError};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum EdgeCmd {
+    /// edge.sync/10apply: render every route of this node's modules (and the certificates that
+    /// cover their names) into one Caddy configuration and apply it through Caddy's admin socket
+    /// (AGENT_EDGE_ADMIN_SOCKET, default /run/agent/edge/admin.sock). When Caddy refuses it, the
+    /// previous configuration goes on serving, and the refusal is recorded in node/NODE/edge
+    /// (`agentctl node status`) and makes this step fail. Idempotent.
+    Apply,
+    /// Queue an edge.sync run on this node (XADD node/NODE/queue), with DATA saying why.
+    QueueSync {
+        /// Why (the run's data), e.g. "module.remove hello1".
+        #[arg(default_value = "")]
+        why: String,
+    },
+}
+
+impl EdgeCmd {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EdgeCmd::Apply => "apply",
+            EdgeCmd::QueueSync { .. } => "queue-sync",
+        }
+    }
+}
+
+pub fn run(cmd: &EdgeCmd, ctx: &Ctx) -> Result<()> {
+    match cmd {
+        EdgeCmd::Apply => apply(ctx),
+        EdgeCmd::QueueSync { why } => {
+            // At boot the proxy may come up before Redis answers: waited for, a minute at most.
+            let deadline = Instant::now() + REDIS_WAIT;
+            loop {
+                let queued = ctx.con().and_then(|mut con| {
+                    let fields = [
+                        (QUEUE_FIELD_EVENT, EDGE_SYNC_EVENT),
+                        (QUEUE_FIELD_DATA, why),
+                    ];
+                    let id: String = con.xadd(ctx.node_prefix().queue(), "*", &fields)?;
+                    Ok(id)
+                });
+                match queued {
+                    Ok(id) => {
+                        println!("{EDGE_SYNC_EVENT} queued on {} (run {id})", ctx.node);
+                        return Ok(());
+                    }
+                    Err(ToolError::Redis(e))
+                        if agent_redis::is_transient(&e) && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+fn apply(ctx: &Ctx) -> Result<()> {
+    let (state_dir, socket) = edge::sync::local_paths();
+    let admin = edge::caddy::Admin::new(socket);
+    let run = std::env::var(core_events::step_env::AGENT_RUN_ID).unwrap_or_default();
+    let now = agent_engine::time::now_rfc3339();
+    let applied = ctx.block_on(async {
+        let mut con = ctx.target.connection().await?;
+        edge::sync::apply(&mut con, &ctx.node, &admin, &state_dir, &now, &run)
+            .await
+            .map_err(|e| match e {
+                e if e.is_transient() => ToolError::TempFailure(e.to_string()),
+                edge::Error::Setting { .. } => ToolError::Config(e.to_string()),
+                e => ToolError::Failed(e.to_string()),
+            })
+    })?;
+    let serving = applied
+        .states
+        .values()
+        .filter(|s| matches!(s, edge::sync::RouteState::Serving))
+        .count();
+    println!(
+        "applied configuration {} ({serving} routes served)",
+        &applied.sha256[..12]
+    );
+    for (route, state) in &applied.states {
+        match state {
+            edge::sync::RouteState::Serving => println!("  {route}: serving"),
+            edge::sync::RouteState::Refused(why) => println!("  {route}: refused: {why}"),
+        }
+    }
+    if let Some(w) = &applied.warning {
+        println!("warning: {w}");
+    }
+    if !applied.changed.is_empty() {
+        println!("route-changed: {}", applied.changed.join(", "));
+    }
+    Ok(())
+}

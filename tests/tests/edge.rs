@@ -1,0 +1,471 @@
+//! The edge proxy against a real Caddy and a real Redis: a node-agent with the product's own
+//! `edge.sync` steps (imageroot/node-events) renders its modules' routes into Caddy's
+//! configuration; a module's `route-requested` triggers it (`.on`); a configuration Caddy refuses
+//! keeps the old one serving, with the refusal in the run record and `node/<n>/edge`; 50 reloads
+//! under a loop of requests fail none of them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent_tests::edge::{get, Backend, EdgeNode};
+use agent_tests::{hgetall, wait_for, wait_run_end, Run};
+use redis::Commands;
+
+const NODE: &str = "n1";
+
+/// The shared fixture ([`EdgeNode`]) with what these tests ask of it.
+struct Edge(EdgeNode);
+
+impl std::ops::Deref for Edge {
+    type Target = EdgeNode;
+    fn deref(&self) -> &EdgeNode {
+        &self.0
+    }
+}
+
+impl Edge {
+    fn start() -> Edge {
+        Edge(EdgeNode::start(NODE))
+    }
+
+    fn con(&self) -> redis::Connection {
+        self.redis.conn()
+    }
+
+    fn route_rm(&self, module: &str, name: &str) -> agent_tests::RunOutput {
+        Run::new("module-sdk")
+            .args(["route", "rm", name])
+            .args(["--module", module, "--redis-url", &self.redis.url()])
+            .output()
+    }
+
+    fn status(&self) -> HashMap<String, String> {
+        hgetall(&mut self.con(), &format!("node/{NODE}/edge"))
+    }
+
+    /// The routes of `node/n1/edge`: `module/route` → state.
+    fn states(&self) -> HashMap<String, String> {
+        let routes = self.status().get("routes").cloned().unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&routes).unwrap_or_default();
+        v.as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, s)| (k.clone(), s["state"].as_str().unwrap_or("").to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until `host` + `path` answers with `status` on the edge's HTTP port.
+    fn wait_answer(&self, host: &str, path: &str, status: u16) -> agent_tests::edge::Answer {
+        wait_for(
+            &format!("{host}{path} to answer {status}"),
+            Duration::from_secs(20),
+            || {
+                get(self.http, host, path)
+                    .ok()
+                    .filter(|a| a.status == status)
+            },
+        )
+    }
+
+    /// Runs edge.sync once through the agent's queue and returns its run record.
+    fn sync(&self, id: &str) -> HashMap<String, String> {
+        let mut con = self.con();
+        agent_tests::xadd(
+            &mut con,
+            &format!("node/{NODE}/queue"),
+            &[("event", "edge.sync"), ("id", id)],
+        );
+        wait_run_end(
+            &mut con,
+            &format!("node/{NODE}/run/{id}"),
+            Duration::from_secs(30),
+        )
+    }
+
+    fn output(&self, id: &str) -> String {
+        self.con()
+            .get(format!("node/{NODE}/run/{id}/output"))
+            .unwrap_or_default()
+    }
+}
+
+#[test]
+fn a_route_a_module_asks_for_serves_and_goes_with_the_module() {
+    let edge = Edge::start();
+    let backend = Backend::start("hello1");
+    edge.install("hello1");
+    let mut sub = edge.redis.conn();
+    let mut pubsub = sub.as_pubsub();
+    pubsub.psubscribe("event/*/route-changed").unwrap();
+    pubsub
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+
+    let port = backend.port.to_string();
+    let added = Instant::now();
+    let out = edge.route_add(
+        "hello1",
+        &[
+            "web",
+            "--host",
+            "hello.test",
+            "--port",
+            &port,
+            "--header",
+            "X-Frame-Options: DENY",
+        ],
+    );
+    assert!(out.success(), "{out:?}");
+    let a = edge.wait_answer("hello.test", "/", 200);
+    let serving_after = added.elapsed();
+    assert_eq!(a.body, "backend hello1 /\n");
+    assert_eq!(a.header("x-frame-options"), Some("DENY"));
+    assert_eq!(
+        edge.wait_answer("hello.test", "/deep/path?q=1", 200).body,
+        "backend hello1 /deep/path?q=1\n"
+    );
+    // Another name, no route: the edge's own 404, never the backend.
+    let other = get(edge.http, "other.test", "/").unwrap();
+    assert_eq!((other.status, other.body.as_str()), (404, "no route\n"));
+    eprintln!("route add to serving: {serving_after:?}");
+
+    // The module was told, through the node's event.
+    let msg = pubsub.get_message().unwrap();
+    assert_eq!(
+        msg.get_channel_name(),
+        format!("event/{NODE}/route-changed")
+    );
+    let event: serde_json::Value =
+        serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+    assert_eq!(event["module"], "hello1");
+    assert_eq!(event["route"], "web");
+    assert_eq!(event["state"], "serving");
+    assert_eq!(
+        edge.states().get("hello1/web").map(String::as_str),
+        Some("serving")
+    );
+
+    // A path route of a second module beside it, stripped before it reaches the backend.
+    let second = Backend::start("wiki1");
+    edge.install("wiki1");
+    let port2 = second.port.to_string();
+    let out = edge.route_add(
+        "wiki1",
+        &[
+            "docs",
+            "--host",
+            "hello.test",
+            "--path",
+            "/docs",
+            "--strip-prefix",
+            "--port",
+            &port2,
+        ],
+    );
+    assert!(out.success(), "{out:?}");
+    wait_for("the docs route", Duration::from_secs(20), || {
+        get(edge.http, "hello.test", "/docs/page")
+            .ok()
+            .filter(|a| a.body == "backend wiki1 /page\n")
+    });
+    // Whole segments: /docsx is hello1's.
+    assert_eq!(
+        get(edge.http, "hello.test", "/docsx").unwrap().body,
+        "backend hello1 /docsx\n"
+    );
+
+    // The module is removed: its keys go (module.remove's 60delete-keys and 70unregister), then
+    // its 80edge-sync queues edge.sync.
+    let mut con = edge.con();
+    let _: () = con.del("module/hello1/routes").unwrap();
+    let _: () = con.hdel(format!("node/{NODE}/modules"), "hello1").unwrap();
+    let out = Run::new("node-agent")
+        .args([
+            "--name",
+            NODE,
+            "--redis-url",
+            &edge.redis.url(),
+            "edge",
+            "queue-sync",
+            "module.remove hello1",
+        ])
+        .output();
+    assert!(out.success(), "{out:?}");
+    edge.wait_answer("hello.test", "/", 404);
+    assert_eq!(
+        get(edge.http, "hello.test", "/docs/x").unwrap().body,
+        "backend wiki1 /x\n"
+    );
+    assert!(!edge.states().contains_key("hello1/web"));
+
+    // And a module removing its route itself.
+    assert!(edge.route_rm("wiki1", "docs").success());
+    edge.wait_answer("hello.test", "/docs/x", 404);
+}
+
+#[test]
+fn a_configuration_caddy_refuses_keeps_the_old_one_serving_and_says_why() {
+    let edge = Edge::start();
+    let backend = Backend::start("hello1");
+    edge.install("hello1");
+    let port = backend.port.to_string();
+    assert!(edge
+        .route_add("hello1", &["web", "--host", "hello.test", "--port", &port])
+        .success());
+    edge.wait_answer("hello.test", "/", 200);
+    let applied = edge.status()["config_sha256"].clone();
+
+    // The admin moves HTTP to a port something else holds: Caddy cannot bind it.
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let _: () = edge
+        .con()
+        .hset("cluster/edge", "http_port", taken_port)
+        .unwrap();
+    let run = edge.sync("refused-1");
+    assert_eq!(run["status"], "failed", "{run:?}");
+    assert_eq!(run["failed_step"], "10apply");
+    let output = edge.output("refused-1");
+    assert!(output.contains("Caddy refused"), "{output}");
+    assert!(output.contains("address already in use"), "{output}");
+    // The old configuration serves on, and the node's record says what happened.
+    assert_eq!(get(edge.http, "hello.test", "/").unwrap().status, 200);
+    let status = edge.status();
+    assert!(
+        status["error"].contains("address already in use"),
+        "{status:?}"
+    );
+    assert_eq!(status["error_run"], "refused-1");
+    assert_eq!(status["config_sha256"], applied);
+    let shown = Run::agentctl(&edge.redis.url())
+        .args(["node", "status", "--node", NODE])
+        .output();
+    assert!(shown.stdout.contains("address already in use"), "{shown:?}");
+
+    // A bad setting is refused before Caddy is asked, and said so.
+    let _: () = edge
+        .con()
+        .hset("cluster/edge", "http_port", "eighty")
+        .unwrap();
+    let run = edge.sync("refused-2");
+    assert_eq!(run["status"], "failed");
+    assert!(
+        edge.output("refused-2")
+            .contains("\"eighty\" is not a TCP port"),
+        "{}",
+        edge.output("refused-2")
+    );
+
+    // Put right, the next sync applies and clears the error.
+    let _: () = edge
+        .con()
+        .hset("cluster/edge", "http_port", edge.http)
+        .unwrap();
+    let run = edge.sync("fixed");
+    assert_eq!(run["status"], "done", "{}", edge.output("fixed"));
+    assert!(!edge.status().contains_key("error"));
+    drop(taken);
+    let _ = edge.caddy.log();
+}
+
+#[test]
+fn routes_that_conflict_or_are_malformed_are_refused_and_the_first_keeps_serving() {
+    let edge = Edge::start();
+    let (a, b) = (Backend::start("alpha1"), Backend::start("beta1"));
+    edge.install("alpha1");
+    edge.install("beta1");
+    let pa = a.port.to_string();
+    assert!(edge
+        .route_add("alpha1", &["web", "--host", "app.test", "--port", &pa])
+        .success());
+    edge.wait_answer("app.test", "/", 200);
+
+    // Refused by module-sdk, naming the owner; nothing changes.
+    let pb = b.port.to_string();
+    let out = edge.route_add("beta1", &["site", "--host", "app.test", "--port", &pb]);
+    assert!(!out.success());
+    assert!(out.stderr.contains("alpha1"), "{out:?}");
+    assert!(out.stderr.contains("web"), "{out:?}");
+    // A malformed host or path: a clear error, nothing written.
+    for (args, why) in [
+        (vec!["--host", "bad_host.test"], "bad_host.test"),
+        (vec!["--host", "{http.request.host}"], "only letters"),
+        (vec!["--path", "/a/../b"], ".."),
+    ] {
+        let mut all = vec!["x"];
+        all.extend(args);
+        all.extend(["--port", &pb]);
+        let out = edge.route_add("beta1", &all);
+        assert!(!out.success(), "{all:?}");
+        assert!(out.stderr.contains(why), "{all:?}: {out:?}");
+    }
+    let beta_routes: HashMap<String, String> = edge.con().hgetall("module/beta1/routes").unwrap();
+    assert!(beta_routes.is_empty(), "{beta_routes:?}");
+
+    // Two module-sdk runs racing past each other's check write the same host and path: every node
+    // serves the smaller module id's, the other is refused, and its module is told.
+    let raced = format!(r#"{{"host":"app.test","port":{pb}}}"#);
+    let _: () = edge
+        .con()
+        .hset("module/beta1/routes", "site", &raced)
+        .unwrap();
+    // A value no module-sdk would write (planted by hand): refused as invalid, the rest served.
+    let _: () = edge
+        .con()
+        .hset(
+            "module/beta1/routes",
+            "junk",
+            r#"{"host":"x.test","port":1,"extra":"{env.X}"}"#,
+        )
+        .unwrap();
+    let run = edge.sync("race");
+    assert_eq!(run["status"], "done", "{}", edge.output("race"));
+    let states = edge.states();
+    assert_eq!(states["alpha1/web"], "serving");
+    assert_eq!(states["beta1/site"], "refused");
+    assert_eq!(states["beta1/junk"], "refused");
+    let routes = edge.status()["routes"].clone();
+    assert!(routes.contains("alpha1"), "{routes}");
+    assert!(routes.contains("unknown field"), "{routes}");
+    assert_eq!(
+        get(edge.http, "app.test", "/").unwrap().body,
+        "backend alpha1 /\n"
+    );
+}
+
+#[test]
+fn a_flood_of_route_requests_queues_a_bounded_number_of_syncs() {
+    let edge = Edge::start();
+    edge.install("hello1");
+    let backend = Backend::start("hello1");
+    let route = format!(r#"{{"host":"hello.test","port":{}}}"#, backend.port);
+    let _: () = edge
+        .con()
+        .hset("module/hello1/routes", "web", &route)
+        .unwrap();
+    let mut con = edge.con();
+    for i in 0..500 {
+        let _: i64 = con
+            .publish("event/hello1/route-requested", format!(r#"{{"n":{i}}}"#))
+            .unwrap();
+    }
+    edge.wait_answer("hello.test", "/", 200);
+    // Let what was queued drain, then count the runs.
+    wait_for("the queue to drain", Duration::from_secs(60), || {
+        let len: i64 = con.xlen(format!("node/{NODE}/queue")).unwrap();
+        (len == 0).then_some(())
+    });
+    let journal = agent_tests::stream(&mut con, &format!("node/{NODE}/journal"));
+    let runs = journal
+        .iter()
+        .filter(|e| {
+            e.get("event").map(String::as_str) == Some("edge.sync") && e["status"] == "done"
+        })
+        .count();
+    assert!(
+        (1..=50).contains(&runs),
+        "{runs} edge.sync runs for 500 requests"
+    );
+    eprintln!("500 route-requested → {runs} edge.sync runs");
+}
+
+#[test]
+fn fifty_reloads_under_a_loop_of_requests_fail_none() {
+    // What a node's package sets; without it Linux resets connections at each reload (measured).
+    let migrate = std::fs::read_to_string(edge::sync::MIGRATE_REQ).unwrap_or_default();
+    assert_eq!(
+        migrate.trim(),
+        "1",
+        "net.ipv4.tcp_migrate_req must be 1 for zero-drop reloads: scripts/test-deps.sh sets it"
+    );
+    let edge = Edge::start();
+    let backend = Backend::start("hello1");
+    edge.install("hello1");
+    let port = backend.port.to_string();
+    assert!(edge
+        .route_add("hello1", &["web", "--host", "hello.test", "--port", &port])
+        .success());
+    edge.wait_answer("hello.test", "/", 200);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let loops: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, ok, failed, failures) =
+                (stop.clone(), ok.clone(), failed.clone(), failures.clone());
+            let http = edge.http;
+            std::thread::spawn(move || {
+                // Bounded: at most 100,000 requests, whatever happens to the stop flag.
+                for _ in 0..100_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match get(http, "hello.test", "/") {
+                        Ok(a) if a.status == 200 && a.body == "backend hello1 /\n" => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            failures.lock().unwrap().push(format!("{other:?}"));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // 50 configurations, each different (a second route comes and goes), applied by the tool.
+    let url = edge.redis.url();
+    let mut env: Vec<(String, String)> = edge.caddy.agent_env();
+    env.push(("REDIS_URL".into(), url.clone()));
+    let mut shas = std::collections::HashSet::new();
+    for i in 0..50 {
+        let mut con = edge.con();
+        if i % 2 == 0 {
+            let _: () = con
+                .hset(
+                    "module/hello1/routes",
+                    "extra",
+                    format!(r#"{{"host":"extra{i}.test","port":{port}}}"#),
+                )
+                .unwrap();
+        } else {
+            let _: () = con.hdel("module/hello1/routes", "extra").unwrap();
+        }
+        let out = Run::new("node-agent")
+            .envs(
+                &env.iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect::<Vec<_>>(),
+            )
+            .args(["--name", NODE, "edge", "apply"])
+            .output();
+        assert!(out.success(), "reload {i}: {out:?}");
+        shas.insert(edge.status()["config_sha256"].clone());
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in loops {
+        l.join().unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!(
+        "50 reloads: {ok} requests served, {failed} failed, {} configurations",
+        shas.len()
+    );
+    assert_eq!(
+        failed,
+        0,
+        "{:?}",
+        failures.lock().unwrap().iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(ok >= 50, "the loop made only {ok} requests");
+    assert!(
+        shas.len() > 25,
+        "the configurations did not change: {shas:?}"
+    );
+}
