@@ -437,7 +437,7 @@ fn rows<'a>(plan: &'a EventPlan, provenance: &'a [String]) -> Vec<Row<'a>> {
 }
 
 /// Lays out cells in columns two spaces apart; trailing blanks are trimmed.
-fn table(header: &[&str], body: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], body: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in body {
         for (w, cell) in widths.iter_mut().zip(row) {

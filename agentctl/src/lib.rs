@@ -6,6 +6,7 @@
 
 mod agent;
 mod cancel;
+mod cert;
 mod cluster;
 mod cluster_join;
 mod cluster_leave;
@@ -66,6 +67,11 @@ enum Cmd {
     /// the VPN address), `token` prints a join token, `status` shows nodes and tokens.
     #[command(subcommand, long_about = cluster::LONG_ABOUT)]
     Cluster(cluster::ClusterCmd),
+    /// The cluster's certificates for every node's edge proxy: `upload` a certificate and its
+    /// key (stored once, the key encrypted), `list` them with expiry and the nodes serving them,
+    /// `rm` one. docs/EDGE.md.
+    #[command(subcommand)]
+    Cert(cert::CertCmd),
 }
 
 const AFTER_SHORT_HELP: &str = "\
@@ -149,6 +155,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             Cmd::Show(args) => show::main(&redis, args).await,
             Cmd::Cancel(args) => cancel::main(&redis, args).await,
             Cmd::Module(cmd) => module::main(&redis, cmd).await,
+            Cmd::Cert(cmd) => cert::main(&redis, cmd).await,
             Cmd::Explain(_) => unreachable!("handled without Redis above"),
             Cmd::Redis(_) => unreachable!("handled by redis_admin above"),
             Cmd::Node(_) => unreachable!("handled by node above"),

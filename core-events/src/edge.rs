@@ -110,8 +110,55 @@ pub fn settings_key() -> String {
     "cluster/edge".to_string()
 }
 
+/// `cluster/certs/<name>`: one certificate the cluster's proxies serve, named by its first host
+/// name (fields in [`cert`]). Stored once for the cluster; its key encrypted to the cluster's
+/// edge recipient ([`settings::RECIPIENT`]).
+pub fn cert_key(name: &HostName) -> String {
+    format!("cluster/certs/{name}")
+}
+
+/// `cluster/certs/*`: every certificate (a `SCAN MATCH` pattern).
+pub fn certs_pattern() -> String {
+    "cluster/certs/*".to_string()
+}
+
+/// The name of a `cluster/certs/<name>` key, when it is one and the name is a host name.
+pub fn cert_of_key(key: &str) -> Option<HostName> {
+    HostName::parse(key.strip_prefix("cluster/certs/")?).ok()
+}
+
+/// The fields of a certificate's hash ([`cert_key`]).
+pub mod cert {
+    /// JSON array of the host names it covers (its subject alternative names).
+    pub const NAMES: &str = "names";
+    /// The certificate chain, PEM, leaf first.
+    pub const CHAIN: &str = "chain";
+    /// The private key, PEM, age-armored to the cluster's edge recipient.
+    pub const KEY: &str = "key";
+    /// `upload` or `acme`.
+    pub const SOURCE: &str = "source";
+    pub const ISSUER: &str = "issuer";
+    /// RFC 3339.
+    pub const NOT_BEFORE: &str = "not_before";
+    pub const NOT_AFTER: &str = "not_after";
+    /// Hex.
+    pub const SERIAL: &str = "serial";
+    /// When it was stored (RFC 3339).
+    pub const UPDATED: &str = "updated";
+    pub const SOURCE_UPLOAD: &str = "upload";
+    pub const SOURCE_ACME: &str = "acme";
+}
+
+/// The node-agent's and agentctl's environment variable naming the cluster's edge identity (the
+/// age key that opens the certificates' keys; default [`DEFAULT_IDENTITY_FILE`]).
+pub const IDENTITY_VAR: &str = "AGENT_EDGE_IDENTITY";
+/// Where a node keeps the cluster's edge identity (root's, 0600).
+pub const DEFAULT_IDENTITY_FILE: &str = "/etc/agent/edge.key";
+
 /// The fields of [`settings_key`] (absent fields take their defaults).
 pub mod settings {
+    /// The age recipient of the cluster's edge identity: certificate keys are encrypted to it.
+    pub const RECIPIENT: &str = "recipient";
     /// TCP port of plain HTTP (ACME HTTP-01 challenges and redirects to HTTPS); default 80.
     pub const HTTP_PORT: &str = "http_port";
     /// TCP port of HTTPS; default 443.
@@ -139,6 +186,8 @@ pub mod status {
     /// When that happened (RFC 3339), and the run that tried.
     pub const ERROR_AT: &str = "error_at";
     pub const ERROR_RUN: &str = "error_run";
+    /// JSON: certificate name → its `not_after`, the certificates the serving configuration has.
+    pub const CERTIFICATES: &str = "certificates";
     /// What may go wrong with the serving configuration although it applied (empty when
     /// nothing): e.g. reloads that can reset connections.
     pub const WARNING: &str = "warning";

@@ -13,6 +13,9 @@ pub enum Error {
     /// Caddy answered something unexpected.
     #[error("Caddy: {0}")]
     Caddy(String),
+    /// A certificate or its key is not usable.
+    #[error("certificate: {0}")]
+    Certificate(String),
     /// A setting in Redis is not usable.
     #[error("edge setting {key} {field}: {reason}")]
     Setting {

@@ -3,8 +3,10 @@
 //! event runs [`sync::apply`] (`node-agent edge apply`); docs/EDGE.md says how it fits together.
 
 pub mod caddy;
+pub mod certs;
 pub mod error;
 pub mod render;
+pub mod store;
 pub mod sync;
 
 pub use error::{Error, Result};

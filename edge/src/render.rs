@@ -26,9 +26,12 @@ pub struct ServedRoute {
 #[derive(Clone, PartialEq, Eq)]
 pub struct ServedCertificate {
     pub name: String,
-    pub names: Vec<HostName>,
+    /// Host names, or `*.` and one (a wildcard covers one label).
+    pub names: Vec<String>,
     pub chain_pem: String,
     pub key_pem: String,
+    /// RFC 3339.
+    pub not_after: String,
 }
 
 impl std::fmt::Debug for ServedCertificate {
@@ -173,12 +176,19 @@ fn not_found() -> Value {
 }
 
 impl Desired {
-    /// The names some certificate covers.
-    fn covered(&self) -> BTreeSet<&str> {
+    /// The names of every certificate (wildcards as `*.…`, which Caddy's host matcher takes too).
+    fn cert_names(&self) -> BTreeSet<&str> {
         self.certificates
             .iter()
-            .flat_map(|c| c.names.iter().map(HostName::as_str))
+            .flat_map(|c| c.names.iter().map(String::as_str))
             .collect()
+    }
+
+    /// Whether some certificate covers `host`.
+    fn is_covered(&self, host: &HostName) -> bool {
+        self.certificates
+            .iter()
+            .any(|c| crate::certs::covers(&c.names, host.as_str()))
     }
 
     /// Whether HTTPS is served: only with a certificate to serve (a TLS listener without one
@@ -190,7 +200,7 @@ impl Desired {
     pub fn render(&self) -> Rendered {
         let mut routes: Vec<&ServedRoute> = self.routes.iter().collect();
         routes.sort_by(|a, b| specificity_order(a, b));
-        let covered = self.covered();
+        let cert_names = self.cert_names();
         let https_port = self.listen.https_port;
 
         let mut http_routes: Vec<Value> = Vec::new();
@@ -213,9 +223,9 @@ impl Desired {
             if r.route.redirect_https() {
                 // To HTTPS only where HTTPS can be served: the names with a certificate.
                 let names: Vec<&str> = match r.route.host() {
-                    Some(h) if covered.contains(h.as_str()) => vec![h.as_str()],
+                    Some(h) if self.is_covered(h) => vec![h.as_str()],
                     Some(_) => vec![],
-                    None => covered.iter().copied().collect(),
+                    None => cert_names.iter().copied().collect(),
                 };
                 if !names.is_empty() {
                     let port = if https_port == 443 {
@@ -326,9 +336,10 @@ mod tests {
     fn cert(name: &str) -> ServedCertificate {
         ServedCertificate {
             name: name.into(),
-            names: vec![HostName::parse(name).unwrap()],
+            names: vec![name.into()],
             chain_pem: "CHAIN".into(),
             key_pem: "KEY".into(),
+            not_after: "2030-01-01T00:00:00Z".into(),
         }
     }
 

@@ -33,6 +33,8 @@ pub struct Gathered {
     pub desired: Desired,
     /// Every route of this node's modules (`module/route`) and what becomes of it.
     pub states: BTreeMap<String, RouteState>,
+    /// Certificates left out, in words.
+    pub problems: Vec<String>,
 }
 
 /// The outcome of an applied sync.
@@ -151,7 +153,16 @@ pub async fn gather<C: ConnectionLike + Send + Sync>(
             routes.push(winner);
         }
     }
+    let identity = match crate::store::load_identity(&crate::store::identity_path()) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!("{e}");
+            None
+        }
+    };
+    let (certificates, problems) = crate::store::served(conn, identity.as_ref()).await?;
     Ok(Gathered {
+        problems,
         desired: Desired {
             listen: Listen {
                 http_port,
@@ -159,7 +170,7 @@ pub async fn gather<C: ConnectionLike + Send + Sync>(
                 admin: admin.caddy_address(),
             },
             routes,
-            certificates: Vec::new(),
+            certificates,
             challenges: Vec::new(),
         },
         states,
@@ -249,7 +260,18 @@ pub async fn apply<C: ConnectionLike + Send + Sync>(
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
     let states_json = serde_json::to_string(&gathered.states).expect("states serialize");
-    let warning = reload_warning();
+    let warning: Vec<String> = reload_warning()
+        .into_iter()
+        .chain(gathered.problems.iter().cloned())
+        .collect();
+    let warning = (!warning.is_empty()).then(|| warning.join("; "));
+    let certificates: BTreeMap<&str, &str> = gathered
+        .desired
+        .certificates
+        .iter()
+        .map(|c| (c.name.as_str(), c.not_after.as_str()))
+        .collect();
+    let certificates = serde_json::to_string(&certificates).expect("a map serializes");
     redis::pipe()
         .atomic()
         .hset(
@@ -260,6 +282,7 @@ pub async fn apply<C: ConnectionLike + Send + Sync>(
         .hset(&status_key, status::APPLIED, now)
         .hset(&status_key, status::CONFIG_SHA256, &rendered.sha256)
         .hset(&status_key, status::ROUTES, &states_json)
+        .hset(&status_key, status::CERTIFICATES, &certificates)
         .hdel(
             &status_key,
             &[status::ERROR, status::ERROR_AT, status::ERROR_RUN],

@@ -76,7 +76,8 @@ impl Caddy {
         std::fs::read_to_string(self.dir.path().join("caddy.log")).unwrap_or_default()
     }
 
-    /// The environment a node-agent needs to drive this Caddy.
+    /// The environment a node-agent (and `agentctl cert`) needs to drive this Caddy: its admin
+    /// socket, the edge's state directory, the cluster's edge identity.
     pub fn agent_env(&self) -> Vec<(String, String)> {
         vec![
             (
@@ -86,6 +87,10 @@ impl Caddy {
             (
                 "AGENT_EDGE_STATE_DIR".into(),
                 self.state_dir().display().to_string(),
+            ),
+            (
+                "AGENT_EDGE_IDENTITY".into(),
+                self.dir.path().join("edge.key").display().to_string(),
             ),
         ]
     }

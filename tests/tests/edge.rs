@@ -469,3 +469,164 @@ fn fifty_reloads_under_a_loop_of_requests_fail_none() {
         "the configurations did not change: {shas:?}"
     );
 }
+
+/// A CA and a certificate it signed for `names`: (CA PEM, chain PEM, key PEM).
+fn signed_cert(names: &[&str]) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "agent test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+    (ca_cert.pem(), leaf.pem(), key.serialize_pem())
+}
+
+#[test]
+fn an_uploaded_certificate_is_served_over_https_and_http_redirects_to_it() {
+    let edge = Edge::start();
+    let backend = Backend::start("hello1");
+    edge.install("hello1");
+    let port = backend.port.to_string();
+    assert!(edge
+        .route_add("hello1", &["web", "--host", "hello.test", "--port", &port])
+        .success());
+    edge.wait_answer("hello.test", "/", 200);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, chain, key) = signed_cert(&["hello.test", "www.hello.test"]);
+    let (ca_path, chain_path, key_path) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("chain.pem"),
+        dir.path().join("key.pem"),
+    );
+    std::fs::write(&ca_path, &ca).unwrap();
+    std::fs::write(&chain_path, &chain).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    let cert_env: Vec<(String, String)> = edge.caddy.agent_env();
+    let cert_env: Vec<(&str, &str)> = cert_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+
+    // A key that is not the certificate's is refused, nothing stored.
+    let (_, _, other_key) = signed_cert(&["hello.test"]);
+    let other_path = dir.path().join("other.pem");
+    std::fs::write(&other_path, &other_key).unwrap();
+    let out = Run::agentctl(&edge.redis.url())
+        .envs(&cert_env)
+        .args([
+            "cert",
+            "upload",
+            "--cert",
+            chain_path.to_str().unwrap(),
+            "--key",
+            other_path.to_str().unwrap(),
+        ])
+        .output();
+    assert!(!out.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("not the leaf certificate's key"),
+        "{out:?}"
+    );
+    let stored: i64 = edge.con().exists("cluster/certs/hello.test").unwrap();
+    assert_eq!(stored, 0);
+
+    let out = Run::agentctl(&edge.redis.url())
+        .envs(&cert_env)
+        .args([
+            "cert",
+            "upload",
+            "--cert",
+            chain_path.to_str().unwrap(),
+            "--key",
+            key_path.to_str().unwrap(),
+        ])
+        .output();
+    assert!(out.success(), "{out:?}");
+    assert!(
+        out.stdout.contains("certificate hello.test stored"),
+        "{out:?}"
+    );
+    // Stored once, the key encrypted: no PEM key in Redis.
+    let sealed: String = edge.con().hget("cluster/certs/hello.test", "key").unwrap();
+    assert!(
+        sealed.starts_with("-----BEGIN AGE ENCRYPTED FILE-----"),
+        "{sealed}"
+    );
+    assert!(!sealed.contains("PRIVATE KEY"));
+
+    // HTTPS with the uploaded certificate, verified against its CA only.
+    let https = edge.https.to_string();
+    let url = format!("https://hello.test:{https}/");
+    let resolve = format!("hello.test:{https}:127.0.0.1");
+    let page = wait_for("HTTPS to serve hello.test", Duration::from_secs(20), || {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--fail",
+                "--max-time",
+                "5",
+                "--cacert",
+                ca_path.to_str().unwrap(),
+                "--resolve",
+                &resolve,
+                &url,
+            ])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    assert_eq!(page, "backend hello1 /\n");
+    // Plain HTTP now redirects to it (the route's default), keeping the path.
+    let a = edge.wait_answer("hello.test", "/x?y=1", 308);
+    assert_eq!(
+        a.header("location"),
+        Some(format!("https://hello.test:{https}/x?y=1").as_str())
+    );
+
+    let list = Run::agentctl(&edge.redis.url())
+        .args(["cert", "list"])
+        .output();
+    assert!(list.success(), "{list:?}");
+    for want in [
+        "hello.test",
+        "www.hello.test",
+        "agent test CA",
+        "valid",
+        "upload",
+        NODE,
+    ] {
+        assert!(
+            list.stdout.contains(want),
+            "{want:?} not in:\n{}",
+            list.stdout
+        );
+    }
+    let json = Run::agentctl(&edge.redis.url())
+        .args(["cert", "list", "--json"])
+        .output();
+    let v: serde_json::Value = serde_json::from_str(json.stdout.trim()).unwrap();
+    assert_eq!(v["nodes"], serde_json::json!([NODE]));
+    assert_eq!(v["status"], "valid");
+    // The agent's log and the run output never show the key.
+    let key_line = key.lines().nth(1).unwrap();
+    for text in [edge.agent.log(), edge.caddy.log()] {
+        assert!(!text.contains(key_line), "the key leaked");
+    }
+
+    // Removed: HTTPS stops, HTTP serves again.
+    let out = Run::agentctl(&edge.redis.url())
+        .args(["cert", "rm", "hello.test"])
+        .output();
+    assert!(out.success(), "{out:?}");
+    edge.wait_answer("hello.test", "/", 200);
+}
