@@ -214,26 +214,23 @@ impl Answer {
 /// `GET path` with `Host: host` to 127.0.0.1:`port` over plain HTTP on a new connection.
 pub fn get(port: u16, host: &str, path: &str) -> std::io::Result<Answer> {
     // Each phase named in the error: a reset at connect, at send or mid-answer are different bugs.
-    let phase = |what: &'static str| {
+    let named = |what: String| {
         move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"))
     };
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).map_err(phase("connect"))?;
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).map_err(named("connect".into()))?;
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         conn,
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: agent-tests\r\n\r\n"
     )
-    .map_err(phase("send"))?;
+    .map_err(named("send".into()))?;
     let mut raw = Vec::new();
     if let Err(e) = conn.read_to_end(&mut raw) {
         let local = conn.local_addr().map(|a| a.port()).unwrap_or(0);
-        return Err(std::io::Error::new(
-            e.kind(),
-            format!(
-                "read from local port {local}, after {} bytes: {e}",
-                raw.len()
-            ),
-        ));
+        return Err(named(format!(
+            "read from local port {local}, after {} bytes",
+            raw.len()
+        ))(e));
     }
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text

@@ -15,8 +15,8 @@ use redis::Commands;
 
 const NODE: &str = "n1";
 
-/// The shared fixture ([`EdgeNode`]) with what these tests ask of it.
-/// Each test's edge, holding its share of [`CPU`] for as long as it lives.
+/// The shared fixture ([`EdgeNode`]) with what these tests ask of it, holding the test's share of
+/// [`CPU`] until the node is gone (fields drop in order).
 struct Edge(EdgeNode, #[allow(dead_code)] CpuShare);
 
 /// The reload test measures Caddy, not the other tests of this binary: on two shared cores the
