@@ -5,7 +5,9 @@
 # built inside it, then module hello0 installed the seed-compatible way (redis-cli as the admin) —
 #     redis-cli HSET module/hello0/module.env EVENTS_IMAGE localhost/hello:latest PORT 8080
 #     redis-cli PUBLISH demo:module.init hello0
-# — and its page shown; then a `configure` event, and a second module through `agentctl module add`.
+# — and its page shown through the node's edge proxy; then a `configure` event, and a second module
+# through `agentctl module add` at its own host name, served over HTTPS with a certificate from an
+# ACME server (Debian's pebble, started inside the node for the demo).
 # The node stays up for you to look around (it says how); `scripts/demo.sh --down` removes it.
 # Without root or systemd-nspawn, scripts/demo-engine.sh shows the engine alone (plain processes).
 set -euo pipefail
@@ -86,11 +88,45 @@ done
 show "curl http://127.0.0.1:8080/"
 in_node curl -sS http://127.0.0.1:8080/
 
-say "a second module with agentctl (the id comes from the image name and a counter)"
-show "agentctl module add --env PORT=8081 localhost/hello:latest"
-in_node agentctl module add --env PORT=8081 localhost/hello:latest
+say "HTTPS: the cluster's certificates from an ACME server — here Debian's pebble (a test ACME server) inside the node, on 127.0.0.1:14000, resolving every name to 127.0.0.1"
+# pebble's own API needs a certificate: a throwaway one, trusted only by the settings below.
+in_node sh -c 'mkdir -p /root/pebble && cd /root/pebble &&
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout api.key -out api.pem 2>/dev/null'
+in_node sh -c 'cat > /root/pebble/config.json' <<'JSON'
+{"pebble": {"listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000",
+  "certificate": "/root/pebble/api.pem", "privateKey": "/root/pebble/api.key",
+  "httpPort": 80, "tlsPort": 5001, "ocspResponderURL": "", "externalAccountBindingRequired": false}}
+JSON
+in_node systemctl stop demo-acme demo-acme-dns >/dev/null 2>&1 || true
+in_node systemd-run -q --unit demo-acme-dns pebble-challtestsrv -defaultIPv4 127.0.0.1 -defaultIPv6 "" \
+  -dns01 127.0.0.1:8053 -http01 "" -https01 "" -tlsalpn01 "" -management 127.0.0.1:8055
+in_node systemd-run -q --unit demo-acme -E PEBBLE_VA_NOSLEEP=1 pebble -config /root/pebble/config.json -dnsserver 127.0.0.1:8053
+for _ in $(seq 1 100); do
+  in_node curl -sf --cacert /root/pebble/api.pem https://127.0.0.1:14000/dir >/dev/null && break
+  sleep 0.1
+done
+show "redis-cli HSET cluster/edge acme_directory https://127.0.0.1:14000/dir acme_email admin@example.org acme_ca \"\$(cat api.pem)\""
+admin_cli HSET cluster/edge acme_directory https://127.0.0.1:14000/dir acme_email admin@example.org \
+  acme_ca "$(in_node cat /root/pebble/api.pem)" >/dev/null
+
+say "a second module with agentctl (the id comes from the image name and a counter), published at its own host name: its route gets a certificate"
+show "agentctl module add --env PORT=8081 --env HOST=hello.demo.test localhost/hello:latest"
+in_node agentctl module add --env PORT=8081 --env HOST=hello.demo.test localhost/hello:latest
 show "curl http://127.0.0.1:8081/"
 in_node curl -sS http://127.0.0.1:8081/
+# The root that signs what pebble issues (made at its start), for curl to verify the page with.
+in_node sh -c 'curl -sS --cacert /root/pebble/api.pem https://127.0.0.1:15000/roots/0 > /root/pebble/root.pem'
+for _ in $(seq 1 300); do
+  in_node curl -sf --cacert /root/pebble/root.pem --resolve hello.demo.test:443:127.0.0.1 https://hello.demo.test/ >/dev/null && break
+  sleep 0.1
+done
+show "curl --cacert root.pem --resolve hello.demo.test:443:127.0.0.1 https://hello.demo.test/"
+in_node curl -sS --cacert /root/pebble/root.pem --resolve hello.demo.test:443:127.0.0.1 https://hello.demo.test/
+show "curl -sI --resolve hello.demo.test:80:127.0.0.1 http://hello.demo.test/   # plain HTTP redirects to it"
+in_node curl -sI --resolve hello.demo.test:80:127.0.0.1 http://hello.demo.test/ | head -n 2
+show "agentctl cert list"
+in_node agentctl cert list
 
 show "agentctl node status"
 in_node agentctl node status

@@ -11,13 +11,15 @@
 #                                 a kernel image)
 #   caddy                         tests/tests/edge.rs: the edge proxy, driven through its admin socket
 #                                 (the tests start their own; the packaged service is not used)
+#   pebble                        tests/tests/acme.rs: a real ACME server (and its pebble-challtestsrv
+#                                 as the DNS it resolves names with), trusted only by the tests
 #   wrk                           the edge benchmark (scripts/bench-edge.sh): requests/s through it
 #   dpkg-dev                      dpkg-shlibdeps, with which cargo-deb computes the package's library
 #                                 dependencies; cargo-deb itself comes from crates.io (scripts/package.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
-packages=(redis-server redis-tools libclang-dev nettle-dev pkg-config debootstrap systemd-container binutils iproute2 dpkg-dev wireguard-go wireguard-tools iputils-ping caddy wrk)
+packages=(redis-server redis-tools libclang-dev nettle-dev pkg-config debootstrap systemd-container binutils iproute2 dpkg-dev wireguard-go wireguard-tools iputils-ping caddy pebble wrk)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -3,15 +3,14 @@
 //! cluster's edge recipient), then asks every node for an `edge.sync`; `list` shows what is stored
 //! and which nodes serve it; `rm` removes one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use core_events::edge::{self, cert, status, EDGE_SYNC_EVENT};
-use core_events::record::{QUEUE_FIELD_DATA, QUEUE_FIELD_EVENT};
-use core_events::{keys, AgentKind, AgentName, Prefix};
+use core_events::edge::{self, acme_order, cert, status, EDGE_SYNC_EVENT};
+use core_events::AgentName;
 use redis::AsyncCommands;
 
 use crate::conn::Redis;
@@ -97,32 +96,14 @@ pub async fn main(redis: &Redis, cmd: CertCmd) -> Result<i32> {
     }
 }
 
-/// The nodes of the registry (`cluster/agents`).
-async fn nodes(conn: &mut redis::aio::ConnectionManager) -> Result<Vec<AgentName>> {
-    let all: BTreeMap<String, String> = conn.hgetall(keys::agent_registry()).await?;
-    Ok(all
-        .into_iter()
-        .filter(|(_, kind)| AgentKind::parse(kind) == Some(AgentKind::Node))
-        .filter_map(|(n, _)| AgentName::new(n).ok())
-        .collect())
-}
-
 /// Queues an edge.sync on every node, so that each serves the change.
 async fn sync_every_node(conn: &mut redis::aio::ConnectionManager, why: &str) -> Result<()> {
-    let nodes = nodes(conn).await?;
-    for node in &nodes {
-        let _: String = conn
-            .xadd(
-                Prefix::node(node.clone()).queue(),
-                "*",
-                &[
-                    (QUEUE_FIELD_EVENT, EDGE_SYNC_EVENT),
-                    (QUEUE_FIELD_DATA, why),
-                ],
-            )
-            .await
-            .with_context(|| format!("queuing {EDGE_SYNC_EVENT} on {node}"))?;
-    }
+    let nodes = edge_crate::sync::nodes(conn)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    edge_crate::sync::queue_sync(conn, &nodes, why)
+        .await
+        .with_context(|| format!("queuing {EDGE_SYNC_EVENT}"))?;
     let shown: Vec<&str> = nodes.iter().map(AgentName::as_str).collect();
     println!("{EDGE_SYNC_EVENT} queued on: {}", shown.join(" "));
     Ok(())
@@ -153,26 +134,49 @@ async fn list(conn: &mut redis::aio::ConnectionManager, json: bool) -> Result<i3
     let stored = edge_crate::store::list(conn)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    // Which nodes serve what: each node's last applied configuration.
-    let mut serving: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for node in nodes(conn).await? {
+    // Which nodes serve what: each node's last applied configuration (name → serial).
+    let mut serving: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for node in edge_crate::sync::nodes(conn)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    {
         let served: Option<String> = conn
             .hget(edge::status_key(&node), status::CERTIFICATES)
             .await?;
         let served: BTreeMap<String, String> = served
             .and_then(|s| serde_json::from_str(&s).ok())
             .unwrap_or_default();
-        for name in served.keys() {
+        for (name, serial) in served {
             serving
-                .entry(name.clone())
+                .entry(name)
                 .or_default()
-                .push(node.to_string());
+                .push((node.to_string(), serial));
         }
     }
+    let orders = edge_crate::acme::orders(conn)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut rows = Vec::new();
     for s in &stored {
-        let nodes = serving.get(&s.name).cloned().unwrap_or_default();
-        let st = state(s.get(cert::NOT_BEFORE), s.get(cert::NOT_AFTER));
+        // A node still serving an earlier serial (it has not synced since a renewal) is marked.
+        let nodes: Vec<String> = serving
+            .get(&s.name)
+            .map(|v| {
+                v.iter()
+                    .map(|(node, serial)| {
+                        if serial == s.get(cert::SERIAL) {
+                            node.clone()
+                        } else {
+                            format!("{node}(previous)")
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut st = state(s.get(cert::NOT_BEFORE), s.get(cert::NOT_AFTER));
+        if let Some(failed) = acme_failure(&orders, &s.name) {
+            st = format!("{st}; renewal failed: {failed}");
+        }
         if json {
             println!(
                 "{}",
@@ -204,9 +208,42 @@ async fn list(conn: &mut redis::aio::ConnectionManager, json: bool) -> Result<i3
             ]);
         }
     }
+    // Names waiting for their first certificate from the ACME server.
+    for (name, order) in &orders {
+        if stored.iter().any(|s| &s.name == name) {
+            continue;
+        }
+        let get = |f: &str| order.get(f).map(String::as_str).unwrap_or("");
+        let st = match get(acme_order::STATE) {
+            acme_order::STATE_FAILED => format!(
+                "failed: {} (next attempt {})",
+                get(acme_order::ERROR),
+                get(acme_order::NEXT_ATTEMPT)
+            ),
+            acme_order::STATE_ISSUING => format!("issuing (by {})", get(acme_order::NODE)),
+            other => other.to_string(),
+        };
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"name": name, "names": [name], "source": cert::SOURCE_ACME,
+                    "status": st, "nodes": []})
+            );
+        } else {
+            rows.push(vec![
+                name.clone(),
+                name.clone(),
+                "-".into(),
+                "-".into(),
+                st,
+                cert::SOURCE_ACME.into(),
+                "(none)".into(),
+            ]);
+        }
+    }
     if !json {
         if rows.is_empty() {
-            println!("no certificates (agentctl cert upload --cert FILE --key FILE)");
+            println!("no certificates (agentctl cert upload --cert FILE --key FILE, or ACME: docs/EDGE.md)");
         } else {
             let header = [
                 "NAME", "NAMES", "ISSUER", "EXPIRES", "STATUS", "SOURCE", "NODES",
@@ -215,4 +252,24 @@ async fn list(conn: &mut redis::aio::ConnectionManager, json: bool) -> Result<i3
         }
     }
     Ok(0)
+}
+
+/// The error of a name's last ACME attempt, when it failed.
+fn acme_failure(orders: &BTreeMap<String, HashMap<String, String>>, name: &str) -> Option<String> {
+    let order = orders.get(name)?;
+    (order.get(acme_order::STATE).map(String::as_str) == Some(acme_order::STATE_FAILED)).then(
+        || {
+            format!(
+                "{} (next attempt {})",
+                order
+                    .get(acme_order::ERROR)
+                    .map(String::as_str)
+                    .unwrap_or(""),
+                order
+                    .get(acme_order::NEXT_ATTEMPT)
+                    .map(String::as_str)
+                    .unwrap_or("")
+            )
+        },
+    )
 }

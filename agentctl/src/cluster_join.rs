@@ -583,6 +583,9 @@ pub async fn join(redis: &RedisArgs, args: JoinArgs) -> Result<i32> {
             .map_err(|e| anyhow::anyhow!("cannot decrypt the leader's answer: {e}"))?;
         serde_json::from_slice(plain.expose()).context("the leader's answer is malformed")?
     };
+    if let Some(edge_identity) = &secrets.edge_identity {
+        keep_edge_identity(edge_identity)?;
+    }
     if state.step < Step::Switched {
         join_interface_down();
         let vpn = LocalVpn {
@@ -809,6 +812,40 @@ async fn remove_at_leader(token: &JoinToken, node: &AgentName, s: &State) -> Res
         .await?;
     // Members that made the user already (their users.sync) drop it at their next sync.
     redis_acl::replicate::forget_agent(&mut conn, AgentKind::Node, node).await?;
+    Ok(())
+}
+
+/// Keeps the cluster's edge identity from the leader's answer as this node's
+/// (`/etc/agent/edge.key`, or AGENT_EDGE_IDENTITY): with it this node opens the certificates the
+/// cluster stores. A different key this node had before (its own certificates, gone with its old
+/// Redis data) is kept beside it as `<file>.before-join`. Idempotent (a resumed join).
+fn keep_edge_identity(text: &str) -> Result<()> {
+    let given = module_secrets::Identity::parse(text)
+        .map_err(|e| anyhow::anyhow!("the leader's edge key: {e}"))?;
+    let path = ::edge::store::identity_path();
+    let file = module_secrets::KeyFile::new(&path);
+    if file.exists() {
+        let have = file
+            .load()
+            .map_err(|e| anyhow::anyhow!("this node's edge key {}: {e}", path.display()))?;
+        if have.recipient().to_string() == given.recipient().to_string() {
+            return Ok(());
+        }
+        let mut aside = path.clone().into_os_string();
+        aside.push(".before-join");
+        std::fs::rename(&path, &aside)
+            .with_context(|| format!("moving {} aside", path.display()))?;
+        println!(
+            "edge:     this node's previous edge key kept as {}",
+            std::path::Path::new(&aside).display()
+        );
+    }
+    file.store(&given)
+        .map_err(|e| anyhow::anyhow!("writing the edge key {}: {e}", path.display()))?;
+    println!(
+        "edge:     the cluster's edge key kept in {}",
+        path.display()
+    );
     Ok(())
 }
 

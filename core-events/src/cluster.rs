@@ -365,6 +365,10 @@ pub struct JoinSecrets {
     /// answer of a leader without Sentinel.
     #[serde(default)]
     pub sentinel_password: Option<String>,
+    /// The cluster's edge identity (an age secret key: it opens the certificates' keys,
+    /// docs/EDGE.md), which the joining node keeps as its own; absent when the leader has none.
+    #[serde(default)]
+    pub edge_identity: Option<String>,
 }
 
 impl std::fmt::Debug for JoinSecrets {

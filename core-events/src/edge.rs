@@ -21,7 +21,9 @@ pub const EDGE_SYNC_EVENT: &str = "edge.sync";
 /// Emitted by a node's edge service when a route of one of its modules was applied, changed,
 /// refused or removed.
 pub const ROUTE_CHANGED: &str = "route-changed";
-/// Emitted to a module when a certificate of one of its host names was issued or renewed.
+/// Emitted by the node that stored or removed a certificate of the cluster (issued or renewed by
+/// ACME, uploaded, removed), payload [`CertificateChanged`]: every module that serves TLS itself
+/// (a mail server) reloads its certificate on it.
 pub const CERTIFICATE_CHANGED: &str = "certificate-changed";
 
 /// Longest host name (RFC 1035: 253 characters in text form).
@@ -54,6 +56,9 @@ pub const STATE_DIR_VAR: &str = "AGENT_EDGE_STATE_DIR";
 /// The node-agent's environment variable naming Caddy's admin socket (default
 /// `/run/agent/edge/admin.sock`).
 pub const ADMIN_SOCKET_VAR: &str = "AGENT_EDGE_ADMIN_SOCKET";
+/// The node-agent's environment variable naming the one IP address the proxy listens on (a
+/// multi-homed node publishing on one address); default every address. Local configuration.
+pub const BIND_VAR: &str = "AGENT_EDGE_BIND";
 
 /// What a route of a node's modules is after the node's last `edge.sync` (in
 /// [`status::ROUTES`]): served, or refused and why (a conflict, a stored route that is not valid).
@@ -165,6 +170,106 @@ pub mod settings {
     pub const HTTPS_PORT: &str = "https_port";
     pub const DEFAULT_HTTP_PORT: u16 = 80;
     pub const DEFAULT_HTTPS_PORT: u16 = 443;
+    /// The ACME directory URL (`https://…`) certificates are issued from by HTTP-01, for every
+    /// routed host name no uploaded certificate covers. Absent or empty: no ACME.
+    pub const ACME_DIRECTORY: &str = "acme_directory";
+    /// The contact address given to the ACME server (`admin@example.org`); optional.
+    pub const ACME_EMAIL: &str = "acme_email";
+    /// PEM of the one root certificate to trust for the ACME directory's own HTTPS (a private
+    /// ACME server); absent: the system's trusted roots.
+    pub const ACME_CA: &str = "acme_ca";
+}
+
+/// `cluster/acme/*`: every ACME key of the cluster (a key pattern: the node users write them).
+pub fn acme_pattern() -> String {
+    "cluster/acme/*".to_string()
+}
+
+/// `cluster/acme/account`: the cluster's ACME account (fields in [`acme_account`]), one for the
+/// cluster, made by the first node that needs it.
+pub fn acme_account_key() -> String {
+    "cluster/acme/account".to_string()
+}
+
+/// The fields of [`acme_account_key`].
+pub mod acme_account {
+    /// The directory URL the account belongs to: another directory makes another account.
+    pub const DIRECTORY: &str = "directory";
+    /// The account's credentials (its private key included), age-armored to the edge recipient.
+    pub const CREDENTIALS: &str = "credentials";
+    pub const CREATED: &str = "created";
+}
+
+/// `cluster/acme/challenges`: the pending HTTP-01 challenges, token → key authorization. Every
+/// node's proxy answers them on its HTTP port, since the ACME server may reach any node.
+pub fn acme_challenges_key() -> String {
+    "cluster/acme/challenges".to_string()
+}
+
+/// `cluster/acme/orders/<name>`: how issuing a certificate for a host name went (fields in
+/// [`acme_order`]): what `agentctl cert list` shows for a name still waiting, and the back-off
+/// that keeps a failing name from asking the ACME server at every sync.
+pub fn acme_order_key(name: &HostName) -> String {
+    format!("cluster/acme/orders/{name}")
+}
+
+/// `cluster/acme/orders/*` (a `SCAN MATCH` pattern).
+pub fn acme_orders_pattern() -> String {
+    "cluster/acme/orders/*".to_string()
+}
+
+/// The name of a `cluster/acme/orders/<name>` key.
+pub fn acme_order_of_key(key: &str) -> Option<HostName> {
+    HostName::parse(key.strip_prefix("cluster/acme/orders/")?).ok()
+}
+
+/// `cluster/acme/locks/<name>`: held (`SET NX PX`) by the one node issuing or renewing the name's
+/// certificate, so that the cluster asks the ACME server once; its value names the holder.
+pub fn acme_lock_key(name: &HostName) -> String {
+    format!("cluster/acme/locks/{name}")
+}
+
+/// The fields of [`acme_order_key`].
+pub mod acme_order {
+    /// `issuing`, `failed` or `issued`.
+    pub const STATE: &str = "state";
+    pub const ERROR: &str = "error";
+    /// Failed attempts since the last success.
+    pub const FAILURES: &str = "failures";
+    /// RFC 3339: the last attempt, and the earliest next one after a failure.
+    pub const ATTEMPTED: &str = "attempted";
+    pub const NEXT_ATTEMPT: &str = "next_attempt";
+    /// The node that made the last attempt.
+    pub const NODE: &str = "node";
+    /// JSON array: the challenge tokens an order in progress put in
+    /// [`super::acme_challenges_key`] (taken back if its node dies before the order ends).
+    pub const TOKENS: &str = "tokens";
+    pub const STATE_ISSUING: &str = "issuing";
+    pub const STATE_FAILED: &str = "failed";
+    pub const STATE_ISSUED: &str = "issued";
+}
+
+/// The payload of [`CERTIFICATE_CHANGED`], emitted by the node that stored or removed a
+/// certificate: `action` is `issued`, `renewed`, `uploaded` or `removed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateChanged {
+    pub name: String,
+    pub names: Vec<String>,
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+}
+
+/// The actions of a [`CertificateChanged`].
+pub mod certificate_action {
+    pub const ISSUED: &str = "issued";
+    pub const RENEWED: &str = "renewed";
+    pub const UPLOADED: &str = "uploaded";
+    pub const REMOVED: &str = "removed";
 }
 
 /// `node/<name>/edge`: what the node's last `edge.sync` applied (fields in [`status`]).
@@ -191,6 +296,9 @@ pub mod status {
     /// What may go wrong with the serving configuration although it applied (empty when
     /// nothing): e.g. reloads that can reset connections.
     pub const WARNING: &str = "warning";
+    /// JSON array: the ACME challenge tokens the serving configuration answers (the issuing node
+    /// waits for every node to answer them before asking the ACME server to validate).
+    pub const CHALLENGES: &str = "challenges";
 }
 
 /// Why a route, or a part of it, is refused. The messages are for the module author: they say

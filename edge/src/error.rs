@@ -16,6 +16,9 @@ pub enum Error {
     /// A certificate or its key is not usable.
     #[error("certificate: {0}")]
     Certificate(String),
+    /// Issuing a certificate from the ACME server failed.
+    #[error("ACME: {0}")]
+    Acme(String),
     /// A setting in Redis is not usable.
     #[error("edge setting {key} {field}: {reason}")]
     Setting {

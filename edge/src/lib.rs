@@ -2,6 +2,7 @@
 //! one complete Caddy configuration and applied through Caddy's admin API. The node's `edge.sync`
 //! event runs [`sync::apply`] (`node-agent edge apply`); docs/EDGE.md says how it fits together.
 
+pub mod acme;
 pub mod caddy;
 pub mod certs;
 pub mod error;

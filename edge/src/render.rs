@@ -32,6 +32,10 @@ pub struct ServedCertificate {
     pub key_pem: String,
     /// RFC 3339.
     pub not_after: String,
+    /// Hex, as the store has it.
+    pub serial: String,
+    /// [`core_events::edge::cert::SOURCE_UPLOAD`] or [`core_events::edge::cert::SOURCE_ACME`].
+    pub source: String,
 }
 
 impl std::fmt::Debug for ServedCertificate {
@@ -57,9 +61,21 @@ pub struct Challenge {
 pub struct Listen {
     pub http_port: u16,
     pub https_port: u16,
+    /// The one address to listen on; `None`: every address.
+    pub bind: Option<std::net::IpAddr>,
     /// Caddy's admin endpoint, in Caddy's address syntax (`unix//run/agent/edge/admin.sock`): it is
     /// part of every configuration, so a `POST /load` keeps it where it is.
     pub admin: String,
+}
+
+impl Listen {
+    /// A listener's address in Caddy's syntax: `:PORT`, or `IP:PORT` (`[IPv6]:PORT`).
+    fn address(&self, port: u16) -> String {
+        match self.bind {
+            None => format!(":{port}"),
+            Some(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+        }
+    }
 }
 
 /// What the node should serve.
@@ -253,7 +269,7 @@ impl Desired {
         servers.insert(
             "http".into(),
             json!({
-                "listen": [format!(":{}", self.listen.http_port)],
+                "listen": [self.listen.address(self.listen.http_port)],
                 "automatic_https": {"disable": true},
                 "routes": http_routes,
             }),
@@ -265,7 +281,7 @@ impl Desired {
             servers.insert(
                 "https".into(),
                 json!({
-                    "listen": [format!(":{https_port}")],
+                    "listen": [self.listen.address(https_port)],
                     "automatic_https": {"disable": true},
                     "tls_connection_policies": [{}],
                     "routes": https_routes,
@@ -312,6 +328,7 @@ mod tests {
         Listen {
             http_port: 80,
             https_port: 443,
+            bind: None,
             admin: "unix//run/x.sock".into(),
         }
     }
@@ -340,6 +357,8 @@ mod tests {
             chain_pem: "CHAIN".into(),
             key_pem: "KEY".into(),
             not_after: "2030-01-01T00:00:00Z".into(),
+            serial: "01".into(),
+            source: "upload".into(),
         }
     }
 
@@ -427,6 +446,23 @@ mod tests {
         );
         assert!(format!("{with_cert:?}").contains("a.test"));
         assert!(!format!("{with_cert:?}").contains("KEY"));
+    }
+
+    #[test]
+    fn a_bind_address_is_in_every_listener() {
+        let mut d = desired(vec![served("a", "web", Some("a.test"), None)]);
+        d.certificates.push(cert("a.test"));
+        d.listen.bind = Some("127.0.0.2".parse().unwrap());
+        let config: Value = serde_json::from_str(&d.render().json).unwrap();
+        let servers = &config["apps"]["http"]["servers"];
+        assert_eq!(servers["http"]["listen"], json!(["127.0.0.2:80"]));
+        assert_eq!(servers["https"]["listen"], json!(["127.0.0.2:443"]));
+        d.listen.bind = Some("::1".parse().unwrap());
+        let config: Value = serde_json::from_str(&d.render().json).unwrap();
+        assert_eq!(
+            config["apps"]["http"]["servers"]["http"]["listen"],
+            json!(["[::1]:80"])
+        );
     }
 
     #[test]

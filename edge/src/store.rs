@@ -117,9 +117,36 @@ pub async fn upload<C: ConnectionLike + Send + Sync>(
     let info = certs::inspect(chain_pem, key_pem)?;
     let name = info.store_name()?;
     let identity = ensure_identity(conn, identity_file).await?;
+    put(
+        conn,
+        &identity,
+        &name,
+        &info,
+        chain_pem,
+        key_pem,
+        cert::SOURCE_UPLOAD,
+        now,
+    )
+    .await?;
+    Ok((name, info))
+}
+
+/// Stores a checked certificate (what [`certs::inspect`] said of it) as `cluster/certs/<name>`,
+/// replacing one of that name, its key encrypted to `identity`'s recipient.
+#[allow(clippy::too_many_arguments)]
+pub async fn put<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    identity: &Identity,
+    name: &HostName,
+    info: &CertInfo,
+    chain_pem: &str,
+    key_pem: &str,
+    source: &str,
+    now: &str,
+) -> Result<()> {
     let sealed = module_secrets::encrypt(key_pem.as_bytes(), &identity.recipient())
         .map_err(|e| secrets_error("encrypting the key", e))?;
-    let key = edge::cert_key(&name);
+    let key = edge::cert_key(name);
     let names = serde_json::to_string(&info.names).expect("names serialize");
     redis::pipe()
         .atomic()
@@ -130,7 +157,7 @@ pub async fn upload<C: ConnectionLike + Send + Sync>(
                 (cert::NAMES, names.as_str()),
                 (cert::CHAIN, chain_pem),
                 (cert::KEY, sealed.as_str()),
-                (cert::SOURCE, cert::SOURCE_UPLOAD),
+                (cert::SOURCE, source),
                 (cert::ISSUER, info.issuer.as_str()),
                 (cert::SERIAL, info.serial.as_str()),
                 (cert::NOT_BEFORE, certs::rfc3339(info.not_before).as_str()),
@@ -140,7 +167,7 @@ pub async fn upload<C: ConnectionLike + Send + Sync>(
         )
         .query_async::<()>(conn)
         .await?;
-    Ok((name, info))
+    Ok(())
 }
 
 /// A stored certificate as listed (no key).
@@ -239,6 +266,8 @@ pub async fn served<C: ConnectionLike + Send + Sync>(
                 chain_pem: chain,
                 key_pem,
                 not_after: certs::rfc3339(info.not_after),
+                serial: info.serial,
+                source: s.get(cert::SOURCE).to_string(),
             }),
             Err(e) => problems.push(format!("certificate {name} not served: {e}")),
         }

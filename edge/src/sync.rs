@@ -8,20 +8,25 @@
 //! every node: the route of the smallest module id (then route name) is served, the other is
 //! refused, and its module is told with a `route-changed` event.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 pub use core_events::edge::RouteState;
 use core_events::edge::{
-    self, check_route_name, settings, status, Route, RouteChanged, ROUTE_CHANGED, ROUTE_REMOVED,
+    self, cert, certificate_action, check_route_name, settings, status, CertificateChanged, Route,
+    RouteChanged, CERTIFICATE_CHANGED, EDGE_SYNC_EVENT, ROUTE_CHANGED, ROUTE_REMOVED,
 };
-use core_events::{keys, AgentName, EventName, Prefix};
+use core_events::record::{QUEUE_FIELD_DATA, QUEUE_FIELD_EVENT};
+use core_events::{keys, AgentKind, AgentName, EventName, Prefix};
 use redis::aio::ConnectionLike;
 use redis::AsyncCommands;
 
 use crate::caddy::Admin;
 use crate::error::{Error, Result};
-use crate::render::{Desired, Listen, ServedRoute};
+use crate::render::{
+    is_challenge_token, is_key_authorization, Challenge, Desired, Listen, ServedCertificate,
+    ServedRoute,
+};
 
 /// The file the last applied configuration is kept in, inside the state directory: the proxy's
 /// unit starts Caddy with it, so a restarted proxy serves at once what it served before.
@@ -35,6 +40,8 @@ pub struct Gathered {
     pub states: BTreeMap<String, RouteState>,
     /// Certificates left out, in words.
     pub problems: Vec<String>,
+    /// The host names of every valid route of the cluster (on any node).
+    pub cluster_hosts: BTreeSet<String>,
 }
 
 /// The outcome of an applied sync.
@@ -127,6 +134,7 @@ pub async fn gather<C: ConnectionLike + Send + Sync>(
             }
         }
     }
+    let cluster_hosts: BTreeSet<String> = by_match.keys().filter_map(|(h, _)| h.clone()).collect();
     let mut routes = Vec::new();
     for ((host, path), mut claimants) in by_match {
         claimants.sort_by(|a, b| (&a.module, &a.name).cmp(&(&b.module, &b.name)));
@@ -161,20 +169,88 @@ pub async fn gather<C: ConnectionLike + Send + Sync>(
         }
     };
     let (certificates, problems) = crate::store::served(conn, identity.as_ref()).await?;
+    let challenges = challenges(conn).await?;
     Ok(Gathered {
         problems,
+        cluster_hosts,
         desired: Desired {
             listen: Listen {
                 http_port,
                 https_port,
+                bind: bind_address()?,
                 admin: admin.caddy_address(),
             },
             routes,
             certificates,
-            challenges: Vec::new(),
+            challenges,
         },
         states,
     })
+}
+
+/// The one address to listen on ([`edge::BIND_VAR`]), when set: local configuration.
+fn bind_address() -> Result<Option<std::net::IpAddr>> {
+    match std::env::var(edge::BIND_VAR) {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().map(Some).map_err(|_| Error::Setting {
+            key: "in the environment".into(),
+            field: edge::BIND_VAR.into(),
+            reason: format!("{v:?} is not an IP address"),
+        }),
+        _ => Ok(None),
+    }
+}
+
+/// The pending ACME challenges of the cluster ([`edge::acme_challenges_key`]): those whose token
+/// and key authorization are well formed (they become a path and a body in the configuration;
+/// anything else in the hash is left out).
+async fn challenges<C: ConnectionLike + Send + Sync>(conn: &mut C) -> Result<Vec<Challenge>> {
+    let all: HashMap<String, String> = match conn.hgetall(edge::acme_challenges_key()).await {
+        Ok(all) => all,
+        Err(e) if agent_redis::is_wrong_type(&e) => HashMap::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out: Vec<Challenge> = all
+        .into_iter()
+        .filter(|(t, k)| is_challenge_token(t) && is_key_authorization(k))
+        .map(|(token, key_authorization)| Challenge {
+            token,
+            key_authorization,
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// The nodes of the cluster (the agent registry's nodes).
+pub async fn nodes<C: ConnectionLike + Send + Sync>(conn: &mut C) -> Result<Vec<AgentName>> {
+    let all: BTreeMap<String, String> = conn.hgetall(keys::agent_registry()).await?;
+    Ok(all
+        .into_iter()
+        .filter(|(_, kind)| AgentKind::parse(kind) == Some(AgentKind::Node))
+        .filter_map(|(n, _)| AgentName::new(n).ok())
+        .collect())
+}
+
+/// Queues an `edge.sync` on each of `nodes` (`why` is its data), so that each serves a change of
+/// the cluster's certificates or challenges.
+pub async fn queue_sync<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    nodes: &[AgentName],
+    why: &str,
+) -> Result<()> {
+    for node in nodes {
+        let _: String = conn
+            .xadd(
+                Prefix::node(node.clone()).queue(),
+                "*",
+                &[
+                    (QUEUE_FIELD_EVENT, EDGE_SYNC_EVENT),
+                    (QUEUE_FIELD_DATA, why),
+                ],
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// The kernel setting that makes a reload lose no connection: Caddy binds the new configuration's
@@ -265,13 +341,24 @@ pub async fn apply<C: ConnectionLike + Send + Sync>(
         .chain(gathered.problems.iter().cloned())
         .collect();
     let warning = (!warning.is_empty()).then(|| warning.join("; "));
-    let certificates: BTreeMap<&str, &str> = gathered
+    let served: BTreeMap<&str, &str> = gathered
         .desired
         .certificates
         .iter()
-        .map(|c| (c.name.as_str(), c.not_after.as_str()))
+        .map(|c| (c.name.as_str(), c.serial.as_str()))
         .collect();
-    let certificates = serde_json::to_string(&certificates).expect("a map serializes");
+    let certificates = serde_json::to_string(&served).expect("a map serializes");
+    let served_before: Option<String> = conn.hget(&status_key, status::CERTIFICATES).await?;
+    let served_before: BTreeMap<String, String> = served_before
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let tokens: Vec<&str> = gathered
+        .desired
+        .challenges
+        .iter()
+        .map(|c| c.token.as_str())
+        .collect();
+    let tokens = serde_json::to_string(&tokens).expect("a list serializes");
     redis::pipe()
         .atomic()
         .hset(
@@ -283,6 +370,7 @@ pub async fn apply<C: ConnectionLike + Send + Sync>(
         .hset(&status_key, status::CONFIG_SHA256, &rendered.sha256)
         .hset(&status_key, status::ROUTES, &states_json)
         .hset(&status_key, status::CERTIFICATES, &certificates)
+        .hset(&status_key, status::CHALLENGES, &tokens)
         .hdel(
             &status_key,
             &[status::ERROR, status::ERROR_AT, status::ERROR_RUN],
@@ -321,12 +409,60 @@ pub async fn apply<C: ConnectionLike + Send + Sync>(
         let _: i64 = conn.publish(&channel, payload).await?;
         changed.push(id);
     }
+    certificates_changed(conn, node, &served_before, &gathered.desired.certificates).await?;
     Ok(Applied {
         sha256: rendered.sha256,
         warning,
         states: gathered.states,
         changed,
     })
+}
+
+/// Emits [`CERTIFICATE_CHANGED`] for each certificate this node serves now that it did not serve
+/// before (by serial) and each it no longer serves: the node's modules that serve TLS themselves
+/// reload on it.
+async fn certificates_changed<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    node: &AgentName,
+    before: &BTreeMap<String, String>,
+    now: &[ServedCertificate],
+) -> Result<()> {
+    let event_name = EventName::new(CERTIFICATE_CHANGED).expect("an event name");
+    let channel = keys::emitted_event_channel(node, &event_name);
+    let mut events = Vec::new();
+    for c in now {
+        let action = match before.get(&c.name) {
+            Some(serial) if *serial == c.serial => continue,
+            Some(_) if c.source == cert::SOURCE_ACME => certificate_action::RENEWED,
+            None if c.source == cert::SOURCE_ACME => certificate_action::ISSUED,
+            _ => certificate_action::UPLOADED,
+        };
+        events.push(CertificateChanged {
+            name: c.name.clone(),
+            names: c.names.clone(),
+            action: action.into(),
+            source: Some(c.source.clone()),
+            serial: Some(c.serial.clone()),
+            not_after: Some(c.not_after.clone()),
+        });
+    }
+    for name in before.keys() {
+        if !now.iter().any(|c| &c.name == name) {
+            events.push(CertificateChanged {
+                name: name.clone(),
+                names: Vec::new(),
+                action: certificate_action::REMOVED.into(),
+                source: None,
+                serial: None,
+                not_after: None,
+            });
+        }
+    }
+    for event in events {
+        let payload = serde_json::to_string(&event).expect("an event serializes");
+        let _: i64 = conn.publish(&channel, payload).await?;
+    }
+    Ok(())
 }
 
 async fn record_error<C: ConnectionLike + Send + Sync>(

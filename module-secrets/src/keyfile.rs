@@ -104,6 +104,12 @@ impl KeyFile {
         Ok(id)
     }
 
+    /// Writes `identity`, made elsewhere (the cluster's edge key a joining node is given), as this
+    /// file; fails with [`Error::IdentityExists`] if there is one.
+    pub fn store(&self, identity: &Identity) -> Result<()> {
+        write_new(&self.path, identity)
+    }
+
     /// Loads the identity, creating it first if there is none. Returns whether it was created.
     pub fn load_or_create(&self) -> Result<(Identity, bool)> {
         if self.rotation_pending() {

@@ -64,7 +64,8 @@ enum Command {
     },
     /// The node's edge proxy (Caddy): `apply` is the step of the edge.sync event, which renders
     /// the routes of this node's modules into Caddy's configuration and applies it through its
-    /// admin socket; `queue-sync` queues that event. docs/EDGE.md. Exit codes as for the module
+    /// admin socket; `acme` its second step (certificates from the ACME server); `queue-sync`
+    /// queues that event. docs/EDGE.md. Exit codes as for the module
     /// tools.
     Edge {
         #[command(subcommand)]

@@ -9,7 +9,7 @@
 //! here: a renamed key or channel in the protocol moves the ACL with it.
 
 use core_events::keys::{self, glob_escape};
-use core_events::{AgentKind, AgentName, EventName, Prefix};
+use core_events::{edge, AgentKind, AgentName, EventName, Prefix};
 
 /// The sysadmin's user: every command, key and channel.
 pub const ADMIN_USER: &str = keys::ACL_ADMIN_USER;
@@ -166,6 +166,12 @@ pub fn node_rules(name: &AgentName) -> Vec<String> {
     // The password hashes of the agents' users, which it publishes when it makes a module's user
     // (`replicate`).
     rules.push(format!("~{}", glob_escape(&core_events::cluster::users())));
+    // The edge's cluster-wide state: each node's edge.sync may issue or renew a certificate
+    // (stored once, `cluster/certs/*`), hold its ACME lock and challenges (`cluster/acme/*`) and
+    // publish the edge recipient when the cluster has none (`cluster/edge`).
+    rules.push(format!("~{}", glob_escape(&edge::settings_key())));
+    rules.push(format!("~{}", edge::certs_pattern()));
+    rules.push(format!("~{}", edge::acme_pattern()));
     rules.extend(["&*", "+@all"].map(String::from));
     rules.extend(CONFINED_DENIED.iter().map(|s| s.to_string()));
     // `+psync +replconf`: the node's Redis is a replica of the leader's, logged in as this user
@@ -351,6 +357,9 @@ mod tests {
         assert!(r.contains(&"~node/node1/*".to_string()));
         assert!(r.contains(&"~module/*".to_string()));
         assert!(r.contains(&"~cluster/agents".to_string()));
+        for edge_key in ["~cluster/edge", "~cluster/certs/*", "~cluster/acme/*"] {
+            assert!(r.contains(&edge_key.to_string()), "{edge_key}: {r:?}");
+        }
         assert!(r.contains(&"+acl".to_string()));
         let acl = r.iter().position(|x| x == "+acl").unwrap();
         let admin = r.iter().position(|x| x == "-@admin").unwrap();

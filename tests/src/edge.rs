@@ -21,6 +21,25 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A CA and a certificate it signed for `names` (host names or IP addresses): (CA PEM, chain PEM,
+/// key PEM).
+pub fn signed_cert(names: &[&str]) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "agent test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+    (ca_cert.pem(), leaf.pem(), key.serialize_pem())
+}
+
 /// The Caddy the tests run: `AGENT_TEST_CADDY`, else `caddy` on PATH.
 pub fn caddy_binary() -> String {
     std::env::var("AGENT_TEST_CADDY").unwrap_or_else(|_| "caddy".into())
@@ -88,11 +107,13 @@ impl Caddy {
                 "AGENT_EDGE_STATE_DIR".into(),
                 self.state_dir().display().to_string(),
             ),
-            (
-                "AGENT_EDGE_IDENTITY".into(),
-                self.dir.path().join("edge.key").display().to_string(),
-            ),
+            ("AGENT_EDGE_IDENTITY".into(), self.identity_file()),
         ]
+    }
+
+    /// Where the edge key of the node driving this Caddy is kept.
+    pub fn identity_file(&self) -> String {
+        self.dir.path().join("edge.key").display().to_string()
     }
 }
 
@@ -213,11 +234,16 @@ impl Answer {
 
 /// `GET path` with `Host: host` to 127.0.0.1:`port` over plain HTTP on a new connection.
 pub fn get(port: u16, host: &str, path: &str) -> std::io::Result<Answer> {
+    get_at("127.0.0.1", port, host, path)
+}
+
+/// [`get`] to `ip`:`port`.
+pub fn get_at(ip: &str, port: u16, host: &str, path: &str) -> std::io::Result<Answer> {
     // Each phase named in the error: a reset at connect, at send or mid-answer are different bugs.
     let named = |what: String| {
         move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"))
     };
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).map_err(named("connect".into()))?;
+    let mut conn = TcpStream::connect((ip, port)).map_err(named("connect".into()))?;
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         conn,
@@ -253,9 +279,10 @@ pub fn get(port: u16, host: &str, path: &str) -> std::io::Result<Answer> {
     })
 }
 
-/// A node's edge for tests and benchmarks: a Redis, a Caddy, free HTTP and HTTPS ports in
-/// `cluster/edge`, and a node-agent named `node` on the product's own node events
-/// (imageroot/node-events), whose steps find the built `node-agent` on PATH.
+/// A node's edge for tests and benchmarks: a Redis, a Caddy listening on 127.0.0.1 only, free
+/// HTTP and HTTPS ports in `cluster/edge`, and a node-agent named `node` on the product's own
+/// node events (imageroot/node-events), whose steps find the built `node-agent` on PATH. More
+/// nodes of the same cluster: [`EdgeNode::peer`].
 pub struct EdgeNode {
     pub redis: RedisServer,
     pub caddy: Caddy,
@@ -263,6 +290,38 @@ pub struct EdgeNode {
     pub node: String,
     pub http: u16,
     pub https: u16,
+}
+
+/// Another node of an [`EdgeNode`]'s cluster: its own node-agent and Caddy on the same Redis and
+/// ports, listening on another loopback address, with the cluster's edge key (what a joining
+/// node is given).
+pub struct EdgePeer {
+    pub caddy: Caddy,
+    pub agent: Agent,
+    pub node: String,
+    pub ip: String,
+}
+
+/// A node-agent on the product's node events, driving `caddy` (listening on `ip` only), with the
+/// cluster's edge key at `identity`.
+fn edge_agent(redis_url: &str, node: &str, caddy: &Caddy, ip: &str, identity: &str) -> Agent {
+    let bins = bin("node-agent").parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bins.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut env: Vec<(String, String)> = caddy
+        .agent_env()
+        .into_iter()
+        .filter(|(k, _)| k != "AGENT_EDGE_IDENTITY")
+        .collect();
+    env.push(("AGENT_EDGE_IDENTITY".into(), identity.into()));
+    env.push(("AGENT_EDGE_BIND".into(), ip.into()));
+    env.push(("PATH".into(), path));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let events = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../imageroot/node-events");
+    Agent::start_with_env("node-agent", redis_url, node, &[events], &[], &env)
 }
 
 impl EdgeNode {
@@ -278,17 +337,13 @@ impl EdgeNode {
                 &[("http_port", http), ("https_port", https)],
             )
             .unwrap();
-        let bins = bin("node-agent").parent().unwrap().to_path_buf();
-        let path = format!(
-            "{}:{}",
-            bins.display(),
-            std::env::var("PATH").unwrap_or_default()
+        let agent = edge_agent(
+            &redis.url(),
+            node,
+            &caddy,
+            "127.0.0.1",
+            &caddy.identity_file(),
         );
-        let mut env = caddy.agent_env();
-        env.push(("PATH".into(), path));
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let events = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../imageroot/node-events");
-        let agent = Agent::start_with_env("node-agent", &redis.url(), node, &[events], &[], &env);
         EdgeNode {
             redis,
             caddy,
@@ -299,18 +354,54 @@ impl EdgeNode {
         }
     }
 
-    /// A module installed on the node (what module.init's last step records).
-    pub fn install(&self, module: &str) {
+    /// A second node of this cluster, on `ip` (another loopback address, `127.0.0.2`).
+    pub fn peer(&self, node: &str, ip: &str) -> EdgePeer {
+        let caddy = Caddy::start();
+        let agent = edge_agent(
+            &self.redis.url(),
+            node,
+            &caddy,
+            ip,
+            &self.caddy.identity_file(),
+        );
+        EdgePeer {
+            caddy,
+            agent,
+            node: node.to_string(),
+            ip: ip.to_string(),
+        }
+    }
+
+    /// Waits until `node`'s queue is empty: every queued run has ended and recorded its outcome
+    /// (a run's entry leaves the stream with its final record). Caddy serves a new configuration
+    /// a moment before the sync records it in `node/<n>/edge`: a test that saw it served and
+    /// reads the status waits for this first.
+    pub fn wait_idle(&self, node: &str) {
+        use redis::Commands;
+        let mut con = self.redis.conn();
+        wait_for(
+            &format!("{node}'s queue to empty"),
+            Duration::from_secs(30),
+            || {
+                let left: usize = con.xlen(format!("node/{node}/queue")).unwrap_or(1);
+                (left == 0).then_some(())
+            },
+        );
+    }
+
+    /// Records `module` as installed on `node` (what module.init's last step records).
+    pub fn install_on(&self, node: &str, module: &str) {
         use redis::Commands;
         let _: () = self
             .redis
             .conn()
-            .hset(
-                format!("node/{}/modules", self.node),
-                module,
-                "localhost/hello",
-            )
+            .hset(format!("node/{node}/modules"), module, "localhost/hello")
             .unwrap();
+    }
+
+    /// A module installed on the node (what module.init's last step records).
+    pub fn install(&self, module: &str) {
+        self.install_on(&self.node, module);
     }
 
     /// `module-sdk route add NAME ARGS…` as module `module` would run it outside a step.

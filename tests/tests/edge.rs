@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_tests::edge::{get, Backend, EdgeNode};
+use agent_tests::edge::{get, signed_cert, Backend, EdgeNode};
 use agent_tests::{hgetall, wait_for, wait_run_end, Run};
 use redis::Commands;
 
@@ -78,7 +78,7 @@ impl Edge {
 
     /// Waits until `host` + `path` answers with `status` on the edge's HTTP port.
     fn wait_answer(&self, host: &str, path: &str, status: u16) -> agent_tests::edge::Answer {
-        wait_for(
+        let answer = wait_for(
             &format!("{host}{path} to answer {status}"),
             Duration::from_secs(20),
             || {
@@ -86,7 +86,10 @@ impl Edge {
                     .ok()
                     .filter(|a| a.status == status)
             },
-        )
+        );
+        // What the status says is recorded by then.
+        self.wait_idle(NODE);
+        answer
     }
 
     /// Runs edge.sync once through the agent's queue and returns its run record.
@@ -486,24 +489,6 @@ fn fifty_reloads_under_a_loop_of_requests_fail_none() {
         shas.len() > 25,
         "the configurations did not change: {shas:?}"
     );
-}
-
-/// A CA and a certificate it signed for `names`: (CA PEM, chain PEM, key PEM).
-fn signed_cert(names: &[&str]) -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "agent test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf =
-        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-    (ca_cert.pem(), leaf.pem(), key.serialize_pem())
 }
 
 #[test]

@@ -221,6 +221,22 @@ fn create_and_two_joins_make_a_full_mesh_and_events_cross_it() {
             }
         });
     }
+    // The cluster's edge key: made by the leader at its first admit and given to every member
+    // in the encrypted answer, its recipient in cluster/edge: every node opens the certificates
+    // whichever node stores them (docs/EDGE.md).
+    let recipient = n1.admin_redis(&["HGET", "cluster/edge", "recipient"]);
+    assert!(recipient.trim().starts_with("age1"), "{recipient}");
+    for n in [&n1, &n2, &n3] {
+        let public = n.ok(&["grep", "^# public key:", "/etc/agent/edge.key"]);
+        assert_eq!(
+            public.trim(),
+            format!("# public key: {}", recipient.trim()),
+            "the edge key of {}",
+            n.name
+        );
+        let mode = n.ok(&["stat", "-c", "%a %U", "/etc/agent/edge.key"]);
+        assert_eq!(mode.trim(), "600 root", "{}", n.name);
+    }
     // The requests and answers (with their encrypted passwords) are gone from the leader.
     let left = n1.admin_redis(&["--scan", "--pattern", "cluster/join/*/*"]);
     assert_eq!(left, "", "join keys left on the leader");

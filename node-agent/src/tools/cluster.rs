@@ -261,6 +261,27 @@ fn admin_connection(ctx: &Ctx) -> Result<redis::Connection> {
     )
 }
 
+/// The cluster's edge identity for a joining node, made here (and its recipient published) when
+/// the cluster has none yet, so that every member can open the certificates whichever node
+/// stores them. `None`, with a warning, when it cannot be had: the node joins, and serves no
+/// certificate until its key is copied (docs/EDGE.md).
+fn edge_identity(ctx: &Ctx) -> Option<String> {
+    let path = edge::store::identity_path();
+    let identity = ctx.block_on(async {
+        let mut con = ctx.target.connection().await?;
+        edge::store::ensure_identity(&mut con, &path)
+            .await
+            .map_err(|e| ToolError::Failed(e.to_string()))
+    });
+    match identity {
+        Ok(identity) => Some(identity.to_secret_string().to_string()),
+        Err(e) => {
+            eprintln!("warning: the joining node gets no edge key: {e}");
+            None
+        }
+    }
+}
+
 fn admit(ctx: &Ctx, data: &str) -> Result<()> {
     let (id, node) = parse_data(data)?;
     // The cluster's keys (another node's record, the token's, the answer) are beyond what the
@@ -349,6 +370,7 @@ fn admit(ctx: &Ctx, data: &str) -> Result<()> {
         ))
         .ok()
         .map(|c| c.password.expose().to_string()),
+        edge_identity: edge_identity(ctx),
     };
     let json = serde_json::to_vec(&secrets).expect("secrets serialize");
     let sealed = module_secrets::encrypt(&json, &request.recipient)

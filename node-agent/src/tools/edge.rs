@@ -1,7 +1,9 @@
 //! `node-agent edge …`: the node's side of the edge proxy. `apply` is the step of the node's
 //! `edge.sync` event (imageroot/node-events/edge.sync): it renders the routes of this node's
 //! modules into Caddy's configuration and applies it (the `edge` crate); `queue-sync` queues that
-//! event, for steps that change routes without failing on the proxy's trouble (module.remove).
+//! event, for steps that change routes without failing on the proxy's trouble (module.remove);
+//! `acme` is its second step: the certificates the routes need, from the ACME server, once for
+//! the cluster.
 
 use core_events::edge::EDGE_SYNC_EVENT;
 use core_events::record::{QUEUE_FIELD_DATA, QUEUE_FIELD_EVENT};
@@ -22,6 +24,13 @@ pub enum EdgeCmd {
     /// previous configuration goes on serving, and the refusal is recorded in node/NODE/edge
     /// (`agentctl node status`) and makes this step fail. Idempotent.
     Apply,
+    /// edge.sync/20acme: for every host name of this node's routes that no certificate covers, or
+    /// whose ACME certificate is due for renewal, ask the ACME directory of cluster/edge
+    /// (acme_directory; none: nothing to do) for a certificate by HTTP-01, once for the cluster
+    /// (a lock per name in cluster/acme/locks/), and store it in cluster/certs/ for every node.
+    /// A failed name is reported here and in cluster/acme/orders/NAME (`agentctl cert list`) and
+    /// retried after a back-off; it does not fail the step.
+    Acme,
     /// Queue an edge.sync run on this node (XADD node/NODE/queue), with DATA saying why.
     QueueSync {
         /// Why (the run's data), e.g. "module.remove hello1".
@@ -34,6 +43,7 @@ impl EdgeCmd {
     pub fn name(&self) -> &'static str {
         match self {
             EdgeCmd::Apply => "apply",
+            EdgeCmd::Acme => "acme",
             EdgeCmd::QueueSync { .. } => "queue-sync",
         }
     }
@@ -42,6 +52,7 @@ impl EdgeCmd {
 pub fn run(cmd: &EdgeCmd, ctx: &Ctx) -> Result<()> {
     match cmd {
         EdgeCmd::Apply => apply(ctx),
+        EdgeCmd::Acme => acme(ctx),
         EdgeCmd::QueueSync { why } => {
             // At boot the proxy may come up before Redis answers: waited for, a minute at most.
             let deadline = Instant::now() + REDIS_WAIT;
@@ -71,6 +82,39 @@ pub fn run(cmd: &EdgeCmd, ctx: &Ctx) -> Result<()> {
     }
 }
 
+fn edge_error(e: edge::Error) -> ToolError {
+    match e {
+        e if e.is_transient() => ToolError::TempFailure(e.to_string()),
+        edge::Error::Setting { .. } => ToolError::Config(e.to_string()),
+        e => ToolError::Failed(e.to_string()),
+    }
+}
+
+fn acme(ctx: &Ctx) -> Result<()> {
+    let (state_dir, socket) = edge::sync::local_paths();
+    let admin = edge::caddy::Admin::new(socket);
+    let run = std::env::var(core_events::step_env::AGENT_RUN_ID).unwrap_or_default();
+    let identity_file = edge::store::identity_path();
+    let outcomes = ctx.block_on(async {
+        let mut con = ctx.target.connection().await?;
+        let node = edge::acme::Node {
+            name: &ctx.node,
+            admin: &admin,
+            state_dir: &state_dir,
+            identity_file: &identity_file,
+            run: &run,
+        };
+        edge::acme::run(&mut con, &node).await.map_err(edge_error)
+    })?;
+    for outcome in &outcomes {
+        match outcome {
+            edge::acme::Outcome::Failed { .. } => eprintln!("warning: {outcome}"),
+            _ => println!("{outcome}"),
+        }
+    }
+    Ok(())
+}
+
 fn apply(ctx: &Ctx) -> Result<()> {
     let (state_dir, socket) = edge::sync::local_paths();
     let admin = edge::caddy::Admin::new(socket);
@@ -80,11 +124,7 @@ fn apply(ctx: &Ctx) -> Result<()> {
         let mut con = ctx.target.connection().await?;
         edge::sync::apply(&mut con, &ctx.node, &admin, &state_dir, &now, &run)
             .await
-            .map_err(|e| match e {
-                e if e.is_transient() => ToolError::TempFailure(e.to_string()),
-                edge::Error::Setting { .. } => ToolError::Config(e.to_string()),
-                e => ToolError::Failed(e.to_string()),
-            })
+            .map_err(edge_error)
     })?;
     let serving = applied
         .states

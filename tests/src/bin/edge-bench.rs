@@ -1,13 +1,16 @@
 //! The edge benchmark (issue 14): requests/s and p99 latency through the edge proxy against the
 //! same backend straight, in the same run (`wrk`, Debian's), and the time from `module-sdk route
 //! add` returning to the route serving, through the real path (route-requested → the node-agent's
-//! trigger → edge.sync → Caddy). Prints Markdown rows for docs/BENCHMARKS.md.
+//! trigger → edge.sync → Caddy); and the time from `route add` to the route served over HTTPS
+//! with a certificate issued by a real ACME server (Debian's pebble on loopback), against route
+//! add → served over plain HTTP in the same run. Prints Markdown rows for docs/BENCHMARKS.md.
 //!
-//! Usage: scripts/bench-edge.sh [--secs N] [--connections N] [--routes N]
+//! Usage: scripts/bench-edge.sh [--secs N] [--connections N] [--routes N] [--certs N]
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use agent_tests::acme::{https_get, use_acme, Pebble};
 use agent_tests::edge::{get, Backend, EdgeNode};
 use agent_tests::{bench_num_arg, ms, percentile};
 
@@ -58,6 +61,7 @@ fn main() {
     let secs = bench_num_arg("secs", 10);
     let connections = bench_num_arg("connections", 16);
     let routes = bench_num_arg("routes", 20);
+    let certs = bench_num_arg("certs", 10);
     let migrate = std::fs::read_to_string(edge::sync::MIGRATE_REQ).unwrap_or_default();
 
     let edge = EdgeNode::start(NODE);
@@ -93,6 +97,25 @@ fn main() {
     }
     took.sort();
 
+    // Route add → HTTPS with a certificate from the ACME server, each a new host name.
+    let pebble = Pebble::start(http, None);
+    use_acme(&edge, &pebble);
+    let root = pebble.issuing_root();
+    let mut issued = Vec::new();
+    for i in 0..certs {
+        let host = format!("c{i}.test");
+        add(&format!("c{i}"), &host);
+        let t = Instant::now();
+        let deadline = t + Duration::from_secs(60);
+        while https_get(&root, &host, "127.0.0.1", edge.https, "/").is_err() {
+            assert!(Instant::now() < deadline, "{host} never served over HTTPS");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        issued.push(t.elapsed());
+    }
+    issued.sort();
+    assert_eq!(pebble.issued(), certs, "one issuance per name");
+
     let direct = format!("http://127.0.0.1:{}/", backend.port);
     let through = format!("http://127.0.0.1:{http}/");
     let (rps_direct, p99_direct) = wrk(&direct, "hello.test", secs, connections);
@@ -118,6 +141,13 @@ fn main() {
         ms(percentile(&took, 0.5)),
         ms(percentile(&took, 0.9)),
         ms(*took.last().unwrap())
+    );
+    println!(
+        "route add → HTTPS with a certificate from pebble ({certs} names): median {:.1} ms, p90 {:.1} ms, max {:.1} ms; {:.1}× route add → plain HTTP",
+        ms(percentile(&issued, 0.5)),
+        ms(percentile(&issued, 0.9)),
+        ms(*issued.last().unwrap()),
+        ms(percentile(&issued, 0.5)) / ms(percentile(&took, 0.5))
     );
 }
 
