@@ -138,14 +138,30 @@ pub async fn run_agent(cfg: EngineConfig, shutdown: CancellationToken) -> Result
     }
     // Read once, at start: an `.on` added later takes effect when the agent starts again.
     let triggers = crate::plan::triggers(&cfg.events_dirs);
+    let (triggers_ready_tx, triggers_ready) = oneshot::channel();
     let triggers = {
         let (ctx, fatal, target) = (ctx.clone(), fatal.clone(), target.clone());
         tokio::spawn(async move {
-            if let Err(e) = crate::triggers::run(target, ctx.clone(), triggers).await {
+            if let Err(e) =
+                crate::triggers::run(target, ctx.clone(), triggers, triggers_ready_tx).await
+            {
                 fatal.set(e, &ctx.shutdown);
             }
         })
     };
+    // Ready means subscribed: a trigger emitted right after "agent ready" queues its event. A
+    // Redis that went away meanwhile: the trigger task retries with a backoff and catches up when
+    // it subscribes (it queues each triggered event once), so readiness does not wait for it.
+    tokio::select! {
+        _ = triggers_ready => {}
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {
+            tracing::warn!("trigger subscription not in place after 10 s: ready without it; it catches up when it subscribes");
+        }
+    }
+    if let Some(e) = fatal.take() {
+        return Err(e);
+    }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     // Watchdog pings start after READY=1, as systemd expects.
     let heartbeat = tokio::spawn(heartbeat_loop(ctx.clone()));

@@ -3,10 +3,12 @@
 //! node's edge.sync runs when a module asks for a route, and how a module reacts to
 //! `certificate-changed` with a step of its own, without any agent writing another's queue.
 //!
-//! One subscription connection of its own (only when some event has an `.on`), supervised like
-//! the listener's: on loss it reconnects with a backoff and, since pub/sub has no replay, queues
-//! each triggered event once with `"resubscribed": true` — what it missed is then caught up by the
-//! event itself, which reads the state it acts on (steps are idempotent).
+//! One subscription connection of its own (only when some event has an `.on`), in place before
+//! the agent says it is ready, supervised like the listener's: on loss it reconnects with a
+//! backoff. Since pub/sub has no replay, each subscription — the first at the agent's start as
+//! every later one — queues each triggered event once with `"resubscribed": true`: what was
+//! emitted while the agent was stopped or unsubscribed is then caught up by the event itself,
+//! which reads the state it acts on (steps are idempotent).
 //!
 //! **Bounded under a flood.** What arrives is folded into one pending entry per (emitting agent,
 //! event), the latest payload kept, at most [`MAX_PENDING`] of them; and a triggered event is not
@@ -124,19 +126,26 @@ fn stream_id(id: &str) -> Option<(u64, u64)> {
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
-/// Runs the triggers until shutdown. `triggers`: emitted event → own events it queues.
+/// Runs the triggers until shutdown. `triggers`: emitted event → own events it queues. `ready`
+/// is told once the first subscription is in place (at once when there is nothing to subscribe
+/// to): the agent says it is ready only then, so an event emitted after "agent ready" is never
+/// missed.
 pub(crate) async fn run(
     target: Target,
     ctx: AgentCtx,
     triggers: BTreeMap<EventName, Vec<EventName>>,
+    ready: tokio::sync::oneshot::Sender<()>,
 ) -> Result<()> {
+    let mut ready = Some(ready);
     if triggers.is_empty() {
+        if let Some(tx) = ready.take() {
+            let _ = tx.send(());
+        }
         return Ok(());
     }
     let mut backoff = Backoff::default();
     // The run each triggered event last queued: not queued again while that one waits unread.
     let mut last: HashMap<EventName, String> = HashMap::new();
-    let mut lost_before = false;
     loop {
         match serve(
             &target,
@@ -144,7 +153,7 @@ pub(crate) async fn run(
             &triggers,
             &mut last,
             &mut backoff,
-            lost_before,
+            &mut ready,
         )
         .await
         {
@@ -155,7 +164,6 @@ pub(crate) async fn run(
             Err(e) => return Err(e),
             Ok(()) => tracing::warn!("trigger subscription closed, reconnecting"),
         }
-        lost_before = true;
         if !backoff.wait(&ctx.shutdown).await {
             return Ok(());
         }
@@ -168,7 +176,7 @@ async fn serve(
     triggers: &BTreeMap<EventName, Vec<EventName>>,
     last: &mut HashMap<EventName, String>,
     backoff: &mut Backoff,
-    lost_before: bool,
+    ready: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<()> {
     let inbox = Arc::new(Inbox::default());
     let mut conn = tokio::select! {
@@ -189,11 +197,15 @@ async fn serve(
         events = %triggers.keys().map(EventName::as_str).collect::<Vec<_>>().join(","),
         "triggers subscribed"
     );
-    if lost_before {
-        let marker = serde_json::json!({"resubscribed": true}).to_string();
-        for own in triggers.values().flatten() {
-            queue(ctx, last, own, &marker).await?;
-        }
+    if let Some(tx) = ready.take() {
+        let _ = tx.send(());
+    }
+    // Pub/sub has no replay: what was emitted while this agent was not subscribed (stopped,
+    // restarting, or its subscription lost) is caught up by queuing each triggered event once, at
+    // the first subscription as after every later one.
+    let marker = serde_json::json!({"resubscribed": true}).to_string();
+    for own in triggers.values().flatten() {
+        queue(ctx, last, own, &marker).await?;
     }
     let mut ping = tokio::time::interval(std::time::Duration::from_secs(5));
     ping.tick().await;

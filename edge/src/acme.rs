@@ -650,10 +650,18 @@ async fn issue<C: ConnectionLike + Send + Sync>(
         &now,
     )
     .await?;
-    // Serve it here at once, and everywhere else at the nodes' next sync.
-    sync::apply(conn, node.name, node.admin, node.state_dir, &now, node.run).await?;
+    // Serve it here at once, and everywhere else at the nodes' next sync. It is stored: a
+    // trouble from here on is this node's proxy's, not the order's (the next sync serves it).
+    if let Err(e) = sync::apply(conn, node.name, node.admin, node.state_dir, &now, node.run).await {
+        tracing::warn!("certificate {name} stored, not served here yet: {e}");
+    }
     let others = other_nodes(conn, node.name).await?;
-    sync::queue_sync(conn, &others, &format!("certificate {name} from ACME")).await?;
+    if let Err(e) = sync::queue_sync(conn, &others, &format!("certificate {name} from ACME")).await
+    {
+        tracing::warn!(
+            "certificate {name} stored; the other nodes serve it at their next sync: {e}"
+        );
+    }
     Ok((info.serial, rfc3339(info.not_after)))
 }
 

@@ -279,7 +279,8 @@ pub fn get_at(ip: &str, port: u16, host: &str, path: &str) -> std::io::Result<An
     })
 }
 
-/// A node's edge for tests and benchmarks: a Redis, a Caddy listening on 127.0.0.1 only, free
+/// A node's edge for tests and benchmarks: a Redis, a Caddy listening on every address (as a
+/// node's does by default; a specific address makes reloads lose connections, docs/EDGE.md), free
 /// HTTP and HTTPS ports in `cluster/edge`, and a node-agent named `node` on the product's own
 /// node events (imageroot/node-events), whose steps find the built `node-agent` on PATH. More
 /// nodes of the same cluster: [`EdgeNode::peer`].
@@ -293,8 +294,9 @@ pub struct EdgeNode {
 }
 
 /// Another node of an [`EdgeNode`]'s cluster: its own node-agent and Caddy on the same Redis and
-/// ports, listening on another loopback address, with the cluster's edge key (what a joining
-/// node is given).
+/// ports, listening on another loopback address only (`AGENT_EDGE_BIND`: the kernel gives that
+/// address's connections to it, the first node's wildcard listener the rest), with the cluster's
+/// edge key (what a joining node is given).
 pub struct EdgePeer {
     pub caddy: Caddy,
     pub agent: Agent,
@@ -302,8 +304,8 @@ pub struct EdgePeer {
     pub ip: String,
 }
 
-/// A node-agent on the product's node events, driving `caddy` (listening on `ip` only), with the
-/// cluster's edge key at `identity`.
+/// A node-agent on the product's node events, driving `caddy` (listening on `ip` only, or on
+/// every address when empty), with the cluster's edge key at `identity`.
 fn edge_agent(redis_url: &str, node: &str, caddy: &Caddy, ip: &str, identity: &str) -> Agent {
     let bins = bin("node-agent").parent().unwrap().to_path_buf();
     let path = format!(
@@ -325,7 +327,14 @@ fn edge_agent(redis_url: &str, node: &str, caddy: &Caddy, ip: &str, identity: &s
 }
 
 impl EdgeNode {
+    /// A node whose proxy listens on every address.
     pub fn start(node: &str) -> EdgeNode {
+        EdgeNode::start_on(node, "")
+    }
+
+    /// A node whose proxy listens on `ip` only (empty: every address), as a cluster of several
+    /// [`EdgeNode::peer`]s on one machine needs.
+    pub fn start_on(node: &str, ip: &str) -> EdgeNode {
         use redis::Commands;
         let redis = RedisServer::start();
         let caddy = Caddy::start();
@@ -337,13 +346,7 @@ impl EdgeNode {
                 &[("http_port", http), ("https_port", https)],
             )
             .unwrap();
-        let agent = edge_agent(
-            &redis.url(),
-            node,
-            &caddy,
-            "127.0.0.1",
-            &caddy.identity_file(),
-        );
+        let agent = edge_agent(&redis.url(), node, &caddy, ip, &caddy.identity_file());
         EdgeNode {
             redis,
             caddy,

@@ -1,7 +1,9 @@
 //! Certificates from a real ACME server (Debian's pebble, on loopback) through the real edge: a
 //! route's host name gets a certificate by HTTP-01, stored once for the cluster and served over
 //! HTTPS by every node; two nodes ask the ACME server once; a certificate near its end is renewed
-//! once; a name that cannot be validated is reported, backed off, and fails no sync.
+//! once; a name that cannot be validated is reported, backed off, and fails no sync. The nodes
+//! listen on one loopback address each (127.0.0.1, 127.0.0.2), so that two share the ports and
+//! pebble's DNS can point a name where nothing listens.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -129,7 +131,7 @@ fn wait_stored(edge: &EdgeNode, name: &str) -> HashMap<String, String> {
 
 #[test]
 fn a_route_gets_a_certificate_from_acme_that_a_second_node_serves_without_asking_again() {
-    let edge = EdgeNode::start("n1");
+    let edge = EdgeNode::start_on("n1", "127.0.0.1");
     let pebble = Pebble::start(edge.http, None);
     use_acme(&edge, &pebble);
     let events = listen_certificate_changed(&edge);
@@ -215,7 +217,7 @@ fn a_route_gets_a_certificate_from_acme_that_a_second_node_serves_without_asking
 
 #[test]
 fn a_certificate_near_its_end_is_renewed_once_by_one_of_two_nodes() {
-    let edge = EdgeNode::start("n1");
+    let edge = EdgeNode::start_on("n1", "127.0.0.1");
     // 30-second certificates: renewal is due with a third of that left (docs/EDGE.md).
     let pebble = Pebble::start(edge.http, Some(Duration::from_secs(30)));
     use_acme(&edge, &pebble);
@@ -272,7 +274,7 @@ fn a_certificate_near_its_end_is_renewed_once_by_one_of_two_nodes() {
 
 #[test]
 fn a_name_acme_cannot_validate_is_reported_backed_off_and_fails_no_sync() {
-    let edge = EdgeNode::start("n1");
+    let edge = EdgeNode::start_on("n1", "127.0.0.1");
     let pebble = Pebble::start(edge.http, None);
     use_acme(&edge, &pebble);
     // The ACME server looks for broken.test where nothing listens.
@@ -340,7 +342,7 @@ fn a_name_acme_cannot_validate_is_reported_backed_off_and_fails_no_sync() {
 
 #[test]
 fn an_order_whose_node_died_is_taken_back_and_done_again() {
-    let edge = EdgeNode::start("n1");
+    let edge = EdgeNode::start_on("n1", "127.0.0.1");
     let pebble = Pebble::start(edge.http, None);
     let backend = Backend::start("hello1");
     edge.install("hello1");

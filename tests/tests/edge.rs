@@ -229,6 +229,27 @@ fn a_route_a_module_asks_for_serves_and_goes_with_the_module() {
 }
 
 #[test]
+fn a_route_asked_for_right_after_ready_or_while_the_node_agent_is_down_is_served() {
+    let mut edge = Edge::start();
+    let backend = Backend::start("hello1");
+    edge.install("hello1");
+    let port = backend.port.to_string();
+    // Edge::start returned at "agent ready": the trigger subscription is in place by then.
+    assert!(edge
+        .route_add("hello1", &["web", "--host", "a.test", "--port", &port])
+        .success());
+    edge.wait_answer("a.test", "/", 200);
+    // Asked for while the node-agent is down: the emitted route-requested reaches nobody
+    // (pub/sub), and the agent catches up when it subscribes again at its start.
+    edge.0.agent.kill9();
+    assert!(edge
+        .route_add("hello1", &["two", "--host", "b.test", "--port", &port])
+        .success());
+    edge.0.agent.restart();
+    edge.wait_answer("b.test", "/", 200);
+}
+
+#[test]
 fn a_configuration_caddy_refuses_keeps_the_old_one_serving_and_says_why() {
     let edge = Edge::start();
     let backend = Backend::start("hello1");
