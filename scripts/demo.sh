@@ -55,7 +55,7 @@ admin_cli PUBLISH "$node:module.init" hello0
 # Wait for the run to end: the module is registered, or a module.init run failed.
 for _ in $(seq 1 600); do
   [ "$(admin_cli HEXISTS "node/$node/modules" hello0)" = 1 ] && break
-  if in_node agentctl journal "node/$node" --json -n 5 | grep -q '"status":"failed"'; then
+  if in_node agentctl journal "node/$node" --json -n 5 | grep '"event":"module.init"' | grep -q '"status":"failed"'; then
     in_node agentctl journal "node/$node"
     echo "demo.sh: module.init of hello0 failed (see above; tests/node/node.sh shell $node to look)" >&2
     exit 1
@@ -89,10 +89,14 @@ show "curl http://127.0.0.1:8080/"
 in_node curl -sS http://127.0.0.1:8080/
 
 say "HTTPS: the cluster's certificates from an ACME server — here Debian's pebble (a test ACME server) inside the node, on 127.0.0.1:14000, resolving every name to 127.0.0.1"
-# pebble's own API needs a certificate: a throwaway one, trusted only by the settings below.
-in_node sh -c 'mkdir -p /root/pebble && cd /root/pebble &&
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 -subj /CN=localhost \
-    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout api.key -out api.pem 2>/dev/null'
+# pebble's own API needs a certificate: a throwaway CA and a certificate it signs for 127.0.0.1,
+# the CA trusted only by the settings below.
+in_node sh -c 'set -e; mkdir -p /root/pebble && cd /root/pebble
+  ec="-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
+  openssl req -x509 $ec -days 7 -subj "/CN=demo ACME API CA" -keyout ca.key -out ca.pem 2>/dev/null
+  openssl req $ec -subj /CN=localhost -keyout api.key -out api.csr 2>/dev/null
+  printf "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n" > api.ext
+  openssl x509 -req -in api.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 7 -extfile api.ext -out api.pem 2>/dev/null'
 in_node sh -c 'cat > /root/pebble/config.json' <<'JSON'
 {"pebble": {"listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000",
   "certificate": "/root/pebble/api.pem", "privateKey": "/root/pebble/api.key",
@@ -103,12 +107,12 @@ in_node systemd-run -q --unit demo-acme-dns pebble-challtestsrv -defaultIPv4 127
   -dns01 127.0.0.1:8053 -http01 "" -https01 "" -tlsalpn01 "" -management 127.0.0.1:8055
 in_node systemd-run -q --unit demo-acme -E PEBBLE_VA_NOSLEEP=1 pebble -config /root/pebble/config.json -dnsserver 127.0.0.1:8053
 for _ in $(seq 1 100); do
-  in_node curl -sf --cacert /root/pebble/api.pem https://127.0.0.1:14000/dir >/dev/null && break
+  in_node curl -sf --cacert /root/pebble/ca.pem https://127.0.0.1:14000/dir >/dev/null && break
   sleep 0.1
 done
-show "redis-cli HSET cluster/edge acme_directory https://127.0.0.1:14000/dir acme_email admin@example.org acme_ca \"\$(cat api.pem)\""
+show "redis-cli HSET cluster/edge acme_directory https://127.0.0.1:14000/dir acme_email admin@example.org acme_ca \"\$(cat ca.pem)\""
 admin_cli HSET cluster/edge acme_directory https://127.0.0.1:14000/dir acme_email admin@example.org \
-  acme_ca "$(in_node cat /root/pebble/api.pem)" >/dev/null
+  acme_ca "$(in_node cat /root/pebble/ca.pem)" >/dev/null
 
 say "a second module with agentctl (the id comes from the image name and a counter), published at its own host name: its route gets a certificate"
 show "agentctl module add --env PORT=8081 --env HOST=hello.demo.test localhost/hello:latest"
@@ -116,7 +120,7 @@ in_node agentctl module add --env PORT=8081 --env HOST=hello.demo.test localhost
 show "curl http://127.0.0.1:8081/"
 in_node curl -sS http://127.0.0.1:8081/
 # The root that signs what pebble issues (made at its start), for curl to verify the page with.
-in_node sh -c 'curl -sS --cacert /root/pebble/api.pem https://127.0.0.1:15000/roots/0 > /root/pebble/root.pem'
+in_node sh -c 'curl -sS --cacert /root/pebble/ca.pem https://127.0.0.1:15000/roots/0 > /root/pebble/root.pem'
 for _ in $(seq 1 300); do
   in_node curl -sf --cacert /root/pebble/root.pem --resolve hello.demo.test:443:127.0.0.1 https://hello.demo.test/ >/dev/null && break
   sleep 0.1

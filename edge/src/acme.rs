@@ -315,6 +315,11 @@ pub async fn run<C: ConnectionLike + Send + Sync>(
     tidy(conn, &gathered.cluster_hosts).await?;
     let stored = store::list(conn).await?;
     let wanted = wanted(&hosts, &stored, SystemTime::now());
+    if !wanted.is_empty() {
+        // A proxy that is not running cannot answer a challenge: no order is spent on it (its
+        // unit asks for an edge.sync when it starts).
+        node.admin.config().await?;
+    }
     let mut outcomes = Vec::new();
     let mut account = None;
     for (name, need) in wanted {
@@ -491,8 +496,22 @@ fn wanted_one(hosts: &BTreeSet<HostName>, stored: &[Stored]) -> Option<Need> {
         .map(|(_, need)| need)
 }
 
+/// An ACME client error in words, with its causes: hyper says "client error (Connect)" and
+/// keeps why (a refused connection, a certificate it does not trust) in its sources.
 fn acme_error(what: &str) -> impl Fn(instant_acme::Error) -> Error + '_ {
-    move |e| Error::Acme(format!("{what}: {e}"))
+    move |e| {
+        let mut text = format!("{what}: {e}");
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        Error::Acme(text)
+    }
 }
 
 /// The cluster's ACME account on `acme.directory`, made and stored (its credentials encrypted)

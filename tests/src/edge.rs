@@ -117,6 +117,14 @@ impl Caddy {
     }
 }
 
+impl Caddy {
+    /// Kills this Caddy (a proxy that crashed or is not started yet).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Caddy {
     fn drop(&mut self) {
         let _ = self.child.kill();

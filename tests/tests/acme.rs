@@ -374,3 +374,33 @@ fn an_order_whose_node_died_is_taken_back_and_done_again() {
     assert!(!order.contains_key("tokens"), "{order:?}");
     assert_eq!(pebble.issued(), 1);
 }
+
+#[test]
+fn an_acme_server_whose_certificate_is_not_trusted_is_refused_saying_why() {
+    let edge = EdgeNode::start_on("n1", "127.0.0.1");
+    let pebble = Pebble::start(edge.http, None);
+    use_acme(&edge, &pebble);
+    // Another CA than the one that signed pebble's API: no silent trust.
+    let (other_ca, _, _) = agent_tests::edge::signed_cert(&["localhost"]);
+    let _: () = edge
+        .redis
+        .conn()
+        .hset("cluster/edge", "acme_ca", other_ca)
+        .unwrap();
+    let backend = Backend::start("hello1");
+    edge.install("hello1");
+    route_host(&edge, &backend, "hello.test");
+    let order = wait_for("the order to fail", Duration::from_secs(60), || {
+        let o = hgetall(&mut edge.redis.conn(), "cluster/acme/orders/hello.test");
+        (o.get("state").map(String::as_str) == Some("failed")).then_some(o)
+    });
+    // The cause is in the words, not only "client error (Connect)".
+    assert!(order["error"].contains("certificate"), "{order:?}");
+    assert_eq!(pebble.issued(), 0);
+    let stored: bool = edge
+        .redis
+        .conn()
+        .exists("cluster/certs/hello.test")
+        .unwrap();
+    assert!(!stored);
+}

@@ -250,6 +250,23 @@ fn a_route_asked_for_right_after_ready_or_while_the_node_agent_is_down_is_served
 }
 
 #[test]
+fn a_sync_while_the_proxy_is_down_is_recorded_and_does_not_fail() {
+    // At boot the node-agent's start (its triggers catch up) comes before agent-edge's: the
+    // sync finds no proxy, says so, and agent-edge queues one when it starts.
+    let mut edge = Edge::start();
+    edge.0.caddy.stop();
+    let run = edge.sync("proxy-down");
+    assert_eq!(run["status"], "done", "{}", edge.output("proxy-down"));
+    let output = edge.output("proxy-down");
+    assert!(output.contains("skipped:"), "{output}");
+    assert!(
+        edge.status()["error"].contains("does not answer"),
+        "{:?}",
+        edge.status()
+    );
+}
+
+#[test]
 fn a_configuration_caddy_refuses_keeps_the_old_one_serving_and_says_why() {
     let edge = Edge::start();
     let backend = Backend::start("hello1");

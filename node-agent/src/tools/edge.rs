@@ -22,7 +22,9 @@ pub enum EdgeCmd {
     /// cover their names) into one Caddy configuration and apply it through Caddy's admin socket
     /// (AGENT_EDGE_ADMIN_SOCKET, default /run/agent/edge/admin.sock). When Caddy refuses it, the
     /// previous configuration goes on serving, and the refusal is recorded in node/NODE/edge
-    /// (`agentctl node status`) and makes this step fail. Idempotent.
+    /// (`agentctl node status`) and makes this step fail. A proxy that is not running is
+    /// recorded there too, without failing: agent-edge.service asks for an edge.sync when it
+    /// starts. Idempotent.
     Apply,
     /// edge.sync/20acme: for every host name of this node's routes that no certificate covers, or
     /// whose ACME certificate is due for renewal, ask the ACME directory of cluster/edge
@@ -82,6 +84,14 @@ pub fn run(cmd: &EdgeCmd, ctx: &Ctx) -> Result<()> {
     }
 }
 
+/// What a step says when the proxy is not running: nothing to apply to, and no failure, since
+/// agent-edge.service queues an edge.sync as soon as it is up (the node-agent's own start, at
+/// boot, usually comes first). The error is recorded in node/NODE/edge for `agentctl node status`.
+fn proxy_down(e: &edge::Error) -> Option<String> {
+    matches!(e, edge::Error::Unreachable { .. })
+        .then(|| format!("skipped: {e}; agent-edge.service queues an edge.sync when it starts"))
+}
+
 fn edge_error(e: edge::Error) -> ToolError {
     match e {
         e if e.is_transient() => ToolError::TempFailure(e.to_string()),
@@ -104,7 +114,13 @@ fn acme(ctx: &Ctx) -> Result<()> {
             identity_file: &identity_file,
             run: &run,
         };
-        edge::acme::run(&mut con, &node).await.map_err(edge_error)
+        match edge::acme::run(&mut con, &node).await {
+            Err(e) if proxy_down(&e).is_some() => {
+                println!("{}", proxy_down(&e).unwrap_or_default());
+                Ok(Vec::new())
+            }
+            other => other.map_err(edge_error),
+        }
     })?;
     for outcome in &outcomes {
         match outcome {
@@ -122,10 +138,18 @@ fn apply(ctx: &Ctx) -> Result<()> {
     let now = agent_engine::time::now_rfc3339();
     let applied = ctx.block_on(async {
         let mut con = ctx.target.connection().await?;
-        edge::sync::apply(&mut con, &ctx.node, &admin, &state_dir, &now, &run)
-            .await
-            .map_err(edge_error)
+        match edge::sync::apply(&mut con, &ctx.node, &admin, &state_dir, &now, &run).await {
+            Err(e) if proxy_down(&e).is_some() => Ok(Err(proxy_down(&e).unwrap_or_default())),
+            other => other.map(Ok).map_err(edge_error),
+        }
     })?;
+    let applied = match applied {
+        Ok(applied) => applied,
+        Err(skipped) => {
+            println!("{skipped}");
+            return Ok(());
+        }
+    };
     let serving = applied
         .states
         .values()
