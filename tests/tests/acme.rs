@@ -404,3 +404,40 @@ fn an_acme_server_whose_certificate_is_not_trusted_is_refused_saying_why() {
         .unwrap();
     assert!(!stored);
 }
+
+#[test]
+fn an_uploaded_certificate_is_served_instead_of_acme_for_its_name() {
+    let edge = EdgeNode::start_on("n1", "127.0.0.1");
+    let pebble = Pebble::start(edge.http, None);
+    use_acme(&edge, &pebble);
+    // The sysadmin's own certificate for hello.test, uploaded before the route exists.
+    let (ca, chain, key) = agent_tests::edge::signed_cert(&["hello.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (chain_path, key_path) = (dir.path().join("chain.pem"), dir.path().join("key.pem"));
+    std::fs::write(&chain_path, &chain).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    let env = edge.caddy.agent_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let out = Run::agentctl(&edge.redis.url())
+        .envs(&env)
+        .args(["cert", "upload", "--cert"])
+        .arg(chain_path.to_str().unwrap())
+        .arg("--key")
+        .arg(key_path.to_str().unwrap())
+        .output();
+    assert!(out.success(), "{out:?}");
+    let backend = Backend::start("hello1");
+    edge.install("hello1");
+    route_host(&edge, &backend, "hello.test");
+    // Served over HTTPS with the uploaded certificate (verified against its own CA only)…
+    let page = wait_for("HTTPS with the upload", Duration::from_secs(20), || {
+        https_get(&ca, "hello.test", "127.0.0.1", edge.https, "/").ok()
+    });
+    assert_eq!(page, "backend hello1 /\n");
+    // …and the ACME server never asked, however many syncs run.
+    let run = sync(&edge, "n1", "again");
+    assert_eq!(run["status"], "done", "{run:?}");
+    assert_eq!(pebble.issued(), 0, "{}", pebble.log());
+    assert_eq!(pebble.log().matches("POST /order-plz").count(), 0);
+    assert_eq!(cert_fields(&edge, "hello.test")["source"], "upload");
+}
