@@ -136,13 +136,11 @@ pub(crate) async fn run(
     triggers: BTreeMap<EventName, Vec<EventName>>,
     ready: tokio::sync::oneshot::Sender<()>,
 ) -> Result<()> {
-    let mut ready = Some(ready);
     if triggers.is_empty() {
-        if let Some(tx) = ready.take() {
-            let _ = tx.send(());
-        }
+        let _ = ready.send(());
         return Ok(());
     }
+    let mut ready = Some(ready);
     let mut backoff = Backoff::default();
     // The run each triggered event last queued: not queued again while that one waits unread.
     let mut last: HashMap<EventName, String> = HashMap::new();

@@ -213,15 +213,18 @@ async fn list(conn: &mut redis::aio::ConnectionManager, json: bool) -> Result<i3
         if stored.iter().any(|s| &s.name == name) {
             continue;
         }
-        let get = |f: &str| order.get(f).map(String::as_str).unwrap_or("");
-        let st = match get(acme_order::STATE) {
-            acme_order::STATE_FAILED => format!(
-                "failed: {} (next attempt {})",
-                get(acme_order::ERROR),
-                get(acme_order::NEXT_ATTEMPT)
-            ),
-            acme_order::STATE_ISSUING => format!("issuing (by {})", get(acme_order::NODE)),
-            other => other.to_string(),
+        let st = match acme_failure(&orders, name) {
+            Some(failed) => format!("failed: {failed}"),
+            None => match order.get(acme_order::STATE).map(String::as_str) {
+                Some(acme_order::STATE_ISSUING) => format!(
+                    "issuing (by {})",
+                    order
+                        .get(acme_order::NODE)
+                        .map(String::as_str)
+                        .unwrap_or("")
+                ),
+                other => other.unwrap_or("").to_string(),
+            },
         };
         if json {
             println!(

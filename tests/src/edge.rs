@@ -383,6 +383,23 @@ impl EdgeNode {
         }
     }
 
+    /// Queues an `edge.sync` on `node` as run `id` and waits, at most `timeout`, for its end:
+    /// its run record.
+    pub fn sync(
+        &self,
+        node: &str,
+        id: &str,
+        timeout: Duration,
+    ) -> std::collections::HashMap<String, String> {
+        let mut con = self.redis.conn();
+        crate::xadd(
+            &mut con,
+            &format!("node/{node}/queue"),
+            &[("event", "edge.sync"), ("id", id)],
+        );
+        crate::wait_run_end(&mut con, &format!("node/{node}/run/{id}"), timeout)
+    }
+
     /// Waits until `node`'s queue is empty: every queued run has ended and recorded its outcome
     /// (a run's entry leaves the stream with its final record). Caddy serves a new configuration
     /// a moment before the sync records it in `node/<n>/edge`: a test that saw it served and

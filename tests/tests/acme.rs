@@ -70,17 +70,7 @@ fn wait_event(
 
 /// Queues edge.sync on `node` as run `id` and waits for its end.
 fn sync(edge: &EdgeNode, node: &str, id: &str) -> HashMap<String, String> {
-    let mut con = edge.redis.conn();
-    xadd(
-        &mut con,
-        &format!("node/{node}/queue"),
-        &[("event", "edge.sync"), ("id", id)],
-    );
-    wait_run_end(
-        &mut con,
-        &format!("node/{node}/run/{id}"),
-        Duration::from_secs(120),
-    )
+    edge.sync(node, id, Duration::from_secs(120))
 }
 
 fn cert_fields(edge: &EdgeNode, name: &str) -> HashMap<String, String> {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_tests::edge::{get, signed_cert, Backend, EdgeNode};
-use agent_tests::{hgetall, wait_for, wait_run_end, Run};
+use agent_tests::{hgetall, wait_for, Run};
 use redis::Commands;
 
 const NODE: &str = "n1";
@@ -94,17 +94,7 @@ impl Edge {
 
     /// Runs edge.sync once through the agent's queue and returns its run record.
     fn sync(&self, id: &str) -> HashMap<String, String> {
-        let mut con = self.con();
-        agent_tests::xadd(
-            &mut con,
-            &format!("node/{NODE}/queue"),
-            &[("event", "edge.sync"), ("id", id)],
-        );
-        wait_run_end(
-            &mut con,
-            &format!("node/{NODE}/run/{id}"),
-            Duration::from_secs(30),
-        )
+        self.0.sync(NODE, id, Duration::from_secs(30))
     }
 
     fn output(&self, id: &str) -> String {
