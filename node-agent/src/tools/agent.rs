@@ -290,7 +290,9 @@ pub fn wait_ready(ctx: &Ctx, id: &ModuleId) -> Result<()> {
                 status.map_or("none", RunStatus::as_str)
             )));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        // A few reads of the node's own Redis a poll: a short period costs nothing and the
+        // install ends closer to the module's own end (a 100 ms period added ~50 ms on average).
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

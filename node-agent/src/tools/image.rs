@@ -12,6 +12,8 @@
 //!    (`podman save` into a file only root can read, handed to `podman load` as the user on
 //!    stdin), or pulled by the user when root does not have it.
 //!
+//! Steps 3 and 4 run at the same time.
+//!
 //! Idempotent: extracting again rewrites the same files; an image the user has (same id) is kept.
 
 use std::collections::{BTreeSet, HashMap};
@@ -180,19 +182,32 @@ pub fn install_image(ctx: &Ctx, id: &ModuleId) -> Result<()> {
     // 2. Its labels.
     let labels = parse_labels(&reference, &image.labels)?;
 
-    // 3. The imageroot into the home, written by the module's user.
-    extract(&user, &image.id, &labels.imageroot)?;
+    // 3. and 4. at the same time, as they are independent and each is mostly waiting on podman,
+    // tar or the user's first podman call (~0.2 s of a new module's install, docs/BENCHMARKS.md):
+    // the imageroot into the home, written by the module's user, and the images the module runs
+    // into the user's storage.
+    let (extracted, copied) = std::thread::scope(|scope| {
+        let copies = scope.spawn(|| {
+            labels
+                .images
+                .iter()
+                .try_for_each(|run_image| copy_to_user(&user, run_image))
+        });
+        let extracted = extract(&user, &image.id, &labels.imageroot);
+        let copied = copies.join().unwrap_or_else(|_| {
+            Err(ToolError::Failed(
+                "copying the module's images failed unexpectedly".into(),
+            ))
+        });
+        (extracted, copied)
+    });
+    extracted?;
     println!(
         "extracted {} of {reference} into {}",
         labels.imageroot,
         user.home.display()
     );
-
-    // 4. The images the module runs, into the user's storage.
-    for run_image in &labels.images {
-        copy_to_user(&user, run_image)?;
-    }
-    Ok(())
+    copied
 }
 
 /// The imageroot, read by root from the image mounted read-only ([`ImageMount`]) and written as a
