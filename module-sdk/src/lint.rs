@@ -71,7 +71,8 @@ What is checked:
 * Quadlet: the files of .config/containers/systemd/ run through Podman's generator
   (/usr/libexec/podman/quadlet -dryrun -user) when it is installed, and on their own:
   Notify=healthy without HealthCmd=, a .container without Image=, no [Install]
-  section; user units around `podman run`;
+  section, ${NAME} in Exec=/HealthCmd= (systemd expands it); user units around
+  `podman run`;
 * signature: MANIFEST.sig against the certificates of --trust-dir, and every file
   against MANIFEST.
 
@@ -2082,6 +2083,22 @@ fn check_quadlet(
             }
         }
     }
+    if name.kind == QuadletKind::Container {
+        for key in COMMAND_LINE_KEYS {
+            for (path, entry) in values(key).filter(|(_, e)| expands_braced_variable(&e.value)) {
+                out.warning(
+                    path,
+                    format!(
+                        "{key}= has ${{...}}: it ends up in the generated ExecStart=, where systemd \
+                         replaces ${{NAME}} with the value of its own environment (usually empty) \
+                         before the container's shell sees it"
+                    ),
+                )
+                .at(entry.line)
+                .fix("write $${NAME} for the container's shell, or Environment=NAME=... for a value systemd should put in");
+            }
+        }
+    }
     let in_pod = name.kind == QuadletKind::Container && values("Pod").next().is_some();
     let starts_by_itself = matches!(
         name.kind,
@@ -2099,6 +2116,30 @@ fn check_quadlet(
         .fix("add [Install] with WantedBy=default.target");
     }
     has_image
+}
+
+/// The [Container] keys whose values become words of the generated `ExecStart=` (podman's command
+/// line), where systemd expands `${NAME}` and `$NAME` (systemd.service(5), "Command lines").
+const COMMAND_LINE_KEYS: [&str; 5] = [
+    "Exec",
+    "Entrypoint",
+    "HealthCmd",
+    "HealthStartupCmd",
+    "PodmanArgs",
+];
+
+/// Whether `value` has a `${` that systemd would expand (`$$` is its escape for one `$`).
+fn expands_braced_variable(value: &str) -> bool {
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c == '$' {
+            match chars.next() {
+                Some('{') => return true,
+                _ => continue,
+            }
+        }
+    }
+    false
 }
 
 fn check_image_listed(path: &str, entry: &UnitEntry, images: &[String], out: &mut Findings) {
@@ -3052,6 +3093,21 @@ LABEL org.agent-system.module.imageroot=\"/imageroot\" \\
     }
 
     #[test]
+    fn braced_variables_systemd_would_expand() {
+        for (value, expands) in [
+            ("wget -q http://127.0.0.1:8080/", false),
+            ("sh -c 'echo ${HOME}'", true),
+            ("sh -c 'echo $${HOME}'", false),
+            ("sh -c 'echo $$$${HOME}'", false),
+            ("sh -c 'echo $$${HOME}'", true),
+            ("i=$((i + 1)); echo $i", false),
+            ("trailing $", false),
+        ] {
+            assert_eq!(expands_braced_variable(value), expands, "{value}");
+        }
+    }
+
+    #[test]
     fn quadlet_files_are_checked_on_their_own() {
         let m = Module::good();
         let dir = "imageroot/.config/containers/systemd";
@@ -3073,7 +3129,7 @@ LABEL org.agent-system.module.imageroot=\"/imageroot\" \\
         // Its drop-in gives it a health check and an [Install] section.
         m.write(
             &format!("{dir}/checked.container.d/10-health.conf"),
-            "[Container]\nHealthCmd=true\n[Install]\nWantedBy=default.target\n",
+            "[Container]\nHealthCmd=true\nExec=sh -c 'echo $${HOME} ${HOME}'\n[Install]\nWantedBy=default.target\n",
             0o644,
         );
         m.write(
@@ -3120,7 +3176,13 @@ LABEL org.agent-system.module.imageroot=\"/imageroot\" \\
             "`podman run`",
         );
         assert_eq!((legacy.severity, legacy.line), (Severity::Hint, Some(3)));
-        assert_eq!(content(&findings).len(), 4, "{findings:#?}");
+        let braced = find(
+            &findings,
+            &at("checked.container.d/10-health.conf"),
+            "Exec= has ${...}",
+        );
+        assert_eq!((braced.severity, braced.line), (Severity::Warning, Some(3)));
+        assert_eq!(content(&findings).len(), 5, "{findings:#?}");
 
         // Without the generator, lines it would refuse to load are found by lint itself.
         m.write(&format!("{dir}/web.container"), "[Container]\nImage=localhost/agent-busybox:latest\nnot a key\n[Install]\nWantedBy=default.target\n", 0o644);
