@@ -584,7 +584,10 @@ pub async fn join(redis: &RedisArgs, args: JoinArgs) -> Result<i32> {
         serde_json::from_slice(plain.expose()).context("the leader's answer is malformed")?
     };
     if let Some(edge_identity) = &secrets.edge_identity {
-        keep_edge_identity(edge_identity)?;
+        keep_cluster_key("edge", edge_identity, &::edge::store::identity_path())?;
+    }
+    if let Some(backup_identity) = &secrets.backup_identity {
+        keep_cluster_key("backup", backup_identity, &::backup::repo::identity_path())?;
     }
     if state.step < Step::Switched {
         join_interface_down();
@@ -815,35 +818,40 @@ async fn remove_at_leader(token: &JoinToken, node: &AgentName, s: &State) -> Res
     Ok(())
 }
 
-/// Keeps the cluster's edge identity from the leader's answer as this node's
-/// (`/etc/agent/edge.key`, or AGENT_EDGE_IDENTITY): with it this node opens the certificates the
-/// cluster stores. A different key this node had before (its own certificates, gone with its old
-/// Redis data) is kept beside it as `<file>.before-join`. Idempotent (a resumed join).
-fn keep_edge_identity(text: &str) -> Result<()> {
+/// Keeps a cluster key from the leader's answer as this node's (`what`: "edge" →
+/// `/etc/agent/edge.key` or AGENT_EDGE_IDENTITY, with which this node opens the certificates the
+/// cluster stores; "backup" → `/etc/agent/backup.key` or AGENT_BACKUP_IDENTITY, the repositories'
+/// passwords). A different key this node had before (gone with its old Redis data) is kept beside
+/// it as `<file>.before-join`. Idempotent (a resumed join).
+fn keep_cluster_key(what: &str, text: &str, path: &std::path::Path) -> Result<()> {
     let given = module_secrets::Identity::parse(text)
-        .map_err(|e| anyhow::anyhow!("the leader's edge key: {e}"))?;
-    let path = ::edge::store::identity_path();
-    let file = module_secrets::KeyFile::new(&path);
+        .map_err(|e| anyhow::anyhow!("the leader's {what} key: {e}"))?;
+    let file = module_secrets::KeyFile::new(path);
     if file.exists() {
         let have = file
             .load()
-            .map_err(|e| anyhow::anyhow!("this node's edge key {}: {e}", path.display()))?;
+            .map_err(|e| anyhow::anyhow!("this node's {what} key {}: {e}", path.display()))?;
         if have.recipient().to_string() == given.recipient().to_string() {
             return Ok(());
         }
-        let mut aside = path.clone().into_os_string();
+        let mut aside = path.to_path_buf().into_os_string();
         aside.push(".before-join");
-        std::fs::rename(&path, &aside)
+        std::fs::rename(path, &aside)
             .with_context(|| format!("moving {} aside", path.display()))?;
         println!(
-            "edge:     this node's previous edge key kept as {}",
+            "{:<9} this node's previous {what} key kept as {}",
+            format!("{what}:"),
             std::path::Path::new(&aside).display()
         );
     }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     file.store(&given)
-        .map_err(|e| anyhow::anyhow!("writing the edge key {}: {e}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("writing the {what} key {}: {e}", path.display()))?;
     println!(
-        "edge:     the cluster's edge key kept in {}",
+        "{:<9} the cluster's {what} key kept in {}",
+        format!("{what}:"),
         path.display()
     );
     Ok(())

@@ -5,6 +5,7 @@
 //! everything else talks to the Redis server the agents use.
 
 mod agent;
+mod backup;
 mod cancel;
 mod cert;
 mod cluster;
@@ -72,6 +73,11 @@ enum Cmd {
     /// `rm` one. docs/EDGE.md.
     #[command(subcommand)]
     Cert(cert::CertCmd),
+    /// Backups of modules with restic: `repo add|list|rm|default` the cluster's repositories,
+    /// `run` a module's backup now, `status` (failed until a later backup succeeds),
+    /// `snapshots` of a module. docs/BACKUP.md.
+    #[command(subcommand)]
+    Backup(backup::BackupCmd),
 }
 
 const AFTER_SHORT_HELP: &str = "\
@@ -156,6 +162,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             Cmd::Cancel(args) => cancel::main(&redis, args).await,
             Cmd::Module(cmd) => module::main(&redis, cmd).await,
             Cmd::Cert(cmd) => cert::main(&redis, cmd).await,
+            Cmd::Backup(cmd) => backup::main(&redis, cmd).await,
             Cmd::Explain(_) => unreachable!("handled without Redis above"),
             Cmd::Redis(_) => unreachable!("handled by redis_admin above"),
             Cmd::Node(_) => unreachable!("handled by node above"),

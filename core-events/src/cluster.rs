@@ -369,6 +369,10 @@ pub struct JoinSecrets {
     /// docs/EDGE.md), which the joining node keeps as its own; absent when the leader has none.
     #[serde(default)]
     pub edge_identity: Option<String>,
+    /// The cluster's backup identity (it opens the repositories' passwords, docs/BACKUP.md);
+    /// absent when the leader has none (no repository was added yet).
+    #[serde(default)]
+    pub backup_identity: Option<String>,
 }
 
 impl std::fmt::Debug for JoinSecrets {

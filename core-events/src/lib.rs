@@ -4,6 +4,7 @@
 //! Every other crate speaks the protocol through it, so a name can never drift between a writer and a
 //! reader. It is pure: no tokio, no Redis, no filesystem — only validation, builders and serde types.
 
+pub mod backup;
 pub mod cluster;
 pub mod edge;
 pub mod exit;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use core_events::edge::{self, cert, settings, HostName};
-use module_secrets::{Identity, KeyFile, Recipient};
+use module_secrets::{ClusterKey, Identity};
 use redis::aio::ConnectionLike;
 use redis::AsyncCommands;
 
@@ -28,17 +28,24 @@ fn secrets_error(what: &str, e: module_secrets::Error) -> Error {
     Error::Certificate(format!("{what}: {e}"))
 }
 
-/// The cluster's edge recipient as Redis has it.
-async fn recipient<C: ConnectionLike + Send + Sync>(conn: &mut C) -> Result<Option<Recipient>> {
-    let r: Option<String> = conn.hget(edge::settings_key(), settings::RECIPIENT).await?;
-    r.map(|r| {
-        Recipient::parse(r.trim()).map_err(|e| Error::Setting {
+/// The cluster's edge key: its recipient in `cluster/edge`, field `recipient`.
+fn edge_key(settings_key: &str) -> ClusterKey<'_> {
+    ClusterKey {
+        settings_key,
+        field: settings::RECIPIENT,
+        what: "edge",
+    }
+}
+
+fn key_error(e: module_secrets::Error) -> Error {
+    match e {
+        module_secrets::Error::BadRecipient { value, reason, .. } => Error::Setting {
             key: edge::settings_key(),
             field: settings::RECIPIENT.into(),
-            reason: e,
-        })
-    })
-    .transpose()
+            reason: format!("{value:?}: {reason}"),
+        },
+        e => Error::Certificate(e.to_string()),
+    }
 }
 
 /// The cluster's edge identity from `path`, made (and its recipient published) when the cluster
@@ -48,61 +55,14 @@ pub async fn ensure_identity<C: ConnectionLike + Send + Sync>(
     conn: &mut C,
     path: &Path,
 ) -> Result<Identity> {
-    let file = KeyFile::new(path);
-    let published = recipient(conn).await?;
-    if !file.exists() {
-        if let Some(r) = published {
-            return Err(Error::Certificate(format!(
-                "the cluster's edge key (recipient {r}) is not on this node: copy {} from the node that has it (0600, root's)",
-                path.display()
-            )));
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-                what: format!("creating {}", dir.display()),
-                source,
-            })?;
-        }
-    }
-    let (identity, created) = file
-        .load_or_create()
-        .map_err(|e| secrets_error(&format!("the edge key {}", path.display()), e))?;
-    let mine = identity.recipient().to_string();
-    match published {
-        Some(r) if r.to_string() == mine => {}
-        Some(r) => {
-            return Err(Error::Certificate(format!(
-                "{} is not the cluster's edge key (its recipient is {mine}, the cluster's {r})",
-                path.display()
-            )))
-        }
-        None => {
-            let set: bool = conn
-                .hset_nx(edge::settings_key(), settings::RECIPIENT, &mine)
-                .await?;
-            if !set {
-                if created {
-                    let _ = std::fs::remove_file(path);
-                }
-                return Err(Error::Certificate(
-                    "another node published the cluster's edge key at the same moment: try again"
-                        .into(),
-                ));
-            }
-        }
-    }
-    Ok(identity)
+    let key = edge::settings_key();
+    edge_key(&key).ensure(conn, path).await.map_err(key_error)
 }
 
 /// The identity to open the certificates with, when this node has it (`None`: no file).
 pub fn load_identity(path: &Path) -> Result<Option<Identity>> {
-    let file = KeyFile::new(path);
-    if !file.exists() {
-        return Ok(None);
-    }
-    file.load()
-        .map(Some)
-        .map_err(|e| secrets_error(&format!("the edge key {}", path.display()), e))
+    let key = edge::settings_key();
+    edge_key(&key).load(path).map_err(key_error)
 }
 
 /// Checks and stores an uploaded certificate (chain and key PEM): named by its first host name,

@@ -68,6 +68,11 @@ pub enum Error {
         path: String,
     },
 
+    /// A cluster-wide key (`cluster_key`): missing on this node, not the cluster's, or not
+    /// readable or publishable.
+    #[error("{0}")]
+    ClusterKey(String),
+
     /// `get` of a secret that is not set.
     #[error("{hash} has no secret {name}")]
     NotFound { hash: String, name: String },

@@ -19,6 +19,7 @@
 //! For the engine: load the identity with [`KeyFile::load`] and call [`decrypt_all`] (or read the hash
 //! itself and call [`store::decrypt_entries`]) to learn every value to scrub from a run's output.
 
+pub mod cluster_key;
 pub mod crypto;
 pub mod error;
 pub mod keyfile;
@@ -26,6 +27,7 @@ pub mod lifecycle;
 pub mod secret;
 pub mod store;
 
+pub use cluster_key::ClusterKey;
 pub use crypto::{decrypt, encrypt, Identity, Recipient};
 pub use error::{Error, Result};
 pub use keyfile::{default_path, KeyFile, KeyLock};

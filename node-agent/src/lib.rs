@@ -71,6 +71,15 @@ enum Command {
         #[command(subcommand)]
         cmd: tools::edge::EdgeCmd,
     },
+    /// A module's backup, the steps of the backup event (data `ID [REPOSITORY]`): `dump` has the
+    /// module dump its state into /var/lib/agent/backup/ID/dump, `snapshot` makes one restic
+    /// snapshot of it and of the core's record of the module, `record-failure` (the rollback
+    /// step) records a failed attempt and emits backup-failed. docs/BACKUP.md. Exit codes as for
+    /// the module tools.
+    Backup {
+        #[command(subcommand)]
+        cmd: tools::backup::BackupCmd,
+    },
     /// Internal: run by module.init/20redis-user as the module's user, to write its credentials
     /// file (the text on stdin) atomically with mode 0600.
     #[command(name = tools::keys::WRITE_CREDENTIALS, hide = true)]
@@ -123,6 +132,10 @@ pub fn main() -> anyhow::Result<()> {
         Some(Command::Edge { cmd }) => exit_with(
             &format!("node-agent edge {}", cmd.name()),
             tool_ctx(cli.agent).and_then(|ctx| tools::edge::run(&cmd, &ctx)),
+        ),
+        Some(Command::Backup { cmd }) => exit_with(
+            &format!("node-agent backup {}", cmd.name()),
+            tool_ctx(cli.agent).and_then(|ctx| tools::backup::run(&cmd, &ctx)),
         ),
         Some(Command::Module { tool }) => {
             let label = tools::message_label(&tool, std::env::var(step_env::AGENT_EVENT).ok());

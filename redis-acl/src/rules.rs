@@ -172,6 +172,9 @@ pub fn node_rules(name: &AgentName) -> Vec<String> {
     rules.push(format!("~{}", glob_escape(&edge::settings_key())));
     rules.push(format!("~{}", edge::certs_pattern()));
     rules.push(format!("~{}", edge::acme_pattern()));
+    // Each module's backup status, written by the node that backs the module up (never by the
+    // module: its user writes module/<id>/* only). The repositories are the admin's.
+    rules.push(format!("~{}", core_events::backup::status_pattern()));
     rules.extend(["&*", "+@all"].map(String::from));
     rules.extend(CONFINED_DENIED.iter().map(|s| s.to_string()));
     // `+psync +replconf`: the node's Redis is a replica of the leader's, logged in as this user
@@ -357,6 +360,8 @@ mod tests {
         assert!(r.contains(&"~node/node1/*".to_string()));
         assert!(r.contains(&"~module/*".to_string()));
         assert!(r.contains(&"~cluster/agents".to_string()));
+        assert!(r.contains(&"~cluster/backup/status/*".to_string()));
+        assert!(!r.iter().any(|x| x.starts_with("~cluster/backup/repo")));
         for edge_key in ["~cluster/edge", "~cluster/certs/*", "~cluster/acme/*"] {
             assert!(r.contains(&edge_key.to_string()), "{edge_key}: {r:?}");
         }

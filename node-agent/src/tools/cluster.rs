@@ -282,6 +282,22 @@ fn edge_identity(ctx: &Ctx) -> Option<String> {
     }
 }
 
+/// The cluster's backup identity for a joining node, when this leader has it (it is made by the
+/// first `agentctl backup repo add`); a warning when it cannot be read.
+fn backup_identity() -> Option<String> {
+    let path = backup::repo::identity_path();
+    if !path.exists() {
+        return None;
+    }
+    match backup::repo::load_identity(&path) {
+        Ok(identity) => Some(identity.to_secret_string().to_string()),
+        Err(e) => {
+            eprintln!("warning: the joining node gets no backup key: {e}");
+            None
+        }
+    }
+}
+
 fn admit(ctx: &Ctx, data: &str) -> Result<()> {
     let (id, node) = parse_data(data)?;
     // The cluster's keys (another node's record, the token's, the answer) are beyond what the
@@ -371,6 +387,7 @@ fn admit(ctx: &Ctx, data: &str) -> Result<()> {
         .ok()
         .map(|c| c.password.expose().to_string()),
         edge_identity: edge_identity(ctx),
+        backup_identity: backup_identity(),
     };
     let json = serde_json::to_vec(&secrets).expect("secrets serialize");
     let sealed = module_secrets::encrypt(&json, &request.recipient)

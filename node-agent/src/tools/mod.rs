@@ -17,6 +17,7 @@
 //!   undo nothing of a module that was installed before that run (field in `node/NODE/modules`).
 
 pub mod agent;
+pub mod backup;
 pub mod cluster;
 pub mod edge;
 pub mod image;

@@ -1,0 +1,337 @@
+//! The backup contract: the names of backup repositories and what a repository address may be,
+//! the keys of the repositories, the cluster's backup settings and each module's backup status, the
+//! node's and the module's `backup` events, the events a backup emits, and the tags of a snapshot.
+//! docs/BACKUP.md tells the sysadmin's side, docs/MODULES.md the module author's.
+
+use std::fmt;
+
+/// The node event that backs up one module (data: `ID` or `ID REPOSITORY`), and the module event
+/// its first step queues on the module's agent (data: the dump directory).
+pub const BACKUP_EVENT: &str = "backup";
+/// The node event that restores a snapshot into an installed module (data: `ID SNAPSHOT`, see
+/// `ID SNAPSHOT [REPOSITORY]`), and the module event that puts the data back (data: the directory).
+pub const RESTORE_EVENT: &str = "restore";
+/// Emitted by the node (`event/<node>/backup-failed`) when a module's backup fails; payload JSON
+/// with `module`, `repository`, `run`, `error`.
+pub const FAILED_EVENT: &str = "backup-failed";
+/// Emitted by the node when a module's backup succeeded; payload JSON with the report's figures.
+pub const DONE_EVENT: &str = "backup-done";
+
+/// `cluster/backup`: the cluster's backup settings (fields in [`settings`]).
+pub fn settings_key() -> String {
+    "cluster/backup".to_string()
+}
+
+/// The fields of [`settings_key`].
+pub mod settings {
+    /// The age recipient of the cluster's backup identity: repository passwords are encrypted to it.
+    pub const RECIPIENT: &str = "recipient";
+    /// The repository a backup goes to when none is named.
+    pub const DEFAULT_REPOSITORY: &str = "default_repository";
+}
+
+/// The node-agent's and agentctl's environment variable naming the cluster's backup identity
+/// (default [`DEFAULT_IDENTITY_FILE`]).
+pub const IDENTITY_VAR: &str = "AGENT_BACKUP_IDENTITY";
+/// Where a node keeps the cluster's backup identity (root's, 0600): it opens the repositories'
+/// passwords.
+pub const DEFAULT_IDENTITY_FILE: &str = "/etc/agent/backup.key";
+/// Where a node keeps what a backup or a restore of a module stages (root's, 0711): per module a
+/// directory `<id>/` with the module's `dump/` (its user's) and the core's `core/` (root's).
+pub const DEFAULT_STAGING_DIR: &str = "/var/lib/agent/backup";
+/// The node-agent's environment variable overriding [`DEFAULT_STAGING_DIR`] (tests).
+pub const STAGING_VAR: &str = "AGENT_BACKUP_STAGING";
+/// Within a module's staging directory: what the module's `backup` steps dump.
+pub const DUMP_DIR: &str = "dump";
+/// Within a module's staging directory: what the core knows of the module ([`CORE_FILE`]).
+pub const CORE_DIR: &str = "core";
+/// The core's part of a snapshot, JSON ([`CoreRecord`]), in [`CORE_DIR`].
+pub const CORE_FILE: &str = "module.json";
+
+/// `cluster/backup/repositories`: the set of repository names.
+pub fn repositories_key() -> String {
+    "cluster/backup/repositories".to_string()
+}
+
+/// `cluster/backup/repository/<name>`: one repository (fields in [`repository`]).
+pub fn repository_key(name: &RepoName) -> String {
+    format!("cluster/backup/repository/{name}")
+}
+
+/// The fields of [`repository_key`].
+pub mod repository {
+    /// The restic repository address ([`super::RepoUrl`]).
+    pub const URL: &str = "url";
+    /// The restic password, age-armored to the cluster's backup recipient.
+    pub const PASSWORD: &str = "password";
+    /// Credentials of the repository's server as `NAME=VALUE` lines (`RESTIC_REST_USERNAME`,
+    /// `RESTIC_REST_PASSWORD`), age-armored like the password; optional.
+    pub const CREDENTIALS: &str = "credentials";
+    /// When it was added (RFC 3339).
+    pub const CREATED: &str = "created";
+}
+
+/// `cluster/backup/status/*`: every module's backup status (the node users write them).
+pub fn status_pattern() -> String {
+    "cluster/backup/status/*".to_string()
+}
+
+/// `cluster/backup/status/<id>`: the module's backup status (fields in [`status`]), written only by
+/// the node that backs it up — never by the module, whose user writes `module/<id>/*` only.
+pub fn status_key(module: &str) -> String {
+    format!("cluster/backup/status/{module}")
+}
+
+/// The fields of [`status_key`]. `state` is the one answer to "is this module's backup good?":
+/// `failed` from a failed attempt until a later attempt of the same module succeeds — an attempt
+/// that starts, an agent restart or a reboot do not clear it.
+pub mod status {
+    /// [`super::STATE_OK`] or [`super::STATE_FAILED`]; absent before the first attempt ended.
+    pub const STATE: &str = "state";
+    /// The last attempt: when it started (RFC 3339), its run (node run id), node, repository,
+    /// and its outcome: `running`, `done` or `failed`.
+    pub const ATTEMPT_STARTED: &str = "attempt_started";
+    pub const ATTEMPT_RUN: &str = "attempt_run";
+    pub const ATTEMPT_NODE: &str = "attempt_node";
+    pub const ATTEMPT_REPOSITORY: &str = "attempt_repository";
+    pub const ATTEMPT_STATUS: &str = "attempt_status";
+    /// When the last attempt ended, and why it failed (its failed step and output's last lines).
+    pub const ATTEMPT_ENDED: &str = "attempt_ended";
+    pub const ATTEMPT_ERROR: &str = "attempt_error";
+    /// The last success: when it ended, its snapshot id, repository, the files and bytes of the
+    /// backup, the bytes it added to the repository, its duration in milliseconds.
+    pub const SUCCESS_ENDED: &str = "success_ended";
+    pub const SUCCESS_SNAPSHOT: &str = "success_snapshot";
+    pub const SUCCESS_REPOSITORY: &str = "success_repository";
+    pub const SUCCESS_FILES: &str = "success_files";
+    pub const SUCCESS_BYTES: &str = "success_bytes";
+    pub const SUCCESS_ADDED: &str = "success_added";
+    pub const SUCCESS_DURATION_MS: &str = "success_duration_ms";
+}
+
+/// [`status::STATE`] after a success.
+pub const STATE_OK: &str = "ok";
+/// [`status::STATE`] after a failure, until the next success.
+pub const STATE_FAILED: &str = "failed";
+/// [`status::ATTEMPT_STATUS`] while an attempt runs.
+pub const ATTEMPT_RUNNING: &str = "running";
+
+/// The tags every snapshot of a module carries (`restic backup --tag`): `module=<id>`,
+/// `image=<reference>`, `core=<version>`. restic tags cannot hold a comma.
+pub fn snapshot_tags(module: &str, image: &str, core_version: &str) -> [String; 3] {
+    [
+        module_tag(module),
+        format!("image={}", image.replace(',', "%2C")),
+        format!("core={core_version}"),
+    ]
+}
+
+/// The tag that selects a module's snapshots (`restic snapshots --tag`).
+pub fn module_tag(module: &str) -> String {
+    format!("module={module}")
+}
+
+/// What the core keeps of a module in its snapshot ([`CORE_FILE`]): enough to create it again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CoreRecord {
+    /// The module id it was backed up from.
+    pub module: String,
+    /// The node it ran on.
+    pub node: String,
+    /// The image reference of its module.env, and the image's id (digest) on the node then.
+    pub image: String,
+    #[serde(default)]
+    pub image_id: Option<String>,
+    /// Its module.env (every field, the image's included).
+    pub module_env: std::collections::BTreeMap<String, String>,
+    /// Its routes as stored (`module/<id>/routes`: name → JSON).
+    #[serde(default)]
+    pub routes: std::collections::BTreeMap<String, String>,
+    /// The version of the core that made the snapshot.
+    pub core_version: String,
+}
+
+/// Why a repository name or address is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackupNameError {
+    #[error(
+        "a repository name is a lowercase letter, then up to 30 lowercase letters, digits or '-'"
+    )]
+    RepoName,
+    #[error("{0}")]
+    RepoUrl(String),
+}
+
+/// A repository's name: `[a-z][a-z0-9-]{0,30}` (it is part of a key).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RepoName(String);
+
+impl RepoName {
+    pub fn new(s: &str) -> Result<Self, BackupNameError> {
+        let mut chars = s.chars();
+        let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+        let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if first_ok && rest_ok && s.len() <= 31 {
+            Ok(RepoName(s.to_string()))
+        } else {
+            Err(BackupNameError::RepoName)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A restic repository address of one of the kinds the product supports: a local directory
+/// (`/srv/backup` or `local:/srv/backup`), SFTP (`sftp:user@host:/path`) or a REST server
+/// (`rest:http://host:8000/path`, `rest:https://…`). Credentials do not go in the address (they
+/// would be shown by `restic` and `agentctl backup repo list`): a REST server's user and password
+/// are the repository's credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoUrl(String);
+
+impl RepoUrl {
+    pub fn new(s: &str) -> Result<Self, BackupNameError> {
+        let bad = |why: &str| Err(BackupNameError::RepoUrl(format!("repository {s:?}: {why}")));
+        if s.is_empty() || s.len() > 1024 {
+            return bad("empty or longer than 1024 bytes");
+        }
+        if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return bad("no spaces or control characters");
+        }
+        if let Some(path) = s.strip_prefix("local:").or(s.starts_with('/').then_some(s)) {
+            if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+                return bad("a local repository is an absolute path without '..'");
+            }
+        } else if let Some(rest) = s.strip_prefix("rest:") {
+            let Some(after) = rest
+                .strip_prefix("http://")
+                .or_else(|| rest.strip_prefix("https://"))
+            else {
+                return bad("a REST repository is rest:http://HOST[:PORT]/PATH or rest:https://…");
+            };
+            let authority = after.split('/').next().unwrap_or("");
+            if authority.is_empty() {
+                return bad("no host");
+            }
+            if authority.contains('@') {
+                return bad("no user or password in the address: give them as the repository's credentials (--credentials-stdin)");
+            }
+        } else if let Some(rest) = s.strip_prefix("sftp:") {
+            let ok = if let Some(url) = rest.strip_prefix("//") {
+                !url.is_empty() && !url.starts_with('/')
+            } else {
+                rest.split_once(':')
+                    .is_some_and(|(host, path)| !host.is_empty() && !path.is_empty())
+            };
+            if !ok || rest.starts_with('-') {
+                return bad(
+                    "an SFTP repository is sftp:USER@HOST:/PATH or sftp://USER@HOST:PORT//PATH",
+                );
+            }
+        } else {
+            return bad(
+                "use a local path (/srv/backup), sftp:USER@HOST:/PATH or rest:http(s)://HOST/PATH",
+            );
+        }
+        Ok(RepoUrl(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The local directory of a local repository.
+    pub fn local_path(&self) -> Option<&str> {
+        self.0
+            .strip_prefix("local:")
+            .or(self.0.starts_with('/').then_some(self.0.as_str()))
+    }
+}
+
+impl fmt::Display for RepoUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The names a repository's credentials may set (the environment of `restic`; nothing else can be
+/// smuggled into it this way).
+pub const CREDENTIAL_NAMES: [&str; 2] = ["RESTIC_REST_USERNAME", "RESTIC_REST_PASSWORD"];
+
+/// A restic snapshot id as restic prints it: 8 to 64 lowercase hex digits, or `latest`.
+pub fn is_snapshot_id(s: &str) -> bool {
+    s == "latest"
+        || ((8..=64).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_names() {
+        for ok in ["local", "nas-1", "a", "b2"] {
+            assert!(RepoName::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "1a", "A", "a_b", "a/b", "a b", "-a", &"a".repeat(32)] {
+            assert!(RepoName::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn repo_urls() {
+        for ok in [
+            "/srv/backup",
+            "local:/srv/backup",
+            "rest:http://127.0.0.1:8000/",
+            "rest:https://backup.example/repo",
+            "sftp:backup@nas:/srv/restic",
+            "sftp://backup@nas:2222//srv/restic",
+        ] {
+            assert!(RepoUrl::new(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "srv/backup",
+            "-o x",
+            "--repo=/x",
+            "/srv/../etc",
+            "local:relative",
+            "/srv/back up",
+            "/srv/a\nb",
+            "rest:ftp://x",
+            "rest:http:///x",
+            "rest:http://user:pw@host/",
+            "sftp:",
+            "sftp:host",
+            "sftp:-oProxyCommand=x:/p",
+            "s3:s3.amazonaws.com/bucket",
+        ] {
+            assert!(RepoUrl::new(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(RepoUrl::new("local:/a").unwrap().local_path(), Some("/a"));
+        assert_eq!(RepoUrl::new("/a").unwrap().local_path(), Some("/a"));
+        assert_eq!(RepoUrl::new("rest:http://h/").unwrap().local_path(), None);
+    }
+
+    #[test]
+    fn snapshot_ids_and_tags() {
+        assert!(is_snapshot_id("latest") && is_snapshot_id("0123abcd"));
+        for bad in ["", "0123abc", "0123ABCD", "--all", "0123abcg"] {
+            assert!(!is_snapshot_id(bad), "{bad}");
+        }
+        let tags = snapshot_tags("hello1", "localhost/hello:1,2", "0.1.0");
+        assert_eq!(tags[0], "module=hello1");
+        assert!(!tags[1].contains(','));
+    }
+}

@@ -1,0 +1,573 @@
+//! `node-agent backup …`: the node's side of a module's backup, the steps of the node's `backup`
+//! event (imageroot/node-events/backup, data `ID [REPOSITORY]`). `dump` names the directory the
+//! module dumps its state into and has the module's own `backup` event do it; `snapshot` adds
+//! what the core knows of the module and makes one restic snapshot of both, then records the
+//! success; `record-failure`, the event's rollback step, records a failure and emits
+//! `backup-failed`. The status (`backup::status`) stays failed until a later backup succeeds.
+//!
+//! Where the dump goes: `/var/lib/agent/backup/<id>/dump` (`core_events::backup`), outside the
+//! module's home. Its parent is root's (0711), so the module's user can write inside `dump` but
+//! cannot replace it with a symlink; before restic (root) reads it, the directory itself is given
+//! to root (0700), so no process of the module's user can reach into it any more. restic stores
+//! symlinks as symlinks and never follows them.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use core_events::backup::{self as contract, CoreRecord, RepoName};
+use core_events::record::{QUEUE_FIELD_DATA, QUEUE_FIELD_EVENT, QUEUE_FIELD_ID};
+use core_events::{
+    exit, keys, module_env, step_env, EventName, ModuleId, Prefix, RunId, RunRecord, RunStatus,
+};
+
+use super::user::ModuleUser;
+use super::{env_secs, Ctx, Result, ToolError};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BackupCmd {
+    /// backup/10dump: records the attempt in cluster/backup/status/ID, empties
+    /// /var/lib/agent/backup/ID/dump (the module's user's), queues the module's own `backup`
+    /// event with that directory as its data and waits for it (BACKUP_DUMP_WAIT s, default
+    /// 3600). A module that defines no `backup` event has nothing of its own to dump: the
+    /// snapshot then holds the core's record only (said in the output).
+    Dump(DataArg),
+    /// backup/20snapshot: the core's record of the module (module.env, image and its id,
+    /// routes) in /var/lib/agent/backup/ID/core, one restic snapshot of dump/ and core/ tagged
+    /// module=ID, image=…, core=VERSION, and the success recorded (`agentctl backup status`).
+    Snapshot(DataArg),
+    /// backup.rollback/10record-failure: the attempt recorded as failed — the module's backup
+    /// stays failed until a later one succeeds — and `backup-failed` emitted.
+    RecordFailure(DataArg),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DataArg {
+    /// The event's data: `ID` or `ID REPOSITORY` (default: the cluster's default repository, or
+    /// its only one).
+    pub data: String,
+}
+
+impl BackupCmd {
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackupCmd::Dump(_) => "dump",
+            BackupCmd::Snapshot(_) => "snapshot",
+            BackupCmd::RecordFailure(_) => "record-failure",
+        }
+    }
+}
+
+/// What a backup run is about.
+struct Request {
+    id: ModuleId,
+    repo: Option<RepoName>,
+}
+
+fn parse(data: &str) -> Result<Request> {
+    let mut words = data.split_whitespace();
+    let (Some(id), repo, None) = (words.next(), words.next(), words.next()) else {
+        return Err(ToolError::Invalid(format!(
+            "backup data {data:?}: expected `ID` or `ID REPOSITORY`"
+        )));
+    };
+    let id = ModuleId::new(id).map_err(|e| ToolError::Invalid(format!("bad {e}")))?;
+    let repo = repo
+        .map(RepoName::new)
+        .transpose()
+        .map_err(|e| ToolError::Invalid(format!("repository: {e}")))?;
+    Ok(Request { id, repo })
+}
+
+fn backup_error(e: backup::Error) -> ToolError {
+    match e {
+        backup::Error::Invalid(m) => ToolError::Invalid(m),
+        backup::Error::NotFound(m) => ToolError::Unavailable(m),
+        backup::Error::Redis(e) => ToolError::Redis(e),
+        e => ToolError::Failed(e.to_string()),
+    }
+}
+
+pub fn run(cmd: &BackupCmd, ctx: &Ctx) -> Result<()> {
+    match cmd {
+        BackupCmd::Dump(a) => dump(ctx, &parse(&a.data)?),
+        BackupCmd::Snapshot(a) => snapshot(ctx, &parse(&a.data)?),
+        BackupCmd::RecordFailure(a) => record_failure(ctx, &parse(&a.data)?),
+    }
+}
+
+/// `/var/lib/agent/backup` (or AGENT_BACKUP_STAGING), made root's 0711.
+fn staging_root() -> Result<PathBuf> {
+    let root = std::env::var_os(contract::STAGING_VAR)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(contract::DEFAULT_STAGING_DIR));
+    root_dir(&root, 0o711)?;
+    Ok(root)
+}
+
+/// Makes `dir` a directory of root's with `mode`, refusing anything else there (a symlink).
+fn root_dir(dir: &Path, mode: u32) -> Result<()> {
+    let io =
+        |what: &str, e: std::io::Error| ToolError::Failed(format!("{what} {}: {e}", dir.display()));
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(ToolError::Failed(format!(
+                "{} is not a directory: move it away",
+                dir.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)
+            .map_err(|e| io("creating", e))?,
+        Err(e) => return Err(io("reading", e)),
+    }
+    std::os::unix::fs::chown(dir, Some(0), Some(0)).map_err(|e| io("chown", e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|e| io("chmod", e))
+}
+
+/// The module's staging directory, root's 0711.
+fn module_dir(id: &ModuleId) -> Result<PathBuf> {
+    let dir = staging_root()?.join(id.as_str());
+    root_dir(&dir, 0o711)?;
+    Ok(dir)
+}
+
+/// The file in the staging directory that tells `snapshot` which repository `dump` resolved.
+const REPOSITORY_FILE: &str = "repository";
+
+fn env_or(var: &str, default: &str) -> String {
+    std::env::var(var)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn dump(ctx: &Ctx, req: &Request) -> Result<()> {
+    let id = &req.id;
+    if !ctx.is_registered(id)? {
+        return Err(ToolError::Unavailable(format!(
+            "module {id} is not installed on node {} (node/{}/modules)",
+            ctx.node, ctx.node
+        )));
+    }
+    let user = ModuleUser::require(id)?;
+    let run = env_or(step_env::AGENT_RUN_ID, "manual");
+    let attempt = env_or(step_env::AGENT_ATTEMPT, "1");
+    let repo = ctx.block_on(async {
+        let mut con = ctx.target.connection().await?;
+        // Recorded first: an attempt that fails at once (no repository) is an attempt too.
+        let asked = req.repo.as_ref().map_or("", RepoName::as_str);
+        backup::status::begin(&mut con, id.as_str(), &run, ctx.node.as_str(), asked)
+            .await
+            .map_err(backup_error)?;
+        let name = backup::repo::resolve(&mut con, req.repo.as_ref())
+            .await
+            .map_err(backup_error)?;
+        backup::repo::url(&mut con, &name)
+            .await
+            .map_err(backup_error)?;
+        if asked != name.as_str() {
+            backup::status::begin(
+                &mut con,
+                id.as_str(),
+                &run,
+                ctx.node.as_str(),
+                name.as_str(),
+            )
+            .await
+            .map_err(backup_error)?;
+        }
+        Ok(name)
+    })?;
+    let dir = module_dir(id)?;
+    std::fs::write(dir.join(REPOSITORY_FILE), repo.as_str()).map_err(|e| {
+        ToolError::Failed(format!(
+            "writing {}: {e}",
+            dir.join(REPOSITORY_FILE).display()
+        ))
+    })?;
+
+    // A fresh, empty dump directory of the module's user's.
+    let dump = dir.join(contract::DUMP_DIR);
+    match std::fs::symlink_metadata(&dump) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&dump),
+        Ok(_) => std::fs::remove_file(&dump),
+        Err(_) => Ok(()),
+    }
+    .map_err(|e| ToolError::Failed(format!("emptying {}: {e}", dump.display())))?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dump)
+        .map_err(|e| ToolError::Failed(format!("creating {}: {e}", dump.display())))?;
+    std::os::unix::fs::chown(&dump, Some(user.uid), None)
+        .map_err(|e| ToolError::Failed(format!("chown {}: {e}", dump.display())))?;
+    println!(
+        "backup of {id} to repository {repo}: the module dumps into {}",
+        dump.display()
+    );
+
+    // The module's own backup run: one per attempt of this run, so a re-run dumps afresh.
+    let module_run = RunId::new(format!("backup-{run}-{attempt}"))
+        .map_err(|e| ToolError::Invalid(format!("run id: {e}")))?;
+    let outcome = run_module_event(ctx, id, &module_run, &dump.to_string_lossy())?;
+    match outcome {
+        ModuleRun::Done => println!("the module's backup steps are done"),
+        ModuleRun::NoSuchEvent => println!(
+            "warning: module {id} defines no backup event: nothing of its own is dumped, the snapshot holds the core's record only"
+        ),
+        ModuleRun::Failed(why) => {
+            return Err(ToolError::Failed(format!(
+                "the module's own backup of {id} failed: nothing of this attempt is kept as good.\n{why}"
+            )))
+        }
+    }
+    // From here on the dump is root's: nothing of the module's user changes it under restic.
+    std::os::unix::fs::chown(&dump, Some(0), Some(0))
+        .and_then(|()| std::fs::set_permissions(&dump, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| ToolError::Failed(format!("sealing {}: {e}", dump.display())))?;
+    let (files, bytes) = tree_size(&dump);
+    println!("dump: {files} files, {bytes} bytes");
+    Ok(())
+}
+
+/// Regular files and their bytes under `dir` (symlinks not followed).
+fn tree_size(dir: &Path) -> (u64, u64) {
+    let (mut files, mut bytes) = (0, 0);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) if m.is_file() => {
+                    files += 1;
+                    bytes += m.len();
+                }
+                _ => {}
+            }
+        }
+    }
+    (files, bytes)
+}
+
+enum ModuleRun {
+    Done,
+    NoSuchEvent,
+    Failed(String),
+}
+
+/// Queues `backup` (data: the dump directory) on the module's agent as run `run` — unless that
+/// run exists already (this step run again) — and waits for its end.
+fn run_module_event(ctx: &Ctx, id: &ModuleId, run: &RunId, data: &str) -> Result<ModuleRun> {
+    let prefix = Prefix::module(id.agent_name().clone());
+    let event = EventName::new(contract::BACKUP_EVENT).expect("a valid event name");
+    let record_key = prefix.run(run);
+    let mut con = ctx.con()?;
+    let exists: bool = redis::cmd("EXISTS").arg(&record_key).query(&mut con)?;
+    if !exists {
+        let _: String = redis::cmd("XADD")
+            .arg(prefix.queue())
+            .arg("*")
+            .arg(QUEUE_FIELD_EVENT)
+            .arg(event.as_str())
+            .arg(QUEUE_FIELD_DATA)
+            .arg(data)
+            .arg(QUEUE_FIELD_ID)
+            .arg(run.as_str())
+            .query(&mut con)?;
+    }
+    let wait = env_secs("BACKUP_DUMP_WAIT", 3600)?;
+    let end = Instant::now() + wait;
+    let mut silent_since: Option<Instant> = None;
+    loop {
+        let fields: HashMap<String, String> =
+            redis::cmd("HGETALL").arg(&record_key).query(&mut con)?;
+        let record = (!fields.is_empty()).then(|| RunRecord::from_fields(&fields));
+        match record.as_ref().and_then(|r| r.status) {
+            Some(RunStatus::Done) => return Ok(ModuleRun::Done),
+            Some(st) if st.is_terminal() => {
+                let record = record.unwrap_or_default();
+                if st == RunStatus::Failed
+                    && record.exit_code == Some(exit::NO_SUCH_EVENT)
+                    && record.failed_step.is_none()
+                {
+                    return Ok(ModuleRun::NoSuchEvent);
+                }
+                let output: Option<String> = redis::cmd("GET")
+                    .arg(prefix.run_output(run))
+                    .query(&mut con)?;
+                return Ok(ModuleRun::Failed(format!(
+                    "run {run} of module/{id} {} at step {} (exit {}); its output:\n{}",
+                    st.as_str(),
+                    record.failed_step.unwrap_or_default(),
+                    record.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                    output.unwrap_or_default().trim_end()
+                )));
+            }
+            _ => {}
+        }
+        // The module's agent must be alive to do it: a minute without its heartbeat fails.
+        let live: bool = redis::cmd("EXISTS")
+            .arg(prefix.heartbeat())
+            .query(&mut con)?;
+        match (live, silent_since) {
+            (true, _) => silent_since = None,
+            (false, None) => silent_since = Some(Instant::now()),
+            (false, Some(t)) if t.elapsed() > Duration::from_secs(60) => {
+                return Ok(ModuleRun::Failed(format!(
+                    "the agent of module {id} is not running (no {} for a minute): its backup run {run} stays queued",
+                    prefix.heartbeat()
+                )))
+            }
+            _ => {}
+        }
+        if Instant::now() > end {
+            return Ok(ModuleRun::Failed(format!(
+                "the module's backup run {run} did not end within {}s (BACKUP_DUMP_WAIT)",
+                wait.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The image id root's storage has for `image`, if any.
+fn image_id(image: &str) -> Option<String> {
+    let out = std::process::Command::new("podman")
+        .args(["image", "inspect", "--format", "{{.Id}}", "--", image])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn snapshot(ctx: &Ctx, req: &Request) -> Result<()> {
+    let id = &req.id;
+    let started = Instant::now();
+    let dir = module_dir(id)?;
+    let dump = dir.join(contract::DUMP_DIR);
+    if !dump.is_dir() {
+        return Err(ToolError::Unavailable(format!(
+            "{} is not there: backup/10dump makes it",
+            dump.display()
+        )));
+    }
+    let repo_name = match std::fs::read_to_string(dir.join(REPOSITORY_FILE)) {
+        Ok(s) => Some(RepoName::new(s.trim()).map_err(|e| {
+            ToolError::Invalid(format!("{}: {e}", dir.join(REPOSITORY_FILE).display()))
+        })?),
+        Err(_) => req.repo.clone(),
+    };
+    let module = Prefix::module(id.agent_name().clone());
+    let identity =
+        backup::repo::load_identity(&backup::repo::identity_path()).map_err(backup_error)?;
+    let (repo, env, routes) = ctx.block_on(async {
+        let mut con = ctx.target.connection().await?;
+        let name = backup::repo::resolve(&mut con, repo_name.as_ref())
+            .await
+            .map_err(backup_error)?;
+        let repo = backup::repo::get(&mut con, &identity, &name)
+            .await
+            .map_err(backup_error)?;
+        let env: std::collections::BTreeMap<String, String> =
+            redis::AsyncCommands::hgetall(&mut con, module.module_env()).await?;
+        let routes: std::collections::BTreeMap<String, String> =
+            redis::AsyncCommands::hgetall(&mut con, module.routes()).await?;
+        Ok((repo, env, routes))
+    })?;
+    let image = env
+        .get(module_env::EVENTS_IMAGE)
+        .cloned()
+        .unwrap_or_default();
+    let record = CoreRecord {
+        module: id.to_string(),
+        node: ctx.node.to_string(),
+        image_id: image_id(&image),
+        image: image.clone(),
+        module_env: env,
+        routes,
+        core_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let core = dir.join(contract::CORE_DIR);
+    root_dir(&core, 0o700)?;
+    let json = serde_json::to_vec_pretty(&record).map_err(|e| ToolError::Failed(e.to_string()))?;
+    std::fs::write(core.join(contract::CORE_FILE), json)
+        .map_err(|e| ToolError::Failed(format!("writing {}: {e}", core.display())))?;
+
+    let restic = backup::restic::Restic::new(&repo);
+    let tags = contract::snapshot_tags(id.as_str(), &image, env!("CARGO_PKG_VERSION"));
+    let summary = restic
+        .backup(
+            &dir,
+            &[contract::DUMP_DIR, contract::CORE_DIR],
+            &tags,
+            ctx.node.as_str(),
+        )
+        .map_err(backup_error)?;
+    let duration = started.elapsed().as_millis();
+    let report = serde_json::json!({
+        "module": id.as_str(),
+        "repository": repo.name.as_str(),
+        "snapshot": summary.snapshot_id,
+        "files": summary.total_files_processed,
+        "bytes": summary.total_bytes_processed,
+        "added": summary.data_added,
+        "files_new": summary.files_new,
+        "files_changed": summary.files_changed,
+        "duration_ms": duration,
+    });
+    ctx.block_on(async {
+        let mut con = ctx.target.connection().await?;
+        backup::status::succeed(
+            &mut con,
+            id.as_str(),
+            repo.name.as_str(),
+            &summary,
+            duration,
+        )
+        .await
+        .map_err(backup_error)?;
+        emit(&mut con, ctx, contract::DONE_EVENT, &report).await
+    })?;
+    println!(
+        "snapshot {} of {id} in {}: {} files, {} bytes ({} new files, {} changed, {} bytes added) in {} ms",
+        &summary.snapshot_id.get(..8).unwrap_or(&summary.snapshot_id),
+        repo.name,
+        summary.total_files_processed,
+        summary.total_bytes_processed,
+        summary.files_new,
+        summary.files_changed,
+        summary.data_added,
+        duration
+    );
+    Ok(())
+}
+
+/// Publishes `event/<node>/<event>` with `payload`.
+async fn emit(
+    con: &mut redis::aio::MultiplexedConnection,
+    ctx: &Ctx,
+    event: &str,
+    payload: &serde_json::Value,
+) -> Result<()> {
+    let event = EventName::new(event).expect("a valid event name");
+    let _: i64 = redis::AsyncCommands::publish(
+        con,
+        keys::emitted_event_channel(&ctx.node, &event),
+        payload.to_string(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The last lines of the failed run's output, for the status (at most ~600 bytes).
+fn failure_text(ctx: &Ctx, run: &str) -> String {
+    let step = std::env::var(step_env::AGENT_FAILED_STEP).unwrap_or_default();
+    let status = env_or(step_env::AGENT_RUN_STATUS, RunStatus::Failed.as_str());
+    let output = RunId::new(run).ok().and_then(|run| {
+        let key = ctx.node_prefix().run_output(&run);
+        ctx.con().ok().and_then(|mut c| {
+            redis::cmd("GET")
+                .arg(key)
+                .query::<Option<String>>(&mut c)
+                .ok()
+                .flatten()
+        })
+    });
+    // The failed step's own section when there is one, else the whole output; headers left out.
+    let output = output.unwrap_or_default();
+    let text = core_events::output::section_of(&output, &step).unwrap_or(output);
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| {
+            !l.trim().is_empty()
+                && core_events::output::header_step(l).is_none()
+                && !core_events::output::is_rollback_separator(l)
+        })
+        .map(str::to_string)
+        .collect();
+    let mut tail = String::new();
+    for line in lines.iter().rev() {
+        if tail.len() + line.len() > 600 {
+            break;
+        }
+        tail = if tail.is_empty() {
+            line.clone()
+        } else {
+            format!("{line}\n{tail}")
+        };
+    }
+    let what = if step.is_empty() {
+        status
+    } else {
+        format!("{status} at step {step}")
+    };
+    if tail.is_empty() {
+        what
+    } else {
+        format!("{what}: {tail}")
+    }
+}
+
+fn record_failure(ctx: &Ctx, req: &Request) -> Result<()> {
+    let id = &req.id;
+    let run = env_or(step_env::AGENT_RUN_ID, "manual");
+    let error = failure_text(ctx, &run);
+    let repo = std::fs::read_to_string(staging_root()?.join(id.as_str()).join(REPOSITORY_FILE))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .or_else(|| req.repo.as_ref().map(|r| r.to_string()))
+        .unwrap_or_default();
+    let payload = serde_json::json!({
+        "module": id.as_str(),
+        "repository": repo,
+        "run": run,
+        "error": error,
+    });
+    ctx.block_on(async {
+        let mut con = ctx.target.connection().await?;
+        backup::status::fail(&mut con, id.as_str(), &error)
+            .await
+            .map_err(backup_error)?;
+        emit(&mut con, ctx, contract::FAILED_EVENT, &payload).await
+    })?;
+    println!(
+        "backup of {id} recorded as failed ({}): {error}",
+        contract::FAILED_EVENT
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_is_an_id_and_maybe_a_repository() {
+        let r = parse("hello1").unwrap();
+        assert_eq!(r.id.as_str(), "hello1");
+        assert!(r.repo.is_none());
+        let r = parse(" hello1  nas-1 ").unwrap();
+        assert_eq!(r.repo.unwrap().as_str(), "nas-1");
+        for bad in [
+            "",
+            "Hello",
+            "../x",
+            "hello1 nas 3",
+            "hello1 NAS",
+            "hello1 ../r",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
