@@ -19,7 +19,7 @@ pub const IMAGE_FIELD: &str = core_events::module_env::EVENTS_IMAGE;
 /// Longest image name a module id is built from (the id adds the sequence number).
 pub const MAX_IMAGE_NAME: usize = 25;
 /// The node events `add` and `remove` queue.
-const INIT_EVENT: &str = "module.init";
+pub(crate) const INIT_EVENT: &str = "module.init";
 pub(crate) const REMOVE_EVENT: &str = "module.remove";
 /// How often `add` retries when another `add` of the same image raced it.
 const ALLOCATION_TRIES: usize = 20;
@@ -118,7 +118,7 @@ async fn remove(redis: &Redis, args: RemoveArgs) -> Result<i32> {
     queue_and_follow(redis, &mut con, &node, &event, &args.id, &opts).await
 }
 
-fn node_prefix(node: Option<&str>) -> Result<Prefix> {
+pub(crate) fn node_prefix(node: Option<&str>) -> Result<Prefix> {
     let node = match node {
         Some(n) => n.to_string(),
         None => crate::redis_admin::short_hostname()?,
@@ -157,24 +157,7 @@ async fn allocate(
             .map_err(|e| fail(1, format!("cannot build a module id: {e}")))?;
         let module = Prefix::module(id.clone());
         let registry = keys::agent_registry();
-        let _: () = redis::cmd("WATCH")
-            .arg(module.module_env())
-            .arg(&registry)
-            .query_async(tx)
-            .await
-            .context("cannot allocate a module id")?;
-        let (env_exists, registered): (bool, Option<String>) = redis::pipe()
-            .exists(module.module_env())
-            .hget(&registry, id.as_str())
-            .query_async(tx)
-            .await
-            .context("cannot check whether the module id is free")?;
-        if env_exists || registered.is_some() {
-            let _: () = redis::cmd("UNWATCH").query_async(tx).await.unwrap_or(());
-            let why = match registered {
-                Some(kind) if !env_exists => format!("{registry} has {id} as a {kind}'s name"),
-                _ => format!("{} exists already", module.module_env()),
-            };
+        if let Some(why) = watch_taken(tx, &id, true).await? {
             return Err(fail(
                 1,
                 format!(
@@ -211,6 +194,91 @@ async fn allocate(
         1,
         format!("cannot allocate a module id: {seq_key} keeps changing"),
     ))
+}
+
+/// WATCHes `id`'s module.env and the agent name registry, and says why `id` is taken, if it is
+/// (then UNWATCHed): its module.env exists, or the registry has it — as anything when
+/// `any_registered`, else as a node's name.
+async fn watch_taken(
+    tx: &mut redis::aio::MultiplexedConnection,
+    id: &AgentName,
+    any_registered: bool,
+) -> Result<Option<String>> {
+    let module = Prefix::module(id.clone());
+    let registry = keys::agent_registry();
+    let _: () = redis::cmd("WATCH")
+        .arg(module.module_env())
+        .arg(&registry)
+        .query_async(tx)
+        .await
+        .context("cannot claim a module id")?;
+    let (env_exists, registered): (bool, Option<String>) = redis::pipe()
+        .exists(module.module_env())
+        .hget(&registry, id.as_str())
+        .query_async(tx)
+        .await
+        .context("cannot check whether the module id is free")?;
+    let refused = registered
+        .as_deref()
+        .is_some_and(|k| any_registered || AgentKind::parse(k) != Some(AgentKind::Module));
+    if !(env_exists || refused) {
+        return Ok(None);
+    }
+    let _: () = redis::cmd("UNWATCH").query_async(tx).await.unwrap_or(());
+    Ok(Some(match registered {
+        Some(kind) if !env_exists => format!("{registry} has {id} as a {kind}'s name"),
+        _ => format!("{} exists already", module.module_env()),
+    }))
+}
+
+/// Claims module id `id` (chosen, not allocated: a restore) in the agent name registry and writes
+/// its module.env `fields`, in one transaction; refused, with nothing written, when the id is
+/// taken (its module.env exists, or the registry has it as a node's name).
+pub(crate) async fn claim(
+    tx: &mut redis::aio::MultiplexedConnection,
+    id: &AgentName,
+    fields: &[(String, String)],
+) -> Result<()> {
+    let module = Prefix::module(id.clone());
+    let registry = keys::agent_registry();
+    // A module's id stays in the registry after its removal: restoring it under its own id is
+    // what a restore in place does. A node's name, or a module that is there, is refused.
+    if let Some(why) = watch_taken(tx, id, false).await? {
+        return Err(fail(
+            1,
+            format!(
+                "module id {id} is taken: {why}; nothing was written (choose another with --as)"
+            ),
+        ));
+    }
+    let done: Option<()> = redis::pipe()
+        .atomic()
+        .hset_multiple(module.module_env(), fields)
+        .ignore()
+        .hset_nx(&registry, id.as_str(), AgentKind::Module.as_str())
+        .ignore()
+        .query_async(tx)
+        .await
+        .context("cannot write the module's module.env")?;
+    done.ok_or_else(|| {
+        fail(
+            1,
+            format!("module id {id} was taken meanwhile; nothing was written"),
+        )
+    })
+}
+
+/// Undoes [`claim`] of a module that was never installed: its module.env and registry entry.
+pub(crate) async fn unclaim(con: &mut redis::aio::ConnectionManager, id: &AgentName) -> Result<()> {
+    let module = Prefix::module(id.clone());
+    redis::pipe()
+        .atomic()
+        .del(module.module_env())
+        .hdel(keys::agent_registry(), id.as_str())
+        .query_async::<()>(con)
+        .await
+        .context("cannot delete the module.env of the module that was not restored")?;
+    Ok(())
 }
 
 /// The image name of IMAGE: last path component, minus tag, digest and a `.tar` suffix,
@@ -269,7 +337,7 @@ pub fn image_name(image: &str) -> Result<String, String> {
 
 /// `K=V` pairs of `--env`, in order (a later K wins). K must be `[A-Z_][A-Z0-9_]*` and not a name
 /// the agent or `add` sets itself.
-fn parse_env(pairs: &[String]) -> Result<Vec<(String, String)>> {
+pub(crate) fn parse_env(pairs: &[String]) -> Result<Vec<(String, String)>> {
     let mut out: Vec<(String, String)> = Vec::new();
     for pair in pairs {
         let Some((k, v)) = pair.split_once('=') else {

@@ -122,14 +122,14 @@ pub async fn put<C: ConnectionLike + Send + Sync>(
         (repository::CREDENTIALS, credentials),
         (repository::CREATED, crate::now()),
     ];
-    redis::pipe()
-        .atomic()
-        .del(&key)
-        .hset_multiple(&key, &fields)
-        .sadd(backup::repositories_key(), repo.name.as_str())
-        .query_async::<()>(conn)
-        .await?;
-    Ok(())
+    crate::put_named(
+        conn,
+        &key,
+        &fields,
+        &backup::repositories_key(),
+        repo.name.as_str(),
+    )
+    .await
 }
 
 /// The names of the cluster's repositories, sorted.
@@ -248,13 +248,13 @@ pub async fn remove<C: ConnectionLike + Send + Sync>(
     conn: &mut C,
     name: &RepoName,
 ) -> Result<bool> {
-    let (deleted, _): (i64, i64) = redis::pipe()
-        .atomic()
-        .del(backup::repository_key(name))
-        .srem(backup::repositories_key(), name.as_str())
-        .query_async(conn)
-        .await?;
-    Ok(deleted > 0)
+    crate::remove_named(
+        conn,
+        &backup::repository_key(name),
+        &backup::repositories_key(),
+        name.as_str(),
+    )
+    .await
 }
 
 #[cfg(test)]

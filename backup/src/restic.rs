@@ -188,12 +188,33 @@ impl<'a> Restic<'a> {
         })
     }
 
-    /// `restic restore SNAPSHOT --target DIR`.
-    pub fn restore(&self, snapshot: &str, target: &Path) -> Result<()> {
+    /// The snapshot `id` (a full or short id).
+    pub fn snapshot(&self, id: &str) -> Result<Snapshot> {
+        let out = self.run(
+            "snapshots",
+            self.command(&["snapshots", "--json", "--no-lock", "--", id]),
+        )?;
+        let list: Vec<Snapshot> =
+            serde_json::from_slice(&out.stdout).map_err(|e| Error::Restic {
+                what: "snapshots".into(),
+                detail: format!("unexpected output: {e}"),
+            })?;
+        list.into_iter().next().ok_or_else(|| {
+            Error::NotFound(format!(
+                "no snapshot {id} in repository {} ({})",
+                self.repo.name, self.repo.url
+            ))
+        })
+    }
+
+    /// `restic restore SNAPSHOT:DIR --target TARGET`: the contents of the snapshot's directory
+    /// `dir` (an absolute path of the snapshot) into `target`.
+    pub fn restore_dir(&self, snapshot: &str, dir: &str, target: &Path) -> Result<()> {
+        let source = format!("{snapshot}:{dir}");
         let target = target.to_string_lossy();
         self.run(
             "restore",
-            self.command(&["restore", "-q", snapshot, "--target", &target]),
+            self.command(&["restore", "-q", "--target", &target, "--", &source]),
         )
         .map(|_| ())
     }
@@ -204,13 +225,25 @@ impl<'a> Restic<'a> {
             .map(|o| o.stdout)
     }
 
-    /// `restic check`, reading `read_data_subset` of the data too ("100%", "1/10"); its output.
-    pub fn check(&self, read_data_subset: Option<&str>) -> Result<String> {
-        let mut args = vec!["check"];
-        if let Some(s) = read_data_subset {
-            args.extend(["--read-data-subset", s]);
-        }
-        let out = self.run("check", self.command(&args))?;
+    /// `restic forget --prune` of the snapshots carrying `tags`, keeping what `keep` (restic's
+    /// `--keep-*` options) says; its output.
+    pub fn forget(&self, tags: &[String], keep: &[String]) -> Result<String> {
+        let joined = tags.join(",");
+        let mut args = vec!["forget", "--prune", "--tag", joined.as_str()];
+        args.extend(keep.iter().map(String::as_str));
+        let out = self.run("forget", self.command(&args))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `restic check`, reading all of the data (`read_all`) or a tenth of it, chosen at random
+    /// by restic; its output.
+    pub fn check(&self, read_all: bool) -> Result<String> {
+        let args: &[&str] = if read_all {
+            &["check", "--read-data"]
+        } else {
+            &["check", "--read-data-subset", "10%"]
+        };
+        let out = self.run("check", self.command(args))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }

@@ -97,6 +97,36 @@ pub async fn fail<C: ConnectionLike + Send + Sync>(
     Ok(())
 }
 
+/// Records a verification: its outcome, the snapshot it restored and why it failed.
+pub async fn verified<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    module: &str,
+    snapshot: &str,
+    error: Option<&str>,
+) -> Result<()> {
+    let key = backup::status_key(module);
+    let state = if error.is_some() {
+        backup::STATE_FAILED
+    } else {
+        backup::STATE_OK
+    };
+    let mut pipe = redis::pipe();
+    pipe.atomic().hset_multiple(
+        &key,
+        &[
+            (status::VERIFY_ENDED, crate::now().as_str()),
+            (status::VERIFY_STATE, state),
+            (status::VERIFY_SNAPSHOT, snapshot),
+        ],
+    );
+    match error {
+        Some(e) => pipe.hset(&key, status::VERIFY_ERROR, e),
+        None => pipe.hdel(&key, status::VERIFY_ERROR),
+    };
+    pipe.query_async::<()>(conn).await?;
+    Ok(())
+}
+
 /// A module's status fields (empty: never backed up).
 pub async fn read<C: ConnectionLike + Send + Sync>(
     conn: &mut C,

@@ -11,6 +11,14 @@ pub const BACKUP_EVENT: &str = "backup";
 /// The node event that restores a snapshot into an installed module (data: `ID SNAPSHOT`, see
 /// `ID SNAPSHOT [REPOSITORY]`), and the module event that puts the data back (data: the directory).
 pub const RESTORE_EVENT: &str = "restore";
+/// The node event that fetches a snapshot before its module is made (data as [`RESTORE_EVENT`]'s):
+/// the snapshot's image in root's storage, its dump staged. Then `module.init`, then `restore`.
+pub const PREPARE_RESTORE_EVENT: &str = "restore.prepare";
+/// The module event a scratch copy runs to check itself after a verification's restore (data:
+/// the snapshot id); optional.
+pub const VERIFY_EVENT: &str = "backup-verify";
+/// The first letters of a scratch module's id (`agentctl backup verify`).
+pub const SCRATCH_PREFIX: &str = "verify";
 /// Emitted by the node (`event/<node>/backup-failed`) when a module's backup fails; payload JSON
 /// with `module`, `repository`, `run`, `error`.
 pub const FAILED_EVENT: &str = "backup-failed";
@@ -107,6 +115,12 @@ pub mod status {
     pub const SUCCESS_BYTES: &str = "success_bytes";
     pub const SUCCESS_ADDED: &str = "success_added";
     pub const SUCCESS_DURATION_MS: &str = "success_duration_ms";
+    /// The last verification (`agentctl backup verify`): when it ended, `ok` or `failed`, the
+    /// snapshot it restored, why it failed.
+    pub const VERIFY_ENDED: &str = "verify_ended";
+    pub const VERIFY_STATE: &str = "verify_state";
+    pub const VERIFY_SNAPSHOT: &str = "verify_snapshot";
+    pub const VERIFY_ERROR: &str = "verify_error";
 }
 
 /// [`status::STATE`] after a success.
@@ -149,6 +163,64 @@ pub struct CoreRecord {
     pub routes: std::collections::BTreeMap<String, String>,
     /// The version of the core that made the snapshot.
     pub core_version: String,
+}
+
+/// The node event that makes the node's backup timers those of the schedules (no data): queued on
+/// every node by `agentctl backup schedule set|rm`, and at the node-agent's start.
+pub const SCHEDULE_EVENT: &str = "backup.schedule";
+
+/// `cluster/backup/schedules`: the set of schedule names.
+pub fn schedules_key() -> String {
+    "cluster/backup/schedules".to_string()
+}
+
+/// `cluster/backup/schedule/<name>`: one schedule (fields in [`schedule`]).
+pub fn schedule_key(name: &RepoName) -> String {
+    format!("cluster/backup/schedule/{name}")
+}
+
+/// The fields of [`schedule_key`].
+pub mod schedule {
+    /// When, as systemd's `OnCalendar=` reads it (`daily`, `Mon..Fri 02:30`, `*-*-* 00/6:00`).
+    pub const CALENDAR: &str = "calendar";
+    /// The modules it backs up: ids separated by spaces, or `*` for every module.
+    pub const MODULES: &str = "modules";
+    /// The repository (empty: the default).
+    pub const REPOSITORY: &str = "repository";
+    /// Retention, `restic forget --keep-last/-daily/-weekly/-monthly N` after each backup of a
+    /// module it covers (absent or 0: not that rule; none at all: nothing is forgotten).
+    pub const KEEP_LAST: &str = "keep_last";
+    pub const KEEP_DAILY: &str = "keep_daily";
+    pub const KEEP_WEEKLY: &str = "keep_weekly";
+    pub const KEEP_MONTHLY: &str = "keep_monthly";
+}
+
+/// The `modules` value that covers every module.
+pub const ALL_MODULES: &str = "*";
+
+/// The systemd timer of schedule `name` on a node (`agent-backup-<name>.timer`, and its service).
+pub fn timer_unit(name: &RepoName) -> String {
+    format!("{TIMER_PREFIX}{name}.timer")
+}
+
+/// The first letters of every backup timer and service the node makes.
+pub const TIMER_PREFIX: &str = "agent-backup-";
+
+/// Checks a calendar expression for what may go into a unit file: printable ASCII of systemd's
+/// calendar syntax only (no `%` specifier, no `\` continuation, no newline), at most 200 bytes.
+/// Whether systemd understands it is for `systemd-analyze calendar` to say.
+pub fn check_calendar(s: &str) -> Result<(), BackupNameError> {
+    let ok = !s.trim().is_empty()
+        && s.len() <= 200
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || " :*,./~+-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(BackupNameError::RepoUrl(format!(
+            "calendar {s:?}: systemd's OnCalendar syntax (daily, Mon..Fri 02:30, *-*-* 00/6:00), letters, digits and \" :*,./~+-\" only"
+        )))
+    }
 }
 
 /// Why a repository name or address is refused.
@@ -322,6 +394,29 @@ mod tests {
         assert_eq!(RepoUrl::new("local:/a").unwrap().local_path(), Some("/a"));
         assert_eq!(RepoUrl::new("/a").unwrap().local_path(), Some("/a"));
         assert_eq!(RepoUrl::new("rest:http://h/").unwrap().local_path(), None);
+    }
+
+    #[test]
+    fn calendars_fit_in_a_unit_file() {
+        for ok in [
+            "daily",
+            "Mon..Fri 02:30",
+            "*-*-* 00/6:00",
+            "Sat *-*-1..7 18:00:00",
+            "hourly",
+        ] {
+            assert!(check_calendar(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            " ",
+            "daily\nExecStart=/bin/sh",
+            "%H",
+            "daily\\",
+            &"d".repeat(201),
+        ] {
+            assert!(check_calendar(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

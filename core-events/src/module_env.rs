@@ -5,3 +5,7 @@
 /// The module's image reference, written by `agentctl module add` and read by the node's
 /// `module.init` tools (the field name the seed used, kept for compatibility).
 pub const EVENTS_IMAGE: &str = "EVENTS_IMAGE";
+
+/// `1` in a scratch module's module.env (a throwaway copy made by `agentctl backup verify`):
+/// `module-sdk route add` requests no route for it, so it never takes the original's name.
+pub const SCRATCH_MODULE: &str = "SCRATCH_MODULE";

@@ -189,6 +189,15 @@ pub fn run(args: RouteArgs, verbose: bool) -> Result<()> {
                 headers,
             )
             .map_err(|e| Error::Usage(format!("route {name:?} is not valid: {e}")))?;
+            // A scratch module (a backup's verification) is never published: its routes would
+            // be the original's.
+            if std::env::var(core_events::module_env::SCRATCH_MODULE).as_deref() == Ok("1") {
+                println!(
+                    "route {name}: not requested ({}=1: a scratch module, never published)",
+                    core_events::module_env::SCRATCH_MODULE
+                );
+                return Ok(());
+            }
             let (prefix, url) = target(args.module.as_ref(), given)?;
             let mut con = connect(&url)?;
             let all = scan_all(&mut con, &url)?;

@@ -63,14 +63,11 @@ fn alert_step(dir: &Path) {
     std::fs::set_permissions(&step, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-#[test]
-fn hello_is_backed_up_reports_a_failure_that_stays_until_a_success_and_uses_a_rest_server() {
-    let events = tempfile::tempdir().unwrap();
-    alert_step(events.path());
-    let node = Node::up("bk", &[events.path().to_path_buf()]);
+/// Builds the example images in the node and installs hello on port 8080; its id.
+fn install_hello(node: &Node) -> String {
     node.ok(&[BUILD]);
     let (code, id, err) = agentctl(
-        &node,
+        node,
         &[
             "module",
             "add",
@@ -80,7 +77,15 @@ fn hello_is_backed_up_reports_a_failure_that_stays_until_a_success_and_uses_a_re
         ],
     );
     assert_eq!(code, 0, "module add: {err}");
-    let id = id.lines().next().unwrap().to_string();
+    id.lines().next().unwrap().to_string()
+}
+
+#[test]
+fn hello_is_backed_up_reports_a_failure_that_stays_until_a_success_and_uses_a_rest_server() {
+    let events = tempfile::tempdir().unwrap();
+    alert_step(events.path());
+    let node = Node::up("bk", &[events.path().to_path_buf()]);
+    let id = install_hello(&node);
     let (code, _, err) = agentctl(
         &node,
         &[
@@ -160,18 +165,12 @@ fn hello_is_backed_up_reports_a_failure_that_stays_until_a_success_and_uses_a_re
     let (code, status, _) = agentctl(&node, &["backup", "status", &id]);
     assert_eq!(code, 0, "{status}");
     assert!(status.starts_with(&format!("{id}: ok")), "{status}");
-    // The dump is outside the module's home, in a directory the module cannot replace, and
-    // sealed (root's) once dumped.
+    // The dump is outside the module's home, in a directory the module cannot replace, and gone
+    // once it is in the snapshot (what a later restore gets back is the snapshot's).
     let dir = format!("/var/lib/agent/backup/{id}");
     assert_eq!(node.ok(&["stat", "-c", "%U %a", &dir]), "root 711");
-    assert_eq!(
-        node.ok(&["stat", "-c", "%U %a", &format!("{dir}/dump")]),
-        "root 700"
-    );
-    assert_eq!(
-        node.ok(&["cat", &format!("{dir}/dump/www/index.html")]),
-        "<h1>backed up page</h1>"
-    );
+    assert!(node.fails(&["test", "-e", &format!("{dir}/dump")]));
+    assert!(node.fails(&["test", "-e", &format!("{dir}/core")]));
     // The status is the node's to write, never the module's (its ACL user writes module/ID/*).
     let forge = node.exec(&[
         "runuser", "-u", &id, "--", "sh", "-c",
@@ -316,6 +315,93 @@ fn hello_is_backed_up_reports_a_failure_that_stays_until_a_success_and_uses_a_re
             .count(),
         1
     );
+    // A schedule: a timer on the node whose service queues the backup, and a retention.
+    let (code, _, err) = agentctl(
+        &node,
+        &[
+            "backup",
+            "schedule",
+            "set",
+            "often",
+            "--calendar",
+            "*-*-* *:00/5:00",
+            "--modules",
+            &id,
+            "--repo",
+            "local",
+            "--keep-last",
+            "2",
+        ],
+    );
+    assert_eq!(code, 0, "schedule set: {err}");
+    for bad in [
+        &[
+            "backup",
+            "schedule",
+            "set",
+            "x",
+            "--calendar",
+            "every full moon",
+            "--all",
+        ][..],
+        &[
+            "backup",
+            "schedule",
+            "set",
+            "x",
+            "--calendar",
+            "daily\nExecStart=/bin/sh",
+            "--all",
+        ],
+        &["backup", "schedule", "set", "x", "--calendar", "daily"],
+    ] {
+        let (code, _, err) = agentctl(&node, bad);
+        assert_ne!(code, 0, "{bad:?}: {err}");
+    }
+    node.wait_output(
+        &["systemctl", "is-active", "agent-backup-often.timer"],
+        "active",
+        Duration::from_secs(60),
+    );
+    let timer = node.ok(&["cat", "/etc/systemd/system/agent-backup-often.timer"]);
+    assert!(
+        timer.contains("OnCalendar=*-*-* *:00/5:00") && timer.contains("Persistent=true"),
+        "{timer}"
+    );
+    for _ in 0..3 {
+        let before =
+            status_field(&node, &id, "success_ended") + &status_field(&node, &id, "attempt_run");
+        node.ok(&["systemctl", "start", "agent-backup-often.service"]);
+        agent_tests::poll(Duration::from_secs(120), Duration::from_millis(200), || {
+            let now = status_field(&node, &id, "success_ended")
+                + &status_field(&node, &id, "attempt_run");
+            let st = status_field(&node, &id, "attempt_status");
+            if now != before && st == "done" {
+                Ok(())
+            } else {
+                Err(format!("waiting for the scheduled backup ({st})"))
+            }
+        });
+    }
+    assert_eq!(status_field(&node, &id, "state"), "ok");
+    assert_eq!(
+        agentctl(&node, &["backup", "snapshots", &id])
+            .1
+            .lines()
+            .count(),
+        2,
+        "keep-last 2"
+    );
+    let (code, _, err) = agentctl(&node, &["backup", "schedule", "rm", "often"]);
+    assert_eq!(code, 0, "{err}");
+    agent_tests::poll(Duration::from_secs(60), Duration::from_millis(200), || {
+        if node.fails(&["test", "-e", "/etc/systemd/system/agent-backup-often.timer"]) {
+            Ok(())
+        } else {
+            Err("the removed schedule's timer is still there".to_string())
+        }
+    });
+
     // Wrong credentials: a clear failure, recorded.
     let out = node.exec_with_input(
         &[
@@ -333,4 +419,140 @@ fn hello_is_backed_up_reports_a_failure_that_stays_until_a_success_and_uses_a_re
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("restic") && !err.contains("wrong"), "{err}");
+}
+
+/// The page hello serves on `port` inside the node (None: nothing answers).
+fn page(node: &Node, port: u16) -> Option<String> {
+    let url = format!("http://127.0.0.1:{port}/");
+    let out = node.exec(&["curl", "-sS", "--fail", "--max-time", "5", &url]);
+    out.status.success().then(|| text(&out.stdout))
+}
+
+#[test]
+fn hello_is_restored_in_place_under_a_new_id_beside_the_original_and_not_without_its_image() {
+    let node = Node::up("rs", &[]);
+    let id = install_hello(&node);
+    let module = format!("module/{id}");
+    assert_eq!(
+        agentctl(&node, &["run", &module, "configure", "page one"]).0,
+        0
+    );
+    let (code, _, err) = agentctl(&node, &["backup", "repo", "add", "local", "/srv/backup"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = agentctl(&node, &["backup", "run", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        agentctl(&node, &["run", &module, "configure", "page two"]).0,
+        0
+    );
+    assert_eq!(page(&node, 8080).as_deref(), Some("<h1>page two</h1>"));
+
+    // Under a new id, on another port, while the original runs: both served, each its own page.
+    let (code, out, err) = agentctl(
+        &node,
+        &[
+            "backup",
+            "restore",
+            &id,
+            "--as",
+            "copy1",
+            "--env",
+            "PORT=8081",
+        ],
+    );
+    assert_eq!(code, 0, "restore --as: {err}");
+    assert_eq!(out, "copy1");
+    assert_eq!(page(&node, 8081).as_deref(), Some("<h1>page one</h1>"));
+    assert_eq!(page(&node, 8080).as_deref(), Some("<h1>page two</h1>"));
+    assert_eq!(
+        node.ok(&admin_cli(&["HGET", "module/copy1/module.env", "PORT"])),
+        "8081"
+    );
+    // What the restore staged is gone; nothing of it was left to the module's user.
+    assert!(node.fails(&["test", "-e", "/var/lib/agent/backup/copy1/restore"]));
+    assert!(node.fails(&["test", "-e", "/var/lib/agent/backup/copy1/restore.tmp"]));
+    // An id that is taken is refused with nothing written.
+    let (code, _, err) = agentctl(&node, &["backup", "restore", &id, "--as", "copy1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("copy1 is taken"), "{err}");
+
+    // In place: the original removed, then restored from its snapshot.
+    assert_eq!(agentctl(&node, &["module", "remove", &id]).0, 0);
+    assert_eq!(page(&node, 8080), None);
+    let (code, out, err) = agentctl(&node, &["backup", "restore", &id]);
+    assert_eq!(code, 0, "restore: {err}");
+    assert_eq!(out, id);
+    assert_eq!(page(&node, 8080).as_deref(), Some("<h1>page one</h1>"));
+    // The data alone, into the installed module, from a snapshot named by its id.
+    assert_eq!(
+        agentctl(&node, &["run", &module, "configure", "page three"]).0,
+        0
+    );
+    let (_, snaps, _) = agentctl(&node, &["backup", "snapshots", &id]);
+    let first = snaps
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let (code, _, err) = agentctl(
+        &node,
+        &["backup", "restore", &first, "--as", &id, "--data-only"],
+    );
+    assert_eq!(code, 0, "restore --data-only: {err}");
+    assert_eq!(page(&node, 8080).as_deref(), Some("<h1>page one</h1>"));
+
+    // Verified by restoring it: a scratch copy (another port, no route) checks its page and goes.
+    let (code, _, err) = agentctl(&node, &["backup", "verify", &id]);
+    assert_eq!(code, 0, "verify: {err}");
+    assert!(
+        !err.contains("no backup-verify steps"),
+        "hello's ran: {err}"
+    );
+    assert_eq!(status_field(&node, &id, "verify_state"), "ok");
+    let users = node.ok(&["sh", "-c", "getent passwd | cut -d: -f1"]);
+    assert!(!users.lines().any(|u| u.starts_with("verify")), "{users}");
+    let agents = node.ok(&admin_cli(&["HKEYS", "cluster/agents"]));
+    assert!(!agents.lines().any(|a| a.starts_with("verify")), "{agents}");
+    let keys = node.ok(&admin_cli(&["--scan", "--pattern", "module/verify*"]));
+    assert_eq!(keys, "", "the scratch module's keys are left");
+    let routes = node.ok(&admin_cli(&["--scan", "--pattern", "module/*/routes"]));
+    assert!(!routes.contains("verify"), "{routes}");
+
+    // The snapshot's image gone from the node (and no registry to pull it from): a clear error
+    // naming it, before anything is made.
+    node.ok(&["podman", "rmi", "--force", "localhost/hello:latest"]);
+    let (code, _, err) = agentctl(&node, &["backup", "restore", &id, "--as", "copy2"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("cannot get the image localhost/hello:latest"),
+        "{err}"
+    );
+    assert!(err.contains("nothing of module copy2 was made"), "{err}");
+    assert!(node.fails(&["id", "copy2"]));
+    assert_eq!(
+        node.ok(&admin_cli(&["EXISTS", "module/copy2/module.env"])),
+        "0"
+    );
+    assert_eq!(
+        node.ok(&admin_cli(&["HEXISTS", "cluster/agents", "copy2"])),
+        "0"
+    );
+
+    // A damaged repository (a pack file cut short): verify fails with a clear message, and the
+    // status says so.
+    node.ok(&[
+        "sh",
+        "-c",
+        "f=$(find /srv/backup/data -type f | head -n 1) && truncate -s 100 \"$f\"",
+    ]);
+    let (code, _, err) = agentctl(&node, &["backup", "verify", &id]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the repository is damaged"), "{err}");
+    assert_eq!(status_field(&node, &id, "verify_state"), "failed");
+    let (code, status, _) = agentctl(&node, &["backup", "status", &id]);
+    assert_eq!(code, 1, "{status}");
+    assert!(status.contains("damaged"), "{status}");
 }

@@ -22,6 +22,8 @@ use core_events::{
     exit, keys, module_env, step_env, EventName, ModuleId, Prefix, RunId, RunRecord, RunStatus,
 };
 
+use core_events::module_image::check_image_ref as check_image;
+
 use super::user::ModuleUser;
 use super::{env_secs, Ctx, Result, ToolError};
 
@@ -40,6 +42,35 @@ pub enum BackupCmd {
     /// backup.rollback/10record-failure: the attempt recorded as failed — the module's backup
     /// stays failed until a later one succeeds — and `backup-failed` emitted.
     RecordFailure(DataArg),
+    /// restore.prepare/10fetch (data `ID SNAPSHOT [REPOSITORY]`), before anything of the module
+    /// is made: the snapshot's image in root's storage (else pulled; else a clear error naming
+    /// it), and the snapshot's dump restored into /var/lib/agent/backup/ID/restore.tmp (root's).
+    Fetch(RestoreArg),
+    /// restore/10apply (data `ID SNAPSHOT [REPOSITORY]`), on an installed module: the dump
+    /// (fetched now unless restore.prepare staged this snapshot) given to the module's user and
+    /// handed to the module's own `restore` event, waited for (BACKUP_DUMP_WAIT s), then removed.
+    Apply(RestoreArg),
+    /// backup/30forget: the retention of the first schedule (by name) that covers the module
+    /// (`restic forget --prune --tag module=ID --keep-…`); nothing when none has one.
+    Forget(DataArg),
+    /// backup.schedule/10timers: this node's backup timers made those of the schedules
+    /// (cluster/backup/schedule/*): one agent-backup-NAME.timer (OnCalendar, Persistent=true: a
+    /// slot missed while the node was down runs once when it is back) and its service per
+    /// schedule, in AGENT_BACKUP_UNIT_DIR (default /etc/systemd/system); timers of schedules
+    /// that are gone stopped and removed.
+    Timers,
+    /// The service of a schedule's timer: queues a backup (XADD on this node's queue) of every
+    /// module of this node the schedule covers.
+    QueueSchedule {
+        /// The schedule's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestoreArg {
+    /// The event's data: `ID SNAPSHOT [REPOSITORY]` (SNAPSHOT: a restic snapshot id).
+    pub data: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -55,6 +86,11 @@ impl BackupCmd {
             BackupCmd::Dump(_) => "dump",
             BackupCmd::Snapshot(_) => "snapshot",
             BackupCmd::RecordFailure(_) => "record-failure",
+            BackupCmd::Fetch(_) => "fetch",
+            BackupCmd::Apply(_) => "apply",
+            BackupCmd::Forget(_) => "forget",
+            BackupCmd::Timers => "timers",
+            BackupCmd::QueueSchedule { .. } => "queue-schedule",
         }
     }
 }
@@ -94,6 +130,11 @@ pub fn run(cmd: &BackupCmd, ctx: &Ctx) -> Result<()> {
         BackupCmd::Dump(a) => dump(ctx, &parse(&a.data)?),
         BackupCmd::Snapshot(a) => snapshot(ctx, &parse(&a.data)?),
         BackupCmd::RecordFailure(a) => record_failure(ctx, &parse(&a.data)?),
+        BackupCmd::Fetch(a) => fetch(ctx, &parse_restore(&a.data)?).map(|_| ()),
+        BackupCmd::Apply(a) => apply(ctx, &parse_restore(&a.data)?),
+        BackupCmd::Forget(a) => forget(ctx, &parse(&a.data)?),
+        BackupCmd::Timers => timers(ctx),
+        BackupCmd::QueueSchedule { name } => queue_schedule(ctx, name),
     }
 }
 
@@ -214,7 +255,13 @@ fn dump(ctx: &Ctx, req: &Request) -> Result<()> {
     // The module's own backup run: one per attempt of this run, so a re-run dumps afresh.
     let module_run = RunId::new(format!("backup-{run}-{attempt}"))
         .map_err(|e| ToolError::Invalid(format!("run id: {e}")))?;
-    let outcome = run_module_event(ctx, id, &module_run, &dump.to_string_lossy())?;
+    let outcome = run_module_event(
+        ctx,
+        id,
+        contract::BACKUP_EVENT,
+        &module_run,
+        &dump.to_string_lossy(),
+    )?;
     match outcome {
         ModuleRun::Done => println!("the module's backup steps are done"),
         ModuleRun::NoSuchEvent => println!(
@@ -263,11 +310,17 @@ enum ModuleRun {
     Failed(String),
 }
 
-/// Queues `backup` (data: the dump directory) on the module's agent as run `run` — unless that
-/// run exists already (this step run again) — and waits for its end.
-fn run_module_event(ctx: &Ctx, id: &ModuleId, run: &RunId, data: &str) -> Result<ModuleRun> {
+/// Queues `event` (data: a directory) on the module's agent as run `run` — unless that run
+/// exists already (this step run again) — and waits for its end.
+fn run_module_event(
+    ctx: &Ctx,
+    id: &ModuleId,
+    event: &str,
+    run: &RunId,
+    data: &str,
+) -> Result<ModuleRun> {
     let prefix = Prefix::module(id.agent_name().clone());
-    let event = EventName::new(contract::BACKUP_EVENT).expect("a valid event name");
+    let event = EventName::new(event).expect("a valid event name");
     let record_key = prefix.run(run);
     let mut con = ctx.con()?;
     let exists: bool = redis::cmd("EXISTS").arg(&record_key).query(&mut con)?;
@@ -322,7 +375,7 @@ fn run_module_event(ctx: &Ctx, id: &ModuleId, run: &RunId, data: &str) -> Result
             (false, None) => silent_since = Some(Instant::now()),
             (false, Some(t)) if t.elapsed() > Duration::from_secs(60) => {
                 return Ok(ModuleRun::Failed(format!(
-                    "the agent of module {id} is not running (no {} for a minute): its backup run {run} stays queued",
+                    "the agent of module {id} is not running (no {} for a minute): its {event} run {run} stays queued",
                     prefix.heartbeat()
                 )))
             }
@@ -330,7 +383,7 @@ fn run_module_event(ctx: &Ctx, id: &ModuleId, run: &RunId, data: &str) -> Result
         }
         if Instant::now() > end {
             return Ok(ModuleRun::Failed(format!(
-                "the module's backup run {run} did not end within {}s (BACKUP_DUMP_WAIT)",
+                "the module's {event} run {run} did not end within {}s (BACKUP_DUMP_WAIT)",
                 wait.as_secs()
             )));
         }
@@ -414,6 +467,9 @@ fn snapshot(ctx: &Ctx, req: &Request) -> Result<()> {
             ctx.node.as_str(),
         )
         .map_err(backup_error)?;
+    // The dump is in the repository now: the staged copy of the module's data goes.
+    remove_any(&dump)?;
+    remove_any(&core)?;
     let duration = started.elapsed().as_millis();
     let report = serde_json::json!({
         "module": id.as_str(),
@@ -548,9 +604,422 @@ fn record_failure(ctx: &Ctx, req: &Request) -> Result<()> {
     Ok(())
 }
 
+/// What a restore is about.
+struct RestoreRequest {
+    id: ModuleId,
+    snapshot: String,
+    repo: Option<RepoName>,
+}
+
+fn parse_restore(data: &str) -> Result<RestoreRequest> {
+    let mut words = data.split_whitespace();
+    let (Some(id), Some(snapshot), repo, None) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        return Err(ToolError::Invalid(format!(
+            "restore data {data:?}: expected `ID SNAPSHOT [REPOSITORY]`"
+        )));
+    };
+    let id = ModuleId::new(id).map_err(|e| ToolError::Invalid(format!("bad {e}")))?;
+    if snapshot == "latest" || !contract::is_snapshot_id(snapshot) {
+        return Err(ToolError::Invalid(format!(
+            "snapshot {snapshot:?}: a restic snapshot id (8 to 64 lowercase hex digits)"
+        )));
+    }
+    let repo = repo
+        .map(RepoName::new)
+        .transpose()
+        .map_err(|e| ToolError::Invalid(format!("repository: {e}")))?;
+    Ok(RestoreRequest {
+        id,
+        snapshot: snapshot.to_string(),
+        repo,
+    })
+}
+
+/// Where a restore stages the dump (root's 0700 while restic writes it), and the file naming the
+/// snapshot it holds.
+const RESTORE_STAGING: &str = "restore.tmp";
+const RESTORE_SNAPSHOT_FILE: &str = "restore.snapshot";
+/// The dump, the module's user's, while the module's restore event reads it.
+const RESTORE_DIR: &str = "restore";
+
+/// Opens the repository of a restore request.
+fn open_repository(ctx: &Ctx, repo: Option<&RepoName>) -> Result<backup::Repository> {
+    let identity =
+        backup::repo::load_identity(&backup::repo::identity_path()).map_err(backup_error)?;
+    ctx.block_on(async {
+        let mut con = ctx.target.connection().await?;
+        let name = backup::repo::resolve(&mut con, repo)
+            .await
+            .map_err(backup_error)?;
+        backup::repo::get(&mut con, &identity, &name)
+            .await
+            .map_err(backup_error)
+    })
+}
+
+/// The snapshot's image in root's storage and its dump in `restore.tmp`; returns that directory.
+fn fetch(ctx: &Ctx, req: &RestoreRequest) -> Result<PathBuf> {
+    let repo = open_repository(ctx, req.repo.as_ref())?;
+    let restic = backup::restic::Restic::new(&repo);
+    let snapshot = restic.snapshot(&req.snapshot).map_err(backup_error)?;
+    let record = backup::core_record(&restic, &snapshot).map_err(backup_error)?;
+    if record.image.is_empty() || check_image(&record.image).is_err() {
+        return Err(ToolError::Invalid(format!(
+            "snapshot {} names no usable image ({:?})",
+            snapshot.short_id, record.image
+        )));
+    }
+    super::image::root_image_or_pull(
+        &record.image,
+        &format!(
+            "of snapshot {} (module {})",
+            snapshot.short_id, record.module
+        ),
+    )?;
+    let dir = module_dir(&req.id)?;
+    let staging = dir.join(RESTORE_STAGING);
+    remove_any(&staging)?;
+    root_dir(&staging, 0o700)?;
+    let dump = backup::snapshot_dir(&snapshot, contract::DUMP_DIR).map_err(backup_error)?;
+    restic
+        .restore_dir(&snapshot.id, &dump, &staging)
+        .map_err(backup_error)?;
+    std::fs::write(dir.join(RESTORE_SNAPSHOT_FILE), &snapshot.id).map_err(|e| {
+        ToolError::Failed(format!(
+            "writing {}: {e}",
+            dir.join(RESTORE_SNAPSHOT_FILE).display()
+        ))
+    })?;
+    let (files, bytes) = tree_size(&staging);
+    println!(
+        "snapshot {} of {} ({}, {}): {files} files, {bytes} bytes staged for {}",
+        snapshot.short_id, record.module, snapshot.time, record.image, req.id
+    );
+    Ok(staging)
+}
+
+/// Removes whatever is at `path` (nothing followed).
+fn remove_any(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(_) => Ok(()),
+    }
+    .map_err(|e| ToolError::Failed(format!("removing {}: {e}", path.display())))
+}
+
+/// Gives every file under `dir` (and `dir`) to `uid`, symlinks themselves and not what they
+/// point to. Runs while `dir`'s parent is root's only, so nothing moves under it.
+fn chown_tree(dir: &Path, uid: u32) -> Result<()> {
+    let fail =
+        |p: &Path, e: std::io::Error| ToolError::Failed(format!("chown {}: {e}", p.display()));
+    std::os::unix::fs::lchown(dir, Some(uid), None).map_err(|e| fail(dir, e))?;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|e| fail(&d, e))?;
+        for e in entries {
+            let e = e.map_err(|e| fail(&d, e))?;
+            let path = e.path();
+            std::os::unix::fs::lchown(&path, Some(uid), None).map_err(|e| fail(&path, e))?;
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                stack.push(path);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn apply(ctx: &Ctx, req: &RestoreRequest) -> Result<()> {
+    let id = &req.id;
+    if !ctx.is_registered(id)? {
+        return Err(ToolError::Unavailable(format!(
+            "module {id} is not installed on node {}: restore.prepare, then module.init, then restore (agentctl backup restore does it)",
+            ctx.node
+        )));
+    }
+    let user = ModuleUser::require(id)?;
+    let dir = module_dir(id)?;
+    let staged = std::fs::read_to_string(dir.join(RESTORE_SNAPSHOT_FILE)).unwrap_or_default();
+    let staging = dir.join(RESTORE_STAGING);
+    let full_id_matches = staged.trim().starts_with(&req.snapshot) && !staged.trim().is_empty();
+    if !(full_id_matches && staging.is_dir()) {
+        fetch(ctx, req)?;
+    }
+    // The staged dump becomes the user's, then is moved where the module reads it.
+    let target = dir.join(RESTORE_DIR);
+    remove_any(&target)?;
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| ToolError::Failed(format!("chmod {}: {e}", staging.display())))?;
+    chown_tree(&staging, user.uid)?;
+    std::fs::rename(&staging, &target).map_err(|e| {
+        ToolError::Failed(format!(
+            "moving {} to {}: {e}",
+            staging.display(),
+            target.display()
+        ))
+    })?;
+    let _ = std::fs::remove_file(dir.join(RESTORE_SNAPSHOT_FILE));
+
+    let run = env_or(step_env::AGENT_RUN_ID, "manual");
+    let attempt = env_or(step_env::AGENT_ATTEMPT, "1");
+    let module_run = RunId::new(format!("restore-{run}-{attempt}"))
+        .map_err(|e| ToolError::Invalid(format!("run id: {e}")))?;
+    let outcome = run_module_event(
+        ctx,
+        id,
+        contract::RESTORE_EVENT,
+        &module_run,
+        &target.to_string_lossy(),
+    )?;
+    match outcome {
+        ModuleRun::Done => {
+            remove_any(&target)?;
+            println!("module {id} restored from snapshot {}", req.snapshot);
+            Ok(())
+        }
+        ModuleRun::NoSuchEvent => Err(ToolError::Unavailable(format!(
+            "module {id} defines no restore event: its data cannot be put back (docs/MODULES.md, \"Backup and restore\")"
+        ))),
+        ModuleRun::Failed(why) => Err(ToolError::Failed(format!(
+            "the module's own restore of {id} failed:\n{why}"
+        ))),
+    }
+}
+
+fn schedules(ctx: &Ctx) -> Result<Vec<backup::schedule::Schedule>> {
+    ctx.block_on(async {
+        let mut con = ctx.target.connection().await?;
+        backup::schedule::all(&mut con).await.map_err(backup_error)
+    })
+}
+
+fn forget(ctx: &Ctx, req: &Request) -> Result<()> {
+    let id = &req.id;
+    let all = schedules(ctx)?;
+    let Some(schedule) = backup::schedule::retention_of(&all, id.as_str()) else {
+        println!("no schedule with a retention covers {id}: every snapshot is kept");
+        return Ok(());
+    };
+    // The repository the backup went to (10dump resolved it).
+    let dir = staging_root()?.join(id.as_str());
+    let used = std::fs::read_to_string(dir.join(REPOSITORY_FILE))
+        .ok()
+        .and_then(|s| RepoName::new(s.trim()).ok())
+        .or_else(|| req.repo.clone());
+    let repo = open_repository(ctx, used.as_ref())?;
+    let keep = schedule.keep.forget_args();
+    println!(
+        "retention of schedule {} for {id} in {}: {}",
+        schedule.name,
+        repo.name,
+        keep.join(" ")
+    );
+    let out = backup::restic::Restic::new(&repo)
+        .forget(&[contract::module_tag(id.as_str())], &keep)
+        .map_err(backup_error)?;
+    let removed = out.lines().filter(|l| l.starts_with("remove ")).count();
+    println!("{}", out.trim_end());
+    println!("forget: {removed} snapshot groups had snapshots removed");
+    Ok(())
+}
+
+/// Where the node's backup timers go.
+fn unit_dir() -> PathBuf {
+    std::env::var_os("AGENT_BACKUP_UNIT_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/systemd/system"))
+}
+
+/// The timer and service of `s` (the calendar was checked by [`contract::check_calendar`]:
+/// nothing in it can end a line or expand).
+fn timer_files(s: &backup::schedule::Schedule, node_agent: &Path) -> (String, String) {
+    let key = contract::schedule_key(&s.name);
+    let header = format!(
+        "# Made by node-agent (the backup.schedule event) from {key}: changed by\n# `agentctl backup schedule set|rm`, not by hand.\n"
+    );
+    let timer = format!(
+        "{header}[Unit]\nDescription=Backups of schedule {name} (agent)\n\n[Timer]\nOnCalendar={cal}\nPersistent=true\n\n[Install]\nWantedBy=timers.target\n",
+        name = s.name,
+        cal = s.calendar
+    );
+    let service = format!(
+        "{header}[Unit]\nDescription=Queue the backups of schedule {name} (agent)\nAfter=node-agent.service\n\n[Service]\nType=oneshot\nExecStart={exe} backup queue-schedule {name}\n",
+        name = s.name,
+        exe = node_agent.display()
+    );
+    (timer, service)
+}
+
+fn unit(name: &str) -> Result<systemd_client::UnitName> {
+    systemd_client::UnitName::new(name).map_err(|e| ToolError::Invalid(e.to_string()))
+}
+
+fn systemd_error(e: systemd_client::Error) -> ToolError {
+    ToolError::Failed(e.to_string())
+}
+
+fn timers(ctx: &Ctx) -> Result<()> {
+    let all = schedules(ctx)?;
+    let dir = unit_dir();
+    let node_agent = std::env::current_exe()
+        .map_err(|e| ToolError::OsError(format!("cannot find node-agent itself: {e}")))?;
+    let mut wanted = std::collections::BTreeSet::new();
+    let mut changed = Vec::new();
+    for s in &all {
+        let timer = contract::timer_unit(&s.name);
+        let service = timer.replace(".timer", ".service");
+        let (timer_text, service_text) = timer_files(s, &node_agent);
+        for (file, text) in [(&timer, &timer_text), (&service, &service_text)] {
+            let path = dir.join(file);
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                std::fs::write(&path, text)
+                    .map_err(|e| ToolError::Failed(format!("writing {}: {e}", path.display())))?;
+                if file == &timer {
+                    changed.push(timer.clone());
+                }
+            }
+        }
+        wanted.insert(timer.clone());
+        wanted.insert(service);
+    }
+    let mut stale = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ours = name.starts_with(contract::TIMER_PREFIX)
+                && (name.ends_with(".timer") || name.ends_with(".service"));
+            if ours && !wanted.contains(&name) {
+                stale.push(name);
+            }
+        }
+    }
+    ctx.block_on(async {
+        let systemd = systemd_client::Systemd::connect(systemd_client::Bus::System)
+            .await
+            .map_err(systemd_error)?;
+        for name in stale.iter().filter(|n| n.ends_with(".timer")) {
+            let u = unit(name)?;
+            let _ = systemd.stop(&u).await;
+            let _ = systemd.disable(&u).await;
+        }
+        for name in &stale {
+            let _ = std::fs::remove_file(dir.join(name));
+            println!("removed {name}");
+        }
+        systemd.daemon_reload().await.map_err(systemd_error)?;
+        for s in &all {
+            let name = contract::timer_unit(&s.name);
+            let u = unit(&name)?;
+            systemd.enable(&u).await.map_err(systemd_error)?;
+            if changed.contains(&name) {
+                systemd.restart(&u).await.map_err(systemd_error)?;
+            } else {
+                systemd.start(&u).await.map_err(systemd_error)?;
+            }
+            println!(
+                "{name}: OnCalendar={} for {}",
+                s.calendar,
+                s.modules_field()
+            );
+        }
+        Ok(())
+    })?;
+    if all.is_empty() {
+        println!("no backup schedule");
+    }
+    Ok(())
+}
+
+fn queue_schedule(ctx: &Ctx, name: &str) -> Result<()> {
+    let name = RepoName::new(name).map_err(|e| ToolError::Invalid(format!("schedule: {e}")))?;
+    let event = EventName::new(contract::BACKUP_EVENT).expect("a valid event name");
+    let queued = ctx.block_on(async {
+        let mut con = ctx.target.connection().await?;
+        let Some(s) = backup::schedule::get(&mut con, &name).await.map_err(backup_error)? else {
+            return Err(ToolError::Unavailable(format!(
+                "no schedule {name} ({}): its timer is left from before; the next backup.schedule removes it",
+                contract::schedule_key(&name)
+            )));
+        };
+        let mut modules: Vec<String> =
+            redis::AsyncCommands::hkeys(&mut con, ctx.node_prefix().modules()).await?;
+        modules.sort();
+        let mut queued = Vec::new();
+        for m in modules.iter().filter(|m| s.covers(m)) {
+            let data = match &s.repository {
+                Some(r) => format!("{m} {r}"),
+                None => m.clone(),
+            };
+            let _: String = redis::cmd("XADD")
+                .arg(ctx.node_prefix().queue())
+                .arg("*")
+                .arg(QUEUE_FIELD_EVENT)
+                .arg(event.as_str())
+                .arg(QUEUE_FIELD_DATA)
+                .arg(&data)
+                .query_async(&mut con)
+                .await?;
+            queued.push(m.clone());
+        }
+        Ok(queued)
+    })?;
+    println!(
+        "schedule {name}: backup queued for {}",
+        if queued.is_empty() {
+            "no module of this node".to_string()
+        } else {
+            queued.join(", ")
+        }
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_schedule_becomes_a_persistent_timer_and_a_oneshot_service() {
+        let s = backup::schedule::Schedule {
+            name: RepoName::new("nightly").unwrap(),
+            calendar: "Mon..Fri 02:30".into(),
+            modules: None,
+            repository: None,
+            keep: backup::schedule::Keep::default(),
+        };
+        let (timer, service) = timer_files(&s, Path::new("/usr/bin/node-agent"));
+        assert!(
+            timer.contains("\nOnCalendar=Mon..Fri 02:30\nPersistent=true\n"),
+            "{timer}"
+        );
+        assert!(timer.contains("WantedBy=timers.target"));
+        assert!(
+            service.contains("\nExecStart=/usr/bin/node-agent backup queue-schedule nightly\n"),
+            "{service}"
+        );
+        assert!(service.contains("Type=oneshot"));
+        assert_eq!(contract::timer_unit(&s.name), "agent-backup-nightly.timer");
+    }
+
+    #[test]
+    fn restore_data_is_an_id_a_snapshot_and_maybe_a_repository() {
+        let r = parse_restore("copy1 3f2a9c1d local").unwrap();
+        assert_eq!((r.id.as_str(), r.snapshot.as_str()), ("copy1", "3f2a9c1d"));
+        assert!(parse_restore("copy1 3f2a9c1d").unwrap().repo.is_none());
+        for bad in [
+            "copy1",
+            "copy1 latest",
+            "copy1 --all",
+            "copy1 3F2A9C1D",
+            "Copy 3f2a9c1d",
+            "a 3f2a9c1d r x",
+        ] {
+            assert!(parse_restore(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn data_is_an_id_and_maybe_a_repository() {

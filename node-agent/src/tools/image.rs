@@ -92,8 +92,8 @@ fn root_image(image: &str) -> Result<Option<RootImage>> {
 const ROOTLESS_STORAGE: &str = ".local/share/containers/storage";
 
 /// An image in root's storage.
-struct RootImage {
-    id: String,
+pub struct RootImage {
+    pub id: String,
     labels: HashMap<String, String>,
 }
 
@@ -132,6 +132,33 @@ impl Drop for ImageMount {
     }
 }
 
+/// `reference` from root's storage, else pulled into it; `whose` ("of hello1", "of snapshot …")
+/// names what needs it in the error.
+pub fn root_image_or_pull(reference: &str, whose: &str) -> Result<RootImage> {
+    if let Some(image) = root_image(reference)? {
+        println!(
+            "image {reference} found in local storage ({})",
+            short_id(&image.id)
+        );
+        return Ok(image);
+    }
+    println!("pulling {reference}");
+    let (st, out) = stdout_of(podman().args(["pull", "--quiet", reference]))?;
+    let pulled = match out.lines().last().map(str::trim) {
+        Some(image) if st.success() && !image.is_empty() => image.to_string(),
+        _ => {
+            return Err(ToolError::Unavailable(format!(
+                "cannot get the image {reference} {whose} (not in local storage; podman pull failed, see above)"
+            )))
+        }
+    };
+    root_image(&pulled)?.ok_or_else(|| {
+        ToolError::Failed(format!(
+            "podman pulled {reference} as {pulled}, which it then does not know"
+        ))
+    })
+}
+
 pub fn install_image(ctx: &Ctx, id: &ModuleId) -> Result<()> {
     let env_key = Prefix::module(id.agent_name().clone()).module_env();
     let reference: Option<String> = redis::cmd("HGET")
@@ -152,32 +179,7 @@ pub fn install_image(ctx: &Ctx, id: &ModuleId) -> Result<()> {
     let user = ModuleUser::require(id)?;
 
     // 1. The image in root's storage.
-    let image = match root_image(&reference)? {
-        Some(image) => {
-            println!(
-                "image {reference} found in local storage ({})",
-                short_id(&image.id)
-            );
-            image
-        }
-        None => {
-            println!("pulling {reference}");
-            let (st, out) = stdout_of(podman().args(["pull", "--quiet", &reference]))?;
-            let pulled = match out.lines().last().map(str::trim) {
-                Some(image) if st.success() && !image.is_empty() => image.to_string(),
-                _ => {
-                    return Err(ToolError::Unavailable(format!(
-                        "cannot get the image {reference} of {id} (not in local storage; podman pull failed, see above)"
-                    )))
-                }
-            };
-            root_image(&pulled)?.ok_or_else(|| {
-                ToolError::Failed(format!(
-                    "podman pulled {reference} as {pulled}, which it then does not know"
-                ))
-            })?
-        }
-    };
+    let image = root_image_or_pull(&reference, &format!("of {id}"))?;
 
     // 2. Its labels.
     let labels = parse_labels(&reference, &image.labels)?;
