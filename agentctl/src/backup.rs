@@ -998,3 +998,210 @@ async fn schedule(redis: &Redis, cmd: ScheduleCmd) -> Result<i32> {
         }
     }
 }
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The module id (installed on this node).
+    module: String,
+    /// The file to write (a tar archive; it holds the module's data: keep it private).
+    file: std::path::PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// A file `agentctl module export` wrote.
+    file: std::path::PathBuf,
+    /// The new module's id (default: the id it was exported from).
+    #[arg(long = "as", value_name = "ID")]
+    as_id: Option<String>,
+    /// Change K=V of the exported module.env. Repeatable.
+    #[arg(long = "env", value_name = "K=V")]
+    env: Vec<String>,
+}
+
+/// A repository of its own for one export or import, in a root-only directory of this node,
+/// registered for the node's steps while it lasts and forgotten (and deleted) when dropped.
+struct ScratchRepository {
+    dir: std::path::PathBuf,
+    repository: backup::Repository,
+}
+
+impl ScratchRepository {
+    async fn new(con: &mut redis::aio::ConnectionManager, what: &str) -> Result<ScratchRepository> {
+        let mut r = [0u8; 4];
+        getrandom::fill(&mut r).map_err(|e| anyhow::anyhow!("no random numbers: {e}"))?;
+        let tag: String = r.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = std::path::PathBuf::from(format!("/var/tmp/agent-{what}-{tag}"));
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let repository = backup::Repository {
+            name: repo_name(&format!("{what}-{tag}"))?,
+            url: RepoUrl::new(&format!("{}/repo", dir.display()))
+                .map_err(|e| invalid(e.to_string()))?,
+            password: backup::repo::random_password(),
+            credentials: Vec::new(),
+        };
+        let scratch = ScratchRepository { dir, repository };
+        backup::restic::Restic::new(&scratch.repository)
+            .init()
+            .map_err(backup_error)?;
+        let identity = backup::repo::ensure_identity(con, &backup::repo::identity_path())
+            .await
+            .map_err(backup_error)?;
+        backup::repo::put(con, &identity, &scratch.repository)
+            .await
+            .map_err(backup_error)?;
+        Ok(scratch)
+    }
+
+    async fn forget(self, con: &mut redis::aio::ConnectionManager) {
+        if let Err(e) = backup::repo::remove(con, &self.repository.name).await {
+            eprintln!("warning: {}: {e}", self.repository.name);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The modules of this node (`node/<this host>/modules`) must have `id`.
+async fn this_node_has(con: &mut redis::aio::ConnectionManager, id: &ModuleId) -> Result<Prefix> {
+    let here = crate::module::node_prefix(None)?;
+    let hosted = node_of(con, id).await?;
+    if hosted != here {
+        return Err(invalid(format!(
+            "module {id} is on {}, not on this node: run it there",
+            hosted.agent()
+        )));
+    }
+    Ok(here)
+}
+
+pub async fn export(redis: &Redis, args: ExportArgs) -> Result<i32> {
+    let id = module_id(&args.module)?;
+    let mut con = redis.manager().await?;
+    let node = this_node_has(&mut con, &id).await?;
+    let scratch = ScratchRepository::new(&mut con, "export").await?;
+    let result = async {
+        let data = format!("{id} {}", scratch.repository.name);
+        let code = queue_and_follow(
+            redis,
+            &mut con,
+            &node,
+            &event(contract::BACKUP_EVENT),
+            &data,
+            &Follow::to_end(0),
+        )
+        .await?;
+        if code != 0 {
+            return Ok(code);
+        }
+        let restic = backup::restic::Restic::new(&scratch.repository);
+        let snapshot = find_snapshot(&restic, id.as_str())?;
+        {
+            // Created private: the archive holds the module's data.
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&args.file)
+                .with_context(|| format!("creating {}", args.file.display()))?;
+        }
+        restic
+            .dump_tar(&snapshot.id, &args.file)
+            .map_err(backup_error)?;
+        let size = std::fs::metadata(&args.file).map(|m| m.len()).unwrap_or(0);
+        eprintln!(
+            "module {id} exported to {} ({size} bytes)",
+            args.file.display()
+        );
+        Ok(0)
+    }
+    .await;
+    scratch.forget(&mut con).await;
+    result
+}
+
+pub async fn import(redis: &Redis, args: ImportArgs) -> Result<i32> {
+    let mut con = redis.manager().await?;
+    let scratch = ScratchRepository::new(&mut con, "import").await?;
+    let result = async {
+        // The archive unpacked where only root can reach it; GNU tar refuses members that leave
+        // the directory (absolute names are made relative, `..` refused).
+        let tree = scratch.dir.join("tree");
+        std::fs::create_dir(&tree).with_context(|| format!("creating {}", tree.display()))?;
+        let out = std::process::Command::new("tar")
+            .arg("-x")
+            .arg("--no-same-owner")
+            .arg("-f")
+            .arg(&args.file)
+            .arg("-C")
+            .arg(&tree)
+            .output()
+            .context("running tar")?;
+        if !out.status.success() {
+            return Err(invalid(format!(
+                "{} is not an archive `agentctl module export` wrote: {}",
+                args.file.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let core = tree.join(contract::CORE_DIR).join(contract::CORE_FILE);
+        let record: contract::CoreRecord = std::fs::read(&core)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "{} has no core/{}: not an export",
+                    args.file.display(),
+                    contract::CORE_FILE
+                ))
+            })?;
+        if !tree.join(contract::DUMP_DIR).is_dir() {
+            std::fs::create_dir(tree.join(contract::DUMP_DIR))?;
+        }
+        let restic = backup::restic::Restic::new(&scratch.repository);
+        let tags = contract::snapshot_tags(&record.module, &record.image, &record.core_version);
+        let host = crate::redis_admin::short_hostname()?;
+        let summary = restic
+            .backup(
+                &tree,
+                &[contract::DUMP_DIR, contract::CORE_DIR],
+                &tags,
+                &host,
+            )
+            .map_err(backup_error)?;
+        let snapshot = restic
+            .snapshot(&summary.snapshot_id)
+            .map_err(backup_error)?;
+        let id = match &args.as_id {
+            Some(id) => module_id(id)?,
+            None => module_id(&record.module)?,
+        };
+        let target = RestoreTarget {
+            node: crate::module::node_prefix(None)?,
+            env: crate::module::parse_env(&args.env)?,
+            id,
+            repository: &scratch.repository,
+            snapshot: &snapshot,
+            record: &record,
+            print_id: true,
+        };
+        eprintln!(
+            "{}: module {} (image {}) → module {}",
+            args.file.display(),
+            record.module,
+            record.image,
+            target.id
+        );
+        restore_module(redis, &mut con, &target).await
+    }
+    .await;
+    scratch.forget(&mut con).await;
+    result
+}

@@ -32,6 +32,12 @@ pub enum ModuleCmd {
     /// Remove a module from a node: queue module.remove and follow it (exits with the run's exit
     /// code).
     Remove(RemoveArgs),
+    /// Write a module of this node to one file: its backup (the module's own dump and the core's
+    /// record, as `agentctl backup run` makes it) as a tar archive. docs/BACKUP.md.
+    Export(crate::backup::ExportArgs),
+    /// Create a module on this node from a file `export` wrote (as `agentctl backup restore`
+    /// does from a snapshot: its image fetched first, module.init, then its restore steps).
+    Import(crate::backup::ImportArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +79,8 @@ pub async fn main(redis: &Redis, cmd: ModuleCmd) -> Result<i32> {
     match cmd {
         ModuleCmd::Add(args) => add(redis, args).await,
         ModuleCmd::Remove(args) => remove(redis, args).await,
+        ModuleCmd::Export(args) => crate::backup::export(redis, args).await,
+        ModuleCmd::Import(args) => crate::backup::import(redis, args).await,
     }
 }
 

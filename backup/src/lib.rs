@@ -18,7 +18,7 @@ pub use repo::Repository;
 /// The directory of a snapshot's tree that holds `part` ([`core_events::backup::DUMP_DIR`] or
 /// [`core_events::backup::CORE_DIR`]). The node's backup step gives restic the relative paths
 /// `dump` and `core` from the module's staging directory: restic lists them in the snapshot's
-/// `paths` as absolute (`/var/lib/agent/backup/<id>/dump`) and keeps them at the top of its tree
+/// `paths` as absolute (`/home/.agent-backup/<id>/dump`) and keeps them at the top of its tree
 /// (`/dump`), which is where a restore or a dump reads them.
 pub fn snapshot_dir(snapshot: &restic::Snapshot, part: &str) -> Result<String> {
     let suffix = format!("/{part}");

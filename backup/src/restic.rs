@@ -144,7 +144,8 @@ impl<'a> Restic<'a> {
         self.run("init", self.command(&["init", "-q"])).map(|_| ())
     }
 
-    /// `restic backup` of `paths` (relative to `dir`), tagged, under host name `host`.
+    /// `restic backup` of `paths` (relative to `dir`), tagged, under host name `host`; a file
+    /// whose size and mtime are those of the last snapshot is taken as unchanged.
     pub fn backup(
         &self,
         dir: &Path,
@@ -152,7 +153,16 @@ impl<'a> Restic<'a> {
         tags: &[String],
         host: &str,
     ) -> Result<BackupSummary> {
-        let mut args = vec!["backup", "--json", "--host", host];
+        // The dump is made afresh for every backup (new inodes and ctimes, mtimes kept by the
+        // module's copy): without these, restic would read every unchanged file again.
+        let mut args = vec![
+            "backup",
+            "--json",
+            "--host",
+            host,
+            "--ignore-inode",
+            "--ignore-ctime",
+        ];
         for t in tags {
             args.extend(["--tag", t.as_str()]);
         }
@@ -233,6 +243,15 @@ impl<'a> Restic<'a> {
         args.extend(keep.iter().map(String::as_str));
         let out = self.run("forget", self.command(&args))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `restic dump --archive tar SNAPSHOT /` into the file `out`: the whole snapshot as one tar.
+    pub fn dump_tar(&self, snapshot: &str, out: &Path) -> Result<()> {
+        let file =
+            std::fs::File::create(out).map_err(Error::io(format!("creating {}", out.display())))?;
+        let mut cmd = self.command(&["dump", "--no-lock", "--archive", "tar", "--", snapshot, "/"]);
+        cmd.stdout(file);
+        self.run("dump", cmd).map(|_| ())
     }
 
     /// `restic check`, reading all of the data (`read_all`) or a tenth of it, chosen at random

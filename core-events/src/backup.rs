@@ -45,8 +45,11 @@ pub const IDENTITY_VAR: &str = "AGENT_BACKUP_IDENTITY";
 /// passwords.
 pub const DEFAULT_IDENTITY_FILE: &str = "/etc/agent/backup.key";
 /// Where a node keeps what a backup or a restore of a module stages (root's, 0711): per module a
-/// directory `<id>/` with the module's `dump/` (its user's) and the core's `core/` (root's).
-pub const DEFAULT_STAGING_DIR: &str = "/var/lib/agent/backup";
+/// directory `<id>/` with the module's `dump/` (its user's) and the core's `core/` (root's). Beside
+/// the module homes (useradd's base directory), on their file system: a module can hard-link its
+/// data into the dump instead of copying it. Only root can change `/home`, so no module can swap
+/// this directory for a symlink.
+pub const DEFAULT_STAGING_DIR: &str = "/home/.agent-backup";
 /// The node-agent's environment variable overriding [`DEFAULT_STAGING_DIR`] (tests).
 pub const STAGING_VAR: &str = "AGENT_BACKUP_STAGING";
 /// Within a module's staging directory: what the module's `backup` steps dump.

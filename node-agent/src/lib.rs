@@ -72,7 +72,7 @@ enum Command {
         cmd: tools::edge::EdgeCmd,
     },
     /// A module's backup, the steps of the backup event (data `ID [REPOSITORY]`): `dump` has the
-    /// module dump its state into /var/lib/agent/backup/ID/dump, `snapshot` makes one restic
+    /// module dump its state into /home/.agent-backup/ID/dump, `snapshot` makes one restic
     /// snapshot of it and of the core's record of the module, `record-failure` (the rollback
     /// step) records a failed attempt and emits backup-failed. docs/BACKUP.md. Exit codes as for
     /// the module tools.

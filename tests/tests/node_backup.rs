@@ -167,7 +167,7 @@ fn hello_is_backed_up_reports_a_failure_that_stays_until_a_success_and_uses_a_re
     assert!(status.starts_with(&format!("{id}: ok")), "{status}");
     // The dump is outside the module's home, in a directory the module cannot replace, and gone
     // once it is in the snapshot (what a later restore gets back is the snapshot's).
-    let dir = format!("/var/lib/agent/backup/{id}");
+    let dir = format!("/home/.agent-backup/{id}");
     assert_eq!(node.ok(&["stat", "-c", "%U %a", &dir]), "root 711");
     assert!(node.fails(&["test", "-e", &format!("{dir}/dump")]));
     assert!(node.fails(&["test", "-e", &format!("{dir}/core")]));
@@ -469,8 +469,8 @@ fn hello_is_restored_in_place_under_a_new_id_beside_the_original_and_not_without
         "8081"
     );
     // What the restore staged is gone; nothing of it was left to the module's user.
-    assert!(node.fails(&["test", "-e", "/var/lib/agent/backup/copy1/restore"]));
-    assert!(node.fails(&["test", "-e", "/var/lib/agent/backup/copy1/restore.tmp"]));
+    assert!(node.fails(&["test", "-e", "/home/.agent-backup/copy1/restore"]));
+    assert!(node.fails(&["test", "-e", "/home/.agent-backup/copy1/restore.tmp"]));
     // An id that is taken is refused with nothing written.
     let (code, _, err) = agentctl(&node, &["backup", "restore", &id, "--as", "copy1"]);
     assert_ne!(code, 0);
@@ -503,6 +503,43 @@ fn hello_is_restored_in_place_under_a_new_id_beside_the_original_and_not_without
     );
     assert_eq!(code, 0, "restore --data-only: {err}");
     assert_eq!(page(&node, 8080).as_deref(), Some("<h1>page one</h1>"));
+
+    // A backup is a deployment to a file: export, then import beside the original.
+    let (code, _, err) = agentctl(&node, &["module", "export", &id, "/var/tmp/hello.export"]);
+    assert_eq!(code, 0, "export: {err}");
+    assert_eq!(
+        node.ok(&["stat", "-c", "%a", "/var/tmp/hello.export"]),
+        "600"
+    );
+    let (code, out, err) = agentctl(
+        &node,
+        &[
+            "module",
+            "import",
+            "/var/tmp/hello.export",
+            "--as",
+            "copy3",
+            "--env",
+            "PORT=8083",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (0, "copy3"), "import: {err}");
+    assert_eq!(page(&node, 8083).as_deref(), Some("<h1>page one</h1>"));
+    node.ok(&["sh", "-c", "echo not an archive > /var/tmp/bad.export"]);
+    let (code, _, err) = agentctl(
+        &node,
+        &["module", "import", "/var/tmp/bad.export", "--as", "copy4"],
+    );
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("not an archive"), "{err}");
+    assert!(node.fails(&["id", "copy4"]));
+    // The scratch repositories of export and import are gone.
+    assert_eq!(
+        agentctl(&node, &["backup", "repo", "list"]).1,
+        "local\t/srv/backup"
+    );
+    let left = node.ok(&["sh", "-c", "ls -d /var/tmp/agent-* 2>/dev/null || true"]);
+    assert_eq!(left, "", "scratch directories left");
 
     // Verified by restoring it: a scratch copy (another port, no route) checks its page and goes.
     let (code, _, err) = agentctl(&node, &["backup", "verify", &id]);

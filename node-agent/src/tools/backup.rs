@@ -5,8 +5,8 @@
 //! success; `record-failure`, the event's rollback step, records a failure and emits
 //! `backup-failed`. The status (`backup::status`) stays failed until a later backup succeeds.
 //!
-//! Where the dump goes: `/var/lib/agent/backup/<id>/dump` (`core_events::backup`), outside the
-//! module's home. Its parent is root's (0711), so the module's user can write inside `dump` but
+//! Where the dump goes: `/home/.agent-backup/<id>/dump` (`core_events::backup`), outside the
+//! module's home but on its file system (so a module can hard-link its data into it). Its parent is root's (0711), so the module's user can write inside `dump` but
 //! cannot replace it with a symlink; before restic (root) reads it, the directory itself is given
 //! to root (0700), so no process of the module's user can reach into it any more. restic stores
 //! symlinks as symlinks and never follows them.
@@ -30,13 +30,13 @@ use super::{env_secs, Ctx, Result, ToolError};
 #[derive(Debug, clap::Subcommand)]
 pub enum BackupCmd {
     /// backup/10dump: records the attempt in cluster/backup/status/ID, empties
-    /// /var/lib/agent/backup/ID/dump (the module's user's), queues the module's own `backup`
+    /// /home/.agent-backup/ID/dump (the module's user's), queues the module's own `backup`
     /// event with that directory as its data and waits for it (BACKUP_DUMP_WAIT s, default
     /// 3600). A module that defines no `backup` event has nothing of its own to dump: the
     /// snapshot then holds the core's record only (said in the output).
     Dump(DataArg),
     /// backup/20snapshot: the core's record of the module (module.env, image and its id,
-    /// routes) in /var/lib/agent/backup/ID/core, one restic snapshot of dump/ and core/ tagged
+    /// routes) in /home/.agent-backup/ID/core, one restic snapshot of dump/ and core/ tagged
     /// module=ID, image=…, core=VERSION, and the success recorded (`agentctl backup status`).
     Snapshot(DataArg),
     /// backup.rollback/10record-failure: the attempt recorded as failed — the module's backup
@@ -44,7 +44,7 @@ pub enum BackupCmd {
     RecordFailure(DataArg),
     /// restore.prepare/10fetch (data `ID SNAPSHOT [REPOSITORY]`), before anything of the module
     /// is made: the snapshot's image in root's storage (else pulled; else a clear error naming
-    /// it), and the snapshot's dump restored into /var/lib/agent/backup/ID/restore.tmp (root's).
+    /// it), and the snapshot's dump restored into /home/.agent-backup/ID/restore.tmp (root's).
     Fetch(RestoreArg),
     /// restore/10apply (data `ID SNAPSHOT [REPOSITORY]`), on an installed module: the dump
     /// (fetched now unless restore.prepare staged this snapshot) given to the module's user and
@@ -138,7 +138,7 @@ pub fn run(cmd: &BackupCmd, ctx: &Ctx) -> Result<()> {
     }
 }
 
-/// `/var/lib/agent/backup` (or AGENT_BACKUP_STAGING), made root's 0711.
+/// `/home/.agent-backup` (or AGENT_BACKUP_STAGING), made root's 0711.
 fn staging_root() -> Result<PathBuf> {
     let root = std::env::var_os(contract::STAGING_VAR)
         .filter(|v| !v.is_empty())
