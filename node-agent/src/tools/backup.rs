@@ -277,8 +277,65 @@ fn dump(ctx: &Ctx, req: &Request) -> Result<()> {
     std::os::unix::fs::chown(&dump, Some(0), Some(0))
         .and_then(|()| std::fs::set_permissions(&dump, std::fs::Permissions::from_mode(0o700)))
         .map_err(|e| ToolError::Failed(format!("sealing {}: {e}", dump.display())))?;
+    foreign_entries(&dump, &module_uids(&user))?;
     let (files, bytes) = tree_size(&dump);
     println!("dump: {files} files, {bytes} bytes");
+    Ok(())
+}
+
+/// The uids a module's files may have: its user's, and its subordinate ranges (`/etc/subuid`: what
+/// its rootless containers write as their own users).
+fn module_uids(user: &ModuleUser) -> Vec<std::ops::Range<u64>> {
+    let own = u64::from(user.uid);
+    let mut ranges = Vec::new();
+    ranges.push(own..own + 1);
+    let subuid = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
+    ranges.extend(subuid_ranges(&subuid, &user.name, user.uid));
+    ranges
+}
+
+fn subuid_ranges(subuid: &str, name: &str, uid: u32) -> Vec<std::ops::Range<u64>> {
+    subuid
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.trim().split(':');
+            let (who, start, count) = (
+                f.next()?,
+                f.next()?.parse::<u64>().ok()?,
+                f.next()?.parse::<u64>().ok()?,
+            );
+            (who == name || who == uid.to_string()).then_some(start..start + count)
+        })
+        .collect()
+}
+
+/// Refuses a dump holding anything not owned by the module's user or its containers' users
+/// (below the directory itself, which is root's by now): a hard link to a file of root's or of
+/// another module — possible where `fs.protected_hardlinks` is off — would otherwise go into the
+/// module's snapshot, and come back to the module on a restore.
+fn foreign_entries(dump: &Path, uids: &[std::ops::Range<u64>]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut stack = vec![dump.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d)
+            .map_err(|e| ToolError::Failed(format!("reading {}: {e}", d.display())))?;
+        for e in entries {
+            let e = e.map_err(|e| ToolError::Failed(format!("reading {}: {e}", d.display())))?;
+            let m = e
+                .metadata()
+                .map_err(|err| ToolError::Failed(format!("{}: {err}", e.path().display())))?;
+            if !uids.iter().any(|r| r.contains(&u64::from(m.uid()))) {
+                return Err(ToolError::Failed(format!(
+                    "the dump holds {}, owned by uid {}, not by the module's user or its containers' users: nothing of this attempt is kept",
+                    e.path().display(),
+                    m.uid()
+                )));
+            }
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
     Ok(())
 }
 
@@ -1019,6 +1076,31 @@ mod tests {
         ] {
             assert!(parse_restore(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_dump_with_a_file_of_another_owner_is_refused() {
+        // Needs root (chown), as the node tests and CI do.
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("www");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("index.html"), "x").unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(4242), None).unwrap();
+        std::os::unix::fs::chown(&sub, Some(4242), None).unwrap();
+        std::os::unix::fs::chown(sub.join("index.html"), Some(4242), None).unwrap();
+        let mine = subuid_ranges("other:100000:65536\nm1:165536:65536\n", "m1", 4242);
+        assert_eq!(
+            (mine.len(), mine[0].start, mine[0].end),
+            (1, 165536, 231072)
+        );
+        let mut uids = mine;
+        uids.push(4242..4243);
+        std::os::unix::fs::chown(sub.join("index.html"), Some(170000), None).unwrap();
+        foreign_entries(dir.path(), &uids).unwrap();
+        // A hard link to a file of root's, as a module could plant without protected_hardlinks.
+        std::fs::write(dir.path().join("planted"), "secret").unwrap();
+        let e = foreign_entries(dir.path(), &uids).unwrap_err().to_string();
+        assert!(e.contains("planted") && e.contains("uid 0"), "{e}");
     }
 
     #[test]
