@@ -519,17 +519,7 @@ async fn show_status(redis: &Redis, args: StatusArgs) -> Result<i32> {
 async fn snapshots(redis: &Redis, args: SnapshotsArgs) -> Result<i32> {
     let id = module_id(&args.module)?;
     let mut con = redis.manager().await?;
-    let name = backup::repo::resolve(
-        &mut con,
-        args.repo.as_deref().map(repo_name).transpose()?.as_ref(),
-    )
-    .await
-    .map_err(backup_error)?;
-    let identity =
-        backup::repo::load_identity(&backup::repo::identity_path()).map_err(backup_error)?;
-    let repository = backup::repo::get(&mut con, &identity, &name)
-        .await
-        .map_err(backup_error)?;
+    let repository = open_repository(&mut con, args.repo.as_deref()).await?;
     let list = backup::restic::Restic::new(&repository)
         .snapshots(&[contract::module_tag(id.as_str())])
         .map_err(backup_error)?;
@@ -555,12 +545,7 @@ async fn open_repository(
     repo: Option<&str>,
 ) -> Result<backup::Repository> {
     let named = repo.map(repo_name).transpose()?;
-    let name = backup::repo::resolve(con, named.as_ref())
-        .await
-        .map_err(backup_error)?;
-    let identity =
-        backup::repo::load_identity(&backup::repo::identity_path()).map_err(backup_error)?;
-    backup::repo::get(con, &identity, &name)
+    backup::repo::open(con, named.as_ref())
         .await
         .map_err(backup_error)
 }
@@ -628,11 +613,9 @@ async fn restore_module(
         return Ok(code);
     }
     // 2. The module, with the snapshot's module.env (and the changes).
-    let mut fields: Vec<(String, String)> = t.record.module_env.clone().into_iter().collect();
-    for (k, v) in &t.env {
-        fields.retain(|(old, _)| old != k);
-        fields.push((k.clone(), v.clone()));
-    }
+    let mut env = t.record.module_env.clone();
+    env.extend(t.env.iter().cloned());
+    let fields: Vec<(String, String)> = env.into_iter().collect();
     let name = target.agent_name().clone();
     let mut tx = redis.blocking().await?;
     crate::module::claim(&mut tx, &name, &fields).await?;
@@ -784,7 +767,10 @@ async fn verify_steps(
         Err(e) => return Ok((snapshot.short_id.clone(), Some(e.to_string()))),
     };
     let scratch = scratch_id()?;
-    let mut env = vec![(contract_scratch_field(), "1".to_string())];
+    let mut env = vec![(
+        core_events::module_env::SCRATCH_MODULE.to_string(),
+        "1".to_string(),
+    )];
     for (k, v) in &record.module_env {
         if (k == "PORT" || k.ends_with("_PORT")) && v.parse::<u16>().is_ok() {
             env.push((k.clone(), free_port()?.to_string()));
@@ -858,10 +844,6 @@ async fn verify_steps(
         }
     }
     Ok((snapshot.short_id.clone(), failure))
-}
-
-fn contract_scratch_field() -> String {
-    core_events::module_env::SCRATCH_MODULE.to_string()
 }
 
 /// Whether systemd understands calendar `cal` (`systemd-analyze calendar`); its words when not.

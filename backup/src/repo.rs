@@ -194,6 +194,17 @@ pub async fn get<C: ConnectionLike + Send + Sync>(
     })
 }
 
+/// The repository `named` (else the default, else the only one), opened with this node's copy of
+/// the cluster's backup key.
+pub async fn open<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    named: Option<&RepoName>,
+) -> Result<Repository> {
+    let name = resolve(conn, named).await?;
+    let identity = load_identity(&identity_path())?;
+    get(conn, &identity, &name).await
+}
+
 /// The repository a backup of no named repository goes to: the default, else the only one.
 pub async fn resolve<C: ConnectionLike + Send + Sync>(
     conn: &mut C,

@@ -201,29 +201,19 @@ fn dump(ctx: &Ctx, req: &Request) -> Result<()> {
     let attempt = env_or(step_env::AGENT_ATTEMPT, "1");
     let repo = ctx.block_on(async {
         let mut con = ctx.target.connection().await?;
-        // Recorded first: an attempt that fails at once (no repository) is an attempt too.
-        let asked = req.repo.as_ref().map_or("", RepoName::as_str);
-        backup::status::begin(&mut con, id.as_str(), &run, ctx.node.as_str(), asked)
-            .await
-            .map_err(backup_error)?;
-        let name = backup::repo::resolve(&mut con, req.repo.as_ref())
-            .await
-            .map_err(backup_error)?;
-        backup::repo::url(&mut con, &name)
-            .await
-            .map_err(backup_error)?;
-        if asked != name.as_str() {
-            backup::status::begin(
-                &mut con,
-                id.as_str(),
-                &run,
-                ctx.node.as_str(),
-                name.as_str(),
-            )
-            .await
-            .map_err(backup_error)?;
+        let resolved = async {
+            let name = backup::repo::resolve(&mut con, req.repo.as_ref()).await?;
+            backup::repo::url(&mut con, &name).await?;
+            Ok::<_, backup::Error>(name)
         }
-        Ok(name)
+        .await;
+        // Recorded either way: an attempt that fails at once (no repository) is an attempt too.
+        let asked = req.repo.as_ref().map_or("", RepoName::as_str);
+        let shown = resolved.as_ref().map_or(asked, RepoName::as_str);
+        backup::status::begin(&mut con, id.as_str(), &run, ctx.node.as_str(), shown)
+            .await
+            .map_err(backup_error)?;
+        resolved.map_err(backup_error)
     })?;
     let dir = module_dir(id)?;
     std::fs::write(dir.join(REPOSITORY_FILE), repo.as_str()).map_err(|e| {
@@ -277,8 +267,7 @@ fn dump(ctx: &Ctx, req: &Request) -> Result<()> {
     std::os::unix::fs::chown(&dump, Some(0), Some(0))
         .and_then(|()| std::fs::set_permissions(&dump, std::fs::Permissions::from_mode(0o700)))
         .map_err(|e| ToolError::Failed(format!("sealing {}: {e}", dump.display())))?;
-    foreign_entries(&dump, &module_uids(&user))?;
-    let (files, bytes) = tree_size(&dump);
+    let (files, bytes) = foreign_entries(&dump, &module_uids(&user))?;
     println!("dump: {files} files, {bytes} bytes");
     Ok(())
 }
@@ -309,55 +298,62 @@ fn subuid_ranges(subuid: &str, name: &str, uid: u32) -> Vec<std::ops::Range<u64>
         .collect()
 }
 
-/// Refuses a dump holding anything not owned by the module's user or its containers' users
-/// (below the directory itself, which is root's by now): a hard link to a file of root's or of
-/// another module — possible where `fs.protected_hardlinks` is off — would otherwise go into the
-/// module's snapshot, and come back to the module on a restore.
-fn foreign_entries(dump: &Path, uids: &[std::ops::Range<u64>]) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let mut stack = vec![dump.to_path_buf()];
+/// Calls `f` on every entry below `dir` (not `dir` itself), a directory before what it holds;
+/// symlinks are entries of their own, never followed (`DirEntry::metadata` does not traverse them).
+fn walk(dir: &Path, mut f: impl FnMut(&Path, &std::fs::Metadata) -> Result<()>) -> Result<()> {
+    let failed =
+        |p: &Path, e: std::io::Error| ToolError::Failed(format!("reading {}: {e}", p.display()));
+    let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d)
-            .map_err(|e| ToolError::Failed(format!("reading {}: {e}", d.display())))?;
-        for e in entries {
-            let e = e.map_err(|e| ToolError::Failed(format!("reading {}: {e}", d.display())))?;
-            let m = e
-                .metadata()
-                .map_err(|err| ToolError::Failed(format!("{}: {err}", e.path().display())))?;
-            if !uids.iter().any(|r| r.contains(&u64::from(m.uid()))) {
-                return Err(ToolError::Failed(format!(
-                    "the dump holds {}, owned by uid {}, not by the module's user or its containers' users: nothing of this attempt is kept",
-                    e.path().display(),
-                    m.uid()
-                )));
-            }
+        for e in std::fs::read_dir(&d).map_err(|e| failed(&d, e))? {
+            let e = e.map_err(|e| failed(&d, e))?;
+            let path = e.path();
+            let m = e.metadata().map_err(|e| failed(&path, e))?;
+            f(&path, &m)?;
             if m.is_dir() {
-                stack.push(e.path());
+                stack.push(path);
             }
         }
     }
     Ok(())
 }
 
-/// Regular files and their bytes under `dir` (symlinks not followed).
+/// Refuses a dump holding anything not owned by the module's user or its containers' users
+/// (below the directory itself, which is root's by now): a hard link to a file of root's or of
+/// another module — possible where `fs.protected_hardlinks` is off — would otherwise go into the
+/// module's snapshot, and come back to the module on a restore. Returns the regular files and
+/// their bytes, counted on the same walk.
+fn foreign_entries(dump: &Path, uids: &[std::ops::Range<u64>]) -> Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let (mut files, mut bytes) = (0, 0);
+    walk(dump, |path, m| {
+        if !uids.iter().any(|r| r.contains(&u64::from(m.uid()))) {
+            return Err(ToolError::Failed(format!(
+                "the dump holds {}, owned by uid {}, not by the module's user or its containers' users: nothing of this attempt is kept",
+                path.display(),
+                m.uid()
+            )));
+        }
+        if m.is_file() {
+            files += 1;
+            bytes += m.len();
+        }
+        Ok(())
+    })?;
+    Ok((files, bytes))
+}
+
+/// Regular files and their bytes under `dir` (symlinks not followed), for the output: what could
+/// not be read is not counted.
 fn tree_size(dir: &Path) -> (u64, u64) {
     let (mut files, mut bytes) = (0, 0);
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) if m.is_file() => {
-                    files += 1;
-                    bytes += m.len();
-                }
-                _ => {}
-            }
+    let _ = walk(dir, |_, m| {
+        if m.is_file() {
+            files += 1;
+            bytes += m.len();
         }
-    }
+        Ok(())
+    });
     (files, bytes)
 }
 
@@ -479,14 +475,9 @@ fn snapshot(ctx: &Ctx, req: &Request) -> Result<()> {
         Err(_) => req.repo.clone(),
     };
     let module = Prefix::module(id.agent_name().clone());
-    let identity =
-        backup::repo::load_identity(&backup::repo::identity_path()).map_err(backup_error)?;
     let (repo, env, routes) = ctx.block_on(async {
         let mut con = ctx.target.connection().await?;
-        let name = backup::repo::resolve(&mut con, repo_name.as_ref())
-            .await
-            .map_err(backup_error)?;
-        let repo = backup::repo::get(&mut con, &identity, &name)
+        let repo = backup::repo::open(&mut con, repo_name.as_ref())
             .await
             .map_err(backup_error)?;
         let env: std::collections::BTreeMap<String, String> =
@@ -701,16 +692,11 @@ const RESTORE_SNAPSHOT_FILE: &str = "restore.snapshot";
 /// The dump, the module's user's, while the module's restore event reads it.
 const RESTORE_DIR: &str = "restore";
 
-/// Opens the repository of a restore request.
+/// Opens repository `repo` (else the default, else the only one).
 fn open_repository(ctx: &Ctx, repo: Option<&RepoName>) -> Result<backup::Repository> {
-    let identity =
-        backup::repo::load_identity(&backup::repo::identity_path()).map_err(backup_error)?;
     ctx.block_on(async {
         let mut con = ctx.target.connection().await?;
-        let name = backup::repo::resolve(&mut con, repo)
-            .await
-            .map_err(backup_error)?;
-        backup::repo::get(&mut con, &identity, &name)
+        backup::repo::open(&mut con, repo)
             .await
             .map_err(backup_error)
     })
@@ -770,22 +756,12 @@ fn remove_any(path: &Path) -> Result<()> {
 /// Gives every file under `dir` (and `dir`) to `uid`, symlinks themselves and not what they
 /// point to. Runs while `dir`'s parent is root's only, so nothing moves under it.
 fn chown_tree(dir: &Path, uid: u32) -> Result<()> {
-    let fail =
-        |p: &Path, e: std::io::Error| ToolError::Failed(format!("chown {}: {e}", p.display()));
-    std::os::unix::fs::lchown(dir, Some(uid), None).map_err(|e| fail(dir, e))?;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|e| fail(&d, e))?;
-        for e in entries {
-            let e = e.map_err(|e| fail(&d, e))?;
-            let path = e.path();
-            std::os::unix::fs::lchown(&path, Some(uid), None).map_err(|e| fail(&path, e))?;
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                stack.push(path);
-            }
-        }
-    }
-    Ok(())
+    let chown = |p: &Path| {
+        std::os::unix::fs::lchown(p, Some(uid), None)
+            .map_err(|e| ToolError::Failed(format!("chown {}: {e}", p.display())))
+    };
+    chown(dir)?;
+    walk(dir, |path, _| chown(path))
 }
 
 fn apply(ctx: &Ctx, req: &RestoreRequest) -> Result<()> {
@@ -1096,7 +1072,7 @@ mod tests {
         let mut uids = mine;
         uids.push(4242..4243);
         std::os::unix::fs::chown(sub.join("index.html"), Some(170000), None).unwrap();
-        foreign_entries(dir.path(), &uids).unwrap();
+        assert_eq!(foreign_entries(dir.path(), &uids).unwrap(), (1, 1));
         // A hard link to a file of root's, as a module could plant without protected_hardlinks.
         std::fs::write(dir.path().join("planted"), "secret").unwrap();
         let e = foreign_entries(dir.path(), &uids).unwrap_err().to_string();
