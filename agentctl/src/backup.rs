@@ -203,7 +203,7 @@ pub async fn main(redis: &Redis, cmd: BackupCmd) -> Result<i32> {
     }
 }
 
-fn backup_error(e: backup::Error) -> anyhow::Error {
+pub(crate) fn backup_error(e: backup::Error) -> anyhow::Error {
     match e {
         backup::Error::Invalid(m) => invalid(m),
         backup::Error::NotFound(m) => fail(core_events::exit::NO_SUCH_EVENT, m),
@@ -215,7 +215,7 @@ fn repo_name(s: &str) -> Result<RepoName> {
     RepoName::new(s).map_err(|e| invalid(format!("repository {s:?}: {e}")))
 }
 
-fn module_id(s: &str) -> Result<ModuleId> {
+pub(crate) fn module_id(s: &str) -> Result<ModuleId> {
     ModuleId::new(s).map_err(|e| invalid(format!("module {s:?}: {e}")))
 }
 
@@ -354,7 +354,10 @@ async fn repo(redis: &Redis, cmd: RepoCmd) -> Result<i32> {
 }
 
 /// The node whose `node/<name>/modules` has `id`.
-async fn node_of(con: &mut redis::aio::ConnectionManager, id: &ModuleId) -> Result<Prefix> {
+pub(crate) async fn node_of(
+    con: &mut redis::aio::ConnectionManager,
+    id: &ModuleId,
+) -> Result<Prefix> {
     let registry: std::collections::HashMap<String, String> =
         con.hgetall(keys::agent_registry()).await?;
     let mut nodes: Vec<&String> = registry
@@ -540,7 +543,7 @@ async fn snapshots(redis: &Redis, args: SnapshotsArgs) -> Result<i32> {
 }
 
 /// A repository opened with this node's copy of the cluster's backup key.
-async fn open_repository(
+pub(crate) async fn open_repository(
     con: &mut redis::aio::ConnectionManager,
     repo: Option<&str>,
 ) -> Result<backup::Repository> {
@@ -551,7 +554,7 @@ async fn open_repository(
 }
 
 /// The snapshot SOURCE names: the latest of a module, or a snapshot by id.
-fn find_snapshot(
+pub(crate) fn find_snapshot(
     restic: &backup::restic::Restic<'_>,
     source: &str,
 ) -> Result<backup::restic::Snapshot> {
@@ -585,7 +588,7 @@ struct RestoreTarget<'a> {
     print_id: bool,
 }
 
-fn event(name: &str) -> EventName {
+pub(crate) fn event(name: &str) -> EventName {
     EventName::new(name).expect("a valid event name")
 }
 

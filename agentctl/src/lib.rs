@@ -16,6 +16,7 @@ mod explain;
 mod fail;
 mod journal;
 mod module;
+mod module_move;
 mod node;
 mod output;
 mod redis_admin;

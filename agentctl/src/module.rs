@@ -38,6 +38,13 @@ pub enum ModuleCmd {
     /// Create a module on this node from a file `export` wrote (as `agentctl backup restore`
     /// does from a snapshot: its image fetched first, module.init, then its restore steps).
     Import(crate::backup::ImportArgs),
+    /// Move a module to another node of the cluster, keeping its id, settings and routes: a first
+    /// copy while it runs, then its units stopped, a final backup, the module made on NODE from it
+    /// and, once it is up there, the old copy removed. Through a backup repository both nodes
+    /// reach (--repo, default the cluster's default). A move that fails before the module is up
+    /// on NODE brings it back on its old node; an interrupted move is finished by running the same
+    /// command again. Prints how long the module was down. docs/BACKUP.md, "Move".
+    Move(crate::module_move::MoveArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -81,6 +88,7 @@ pub async fn main(redis: &Redis, cmd: ModuleCmd) -> Result<i32> {
         ModuleCmd::Remove(args) => remove(redis, args).await,
         ModuleCmd::Export(args) => crate::backup::export(redis, args).await,
         ModuleCmd::Import(args) => crate::backup::import(redis, args).await,
+        ModuleCmd::Move(args) => crate::module_move::move_module(redis, args).await,
     }
 }
 

@@ -217,14 +217,18 @@ impl<'a> Restic<'a> {
         })
     }
 
-    /// `restic restore SNAPSHOT:DIR --target TARGET`: the contents of the snapshot's directory
-    /// `dir` (an absolute path of the snapshot) into `target`.
+    /// `restic restore --delete SNAPSHOT:DIR --target TARGET`: `target` made the contents of the
+    /// snapshot's directory `dir` (an absolute path of the snapshot). What `target` holds already
+    /// (an earlier snapshot of the same data: a move's first copy) is kept where it matches, only
+    /// the differences written, and what the snapshot lacks deleted (restic ≥ 0.17).
     pub fn restore_dir(&self, snapshot: &str, dir: &str, target: &Path) -> Result<()> {
         let source = format!("{snapshot}:{dir}");
         let target = target.to_string_lossy();
         self.run(
             "restore",
-            self.command(&["restore", "-q", "--target", &target, "--", &source]),
+            self.command(&[
+                "restore", "-q", "--delete", "--target", &target, "--", &source,
+            ]),
         )
         .map(|_| ())
     }

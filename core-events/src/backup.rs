@@ -172,6 +172,77 @@ pub struct CoreRecord {
 /// every node by `agentctl backup schedule set|rm`, and at the node-agent's start.
 pub const SCHEDULE_EVENT: &str = "backup.schedule";
 
+/// The node event that stops a module's own units on its node, its module-agent left running (data:
+/// `ID`): a move's final backup then dumps data nothing writes any more. `module.init` starts them
+/// again.
+pub const STOP_EVENT: &str = "module.stop";
+/// The node event that takes a module down on its node and keeps it down at boot (data: `ID`):
+/// its module-agent stopped, linger off, its processes ended. Its user, home and keys stay, so
+/// `module.init` brings it back; `module.remove` removes it.
+pub const DETACH_EVENT: &str = "module.detach";
+
+/// `cluster/move/<id>`: a move of a module between nodes in progress (fields in [`moving`]),
+/// written by `agentctl module move` and deleted when the move ends, either way; a move run again
+/// goes on from its phase.
+pub fn move_key(module: &str) -> String {
+    format!("cluster/move/{module}")
+}
+
+/// The fields of [`move_key`].
+pub mod moving {
+    /// The node the module runs on when the move began, and the node it goes to.
+    pub const FROM: &str = "from";
+    pub const TO: &str = "to";
+    /// The repository the copies go through.
+    pub const REPOSITORY: &str = "repository";
+    /// Where the move is ([`super::MovePhase`]).
+    pub const PHASE: &str = "phase";
+    /// The final snapshot (from [`super::MovePhase::Final`] on).
+    pub const SNAPSHOT: &str = "snapshot";
+    /// When the move began (RFC 3339).
+    pub const STARTED: &str = "started";
+}
+
+/// The phases of a move, in order. Up to [`MovePhase::Final`] the module can run again on its
+/// node; from [`MovePhase::Detached`] on it is down there and the move goes forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MovePhase {
+    /// A first copy while the module runs (a backup, fetched by the target).
+    Copy,
+    /// The module's units stopped on its node, the final backup under way.
+    Stopping,
+    /// The final snapshot taken (its id in [`moving::SNAPSHOT`]).
+    Final,
+    /// The module down on its old node; being made on the target.
+    Detached,
+    /// The module made on the target, its data restored: the old copy being removed.
+    Started,
+}
+
+impl MovePhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MovePhase::Copy => "copy",
+            MovePhase::Stopping => "stopping",
+            MovePhase::Final => "final",
+            MovePhase::Detached => "detached",
+            MovePhase::Started => "started",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MovePhase> {
+        [
+            MovePhase::Copy,
+            MovePhase::Stopping,
+            MovePhase::Final,
+            MovePhase::Detached,
+            MovePhase::Started,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
+}
+
 /// `cluster/backup/schedules`: the set of schedule names.
 pub fn schedules_key() -> String {
     "cluster/backup/schedules".to_string()
@@ -420,6 +491,23 @@ mod tests {
         ] {
             assert!(check_calendar(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn move_phases_round_trip_in_order() {
+        let all = [
+            MovePhase::Copy,
+            MovePhase::Stopping,
+            MovePhase::Final,
+            MovePhase::Detached,
+            MovePhase::Started,
+        ];
+        for p in all {
+            assert_eq!(MovePhase::parse(p.as_str()), Some(p));
+        }
+        assert!(all.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(MovePhase::parse("done"), None);
+        assert_eq!(move_key("hello1"), "cluster/move/hello1");
     }
 
     #[test]

@@ -173,8 +173,14 @@ pub fn node_rules(name: &AgentName) -> Vec<String> {
     rules.push(format!("~{}", edge::certs_pattern()));
     rules.push(format!("~{}", edge::acme_pattern()));
     // Each module's backup status, written by the node that backs the module up (never by the
-    // module: its user writes module/<id>/* only). The repositories are the admin's.
+    // module: its user writes module/<id>/* only), and the backup recipient, published by the
+    // leader when it admits a node and the cluster has none yet (`cluster/backup`). The
+    // repositories are the admin's.
     rules.push(format!("~{}", core_events::backup::status_pattern()));
+    rules.push(format!(
+        "~{}",
+        glob_escape(&core_events::backup::settings_key())
+    ));
     rules.extend(["&*", "+@all"].map(String::from));
     rules.extend(CONFINED_DENIED.iter().map(|s| s.to_string()));
     // `+psync +replconf`: the node's Redis is a replica of the leader's, logged in as this user

@@ -431,3 +431,67 @@ impl Drop for Node {
         }
     }
 }
+
+/// `agentctl cluster create` on `leader` with the endpoint of `address` (`ADDR[/PREFIX]`) and
+/// userspace WireGuard: its stdout (the command must succeed).
+pub fn cluster_create(leader: &Node, address: &str) -> String {
+    let ip = address.split('/').next().unwrap();
+    let out = leader.exec(&[
+        "agentctl",
+        "cluster",
+        "create",
+        "--endpoint",
+        ip,
+        "--backend",
+        "userspace",
+    ]);
+    assert!(
+        out.status.success(),
+        "create: {}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// `agentctl cluster token ARGS` on `leader`: the token (printed once).
+pub fn cluster_token(leader: &Node, args: &[&str]) -> String {
+    let mut all = vec!["agentctl", "cluster", "token"];
+    all.extend_from_slice(args);
+    let out = leader.exec(&all);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "token: {stdout}\n{stderr}");
+    assert!(stderr.contains("printed once"), "{stderr}");
+    stdout
+}
+
+/// `agentctl cluster join LEADER_IP -` on `node` with `token` on stdin, its endpoint `address`,
+/// userspace WireGuard, `env` (`K=V`) set: (exit code, stdout, stderr).
+pub fn cluster_join(
+    node: &Node,
+    leader_ip: &str,
+    token: &str,
+    address: &str,
+    env: &[&str],
+) -> (i32, String, String) {
+    let ip = address.split('/').next().unwrap();
+    let mut all: Vec<&str> = vec!["env"];
+    all.extend_from_slice(env);
+    all.extend([
+        "agentctl",
+        "cluster",
+        "join",
+        leader_ip,
+        "-",
+        "--endpoint",
+        ip,
+        "--backend",
+        "userspace",
+    ]);
+    let out = node.exec_with_input(&all, token.as_bytes());
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}

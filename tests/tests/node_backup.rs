@@ -504,6 +504,55 @@ fn hello_is_restored_in_place_under_a_new_id_beside_the_original_and_not_without
     assert_eq!(code, 0, "restore --data-only: {err}");
     assert_eq!(page(&node, 8080).as_deref(), Some("<h1>page one</h1>"));
 
+    // pair: its client's log backed up while the client writes, verified in a scratch copy whose
+    // pod answers again, and restored under a new id with the lines it had.
+    let (code, pair, err) = agentctl(
+        &node,
+        &[
+            "module",
+            "add",
+            "--env",
+            "PORT=8090",
+            "localhost/pair:latest",
+        ],
+    );
+    assert_eq!(code, 0, "pair: {err}");
+    let pair = pair.lines().next().unwrap().to_string();
+    let log = format!("/home/{pair}/pair/client/log");
+    agent_tests::poll(Duration::from_secs(30), Duration::from_millis(500), || {
+        let n = node.ok(&["sh", "-c", &format!("grep -c ' ok ' {log} || true")]);
+        if n.parse::<u32>().unwrap_or(0) >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{log}: {n} answers"))
+        }
+    });
+    let (code, _, err) = agentctl(&node, &["backup", "run", &pair]);
+    assert_eq!(code, 0, "backup of pair: {err}");
+    let (code, out, err) = agentctl(&node, &["backup", "verify", &pair]);
+    assert_eq!(code, 0, "verify of pair: {out}\n{err}");
+    let (code, _, err) = agentctl(
+        &node,
+        &[
+            "backup",
+            "restore",
+            &pair,
+            "--as",
+            "pairtwo",
+            "--env",
+            "PORT=8091",
+        ],
+    );
+    assert_eq!(code, 0, "restore of pair: {err}");
+    let restored = node.ok(&["head", "-n", "1", "/home/pairtwo/pair/client/log"]);
+    assert_eq!(
+        restored,
+        node.ok(&["head", "-n", "1", &log]),
+        "the restored log starts as the backed-up one"
+    );
+    assert_eq!(agentctl(&node, &["module", "remove", "pairtwo"]).0, 0);
+    assert_eq!(agentctl(&node, &["module", "remove", &pair]).0, 0);
+
     // A backup is a deployment to a file: export, then import beside the original.
     let (code, _, err) = agentctl(&node, &["module", "export", &id, "/var/tmp/hello.export"]);
     assert_eq!(code, 0, "export: {err}");

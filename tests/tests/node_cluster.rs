@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use agent_tests::node::{cluster_create as create, cluster_join as join, cluster_token as token};
 use agent_tests::node::{Lab, Node};
 use agent_tests::poll;
 use core_events::cluster::JoinToken;
@@ -40,62 +41,6 @@ fn events() -> (tempfile::TempDir, PathBuf) {
     std::fs::set_permissions(&step, std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = dir.path().to_path_buf();
     (dir, path)
-}
-
-fn create(leader: &Node, address: &str) -> String {
-    let ip = address.split('/').next().unwrap();
-    let (code, out, err) = run(
-        leader,
-        &[
-            "agentctl",
-            "cluster",
-            "create",
-            "--endpoint",
-            ip,
-            "--backend",
-            "userspace",
-        ],
-    );
-    assert_eq!(code, 0, "create: {out}\n{err}");
-    out
-}
-
-fn token(leader: &Node, args: &[&str]) -> String {
-    let mut all = vec!["agentctl", "cluster", "token"];
-    all.extend_from_slice(args);
-    let (code, out, err) = run(leader, &all);
-    assert_eq!(code, 0, "token: {out}\n{err}");
-    assert!(err.contains("printed once"), "{err}");
-    out
-}
-
-fn join(
-    node: &Node,
-    leader_ip: &str,
-    token: &str,
-    address: &str,
-    env: &[&str],
-) -> (i32, String, String) {
-    let ip = address.split('/').next().unwrap();
-    let mut all: Vec<&str> = vec!["env"];
-    all.extend_from_slice(env);
-    all.extend([
-        "agentctl",
-        "cluster",
-        "join",
-        leader_ip,
-        "-",
-        "--endpoint",
-        ip,
-        "--backend",
-        "userspace",
-    ]);
-    let out = node.exec_with_input(&all, token.as_bytes());
-    (
-        out.status.code().unwrap_or(-1),
-        text(&out.stdout),
-        text(&out.stderr),
-    )
 }
 
 /// The password hash Redis keeps for `user` on `node`'s own Redis (`ACL GETUSER`), if any.

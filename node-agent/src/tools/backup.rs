@@ -723,7 +723,13 @@ fn fetch(ctx: &Ctx, req: &RestoreRequest) -> Result<PathBuf> {
     )?;
     let dir = module_dir(&req.id)?;
     let staging = dir.join(RESTORE_STAGING);
-    remove_any(&staging)?;
+    // A dump staged before (a move's first copy, or a fetch that was interrupted) is root's
+    // directory: restic brings it to this snapshot, writing only what differs. Anything else at
+    // the path goes.
+    if !std::fs::symlink_metadata(&staging).is_ok_and(|m| m.is_dir()) {
+        remove_any(&staging)?;
+    }
+    let _ = std::fs::remove_file(dir.join(RESTORE_SNAPSHOT_FILE));
     root_dir(&staging, 0o700)?;
     let dump = backup::snapshot_dir(&snapshot, contract::DUMP_DIR).map_err(backup_error)?;
     restic

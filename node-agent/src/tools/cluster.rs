@@ -282,14 +282,18 @@ fn edge_identity(ctx: &Ctx) -> Option<String> {
     }
 }
 
-/// The cluster's backup identity for a joining node, when this leader has it (it is made by the
-/// first `agentctl backup repo add`); a warning when it cannot be read.
-fn backup_identity() -> Option<String> {
+/// The cluster's backup identity for a joining node, made here when the cluster has none yet
+/// (as the edge key): every member can then open the repositories added later, wherever the
+/// first `agentctl backup repo add` runs. A warning when it cannot be made or read.
+fn backup_identity(ctx: &Ctx) -> Option<String> {
     let path = backup::repo::identity_path();
-    if !path.exists() {
-        return None;
-    }
-    match backup::repo::load_identity(&path) {
+    let identity = ctx.block_on(async {
+        let mut con = ctx.target.connection().await?;
+        backup::repo::ensure_identity(&mut con, &path)
+            .await
+            .map_err(|e| ToolError::Failed(e.to_string()))
+    });
+    match identity {
         Ok(identity) => Some(identity.to_secret_string().to_string()),
         Err(e) => {
             eprintln!("warning: the joining node gets no backup key: {e}");
@@ -387,7 +391,7 @@ fn admit(ctx: &Ctx, data: &str) -> Result<()> {
         .ok()
         .map(|c| c.password.expose().to_string()),
         edge_identity: edge_identity(ctx),
-        backup_identity: backup_identity(),
+        backup_identity: backup_identity(ctx),
     };
     let json = serde_json::to_vec(&secrets).expect("secrets serialize");
     let sealed = module_secrets::encrypt(&json, &request.recipient)

@@ -122,6 +122,9 @@ pub enum Tool {
     DeleteKeys(IdArg),
     /// module.remove/70unregister: HDEL node/NODE/modules ID.
     Unregister(IdArg),
+    /// module.stop/10stop-units: the module's own running units stopped (timers, sockets and
+    /// paths first), its module-agent left running; nothing disabled.
+    StopUnits(IdArg),
 }
 
 impl Tool {
@@ -140,7 +143,8 @@ impl Tool {
             | Tool::DeleteUser(a)
             | Tool::RemoveRedisUser(a)
             | Tool::DeleteKeys(a)
-            | Tool::Unregister(a) => &a.id,
+            | Tool::Unregister(a)
+            | Tool::StopUnits(a) => &a.id,
         }
     }
 
@@ -161,7 +165,16 @@ impl Tool {
             Tool::RemoveRedisUser(_) => "remove-redis-user",
             Tool::DeleteKeys(_) => "delete-keys",
             Tool::Unregister(_) => "unregister",
+            Tool::StopUnits(_) => "stop-units",
         }
+    }
+
+    /// True for the undoing tools whose work is the cluster's, not the node's: the module's ACL
+    /// user and its `module/ID/*` keys. While another node has the module too (a move: the new
+    /// copy made, the old one not yet removed, or a failed new copy rolled back), they belong to
+    /// that copy as well and are kept.
+    pub fn is_cluster_wide(&self) -> bool {
+        matches!(self, Tool::RemoveRedisUser(_) | Tool::DeleteKeys(_))
     }
 
     /// True for the tools that undo a module (module.remove, also run as module.init's rollback).
@@ -210,6 +223,32 @@ impl Ctx {
             .build()
             .map_err(|e| ToolError::OsError(format!("cannot start an async runtime: {e}")))?
             .block_on(work)
+    }
+
+    /// Another node whose `node/NODE/modules` has `id`, if any (the node names from the agent
+    /// registry).
+    pub fn registered_elsewhere(&self, id: &ModuleId) -> Result<Option<AgentName>> {
+        let mut con = self.con()?;
+        let registry: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(core_events::keys::agent_registry())
+            .query(&mut con)?;
+        let mut nodes: Vec<AgentName> = registry
+            .into_iter()
+            .filter(|(_, kind)| AgentKind::parse(kind) == Some(AgentKind::Node))
+            .filter_map(|(name, _)| AgentName::new(name).ok())
+            .filter(|name| *name != self.node)
+            .collect();
+        nodes.sort();
+        for node in nodes {
+            let has: bool = redis::cmd("HEXISTS")
+                .arg(Prefix::node(node.clone()).modules())
+                .arg(id.as_str())
+                .query(&mut con)?;
+            if has {
+                return Ok(Some(node));
+            }
+        }
+        Ok(None)
     }
 
     /// Whether `id` is in `node/NODE/modules`: installed before this run.
@@ -270,6 +309,15 @@ pub fn run(tool: &Tool, ctx: &Ctx) -> Result<()> {
         println!("rollback: {id} was installed before this module.init: kept");
         return Ok(());
     }
+    if tool.is_cluster_wide() {
+        if let Some(node) = ctx.registered_elsewhere(&id)? {
+            println!(
+                "module {id} is also installed on node {node} (a move): its Redis ACL user and \
+                 module/{id}/* keys are that copy's too, kept"
+            );
+            return Ok(());
+        }
+    }
     match tool {
         Tool::CreateUser(_) => {
             refuse_node_name(ctx, &id)?;
@@ -288,6 +336,7 @@ pub fn run(tool: &Tool, ctx: &Ctx) -> Result<()> {
         Tool::RemoveRedisUser(_) => keys::remove_redis_user(ctx, &id),
         Tool::DeleteKeys(_) => keys::delete_keys(ctx, &id),
         Tool::Unregister(_) => keys::unregister(ctx, &id),
+        Tool::StopUnits(_) => agent::stop_units(&id),
     }
 }
 
@@ -497,13 +546,17 @@ mod tests {
     #[test]
     fn the_undoing_tools_are_the_module_remove_steps() {
         let tools = all_tools();
-        assert_eq!(tools.len(), 14);
+        assert_eq!(tools.len(), 15);
         for (name, about, tool) in &tools {
             let remove_step = about.starts_with("module.remove/");
             assert!(
-                remove_step || about.starts_with("module.init/"),
+                remove_step
+                    || about.starts_with("module.init/")
+                    || about.starts_with("module.stop/"),
                 "{name}: {about}"
             );
+            // Only removal tools may keep the cluster's part of a module, never an installing one.
+            assert!(!tool.is_cluster_wide() || remove_step, "{name}");
             assert_eq!(tool.undoes(), remove_step, "{name}");
             // So the guard never skips a module.init tool, even in a rollback.
             if !remove_step {
