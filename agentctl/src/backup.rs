@@ -88,6 +88,11 @@ pub struct ScheduleSetArgs {
     keep_weekly: u32,
     #[arg(long, value_name = "N", default_value_t = 0)]
     keep_monthly: u32,
+    /// Verify the modules' latest snapshots instead of backing them up (`backup verify` of each,
+    /// on its node: restic check and a restore into a scratch module); its outcome is in the
+    /// status. No --keep-*.
+    #[arg(long, conflicts_with_all = ["keep_last", "keep_daily", "keep_weekly", "keep_monthly"])]
+    verify: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -237,6 +242,14 @@ async fn repo(redis: &Redis, cmd: RepoCmd) -> Result<i32> {
     match cmd {
         RepoCmd::Add(a) => {
             let name = repo_name(&a.name)?;
+            if contract::is_transient_repository(name.as_str()) {
+                return Err(invalid(format!(
+                    "repository names beginning with {} or {} are agentctl's own (module \
+                     export|import): choose another",
+                    contract::EXPORT_REPOSITORY_PREFIX,
+                    contract::IMPORT_REPOSITORY_PREFIX
+                )));
+            }
             let url = RepoUrl::new(&a.url).map_err(|e| invalid(e.to_string()))?;
             if a.password_file.as_deref() == Some("-") && a.credentials_file.as_deref() == Some("-")
             {
@@ -928,6 +941,7 @@ async fn schedule(redis: &Redis, cmd: ScheduleCmd) -> Result<i32> {
                     weekly: a.keep_weekly,
                     monthly: a.keep_monthly,
                 },
+                verify: a.verify,
             };
             backup::schedule::put(&mut con, &s)
                 .await
@@ -947,8 +961,9 @@ async fn schedule(redis: &Redis, cmd: ScheduleCmd) -> Result<i32> {
             {
                 let keep = s.keep.forget_args().join(" ");
                 println!(
-                    "{}\t{}\tmodules {}\trepository {}\t{}",
+                    "{}\t{}\t{}\tmodules {}\trepository {}\t{}",
                     s.name,
+                    if s.verify { "verify" } else { "backup" },
                     s.calendar,
                     s.modules_field(),
                     s.repository
@@ -1012,11 +1027,15 @@ struct ScratchRepository {
 }
 
 impl ScratchRepository {
-    async fn new(con: &mut redis::aio::ConnectionManager, what: &str) -> Result<ScratchRepository> {
+    /// `prefix`: [`contract::EXPORT_REPOSITORY_PREFIX`] or [`contract::IMPORT_REPOSITORY_PREFIX`].
+    async fn new(
+        con: &mut redis::aio::ConnectionManager,
+        prefix: &str,
+    ) -> Result<ScratchRepository> {
         let mut r = [0u8; 4];
         getrandom::fill(&mut r).map_err(|e| anyhow::anyhow!("no random numbers: {e}"))?;
         let tag: String = r.iter().map(|b| format!("{b:02x}")).collect();
-        let dir = std::path::PathBuf::from(format!("/var/tmp/agent-{what}-{tag}"));
+        let dir = std::path::PathBuf::from(format!("/var/tmp/agent-{prefix}{tag}"));
         {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
@@ -1025,7 +1044,7 @@ impl ScratchRepository {
                 .with_context(|| format!("creating {}", dir.display()))?;
         }
         let repository = backup::Repository {
-            name: repo_name(&format!("{what}-{tag}"))?,
+            name: repo_name(&format!("{prefix}{tag}"))?,
             url: RepoUrl::new(&format!("{}/repo", dir.display()))
                 .map_err(|e| invalid(e.to_string()))?,
             password: backup::repo::random_password(),
@@ -1069,7 +1088,7 @@ pub async fn export(redis: &Redis, args: ExportArgs) -> Result<i32> {
     let id = module_id(&args.module)?;
     let mut con = redis.manager().await?;
     let node = this_node_has(&mut con, &id).await?;
-    let scratch = ScratchRepository::new(&mut con, "export").await?;
+    let scratch = ScratchRepository::new(&mut con, contract::EXPORT_REPOSITORY_PREFIX).await?;
     let result = async {
         let data = format!("{id} {}", scratch.repository.name);
         let code = queue_and_follow(
@@ -1114,7 +1133,7 @@ pub async fn export(redis: &Redis, args: ExportArgs) -> Result<i32> {
 
 pub async fn import(redis: &Redis, args: ImportArgs) -> Result<i32> {
     let mut con = redis.manager().await?;
-    let scratch = ScratchRepository::new(&mut con, "import").await?;
+    let scratch = ScratchRepository::new(&mut con, contract::IMPORT_REPOSITORY_PREFIX).await?;
     let result = async {
         // The archive unpacked where only root can reach it; GNU tar refuses members that leave
         // the directory (absolute names are made relative, `..` refused).

@@ -2,7 +2,8 @@
 //! `OnCalendar=` syntax), which modules (ids, or `*`), to which repository, and how many snapshots
 //! to keep. Each node turns them into one systemd timer per schedule (`Persistent=true`: a slot
 //! missed while the node was down runs once when it is back), whose service queues a backup of
-//! every module of that node the schedule covers.
+//! every module of that node the schedule covers — or, for a verifying schedule, verifies each
+//! (`agentctl backup verify`: a restore into a scratch module).
 
 use core_events::backup::{self, check_calendar, schedule, RepoName, ALL_MODULES};
 use core_events::ModuleId;
@@ -52,6 +53,8 @@ pub struct Schedule {
     pub modules: Option<Vec<ModuleId>>,
     pub repository: Option<RepoName>,
     pub keep: Keep,
+    /// Verifies the modules' latest snapshots instead of backing them up.
+    pub verify: bool,
 }
 
 impl Schedule {
@@ -115,6 +118,18 @@ pub async fn get<C: ConnectionLike + Send + Sync>(
         None | Some("") => None,
         Some(r) => Some(RepoName::new(r).map_err(|e| Error::Invalid(format!("{key}: {e}")))?),
     };
+    let verify = match f.get(schedule::ACTION).map(|s| s.trim()) {
+        None | Some("") | Some(schedule::ACTION_BACKUP) => false,
+        Some(schedule::ACTION_VERIFY) => true,
+        Some(other) => {
+            return Err(Error::Invalid(format!(
+                "{key} {}: {other:?} is neither {} nor {}",
+                schedule::ACTION,
+                schedule::ACTION_BACKUP,
+                schedule::ACTION_VERIFY
+            )))
+        }
+    };
     let keep = Keep {
         last: number(&key, schedule::KEEP_LAST, f.get(schedule::KEEP_LAST))?,
         daily: number(&key, schedule::KEEP_DAILY, f.get(schedule::KEEP_DAILY))?,
@@ -127,6 +142,7 @@ pub async fn get<C: ConnectionLike + Send + Sync>(
         modules,
         repository,
         keep,
+        verify,
     }))
 }
 
@@ -148,6 +164,12 @@ pub async fn all<C: ConnectionLike + Send + Sync>(conn: &mut C) -> Result<Vec<Sc
 /// Stores (or replaces) a schedule.
 pub async fn put<C: ConnectionLike + Send + Sync>(conn: &mut C, s: &Schedule) -> Result<()> {
     check_calendar(&s.calendar).map_err(|e| Error::Invalid(e.to_string()))?;
+    if s.verify && !s.keep.is_none() {
+        return Err(Error::Invalid(format!(
+            "schedule {}: a verifying schedule keeps no snapshots (--keep-* belongs to a backup schedule)",
+            s.name
+        )));
+    }
     let key = backup::schedule_key(&s.name);
     let fields = [
         (schedule::CALENDAR, s.calendar.clone()),
@@ -163,6 +185,15 @@ pub async fn put<C: ConnectionLike + Send + Sync>(conn: &mut C, s: &Schedule) ->
         (schedule::KEEP_DAILY, s.keep.daily.to_string()),
         (schedule::KEEP_WEEKLY, s.keep.weekly.to_string()),
         (schedule::KEEP_MONTHLY, s.keep.monthly.to_string()),
+        (
+            schedule::ACTION,
+            if s.verify {
+                schedule::ACTION_VERIFY
+            } else {
+                schedule::ACTION_BACKUP
+            }
+            .to_string(),
+        ),
     ];
     crate::put_named(
         conn,
@@ -190,7 +221,9 @@ pub async fn remove<C: ConnectionLike + Send + Sync>(
 
 /// The retention of module `id`: that of the first schedule (by name) that covers it and has one.
 pub fn retention_of<'a>(schedules: &'a [Schedule], id: &str) -> Option<&'a Schedule> {
-    schedules.iter().find(|s| s.covers(id) && !s.keep.is_none())
+    schedules
+        .iter()
+        .find(|s| !s.verify && s.covers(id) && !s.keep.is_none())
 }
 
 #[cfg(test)]
@@ -204,6 +237,7 @@ mod tests {
             modules: parse_modules(modules).unwrap(),
             repository: None,
             keep,
+            verify: false,
         }
     }
 
@@ -231,5 +265,11 @@ mod tests {
             Some("b")
         );
         assert!(retention_of(&all[..1], "pair2").is_none());
+        // A verifying schedule has no retention, even if it says so.
+        let verifying = [Schedule {
+            verify: true,
+            ..sched("c", "*", keep.clone())
+        }];
+        assert!(retention_of(&verifying, "pair2").is_none());
     }
 }

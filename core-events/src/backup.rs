@@ -25,6 +25,20 @@ pub const FAILED_EVENT: &str = "backup-failed";
 /// Emitted by the node when a module's backup succeeded; payload JSON with the report's figures.
 pub const DONE_EVENT: &str = "backup-done";
 
+/// The first letters of the names of the repositories `agentctl module export` and `import` make
+/// for themselves while they run (reserved: `agentctl backup repo add` refuses them).
+pub const EXPORT_REPOSITORY_PREFIX: &str = "export-";
+pub const IMPORT_REPOSITORY_PREFIX: &str = "import-";
+
+/// Whether a repository is one of those: a backup into it is a copy to a file, not the module's
+/// backup, and leaves the module's status (and its alerts) alone — else an export would clear a
+/// failed status.
+pub fn is_transient_repository(name: &str) -> bool {
+    [EXPORT_REPOSITORY_PREFIX, IMPORT_REPOSITORY_PREFIX]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
+
 /// `cluster/backup`: the cluster's backup settings (fields in [`settings`]).
 pub fn settings_key() -> String {
     "cluster/backup".to_string()
@@ -267,6 +281,11 @@ pub mod schedule {
     pub const KEEP_DAILY: &str = "keep_daily";
     pub const KEEP_WEEKLY: &str = "keep_weekly";
     pub const KEEP_MONTHLY: &str = "keep_monthly";
+    /// What the schedule does: [`ACTION_BACKUP`] (also when the field is missing) or
+    /// [`ACTION_VERIFY`] (`agentctl backup verify` of each module, on its node).
+    pub const ACTION: &str = "action";
+    pub const ACTION_BACKUP: &str = "backup";
+    pub const ACTION_VERIFY: &str = "verify";
 }
 
 /// The `modules` value that covers every module.
@@ -491,6 +510,14 @@ mod tests {
         ] {
             assert!(check_calendar(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn export_and_import_repositories_are_transient() {
+        assert!(is_transient_repository("export-0a1b2c3d"));
+        assert!(is_transient_repository("import-0a1b2c3d"));
+        assert!(!is_transient_repository("exports"));
+        assert!(!is_transient_repository("nas"));
     }
 
     #[test]

@@ -46,12 +46,13 @@ SCRIPT_VERSION=1
 # Quadlet; README.md, "Supported systems").
 SUITE=trixie
 # HARNESS.md's list with nftables (netavark's firewall driver) and passt; caddy (the edge proxy) and
-# pebble (its tests' ACME server); restic (backups) and rclone (its tests' REST server). netavark must be listed
-# explicitly, or debootstrap fails to resolve podman.
+# pebble (its tests' ACME server); restic (backups), rclone (its tests' REST and SFTP servers) and
+# openssh-client (restic's SFTP transport). netavark must be listed explicitly, or debootstrap fails to
+# resolve podman.
 PACKAGES=(systemd systemd-sysv dbus dbus-user-session libpam-systemd redis-server iproute2 procps podman
   netavark aardvark-dns uidmap crun passt slirp4netns catatonit nftables wireguard-tools wireguard-go
   iputils-ping ca-certificates busybox-static curl docker-registry skopeo iptables valkey-server
-  redis-sentinel valkey-sentinel caddy pebble restic rclone)
+  redis-sentinel valkey-sentinel caddy pebble restic rclone openssh-client)
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)

@@ -392,6 +392,57 @@ fn hello_is_backed_up_reports_a_failure_that_stays_until_a_success_and_uses_a_re
         2,
         "keep-last 2"
     );
+    // A verifying schedule: its service verifies the module (a scratch restore), and the outcome
+    // is in the status. A retention is refused on it.
+    let (code, _, err) = agentctl(
+        &node,
+        &[
+            "backup",
+            "schedule",
+            "set",
+            "check",
+            "--calendar",
+            "weekly",
+            "--modules",
+            &id,
+            "--repo",
+            "local",
+            "--verify",
+            "--keep-last",
+            "1",
+        ],
+    );
+    assert_ne!(code, 0, "{err}");
+    let (code, _, err) = agentctl(
+        &node,
+        &[
+            "backup",
+            "schedule",
+            "set",
+            "check",
+            "--calendar",
+            "weekly",
+            "--modules",
+            &id,
+            "--repo",
+            "local",
+            "--verify",
+        ],
+    );
+    assert_eq!(code, 0, "schedule set --verify: {err}");
+    let (_, list, _) = agentctl(&node, &["backup", "schedule", "list"]);
+    assert!(list.contains("check\tverify\tweekly"), "{list}");
+    node.wait_output(
+        &["systemctl", "is-active", "agent-backup-check.timer"],
+        "active",
+        Duration::from_secs(60),
+    );
+    assert_eq!(status_field(&node, &id, "verify_state"), "");
+    node.ok(&["systemctl", "start", "agent-backup-check.service"]);
+    assert_eq!(status_field(&node, &id, "verify_state"), "ok");
+    assert!(!status_field(&node, &id, "verify_ended").is_empty());
+    let (code, _, err) = agentctl(&node, &["backup", "schedule", "rm", "check"]);
+    assert_eq!(code, 0, "{err}");
     let (code, _, err) = agentctl(&node, &["backup", "schedule", "rm", "often"]);
     assert_eq!(code, 0, "{err}");
     agent_tests::poll(Duration::from_secs(60), Duration::from_millis(200), || {
@@ -554,8 +605,23 @@ fn hello_is_restored_in_place_under_a_new_id_beside_the_original_and_not_without
     assert_eq!(agentctl(&node, &["module", "remove", &pair]).0, 0);
 
     // A backup is a deployment to a file: export, then import beside the original.
+    let before = node.ok(&admin_cli(&[
+        "HGETALL",
+        &format!("cluster/backup/status/{id}"),
+    ]));
     let (code, _, err) = agentctl(&node, &["module", "export", &id, "/var/tmp/hello.export"]);
     assert_eq!(code, 0, "export: {err}");
+    // An export is not the module's backup: its status is as it was.
+    assert_eq!(
+        node.ok(&admin_cli(&[
+            "HGETALL",
+            &format!("cluster/backup/status/{id}")
+        ])),
+        before
+    );
+    let (code, _, err) = agentctl(&node, &["backup", "repo", "add", "export-x", "/srv/x"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("agentctl's own"), "{err}");
     assert_eq!(
         node.ok(&["stat", "-c", "%a", "/var/tmp/hello.export"]),
         "600"

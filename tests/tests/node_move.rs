@@ -3,8 +3,9 @@
 //! a request loop on the leader asks both nodes for its page; the node-agents of both nodes
 //! killed with SIGKILL during the move (taking the old copy down, and the restore on the target),
 //! the move goes on; never two copies answering, the downtime printed; then a move back whose
-//! restore fails brings hello back on the node it was on, its agent working. Needs root
-//! (docs/NODE-HARNESS.md).
+//! restore fails brings hello back on the node it was on, its agent working; the downtime of a
+//! move against a restart; an SFTP repository (`rclone serve sftp`) restored on the other node.
+//! Needs root (docs/NODE-HARNESS.md).
 
 use std::time::Duration;
 
@@ -345,6 +346,76 @@ fn hello_moves_between_nodes_through_agent_kills_and_a_failed_move_brings_it_bac
     eprintln!(
         "BENCH move downtime {moved:.2} s; restart downtime {restarted:.2} s; ratio {:.1}",
         moved / restarted.max(0.05)
+    );
+
+    // An SFTP repository (OpenSSH's client on both nodes, `rclone serve sftp` on the leader with
+    // both nodes' keys): a backup there on the leader, restored on the member under a new id.
+    let mut keys = String::new();
+    for n in [&n1, &n2] {
+        n.ok(&[
+            "sh",
+            "-c",
+            &format!(
+                "mkdir -p -m 700 /root/.ssh && ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/id_ed25519 && \
+                 printf 'Host backuphost\\n  HostName {a1}\\n  Port 2022\\n  User bk\\n  StrictHostKeyChecking accept-new\\n' \
+                 > /root/.ssh/config"
+            ),
+        ]);
+        keys += &n.ok(&["cat", "/root/.ssh/id_ed25519.pub"]);
+        keys.push('\n');
+    }
+    n1.exec_with_input(&["sh", "-c", "cat > /root/sftp-keys"], keys.as_bytes());
+    n1.ok(&[
+        "systemd-run",
+        "--unit",
+        "sftp-server",
+        "rclone",
+        "serve",
+        "sftp",
+        "--addr",
+        &format!("{a1}:2022"),
+        "--authorized-keys",
+        "/root/sftp-keys",
+        "/srv/sftp",
+    ]);
+    wait_contains(
+        &n2,
+        &[
+            "sh",
+            "-c",
+            &format!("timeout 2 bash -c '</dev/tcp/{a1}/2022' && echo open || true"),
+        ],
+        "open",
+        Duration::from_secs(30),
+    );
+    let (code, _, err) = agentctl(
+        &n1,
+        &["backup", "repo", "add", "sftp", "sftp:backuphost:/mv"],
+    );
+    assert_eq!(code, 0, "repo add sftp: {err}");
+    let (code, _, err) = agentctl(&n1, &["backup", "run", &id, "--repo", "sftp"]);
+    assert_eq!(code, 0, "backup to sftp: {err}");
+    let (code, out, err) = agentctl(
+        &n1,
+        &[
+            "backup",
+            "restore",
+            &id,
+            "--repo",
+            "sftp",
+            "--as",
+            "hellosftp",
+            "--node",
+            &n2.name,
+            "--env",
+            "PORT=8086",
+        ],
+    );
+    assert_eq!(code, 0, "restore from sftp on the member: {err}");
+    assert_eq!(out, "hellosftp");
+    assert_eq!(
+        n2.ok(&["curl", "-sS", "--max-time", "5", "http://127.0.0.1:8086/"]),
+        "<h1>back page</h1>"
     );
 
     // Refused before anything is done: to the node it is on, to a node that is not one.

@@ -60,7 +60,8 @@ pub enum BackupCmd {
     /// that are gone stopped and removed.
     Timers,
     /// The service of a schedule's timer: queues a backup (XADD on this node's queue) of every
-    /// module of this node the schedule covers.
+    /// module of this node the schedule covers; for a verifying schedule, runs `agentctl backup
+    /// verify` of each, one after the other (exit 1 when one failed: its status says why).
     QueueSchedule {
         /// The schedule's name.
         name: String,
@@ -210,9 +211,11 @@ fn dump(ctx: &Ctx, req: &Request) -> Result<()> {
         // Recorded either way: an attempt that fails at once (no repository) is an attempt too.
         let asked = req.repo.as_ref().map_or("", RepoName::as_str);
         let shown = resolved.as_ref().map_or(asked, RepoName::as_str);
-        backup::status::begin(&mut con, id.as_str(), &run, ctx.node.as_str(), shown)
-            .await
-            .map_err(backup_error)?;
+        if !contract::is_transient_repository(shown) {
+            backup::status::begin(&mut con, id.as_str(), &run, ctx.node.as_str(), shown)
+                .await
+                .map_err(backup_error)?;
+        }
         resolved.map_err(backup_error)
     })?;
     let dir = module_dir(id)?;
@@ -530,6 +533,14 @@ fn snapshot(ctx: &Ctx, req: &Request) -> Result<()> {
         "files_changed": summary.files_changed,
         "duration_ms": duration,
     });
+    if contract::is_transient_repository(repo.name.as_str()) {
+        println!(
+            "snapshot {} of {id} in {} (an export: the module's backup status is left as it is)",
+            &summary.snapshot_id.get(..8).unwrap_or(&summary.snapshot_id),
+            repo.name
+        );
+        return Ok(());
+    }
     ctx.block_on(async {
         let mut con = ctx.target.connection().await?;
         backup::status::succeed(
@@ -632,6 +643,10 @@ fn record_failure(ctx: &Ctx, req: &Request) -> Result<()> {
         .map(|s| s.trim().to_string())
         .or_else(|| req.repo.as_ref().map(|r| r.to_string()))
         .unwrap_or_default();
+    if contract::is_transient_repository(&repo) {
+        println!("export of {id} failed ({error}): the module's backup status is left as it is");
+        return Ok(());
+    }
     let payload = serde_json::json!({
         "module": id.as_str(),
         "repository": repo,
@@ -879,13 +894,18 @@ fn timer_files(s: &backup::schedule::Schedule, node_agent: &Path) -> (String, St
     let header = format!(
         "# Made by node-agent (the backup.schedule event) from {key}: changed by\n# `agentctl backup schedule set|rm`, not by hand.\n"
     );
+    let (what, does) = if s.verify {
+        ("Verifications", "Verify the backups")
+    } else {
+        ("Backups", "Queue the backups")
+    };
     let timer = format!(
-        "{header}[Unit]\nDescription=Backups of schedule {name} (agent)\n\n[Timer]\nOnCalendar={cal}\nPersistent=true\n\n[Install]\nWantedBy=timers.target\n",
+        "{header}[Unit]\nDescription={what} of schedule {name} (agent)\n\n[Timer]\nOnCalendar={cal}\nPersistent=true\n\n[Install]\nWantedBy=timers.target\n",
         name = s.name,
         cal = s.calendar
     );
     let service = format!(
-        "{header}[Unit]\nDescription=Queue the backups of schedule {name} (agent)\nAfter=node-agent.service\n\n[Service]\nType=oneshot\nExecStart={exe} backup queue-schedule {name}\n",
+        "{header}[Unit]\nDescription={does} of schedule {name} (agent)\nAfter=node-agent.service\n\n[Service]\nType=oneshot\nExecStart={exe} backup queue-schedule {name}\n",
         name = s.name,
         exe = node_agent.display()
     );
@@ -986,8 +1006,12 @@ fn queue_schedule(ctx: &Ctx, name: &str) -> Result<()> {
         let mut modules: Vec<String> =
             redis::AsyncCommands::hkeys(&mut con, ctx.node_prefix().modules()).await?;
         modules.sort();
+        modules.retain(|m| s.covers(m));
+        if s.verify {
+            return Ok(Err((s.repository.clone(), modules)));
+        }
         let mut queued = Vec::new();
-        for m in modules.iter().filter(|m| s.covers(m)) {
+        for m in &modules {
             let data = match &s.repository {
                 Some(r) => format!("{m} {r}"),
                 None => m.clone(),
@@ -1003,8 +1027,12 @@ fn queue_schedule(ctx: &Ctx, name: &str) -> Result<()> {
                 .await?;
             queued.push(m.clone());
         }
-        Ok(queued)
+        Ok(Ok(queued))
     })?;
+    let queued = match queued {
+        Ok(queued) => queued,
+        Err((repository, modules)) => return verify_modules(&name, repository, &modules),
+    };
     println!(
         "schedule {name}: backup queued for {}",
         if queued.is_empty() {
@@ -1014,6 +1042,37 @@ fn queue_schedule(ctx: &Ctx, name: &str) -> Result<()> {
         }
     );
     Ok(())
+}
+
+/// A verifying schedule's work on this node: `agentctl backup verify` of each module (its status
+/// records each outcome), one after the other; fails when one failed.
+fn verify_modules(name: &RepoName, repository: Option<RepoName>, modules: &[String]) -> Result<()> {
+    if modules.is_empty() {
+        println!("schedule {name}: no module of this node to verify");
+        return Ok(());
+    }
+    let mut failed = Vec::new();
+    for m in modules {
+        let mut cmd = std::process::Command::new("agentctl");
+        cmd.args(["backup", "verify", m.as_str()]);
+        if let Some(r) = &repository {
+            cmd.args(["--repo", r.as_str()]);
+        }
+        println!("schedule {name}: verifying {m}");
+        let st = super::status(&mut cmd)?;
+        if !st.success() {
+            failed.push(m.as_str());
+        }
+    }
+    if failed.is_empty() {
+        println!("schedule {name}: verified {}", modules.join(", "));
+        Ok(())
+    } else {
+        Err(ToolError::Failed(format!(
+            "schedule {name}: the verification of {} failed (agentctl backup status says why)",
+            failed.join(", ")
+        )))
+    }
 }
 
 #[cfg(test)]
@@ -1028,6 +1087,7 @@ mod tests {
             modules: None,
             repository: None,
             keep: backup::schedule::Keep::default(),
+            verify: false,
         };
         let (timer, service) = timer_files(&s, Path::new("/usr/bin/node-agent"));
         assert!(
