@@ -635,6 +635,15 @@ async fn restore_module(
     let name = target.agent_name().clone();
     let mut tx = redis.blocking().await?;
     crate::module::claim(&mut tx, &name, &fields).await?;
+    // Its secrets, as they were (encrypted to its identity, which restore.prepare staged for
+    // module.init): before module.init, whose steps may need them.
+    if !t.record.secrets.is_empty() {
+        let secrets: Vec<(&String, &String)> = t.record.secrets.iter().collect();
+        let _: () = con
+            .hset_multiple(Prefix::module(name.clone()).secrets(), &secrets)
+            .await
+            .context("cannot write the module's secrets")?;
+    }
     if t.print_id {
         println!("{target}");
     }

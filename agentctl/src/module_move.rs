@@ -118,21 +118,6 @@ async fn check_new_move(
             ),
         ));
     }
-    // A module's secrets are encrypted to its own age identity, which stays on its node: a copy
-    // made elsewhere could not read them. Refused rather than losing them.
-    let module = Prefix::module(id.agent_name().clone());
-    let secrets: usize = con.hlen(module.secrets()).await?;
-    if secrets > 0 {
-        return Err(fail(
-            1,
-            format!(
-                "module {id} keeps {secrets} secret(s) in {}, encrypted to its identity on node {}: \
-                 a move cannot carry them yet; nothing was done",
-                module.secrets(),
-                from.agent()
-            ),
-        ));
-    }
     Ok(())
 }
 
@@ -271,23 +256,12 @@ impl Move<'_> {
 
     /// What ties the module's cluster-wide keys to the copy that ran before forgotten, so that
     /// `module.init` makes it on a node again: its startup run (the engine runs the startup event
-    /// once per agent name: the old record would say it ran) and its public key (made again by
-    /// the node's secret-key step with that node's identity). Refused while it has secrets, which
-    /// are encrypted to that key.
+    /// once per agent name: the old record would say it ran) and its published public key (the
+    /// node's secret-key step publishes it again from the identity it installs: the snapshot's,
+    /// staged by restore.prepare, on the target; its own on the old node — the same key, so its
+    /// secrets, which stay in Redis, open on either).
     async fn forget_old_copy(&self, con: &mut redis::aio::ConnectionManager) -> Result<()> {
         let module = Prefix::module(self.id.agent_name().clone());
-        let secrets: usize = con.hlen(module.secrets()).await?;
-        if secrets > 0 {
-            return Err(fail(
-                1,
-                format!(
-                    "module {} has {secrets} secret(s) in {} now: its public key cannot be \
-                     replaced; the move stops here (run it again once they are gone)",
-                    self.id,
-                    module.secrets()
-                ),
-            ));
-        }
         let init = EventName::new(crate::module::INIT_EVENT).expect("a valid event name");
         let run = RunId::startup(&init).context("the startup run id")?;
         let _: () = redis::pipe()

@@ -178,6 +178,13 @@ pub struct CoreRecord {
     /// Its routes as stored (`module/<id>/routes`: name → JSON).
     #[serde(default)]
     pub routes: std::collections::BTreeMap<String, String>,
+    /// Its secrets as stored (`module/<id>/secrets`: name → age ciphertext to its identity).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secrets: std::collections::BTreeMap<String, String>,
+    /// Its secret identity (the private key its secrets are encrypted to), age-encrypted to the
+    /// cluster's backup key: a restore gives it back to the module, so that its secrets open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     /// The version of the core that made the snapshot.
     pub core_version: String,
 }

@@ -282,10 +282,18 @@ pub(crate) fn read_identity(path: &Path) -> Result<Identity> {
             Error::io("cannot read", path, e)
         }
     })?;
-    let bad = |reason: String| Error::BadIdentity {
-        path: path.to_path_buf(),
-        reason,
-    };
+    parse_identity_text(&text)
+        .map(|id| id.with_origin(path))
+        .map_err(|reason| Error::BadIdentity {
+            path: path.to_path_buf(),
+            reason,
+        })
+}
+
+/// The identity of an identity file's text (one `AGE-SECRET-KEY-1…` line besides blank lines and
+/// `#` comments), read by whoever may read the file (the module's user, for a backup). The error
+/// says what is wrong without showing any of the text.
+pub fn parse_identity_text(text: &str) -> std::result::Result<Identity, String> {
     let mut keys = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -296,21 +304,19 @@ pub(crate) fn read_identity(path: &Path) -> Result<Identity> {
             keys.push(line);
         } else {
             // The line itself is not shown: it could be key material.
-            return Err(bad(format!(
+            return Err(format!(
                 "line {} is neither a comment nor an AGE-SECRET-KEY-1… line",
                 i + 1
-            )));
+            ));
         }
     }
     match keys.as_slice() {
-        [one] => Identity::parse(one)
-            .map(|id| id.with_origin(path))
-            .map_err(|e| bad(format!("its key does not parse: {e}"))),
-        [] => Err(bad("it holds no AGE-SECRET-KEY-1… line".into())),
-        _ => Err(bad(format!(
+        [one] => Identity::parse(one).map_err(|e| format!("its key does not parse: {e}")),
+        [] => Err("it holds no AGE-SECRET-KEY-1… line".into()),
+        _ => Err(format!(
             "it holds {} keys; a module has exactly one",
             keys.len()
-        ))),
+        )),
     }
 }
 

@@ -75,6 +75,23 @@ fn wait_contains(node: &Node, args: &[&str], want: &str, timeout: Duration) {
     })
 }
 
+/// `module-sdk secret ARGS` as module `id`'s user on `node`, with its own Redis credentials;
+/// `input` on stdin. Its stdout.
+fn module_secret(node: &Node, id: &str, args: &str, input: &[u8]) -> String {
+    let script = format!(
+        ". ~/.config/agent/redis.env && REDIS_URL=\"redis://$REDIS_USER:$REDIS_PASSWORD@127.0.0.1:6379\" \
+         module-sdk secret --module {id} --identity ~/.config/agent/secret.key {args}"
+    );
+    let out = node.exec_with_input(&["runuser", "-u", id, "--", "sh", "-c", &script], input);
+    assert!(
+        out.status.success(),
+        "module-sdk secret {args} as {id} on {}: {}",
+        node.name,
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
 /// Starts a bounded request loop on `node`: every 50 ms, the page of both addresses' port 8080,
 /// until [`stop_probe`]; each sample records whether each answered with `page`.
 fn start_probe(node: &Node, addresses: [&str; 2], page: &str) {
@@ -223,6 +240,10 @@ fn hello_moves_between_nodes_through_agent_kills_and_a_failed_move_brings_it_bac
         0
     );
 
+    // A secret of the module's own: it moves with it (its identity travels in the snapshot,
+    // encrypted to the cluster's backup key).
+    module_secret(&n1, &id, "set token", b"s3cret-token-value");
+
     // A bounded request loop on the leader asks both nodes.
     start_probe(&n1, [a1, a2], "moving page");
 
@@ -279,6 +300,10 @@ fn hello_moves_between_nodes_through_agent_kills_and_a_failed_move_brings_it_bac
     assert_eq!(
         n1.admin_redis(&["EXISTS", &format!("cluster/move/{id}")]),
         "0"
+    );
+    assert_eq!(
+        module_secret(&n2, &id, "get token", b""),
+        "s3cret-token-value"
     );
     // Its agent on the member takes events (its Redis credentials are the new copy's).
     assert_eq!(
@@ -417,6 +442,29 @@ fn hello_moves_between_nodes_through_agent_kills_and_a_failed_move_brings_it_bac
         n2.ok(&["curl", "-sS", "--max-time", "5", "http://127.0.0.1:8086/"]),
         "<h1>back page</h1>"
     );
+    assert_eq!(
+        module_secret(&n2, "hellosftp", "get token", b""),
+        "s3cret-token-value"
+    );
+    assert_eq!(
+        module_secret(&n1, &id, "get token", b""),
+        "s3cret-token-value"
+    );
+    // The secret never reached a journal, nor an identity a file outside the module's home.
+    for n in [&n1, &n2] {
+        let hits = n.ok(&[
+            "sh",
+            "-c",
+            "journalctl -o cat | grep -c s3cret-token-value || true",
+        ]);
+        assert_eq!(hits, "0", "{}", n.name);
+        let staged = n.ok(&[
+            "sh",
+            "-c",
+            "ls /home/.agent-backup/*/identity 2>/dev/null || true",
+        ]);
+        assert_eq!(staged, "", "{}", n.name);
+    }
 
     // Refused before anything is done: to the node it is on, to a node that is not one.
     let (code, _, err) = agentctl(&n1, &["module", "move", &id, &n1.name]);

@@ -12,7 +12,7 @@
 //! symlinks as symlinks and never follows them.
 
 use std::collections::HashMap;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -147,6 +147,26 @@ fn staging_root() -> Result<PathBuf> {
         .unwrap_or_else(|| PathBuf::from(contract::DEFAULT_STAGING_DIR));
     root_dir(&root, 0o711)?;
     Ok(root)
+}
+
+/// Takes the module identity `restore.prepare` staged for `id` (module.init's secret-key step):
+/// its text, and the staged file removed. None when nothing is staged.
+pub fn take_staged_identity(id: &ModuleId) -> Result<Option<module_secrets::Secret>> {
+    let staged = staging_root()?
+        .join(id.as_str())
+        .join(super::keys::STAGED_IDENTITY);
+    match std::fs::symlink_metadata(&staged) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            remove_any(&staged)?;
+            return Ok(None);
+        }
+        Err(_) => return Ok(None),
+    }
+    let text = std::fs::read(&staged)
+        .map_err(|e| ToolError::Failed(format!("reading {}: {e}", staged.display())))?;
+    remove_any(&staged)?;
+    Ok(Some(module_secrets::Secret::new(text)))
 }
 
 /// Makes `dir` a directory of root's with `mode`, refusing anything else there (a symlink).
@@ -460,6 +480,39 @@ fn image_id(image: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// The module's secret identity (`~ID/.config/agent/secret.key`, read by its user), encrypted to
+/// the cluster's backup key; None when it has none.
+fn sealed_identity(id: &ModuleId) -> Result<Option<String>> {
+    let user = ModuleUser::require(id)?;
+    let path = super::keys::identity_path(&user);
+    if std::fs::symlink_metadata(&path).is_err() {
+        return Ok(None);
+    }
+    let mut cat = user.command("cat");
+    cat.arg("--").arg(&path);
+    let out = cat
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map_err(|e| ToolError::OsError(format!("reading {}: {e}", path.display())))?;
+    let ok = out.status.success();
+    let text = module_secrets::Secret::new(out.stdout);
+    if !ok {
+        return Err(ToolError::Failed(format!("cannot read {}", path.display())));
+    }
+    let identity =
+        module_secrets::keyfile::parse_identity_text(text.expose_str().unwrap_or_default())
+            .map_err(|e| ToolError::Invalid(format!("{}: {e}", path.display())))?;
+    let backup_key =
+        backup::repo::load_identity(&backup::repo::identity_path()).map_err(backup_error)?;
+    let sealed = module_secrets::crypto::encrypt(
+        identity.to_secret_string().as_bytes(),
+        &backup_key.recipient(),
+    )
+    .map_err(|e| ToolError::Failed(format!("sealing {id}'s identity: {e}")))?;
+    Ok(Some(sealed))
+}
+
 fn snapshot(ctx: &Ctx, req: &Request) -> Result<()> {
     let id = &req.id;
     let started = Instant::now();
@@ -478,7 +531,7 @@ fn snapshot(ctx: &Ctx, req: &Request) -> Result<()> {
         Err(_) => req.repo.clone(),
     };
     let module = Prefix::module(id.agent_name().clone());
-    let (repo, env, routes) = ctx.block_on(async {
+    let (repo, env, routes, secrets) = ctx.block_on(async {
         let mut con = ctx.target.connection().await?;
         let repo = backup::repo::open(&mut con, repo_name.as_ref())
             .await
@@ -487,8 +540,11 @@ fn snapshot(ctx: &Ctx, req: &Request) -> Result<()> {
             redis::AsyncCommands::hgetall(&mut con, module.module_env()).await?;
         let routes: std::collections::BTreeMap<String, String> =
             redis::AsyncCommands::hgetall(&mut con, module.routes()).await?;
-        Ok((repo, env, routes))
+        let secrets: std::collections::BTreeMap<String, String> =
+            redis::AsyncCommands::hgetall(&mut con, module.secrets()).await?;
+        Ok((repo, env, routes, secrets))
     })?;
+    let identity = sealed_identity(id)?;
     let image = env
         .get(module_env::EVENTS_IMAGE)
         .cloned()
@@ -500,6 +556,8 @@ fn snapshot(ctx: &Ctx, req: &Request) -> Result<()> {
         image: image.clone(),
         module_env: env,
         routes,
+        secrets,
+        identity,
         core_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let core = dir.join(contract::CORE_DIR);
@@ -737,6 +795,7 @@ fn fetch(ctx: &Ctx, req: &RestoreRequest) -> Result<PathBuf> {
         ),
     )?;
     let dir = module_dir(&req.id)?;
+    stage_identity(&dir, record.identity.as_deref())?;
     let staging = dir.join(RESTORE_STAGING);
     // A dump staged before (a move's first copy, or a fetch that was interrupted) is root's
     // directory: restic brings it to this snapshot, writing only what differs. Anything else at
@@ -762,6 +821,29 @@ fn fetch(ctx: &Ctx, req: &RestoreRequest) -> Result<PathBuf> {
         snapshot.short_id, record.module, snapshot.time, record.image, req.id
     );
     Ok(staging)
+}
+
+/// The module identity of a snapshot, opened with the cluster's backup key and staged in the
+/// module's root-only directory for module.init's secret-key step (which gives it to the new
+/// module's user); any identity staged before is removed when the snapshot has none.
+fn stage_identity(dir: &Path, sealed: Option<&str>) -> Result<()> {
+    let staged = dir.join(super::keys::STAGED_IDENTITY);
+    remove_any(&staged)?;
+    let Some(sealed) = sealed else {
+        return Ok(());
+    };
+    let backup_key =
+        backup::repo::load_identity(&backup::repo::identity_path()).map_err(backup_error)?;
+    let identity = module_secrets::crypto::decrypt(sealed.as_bytes(), &backup_key)
+        .map_err(|e| ToolError::Failed(format!("the snapshot's module identity: {e}")))?;
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&staged)
+        .and_then(|mut f| f.write_all(identity.expose()))
+        .map_err(|e| ToolError::Failed(format!("writing {}: {e}", staged.display())))
 }
 
 /// Removes whatever is at `path` (nothing followed).

@@ -25,6 +25,15 @@ fn uses_acl_users(ctx: &Ctx) -> Result<bool> {
     Ok(me != "default")
 }
 
+/// `~ID/.config/agent/secret.key`: the module's secret identity.
+pub fn identity_path(user: &ModuleUser) -> PathBuf {
+    PathBuf::from(agent_config(user, "secret.key"))
+}
+
+/// The name, in the module's root-only backup directory (`/home/.agent-backup/ID`), of the
+/// identity `restore.prepare` staged from a snapshot for module.init's secret-key step.
+pub const STAGED_IDENTITY: &str = "identity";
+
 /// `~ID/.config/agent/…`
 fn agent_config(user: &ModuleUser, file: &str) -> String {
     user.home
@@ -298,6 +307,30 @@ pub fn secret_key(ctx: &Ctx, id: &ModuleId) -> Result<()> {
     } else {
         ctx.redis_url.clone()
     };
+    // A restore or a move gives a fresh user the identity of the module it was: its secrets
+    // (restored with it) open. Written by the user, through stdin; never over a key it has.
+    if let Some(identity) = super::backup::take_staged_identity(id)? {
+        let path = identity_path(&user);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            println!(
+                "{} exists: the identity of the snapshot is not put over it",
+                path.display()
+            );
+        } else {
+            let mut install = user.command("sh");
+            install.args([
+                "-c",
+                "mkdir -p \"$(dirname \"$1\")\" && cat > \"$1.tmp\" && mv \"$1.tmp\" \"$1\"",
+                "sh",
+            ]);
+            install.arg(&path);
+            with_private_umask(|| super::run_with_input(&mut install, identity.expose()))?;
+            println!(
+                "the identity of the restored module installed in {}",
+                path.display()
+            );
+        }
+    }
     // REDIS_URL by environment (runuser keeps it), never in an argument list others can read.
     let mut init = user.command("module-sdk");
     init.env(core_events::step_env::REDIS_URL, url).args([

@@ -422,6 +422,32 @@ pub fn run_ok(cmd: &mut Command) -> Result<()> {
     }
 }
 
+/// Runs `cmd` with `input` on its stdin (a secret: never in argv); a non-zero exit is an error.
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .spawn()
+        .map_err(|e| spawn_error(cmd, e))?;
+    let written = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(input))
+        .transpose();
+    let st = child.wait().map_err(|e| spawn_error(cmd, e))?;
+    if let Err(e) = written {
+        return Err(ToolError::Failed(format!(
+            "{}: writing its input: {e}",
+            shown(cmd)
+        )));
+    }
+    if st.success() {
+        Ok(())
+    } else {
+        Err(ToolError::Failed(format!("{} failed ({st})", shown(cmd))))
+    }
+}
+
 /// Runs `cmd` with its stderr going to the step's; returns its status and trimmed stdout.
 pub fn stdout_of(cmd: &mut Command) -> Result<(ExitStatus, String)> {
     let out = cmd
