@@ -553,6 +553,8 @@ fn hello_is_restored_in_place_under_a_new_id_beside_the_original_and_not_without
         &["backup", "restore", &first, "--as", &id, "--data-only"],
     );
     assert_eq!(code, 0, "restore --data-only: {err}");
+    // Its module identity, fetched with the dump, is not left staged (no module.init takes it).
+    assert!(node.fails(&["test", "-e", &format!("/home/.agent-backup/{id}/identity")]));
     assert_eq!(page(&node, 8080).as_deref(), Some("<h1>page one</h1>"));
 
     // pair: its client's log backed up while the client writes, verified in a scratch copy whose

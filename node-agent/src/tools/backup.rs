@@ -882,6 +882,8 @@ fn apply(ctx: &Ctx, req: &RestoreRequest) -> Result<()> {
     let full_id_matches = staged.trim().starts_with(&req.snapshot) && !staged.trim().is_empty();
     if !(full_id_matches && staging.is_dir()) {
         fetch(ctx, req)?;
+        // The module exists: no module.init follows to take the identity fetch staged.
+        remove_any(&dir.join(super::keys::STAGED_IDENTITY))?;
     }
     // The staged dump becomes the user's, then is moved where the module reads it.
     let target = dir.join(RESTORE_DIR);
