@@ -211,7 +211,9 @@ impl Move<'_> {
         Ok(())
     }
 
-    /// Queues `name` with `data` on `node` and follows it to its end: its exit code.
+    /// Queues `name` with `data` on `node` and follows it to its end: its exit code. Interrupted
+    /// (Ctrl-C: the run goes on) or cancelled, the move stops here as it is, nothing undone: what
+    /// the run did is not known yet, and running the move again goes on from its phase.
     async fn step(
         &self,
         con: &mut redis::aio::ConnectionManager,
@@ -219,7 +221,7 @@ impl Move<'_> {
         name: &str,
         data: &str,
     ) -> Result<i32> {
-        queue_and_follow(
+        let code = queue_and_follow(
             self.redis,
             con,
             node,
@@ -227,7 +229,22 @@ impl Move<'_> {
             data,
             &Follow::to_end(0),
         )
-        .await
+        .await?;
+        if code == core_events::exit::CANCELLED {
+            return Err(fail(
+                code,
+                format!(
+                    "the move of {} stopped during its {name} on {}; it is kept in {}: run \
+                     `agentctl module move {} {}` again to go on",
+                    self.id,
+                    node.agent(),
+                    self.key,
+                    self.id,
+                    self.to.agent()
+                ),
+            ));
+        }
+        Ok(code)
     }
 
     fn backup_data(&self) -> String {

@@ -709,4 +709,65 @@ fn hello_is_restored_in_place_under_a_new_id_beside_the_original_and_not_without
     let (code, status, _) = agentctl(&node, &["backup", "status", &id]);
     assert_eq!(code, 1, "{status}");
     assert!(status.contains("damaged"), "{status}");
+
+    // A slot missed while the node is off runs once when it is back (the timer is Persistent):
+    // a daily slot 40 s ahead, the node's power cut before it and booted after it.
+    let (code, _, err) = agentctl(&node, &["backup", "repo", "add", "boot", "/srv/boot"]);
+    assert_eq!(code, 0, "{err}");
+    let slot: u64 = node.ok(&["date", "+%s"]).parse::<u64>().unwrap() + 40;
+    let at = node.ok(&["date", "-u", "-d", &format!("@{slot}"), "+%H:%M:%S"]);
+    let calendar = format!("*-*-* {at} UTC");
+    let (code, _, err) = agentctl(
+        &node,
+        &[
+            "backup",
+            "schedule",
+            "set",
+            "missed",
+            "--calendar",
+            &calendar,
+            "--modules",
+            &id,
+            "--repo",
+            "boot",
+        ],
+    );
+    assert_eq!(code, 0, "schedule set: {err}");
+    node.wait_output(
+        &["systemctl", "is-active", "agent-backup-missed.timer"],
+        "active",
+        Duration::from_secs(30),
+    );
+    let cut: u64 = node.ok(&["date", "+%s"]).parse().unwrap();
+    assert!(
+        cut + 5 < slot,
+        "the timer came up too late for the test ({cut}, slot {slot})"
+    );
+    node.kill();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    while now() < slot + 3 {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    node.boot();
+    agent_tests::poll(Duration::from_secs(90), Duration::from_millis(500), || {
+        let repo = status_field(&node, &id, "success_repository");
+        if repo == "boot" {
+            Ok(())
+        } else {
+            Err(format!("no backup to boot yet (last success to {repo:?})"))
+        }
+    });
+    assert_eq!(
+        agentctl(&node, &["backup", "snapshots", &id, "--repo", "boot"])
+            .1
+            .lines()
+            .count(),
+        1,
+        "one backup for the missed slot"
+    );
 }
