@@ -211,16 +211,16 @@ impl Move<'_> {
         Ok(())
     }
 
-    /// Queues `name` with `data` on `node` and follows it to its end: its exit code. Interrupted
+    /// Queues `name` with `data` on `node` and follows it to its end: whether it exited 0. Interrupted
     /// (Ctrl-C: the run goes on) or cancelled, the move stops here as it is, nothing undone: what
     /// the run did is not known yet, and running the move again goes on from its phase.
-    async fn step(
+    async fn step_ok(
         &self,
         con: &mut redis::aio::ConnectionManager,
         node: &Prefix,
         name: &str,
         data: &str,
-    ) -> Result<i32> {
+    ) -> Result<bool> {
         let code = queue_and_follow(
             self.redis,
             con,
@@ -244,7 +244,7 @@ impl Move<'_> {
                 ),
             ));
         }
-        Ok(code)
+        Ok(code == 0)
     }
 
     fn backup_data(&self) -> String {
@@ -257,10 +257,10 @@ impl Move<'_> {
 
     /// A backup of the module on its old node, and the id of the snapshot it made.
     async fn backup(&self, con: &mut redis::aio::ConnectionManager) -> Result<Option<String>> {
-        let code = self
-            .step(con, &self.from, contract::BACKUP_EVENT, &self.backup_data())
-            .await?;
-        if code != 0 {
+        if !self
+            .step_ok(con, &self.from, contract::BACKUP_EVENT, &self.backup_data())
+            .await?
+        {
             return Ok(None);
         }
         let restic = backup::restic::Restic::new(&self.repository);
@@ -305,15 +305,10 @@ impl Move<'_> {
             let Some(first) = self.backup(con).await? else {
                 return self.abandon(con, "its first backup failed").await;
             };
-            if self
-                .step(
-                    con,
-                    &self.to,
-                    contract::PREPARE_RESTORE_EVENT,
-                    &self.snapshot_data(&first),
-                )
+            let data = self.snapshot_data(&first);
+            if !self
+                .step_ok(con, &self.to, contract::PREPARE_RESTORE_EVENT, &data)
                 .await?
-                != 0
             {
                 return self
                     .abandon(con, &format!("{to} could not fetch the first copy"))
@@ -324,10 +319,9 @@ impl Move<'_> {
         let down = Instant::now();
         if phase <= MovePhase::Stopping {
             eprintln!("2/5 {id} stopped on {from}, its final backup");
-            if self
-                .step(con, &self.from, contract::STOP_EVENT, id.as_str())
+            if !self
+                .step_ok(con, &self.from, contract::STOP_EVENT, id.as_str())
                 .await?
-                != 0
             {
                 return self
                     .back_to_source(con, "its units could not be stopped")
@@ -352,10 +346,9 @@ impl Move<'_> {
         };
         if phase <= MovePhase::Final {
             eprintln!("3/5 {id} taken down on {from} (it stays down at boot)");
-            if self
-                .step(con, &self.from, contract::DETACH_EVENT, id.as_str())
+            if !self
+                .step_ok(con, &self.from, contract::DETACH_EVENT, id.as_str())
                 .await?
-                != 0
             {
                 return self.back_to_source(con, "it could not be taken down").await;
             }
@@ -365,30 +358,27 @@ impl Move<'_> {
             eprintln!("4/5 {id} made on {to} from snapshot {snapshot}");
             let data = self.snapshot_data(&snapshot);
             if !self.is_on(con, &self.to).await? {
-                if self
-                    .step(con, &self.to, contract::PREPARE_RESTORE_EVENT, &data)
+                if !self
+                    .step_ok(con, &self.to, contract::PREPARE_RESTORE_EVENT, &data)
                     .await?
-                    != 0
                 {
                     return self
                         .back_to_source(con, &format!("{to} could not fetch the final snapshot"))
                         .await;
                 }
                 self.forget_old_copy(con).await?;
-                if self
-                    .step(con, &self.to, crate::module::INIT_EVENT, id.as_str())
+                if !self
+                    .step_ok(con, &self.to, crate::module::INIT_EVENT, id.as_str())
                     .await?
-                    != 0
                 {
                     return self
                         .back_to_source(con, &format!("module.init failed on {to}"))
                         .await;
                 }
             }
-            if self
-                .step(con, &self.to, contract::RESTORE_EVENT, &data)
+            if !self
+                .step_ok(con, &self.to, contract::RESTORE_EVENT, &data)
                 .await?
-                != 0
             {
                 return self
                     .back_to_source(con, &format!("its restore failed on {to}"))
@@ -403,10 +393,9 @@ impl Move<'_> {
             }
         }
         eprintln!("5/5 the old copy of {id} removed from {from}");
-        if self
-            .step(con, &self.from, crate::module::REMOVE_EVENT, id.as_str())
+        if !self
+            .step_ok(con, &self.from, crate::module::REMOVE_EVENT, id.as_str())
             .await?
-            != 0
         {
             eprintln!(
                 "agentctl: {id} runs on {to}; its old copy on {from} is down but not removed: run \
@@ -442,27 +431,24 @@ impl Move<'_> {
         eprintln!("agentctl: {id} not moved: {why}; bringing it back on {from}");
         let undone = async {
             if self.is_on(con, &self.to).await?
-                && self
-                    .step(con, &self.to, crate::module::REMOVE_EVENT, id.as_str())
+                && !self
+                    .step_ok(con, &self.to, crate::module::REMOVE_EVENT, id.as_str())
                     .await?
-                    != 0
             {
                 return Ok::<_, anyhow::Error>(Some(format!(
                     "its copy on {to} could not be removed"
                 )));
             }
-            if self
-                .step(con, &self.from, contract::DETACH_EVENT, id.as_str())
+            if !self
+                .step_ok(con, &self.from, contract::DETACH_EVENT, id.as_str())
                 .await?
-                != 0
             {
                 return Ok(Some(format!("it could not be taken down on {from}")));
             }
             self.forget_old_copy(con).await?;
-            if self
-                .step(con, &self.from, crate::module::INIT_EVENT, id.as_str())
+            if !self
+                .step_ok(con, &self.from, crate::module::INIT_EVENT, id.as_str())
                 .await?
-                != 0
             {
                 return Ok(Some(format!("module.init failed on {from}")));
             }

@@ -26,8 +26,21 @@ fn script() -> PathBuf {
     repo_root().join("tests/node/node.sh")
 }
 
-fn text(b: &[u8]) -> String {
+/// `b` as text, trimmed: a command's output for comparisons and messages.
+pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).trim().to_string()
+}
+
+/// `agentctl ARGS` in `node`: (exit code, trimmed stdout, trimmed stderr).
+pub fn agentctl(node: &Node, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["agentctl"];
+    all.extend_from_slice(args);
+    let out = node.exec(&all);
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
 }
 
 /// Runs `tests/node/node.sh ARGS` (no stdin) and returns its output, whatever its exit status.
@@ -354,6 +367,54 @@ impl Node {
                 self.name, out.status
             ))
         })
+    }
+
+    /// Polls `args` inside the node (every 100 ms, for at most `timeout`) until its stdout
+    /// contains `want`, whatever its exit status.
+    pub fn wait_contains(&self, args: &[&str], want: &str, timeout: Duration) {
+        crate::poll(timeout, Duration::from_millis(100), || {
+            let got = text(&self.exec(args).stdout);
+            if got.contains(want) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{args:?} in {} gives {got:?}, without {want:?}",
+                    self.name
+                ))
+            }
+        })
+    }
+
+    /// An admin's step in `/var/local/node-events/EVENT/` that, on a run's first attempt only,
+    /// marks `/tmp/paused-EVENT` and sleeps 30 s: a moment for the test to kill the node-agent in
+    /// ([`Node::kill_agent_in`]).
+    pub fn pause_step(&self, event: &str) {
+        let script = format!(
+            "mkdir -p /var/local/node-events/{event} && cat > /var/local/node-events/{event}/05pause <<'EOF'\n\
+             #!/bin/sh\n\
+             if [ \"${{AGENT_ATTEMPT:-1}}\" = 1 ]; then touch /tmp/paused-{event}; sleep 30; fi\n\
+             EOF\n\
+             chmod 755 /var/local/node-events/{event}/05pause"
+        );
+        self.ok(&["sh", "-c", &script]);
+    }
+
+    /// Waits for the pause of `event` ([`Node::pause_step`]), then kills the node-agent with
+    /// SIGKILL (systemd starts it again) and removes the pause step.
+    pub fn kill_agent_in(&self, event: &str) {
+        self.wait_contains(
+            &[
+                "sh",
+                "-c",
+                &format!("ls /tmp/paused-{event} 2>/dev/null || true"),
+            ],
+            &format!("/tmp/paused-{event}"),
+            Duration::from_secs(240),
+        );
+        let pid = self.ok(&["systemctl", "show", "-P", "MainPID", "node-agent"]);
+        self.ok(&["kill", "-9", &pid]);
+        self.ok(&["rm", &format!("/var/local/node-events/{event}/05pause")]);
+        eprintln!("node-agent of {} killed during {event}", self.name);
     }
 
     /// Whether `args` fails inside the node.

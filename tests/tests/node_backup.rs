@@ -3,30 +3,16 @@
 //! `rclone serve restic` on the node's loopback — with credentials), `agentctl backup run`, the
 //! status that stays failed from a failed backup until a later one succeeds (across a node-agent
 //! restart and a reboot), an admin's step in the backup's rollback, `backup-failed` reaching a
-//! subscriber, and the privacy of the dump directory. Needs root (docs/NODE-HARNESS.md).
+//! subscriber, and the privacy of the dump directory; restores in place, under a new id and of
+//! the data alone, one of them through two SIGKILLs of the node-agent. Needs root
+//! (docs/NODE-HARNESS.md).
 
 use std::path::Path;
 use std::time::Duration;
 
-use agent_tests::node::{admin_cli, Node};
+use agent_tests::node::{admin_cli, agentctl, text, Node};
 
 const BUILD: &str = "/usr/share/agent/examples/modules/build.sh";
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim().to_string()
-}
-
-/// `agentctl ARGS` in the node: (exit code, stdout, stderr).
-fn agentctl(node: &Node, args: &[&str]) -> (i32, String, String) {
-    let mut all = vec!["agentctl"];
-    all.extend_from_slice(args);
-    let out = node.exec(&all);
-    (
-        out.status.code().unwrap_or(-1),
-        text(&out.stdout),
-        text(&out.stderr),
-    )
-}
 
 /// Waits (30 s at most) until `file` in the node holds `want`.
 fn wait_file_holds(node: &Node, file: &str, want: &str) {
@@ -384,14 +370,19 @@ fn hello_is_backed_up_reports_a_failure_that_stays_until_a_success_and_uses_a_re
         });
     }
     assert_eq!(status_field(&node, &id, "state"), "ok");
-    assert_eq!(
-        agentctl(&node, &["backup", "snapshots", &id])
+    // The status says done at the snapshot step; retention (30forget) is the run's last step and
+    // may still be running: wait for it rather than race it.
+    agent_tests::poll(Duration::from_secs(60), Duration::from_millis(300), || {
+        let n = agentctl(&node, &["backup", "snapshots", &id])
             .1
             .lines()
-            .count(),
-        2,
-        "keep-last 2"
-    );
+            .count();
+        if n == 2 {
+            Ok(())
+        } else {
+            Err(format!("keep-last 2: {n} snapshots"))
+        }
+    });
     // A verifying schedule: its service verifies the module (a scratch restore), and the outcome
     // is in the status. A retention is refused on it.
     let (code, _, err) = agentctl(
@@ -527,13 +518,32 @@ fn hello_is_restored_in_place_under_a_new_id_beside_the_original_and_not_without
     assert_ne!(code, 0);
     assert!(err.contains("copy1 is taken"), "{err}");
 
-    // In place: the original removed, then restored from its snapshot.
+    // In place: the original removed, then restored from its snapshot — with the node-agent
+    // killed (SIGKILL) while it fetches the snapshot and again while the module puts its data
+    // back: the engine runs each step again, and the restore ends with one copy serving.
     assert_eq!(agentctl(&node, &["module", "remove", &id]).0, 0);
     assert_eq!(page(&node, 8080), None);
-    let (code, out, err) = agentctl(&node, &["backup", "restore", &id]);
-    assert_eq!(code, 0, "restore: {err}");
+    node.pause_step("restore.prepare");
+    node.pause_step("restore");
+    let (code, out, err) = std::thread::scope(|s| {
+        let restoring = s.spawn(|| agentctl(&node, &["backup", "restore", &id]));
+        node.kill_agent_in("restore.prepare");
+        node.kill_agent_in("restore");
+        restoring.join().unwrap()
+    });
+    assert_eq!(code, 0, "restore: {err}\n{}", node.journal("node-agent"));
     assert_eq!(out, id);
     assert_eq!(page(&node, 8080).as_deref(), Some("<h1>page one</h1>"));
+    let running = node.ok(&[
+        "sh",
+        "-c",
+        &format!("cd / && runuser -u {id} -- env XDG_RUNTIME_DIR=/run/user/$(id -u {id}) podman ps --quiet"),
+    ]);
+    assert_eq!(
+        running.lines().count(),
+        1,
+        "one container of {id}: {running}"
+    );
     // The data alone, into the installed module, from a snapshot named by its id.
     assert_eq!(
         agentctl(&node, &["run", &module, "configure", "page three"]).0,

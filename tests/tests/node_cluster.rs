@@ -7,13 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use agent_tests::node::{cluster_create as create, cluster_join as join, cluster_token as token};
-use agent_tests::node::{Lab, Node};
+use agent_tests::node::{text, Lab, Node};
 use agent_tests::poll;
 use core_events::cluster::JoinToken;
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim().to_string()
-}
 
 /// (exit code, stdout, stderr) of a command in the node.
 fn run(node: &Node, args: &[&str]) -> (i32, String, String) {

@@ -7,7 +7,7 @@
 
 use std::process::Output;
 
-use agent_tests::node::Node;
+use agent_tests::node::{text, Node};
 use serde_json::Value;
 
 const EXAMPLES: &str = "/usr/share/agent/examples/modules";
@@ -18,10 +18,6 @@ const GENERATOR: &str = "/usr/libexec/podman/quadlet";
 const BROKEN_CONTAINER: &str = "[Unit]\nDescription=broken\n\n[Container]\n\
                                 Image=docker.io/library/nginx:latest\nNoSuchKey=1\nNotify=healthy\n\n\
                                 [Install]\nWantedBy=default.target\n";
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim().to_string()
-}
 
 fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)

@@ -9,71 +9,9 @@
 
 use std::time::Duration;
 
-use agent_tests::node::{cluster_create, cluster_join, cluster_token, Lab, Node};
+use agent_tests::node::{agentctl, cluster_create, cluster_join, cluster_token, text, Lab, Node};
 
 const BUILD: &str = "/usr/share/agent/examples/modules/build.sh";
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim().to_string()
-}
-
-/// `agentctl ARGS` in the node: (exit code, stdout, stderr).
-fn agentctl(node: &Node, args: &[&str]) -> (i32, String, String) {
-    let mut all = vec!["agentctl"];
-    all.extend_from_slice(args);
-    let out = node.exec(&all);
-    (
-        out.status.code().unwrap_or(-1),
-        text(&out.stdout),
-        text(&out.stderr),
-    )
-}
-
-/// An admin's step in `/var/local/node-events/EVENT/` that, on a run's first attempt only, marks
-/// `/tmp/paused-EVENT` and sleeps: a moment for the test to kill the node-agent in.
-fn pause_step(node: &Node, event: &str) {
-    let script = format!(
-        "mkdir -p /var/local/node-events/{event} && cat > /var/local/node-events/{event}/05pause <<'EOF'\n\
-         #!/bin/sh\n\
-         if [ \"${{AGENT_ATTEMPT:-1}}\" = 1 ]; then touch /tmp/paused-{event}; sleep 30; fi\n\
-         EOF\n\
-         chmod 755 /var/local/node-events/{event}/05pause"
-    );
-    node.ok(&["sh", "-c", &script]);
-}
-
-/// Waits for the pause of `event` on `node`, then kills its node-agent with SIGKILL.
-fn kill_agent_in(node: &Node, event: &str) {
-    wait_contains(
-        node,
-        &[
-            "sh",
-            "-c",
-            &format!("ls /tmp/paused-{event} 2>/dev/null || true"),
-        ],
-        &format!("/tmp/paused-{event}"),
-        Duration::from_secs(240),
-    );
-    let pid = node.ok(&["systemctl", "show", "-P", "MainPID", "node-agent"]);
-    node.ok(&["kill", "-9", &pid]);
-    node.ok(&["rm", &format!("/var/local/node-events/{event}/05pause")]);
-    eprintln!("node-agent of {} killed during {event}", node.name);
-}
-
-/// Waits until the output of `args` in the node contains `want`.
-fn wait_contains(node: &Node, args: &[&str], want: &str, timeout: Duration) {
-    agent_tests::poll(timeout, Duration::from_millis(100), || {
-        let got = text(&node.exec(args).stdout);
-        if got.contains(want) {
-            Ok(())
-        } else {
-            Err(format!(
-                "{args:?} in {} gives {got:?}, without {want:?}",
-                node.name
-            ))
-        }
-    })
-}
 
 /// `module-sdk secret ARGS` as module `id`'s user on `node`, with its own Redis credentials;
 /// `input` on stdin. Its stdout.
@@ -112,19 +50,13 @@ fn start_probe(node: &Node, addresses: [&str; 2], page: &str) {
         "-c",
         &probe,
     ]);
-    wait_contains(
-        node,
-        &["cat", "/tmp/probe.log"],
-        " 1",
-        Duration::from_secs(30),
-    );
+    node.wait_contains(&["cat", "/tmp/probe.log"], " 1", Duration::from_secs(30));
 }
 
 /// Ends the loop: its samples, (time, first address answered, second answered).
 fn stop_probe(node: &Node) -> Vec<(f64, bool, bool)> {
     node.ok(&["rm", "/tmp/probe-on"]);
-    wait_contains(
-        node,
+    node.wait_contains(
         &["sh", "-c", "systemctl is-active probe || true"],
         "inactive",
         Duration::from_secs(10),
@@ -249,12 +181,12 @@ fn hello_moves_between_nodes_through_agent_kills_and_a_failed_move_brings_it_bac
 
     // The move, with the old node's agent killed while it takes the old copy down and the
     // target's while it restores.
-    pause_step(&n1, "module.detach");
-    pause_step(&n2, "restore");
+    n1.pause_step("module.detach");
+    n2.pause_step("restore");
     let (code, out, err) = std::thread::scope(|s| {
         let moving = s.spawn(|| move_module(&n1, &id, &n2.name));
-        kill_agent_in(&n1, "module.detach");
-        kill_agent_in(&n2, "restore");
+        n1.kill_agent_in("module.detach");
+        n2.kill_agent_in("restore");
         moving.join().unwrap()
     });
     assert_eq!(code, 0, "move:\n{out}\n{err}\n{}", n2.journal("node-agent"));
@@ -310,8 +242,7 @@ fn hello_moves_between_nodes_through_agent_kills_and_a_failed_move_brings_it_bac
         agentctl(&n1, &["run", &module, "configure", "moved page"]).0,
         0
     );
-    wait_contains(
-        &n2,
+    n2.wait_contains(
         &["curl", "-s", "http://127.0.0.1:8080/"],
         "moved page",
         Duration::from_secs(10),
@@ -352,8 +283,7 @@ fn hello_moves_between_nodes_through_agent_kills_and_a_failed_move_brings_it_bac
         agentctl(&n2, &["run", &module, "configure", "back page"]).0,
         0
     );
-    wait_contains(
-        &n2,
+    n2.wait_contains(
         &["curl", "-s", "http://127.0.0.1:8080/"],
         "back page",
         Duration::from_secs(10),
@@ -403,8 +333,7 @@ fn hello_moves_between_nodes_through_agent_kills_and_a_failed_move_brings_it_bac
         "/root/sftp-keys",
         "/srv/sftp",
     ]);
-    wait_contains(
-        &n2,
+    n2.wait_contains(
         &[
             "sh",
             "-c",

@@ -4,12 +4,8 @@
 
 use std::time::Duration;
 
-use agent_tests::node::Node;
+use agent_tests::node::{text, Node};
 use agent_tests::poll;
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim().to_string()
-}
 
 /// Runs `agentctl node setup ARGS` in the node: (exit code, stdout, stderr).
 fn setup(node: &Node, args: &[&str]) -> (i32, String, String) {

@@ -6,7 +6,7 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use agent_tests::node::Node;
+use agent_tests::node::{text, Node};
 
 const USER: &str = "units1";
 
@@ -16,10 +16,6 @@ const SLEEPER: &str = "[Unit]\nDescription=sleeper v1\n[Service]\nExecStart=/bin
 /// A start that fails: Type=oneshot, so the start job waits for the process and fails with it.
 const BROKEN: &str = "[Service]\nType=oneshot\n\
                       ExecStart=/bin/sh -c 'echo broken-unit-says-goodbye; exit 3'\n";
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim().to_string()
-}
 
 fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)

@@ -415,6 +415,9 @@ fn run_module_event(
     let wait = env_secs("BACKUP_DUMP_WAIT", 3600)?;
     let end = Instant::now() + wait;
     let mut silent_since: Option<Instant> = None;
+    // Short at first (a dump of a small module ends within milliseconds: a fixed 100 ms would be
+    // a good part of its backup), then at most every 100 ms.
+    let mut pause = Duration::from_millis(5);
     loop {
         let fields: HashMap<String, String> =
             redis::cmd("HGETALL").arg(&record_key).query(&mut con)?;
@@ -463,7 +466,8 @@ fn run_module_event(
                 wait.as_secs()
             )));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 
