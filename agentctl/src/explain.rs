@@ -43,9 +43,45 @@ pub struct ExplainArgs {
     json: bool,
 
     /// Directory of trusted OpenPGP certificates (*.asc, *.pgp) for checking an events
-    /// directory's signed MANIFEST (the PROVENANCE column).
-    #[arg(long, value_name = "DIR", default_value = module_signing::DEFAULT_TRUST_DIR)]
-    trust_dir: PathBuf,
+    /// directory's signed MANIFEST (the PROVENANCE column). Default: the node's, trust_dir of
+    /// /etc/agent/signing.conf (/etc/agent/trusted-keys).
+    #[arg(long, value_name = "DIR")]
+    trust_dir: Option<PathBuf>,
+}
+
+/// The node's signature settings as explain reports them: what its module.init applies to
+/// module images, or why they cannot be read (then every install is refused).
+fn node_signing_text(node: &Result<module_signing::NodeSigning, String>) -> String {
+    match node {
+        Ok(n) => {
+            let store = TrustStore::load(&n.trust_dir);
+            format!(
+                "
+signature policy of this node for module images: {} ({}); trusted keys: {} \
+                 certificate(s) in {}\n",
+                n.policy,
+                n.origin(),
+                store.fingerprints().len(),
+                n.trust_dir.display()
+            )
+        }
+        Err(e) => format!(
+            "
+signature policy of this node: UNREADABLE, every install is refused: {e}\n"
+        ),
+    }
+}
+
+fn node_signing_json(node: &Result<module_signing::NodeSigning, String>) -> serde_json::Value {
+    match node {
+        Ok(n) => serde_json::json!({
+            "policy": n.policy.to_string(),
+            "trust_dir": n.trust_dir,
+            "source": n.source,
+            "trusted_keys": TrustStore::load(&n.trust_dir).fingerprints(),
+        }),
+        Err(e) => serde_json::json!({ "error": e }),
+    }
 }
 
 pub fn main(args: ExplainArgs, redis: &crate::conn::RedisArgs) -> Result<i32> {
@@ -65,13 +101,23 @@ pub fn main(args: ExplainArgs, redis: &crate::conn::RedisArgs) -> Result<i32> {
         .iter()
         .map(|d| (d.clone(), dir_state(d, &event)))
         .collect();
-    let signing = Signing::load(&dirs, &args.trust_dir);
+    let node_signing = module_signing::NodeSigning::load(Path::new(module_signing::NODE_CONFIG))
+        .map_err(|e| e.to_string());
+    let trust_dir = args
+        .trust_dir
+        .clone()
+        .unwrap_or_else(|| match &node_signing {
+            Ok(n) => n.trust_dir.clone(),
+            Err(_) => PathBuf::from(module_signing::DEFAULT_TRUST_DIR),
+        });
+    let signing = Signing::load(&dirs, &trust_dir);
     let label = agent.to_string();
     if args.json {
         let mut json = plan_json(&label, &event, &dir_states, &plan, &signing);
         json["rollback"] = rollback.as_ref().map_or(serde_json::Value::Null, |(e, p)| {
             rollback_json(e, p, &signing)
         });
+        json["node_signature_policy"] = node_signing_json(&node_signing);
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         print!(
@@ -81,6 +127,7 @@ pub fn main(args: ExplainArgs, redis: &crate::conn::RedisArgs) -> Result<i32> {
         if let Some((rb_event, rb_plan)) = &rollback {
             print!("{}", rollback_text(&event, rb_event, rb_plan, &signing));
         }
+        print!("{}", node_signing_text(&node_signing));
     }
     if !plan.defined {
         eprintln!(

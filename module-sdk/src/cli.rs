@@ -183,6 +183,11 @@ enum Cmd {
     /// `module-sdk sign --key KEY.tsk DIR`.
     Sign(sign::SignArgs),
 
+    /// Revoke a signing key that is lost or compromised: `module-sdk revoke --key KEY.tsk
+    /// --cert-out REVOKED.asc` writes its certificate with a hard revocation, to replace the old
+    /// one in the nodes' trust directories; every signature of the key is bad from then on.
+    Revoke(sign::RevokeArgs),
+
     /// Verify a signed tree or archive against the trusted certificates:
     /// `module-sdk verify DIR [--trust-dir D] [--policy require|warn|off]`. Exit 0 when accepted.
     Verify(sign::VerifyArgs),
@@ -330,6 +335,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Route(r) => Ok(route::run(r, verbose)?),
         Cmd::Keygen(a) => std::process::exit(sign::keygen(&a)),
         Cmd::Sign(a) => std::process::exit(sign::sign(&a)),
+        Cmd::Revoke(a) => std::process::exit(sign::revoke(&a)),
         Cmd::Verify(a) => std::process::exit(sign::verify(&a)),
         Cmd::Unit(a) => std::process::exit(unit::run(&a, verbose)),
         Cmd::Lint(a) => std::process::exit(lint::run(&a, verbose)),

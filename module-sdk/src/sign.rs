@@ -1,4 +1,4 @@
-//! `module-sdk keygen | sign | verify`: signed module trees and bundles for module authors.
+//! `module-sdk keygen | sign | revoke | verify`: signed module trees and bundles for module authors.
 //!
 //! The work is done by the `module_signing` crate; this module holds the command-line arguments,
 //! the functions each command runs and the exit codes:
@@ -9,7 +9,7 @@
 //!   untrusted key, modified / missing / extra files);
 //! * 2: bad arguments; 65: invalid input (key file, tree with a fifo, unsafe path, malformed
 //!   MANIFEST); 66: a file or directory named on the command line does not exist; 70: OpenPGP
-//!   failure; 73: `keygen` would overwrite a file; 74: other I/O error.
+//!   failure; 73: `keygen` or `revoke` would overwrite a file; 74: other I/O error.
 //!
 //! See docs/SIGNING.md.
 
@@ -45,6 +45,20 @@ pub struct SignArgs {
     pub path: PathBuf,
 }
 
+/// Arguments of `module-sdk revoke`.
+#[derive(Debug, clap::Args)]
+pub struct RevokeArgs {
+    /// The secret key to revoke (a TSK file written by `keygen`).
+    #[arg(long, value_name = "KEY.tsk")]
+    pub key: PathBuf,
+    /// Where to write the revoked certificate (never overwritten).
+    #[arg(long, value_name = "REVOKED.asc")]
+    pub cert_out: PathBuf,
+    /// Why, in words (recorded in the revocation).
+    #[arg(long, value_name = "TEXT", default_value = "key compromised")]
+    pub reason: String,
+}
+
 /// Arguments of `module-sdk verify`.
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
@@ -76,6 +90,31 @@ pub fn keygen_files(args: &KeygenArgs) -> Result<String, Error> {
          certificate: {} (copy it into {DEFAULT_TRUST_DIR}/ on the nodes that trust it)\n",
         args.userid,
         args.out.display(),
+        args.cert_out.display()
+    ))
+}
+
+/// `revoke`: writes the revoked certificate; returns the report.
+pub fn revoke_key(args: &RevokeArgs) -> Result<String, Error> {
+    let signer = module_signing::pgp::key_signer(&args.key)?;
+    let revoked = module_signing::revoked_certificate(&args.key, &args.reason)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&args.cert_out)
+        .map_err(|cause| Error::Io {
+            path: args.cert_out.clone(),
+            cause,
+        })?;
+    f.write_all(&revoked).map_err(|cause| Error::Io {
+        path: args.cert_out.clone(),
+        cause,
+    })?;
+    Ok(format!(
+        "revoked key {signer}: wrote {} (replace the key's certificate with it in the trust \
+         directory of every node, {DEFAULT_TRUST_DIR}/ by default)\n",
         args.cert_out.display()
     ))
 }
@@ -162,6 +201,11 @@ fn finish(result: Result<String, Error>) -> i32 {
 /// Runs `module-sdk keygen`; returns the exit code.
 pub fn keygen(args: &KeygenArgs) -> i32 {
     finish(keygen_files(args))
+}
+
+/// Runs `module-sdk revoke`; returns the exit code.
+pub fn revoke(args: &RevokeArgs) -> i32 {
+    finish(revoke_key(args))
 }
 
 /// Runs `module-sdk sign`; returns the exit code.

@@ -17,6 +17,7 @@
 //! See `docs/SIGNING.md`.
 
 pub mod manifest;
+pub mod node;
 pub mod pgp;
 
 use std::fmt;
@@ -28,7 +29,10 @@ pub use manifest::{
     build_manifest, Changes, Entry, EntryKind, FileCheck, Manifest, Modified, MANIFEST_FILE,
     SIGNATURE_FILE,
 };
-pub use pgp::{generate_key, sign_bytes, write_new_key, GeneratedKey, TrustStore};
+pub use node::{NodeSigning, NODE_CONFIG, NODE_DEFAULT_POLICY};
+pub use pgp::{
+    generate_key, revoked_certificate, sign_bytes, write_new_key, GeneratedKey, TrustStore,
+};
 
 /// Where the trusted certificates live unless configured otherwise.
 pub const DEFAULT_TRUST_DIR: &str = "/etc/agent/trusted-keys";
@@ -55,6 +59,13 @@ pub enum Error {
     SigningKey { path: PathBuf, reason: String },
     #[error("OpenPGP error while {context}: {message}")]
     OpenPgp { context: String, message: String },
+    #[error("{}{}: {reason}", path.display(), if *line > 0 { format!(" line {line}") } else { String::new() })]
+    Config {
+        path: PathBuf,
+        /// 1-based; 0 when the file as a whole is wrong.
+        line: usize,
+        reason: String,
+    },
     #[error("unknown signature policy {0:?}: expected require, warn or off")]
     BadPolicy(String),
     /// The policy is `require` and the verdict is not a good signature by a trusted key over
@@ -597,6 +608,33 @@ mod tests {
         v.policy = Policy::Warn;
         let w = v.apply().unwrap();
         assert!(w.warning.unwrap().contains("accepted anyway"));
+    }
+
+    #[test]
+    fn a_revoked_certificate_makes_its_signatures_bad() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, cert) = (dir.path().join("k.tsk"), dir.path().join("k.asc"));
+        let fpr = write_new_key("Test <t@example.org>", &key, &cert).unwrap();
+        let sig = sign_bytes(b"content", &key).unwrap();
+        let trusted = dir.path().join("trusted");
+        std::fs::create_dir(&trusted).unwrap();
+        std::fs::copy(&cert, trusted.join("k.asc")).unwrap();
+        let status = TrustStore::load(&trusted).check_bytes(b"content", sig.as_bytes());
+        assert!(matches!(status, SignatureStatus::Good { .. }), "{status:?}");
+
+        let revoked = revoked_certificate(&key, "lost").unwrap();
+        assert!(!String::from_utf8_lossy(&revoked).contains("PRIVATE KEY"));
+        std::fs::write(trusted.join("k.asc"), &revoked).unwrap();
+        let status = TrustStore::load(&trusted).check_bytes(b"content", sig.as_bytes());
+        let SignatureStatus::Bad { reason } = status else {
+            panic!("a revoked key's signature: {status:?}");
+        };
+        assert!(
+            reason.contains(&fpr[fpr.len() - 16..]) || reason.to_lowercase().contains("revoked"),
+            "{reason}"
+        );
+        // The certificate is no signing key.
+        assert!(revoked_certificate(&trusted.join("k.asc"), "x").is_err());
     }
 
     #[test]

@@ -65,6 +65,49 @@ pub fn generate_key(userid: &str) -> Result<GeneratedKey, Error> {
     })
 }
 
+/// The certificate of the secret key in the TSK file at `key_path` with a hard revocation added
+/// (reason: key compromised, with `message`), ASCII-armored: what replaces the certificate in the
+/// trust directories. A hard revocation makes every signature of the key bad, also the ones made
+/// before it; sequoia honours it wherever the revoked certificate is the one loaded.
+pub fn revoked_certificate(key_path: &Path, message: &str) -> Result<Vec<u8>, Error> {
+    let key_err = |reason: String| Error::SigningKey {
+        path: key_path.to_path_buf(),
+        reason,
+    };
+    let bytes = read_limited(key_path, MAX_KEY_BYTES)?;
+    let cert = Cert::from_bytes(&bytes).map_err(|e| key_err(format!("not an OpenPGP key: {e}")))?;
+    let primary = cert
+        .primary_key()
+        .key()
+        .clone()
+        .parts_into_secret()
+        .map_err(|_| {
+            key_err(
+                "holds no secret primary key (is it the certificate, KEY.asc, instead of KEY.tsk?)"
+                    .into(),
+            )
+        })?;
+    let mut signer = primary
+        .into_keypair()
+        .map_err(|e| key_err(format!("cannot use the primary key: {e}")))?;
+    let revocation = CertRevocationBuilder::new()
+        .set_reason_for_revocation(
+            openpgp::types::ReasonForRevocation::KeyCompromised,
+            message.as_bytes(),
+        )
+        .and_then(|b| b.build(&mut signer, &cert, None))
+        .map_err(|e| Error::openpgp("revoking the key", e))?;
+    let (revoked, _) = cert
+        .strip_secret_key_material()
+        .insert_packets(revocation)
+        .map_err(|e| Error::openpgp("adding the revocation", e))?;
+    let armored = revoked
+        .armored()
+        .to_vec()
+        .map_err(|e| Error::openpgp("serializing the certificate", e));
+    armored
+}
+
 /// Generates a key and writes the secret key to `tsk_path` (mode 0600) and the certificate to
 /// `cert_path` (0644). Refuses to overwrite either file. Returns the fingerprint.
 pub fn write_new_key(userid: &str, tsk_path: &Path, cert_path: &Path) -> Result<String, Error> {

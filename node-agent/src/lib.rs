@@ -97,6 +97,7 @@ See docs/PROTOCOL.md for every key and channel, imageroot/README.md for the modu
 
 const MODULE_AFTER_HELP: &str = "\
 module.init:   create-user, redis-user, secret-key, install-image, start-agent, wait-ready, register
+               (verify-image: the image's signature under the node's policy, as create-user checks it)
 module.remove: stop-agent, disable-linger, kill-processes, delete-user, remove-redis-user,
                delete-keys, unregister
 Example: node-agent module install-image hello0";

@@ -94,9 +94,16 @@ fn the_package_installs_upgrades_removes_and_purges_without_losing_a_module_or_a
         "/usr/share/bash-completion/completions/agentctl",
         "/usr/share/zsh/vendor-completions/_module-sdk",
         "/usr/share/fish/vendor_completions.d/node-agent.fish",
+        "/etc/agent/signing.conf",
     ] {
         node.ok(&["test", "-s", f]);
     }
+    // The node's signature settings are a conffile: an admin's change survives upgrades.
+    assert!(
+        node.ok(&["cat", "/var/lib/dpkg/info/agent.conffiles"])
+            .contains("/etc/agent/signing.conf"),
+        "signing.conf is not a conffile"
+    );
     assert_eq!(
         node.ok(&[
             "readlink",

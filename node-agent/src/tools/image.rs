@@ -1,18 +1,24 @@
-//! module.init/40install-image: the module's image (docs/MODULES.md).
+//! module.init/40install-image: the module's image (docs/MODULES.md), its signature under the
+//! node's policy (docs/SIGNING.md, also checked by 10create-user before the user is made), then its
+//! install:
 //!
 //! 1. `EVENTS_IMAGE` (module/ID/module.env) is made available in root's storage: used as is when
 //!    there (`podman image inspect`), else `podman pull` (registry, `oci-archive:PATH`, any transport);
 //! 2. its labels say where its imageroot is and which images its containers run;
-//! 3. the imageroot tree is extracted into the module's home **by the module's user**: root
+//! 3. the imageroot's signature (MANIFEST, MANIFEST.sig: `module-sdk sign`) is checked under the
+//!    node's policy ([`module_signing::NodeSigning`], `/etc/agent/signing.conf`): by 10create-user
+//!    before the module's user exists ([`verify_image`]), and again on the mounted tree that
+//!    40install-image extracts (a tag can move in between);
+//! 4. the imageroot tree is extracted into the module's home **by the module's user**: root
 //!    mounts the image read-only (`podman image mount`) and writes the tree as a tar stream into
 //!    `runuser -u ID -- tar -x -C HOME` — root never writes through paths the user controls —,
 //!    under umask 077, and every member is then checked to be private to the user, the home
 //!    itself `0700` ([`extract`] says how);
-//! 4. each image the module runs is copied from root's storage into the user's rootless storage
+//! 5. each image the module runs is copied from root's storage into the user's rootless storage
 //!    (`podman save` into a file only root can read, handed to `podman load` as the user on
 //!    stdin), or pulled by the user when root does not have it.
 //!
-//! Steps 3 and 4 run at the same time.
+//! Steps 4 and 5 run at the same time.
 //!
 //! Idempotent: extracting again rewrites the same files; an image the user has (same id) is kept.
 
@@ -23,6 +29,8 @@ use std::process::{Command, Stdio};
 
 use core_events::module_image::{self, check_image_ref, LabelError, ModuleLabels};
 use core_events::{ModuleId, Prefix};
+
+use module_signing::{NodeSigning, Policy};
 
 use super::user::{home_relative, ModuleUser};
 use super::{quiet_stdout_of, stdout_of, stdout_ok, Ctx, Result, ToolError};
@@ -159,7 +167,8 @@ pub fn root_image_or_pull(reference: &str, whose: &str) -> Result<RootImage> {
     })
 }
 
-pub fn install_image(ctx: &Ctx, id: &ModuleId) -> Result<()> {
+/// EVENTS_IMAGE of module `id` (module/ID/module.env), checked to be an image reference.
+fn events_image(ctx: &Ctx, id: &ModuleId) -> Result<String> {
     let env_key = Prefix::module(id.agent_name().clone()).module_env();
     let reference: Option<String> = redis::cmd("HGET")
         .arg(&env_key)
@@ -176,6 +185,109 @@ pub fn install_image(ctx: &Ctx, id: &ModuleId) -> Result<()> {
             "EVENTS_IMAGE '{reference}' of {id} is not an image reference"
         )));
     }
+    Ok(reference)
+}
+
+/// The node's signature settings ([`module_signing::NODE_CONFIG`]); a file that is wrong refuses
+/// the install (a typo must not weaken `require`).
+fn node_signing() -> Result<NodeSigning> {
+    NodeSigning::load(Path::new(module_signing::NODE_CONFIG)).map_err(|e| {
+        ToolError::Config(format!(
+            "the node's signature settings: {e}; nothing is installed until it is fixed (docs/SIGNING.md)"
+        ))
+    })
+}
+
+/// The image's imageroot (`tree`, in its read-only mount) checked under the node's policy:
+/// refused under `require` unless signed by a trusted key with every file matching; a warning
+/// printed under `warn`; nothing read under `off`.
+fn check_signature(
+    signing: &NodeSigning,
+    reference: &str,
+    image: &RootImage,
+    imageroot: &str,
+    tree: &Path,
+) -> Result<()> {
+    let named = |mut v: module_signing::Verdict| {
+        // The mount point means nothing to the reader: the image and its imageroot do.
+        v.subject = PathBuf::from(format!("{imageroot} of {reference}"));
+        v
+    };
+    match module_signing::verify(tree, &signing.trust_dir, signing.policy) {
+        Ok(v) => {
+            let v = named(v);
+            match &v.warning {
+                Some(_) => println!(
+                    "warning: image {reference} ({}): {v}; installed anyway (signature policy warn, {})",
+                    short_id(&image.id),
+                    signing.origin()
+                ),
+                None => println!("image {reference} ({}): {v}", short_id(&image.id)),
+            }
+            Ok(())
+        }
+        Err(module_signing::Error::Rejected(v)) => Err(ToolError::Invalid(format!(
+            "image {reference} ({}) refused by the node's signature policy require ({}): {}; nothing of the module is installed",
+            short_id(&image.id),
+            signing.origin(),
+            named(*v)
+        ))),
+        Err(e) => Err(ToolError::Failed(format!(
+            "cannot check the signature of {imageroot} of {reference}: {e}"
+        ))),
+    }
+}
+
+/// When the signature is checked: by `node-agent module verify-image` (every problem is an
+/// error), or by 10create-user before the module's user is made (only a refused signature is:
+/// an image that cannot be read yet is left to 40install-image, which owns that error and checks
+/// the signature again on the tree it extracts).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    Strict,
+    BeforeInstall,
+}
+
+/// The image of module `id` in root's storage (pulled if need be), its labels, and its
+/// imageroot's signature under the node's policy.
+pub fn verify_image(ctx: &Ctx, id: &ModuleId, when: Check) -> Result<()> {
+    let signing = node_signing()?;
+    let deferred = |e: ToolError| {
+        if when == Check::Strict {
+            return Err(e);
+        }
+        println!("the image's signature is checked by 40install-image: {e}");
+        Ok(())
+    };
+    let reference = match events_image(ctx, id) {
+        Ok(r) => r,
+        Err(e) => return deferred(e),
+    };
+    if signing.policy == Policy::Off {
+        println!(
+            "image {reference}: signature not checked (signature policy off, {})",
+            signing.origin()
+        );
+        return Ok(());
+    }
+    let read = || -> Result<_> {
+        let image = root_image_or_pull(&reference, &format!("of {id}"))?;
+        let labels = parse_labels(&reference, &image.labels)?;
+        let mount = ImageMount::new(&image.id)?;
+        let tree = dir_in_image(&mount.path, &labels.imageroot)?;
+        Ok((image, labels, mount, tree))
+    };
+    match read() {
+        Ok((image, labels, _mount, tree)) => {
+            check_signature(&signing, &reference, &image, &labels.imageroot, &tree)
+        }
+        Err(e) => deferred(e),
+    }
+}
+
+pub fn install_image(ctx: &Ctx, id: &ModuleId) -> Result<()> {
+    let reference = events_image(ctx, id)?;
+    let signing = node_signing()?;
     let user = ModuleUser::require(id)?;
 
     // 1. The image in root's storage.
@@ -184,7 +296,7 @@ pub fn install_image(ctx: &Ctx, id: &ModuleId) -> Result<()> {
     // 2. Its labels.
     let labels = parse_labels(&reference, &image.labels)?;
 
-    // 3. and 4. at the same time, as they are independent and each is mostly waiting on podman,
+    // 3. to 5., the extraction and the copies at the same time, as they are independent and each is mostly waiting on podman,
     // tar or the user's first podman call (~0.2 s of a new module's install, docs/BENCHMARKS.md):
     // the imageroot into the home, written by the module's user, and the images the module runs
     // into the user's storage.
@@ -195,7 +307,12 @@ pub fn install_image(ctx: &Ctx, id: &ModuleId) -> Result<()> {
                 .iter()
                 .try_for_each(|run_image| copy_to_user(&user, run_image))
         });
-        let extracted = extract(&user, &image.id, &labels.imageroot);
+        let extracted = extract(&user, &image.id, &labels.imageroot, |tree| {
+            if signing.policy == Policy::Off {
+                return Ok(());
+            }
+            check_signature(&signing, &reference, &image, &labels.imageroot, tree)
+        });
         let copied = copies.join().unwrap_or_else(|_| {
             Err(ToolError::Failed(
                 "copying the module's images failed unexpectedly".into(),
@@ -235,9 +352,18 @@ pub fn install_image(ctx: &Ctx, id: &ModuleId) -> Result<()> {
 /// * the stream has no member for the imageroot itself, so the home's own mode is not touched;
 ///   it is made exactly 0700 again by root on its own inode anyway
 ///   ([`ModuleUser::make_home_private`]).
-fn extract(user: &ModuleUser, image: &str, imageroot: &str) -> Result<()> {
+///
+/// `check` is called on the mounted tree before anything is written: the signature is checked on
+/// the very tree that is extracted.
+fn extract(
+    user: &ModuleUser,
+    image: &str,
+    imageroot: &str,
+    check: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let mount = ImageMount::new(image)?;
     let source = dir_in_image(&mount.path, imageroot)?;
+    check(&source)?;
     let mut tar = Command::new("runuser");
     tar.args(["-u", &user.name, "--", "tar", "-x", "--no-same-owner"])
         .args(["--no-same-permissions", "--delay-directory-restore", "-C"])

@@ -84,8 +84,14 @@ pub struct IdArg {
 /// The node's module tools. Each is one step of imageroot/node-events/.
 #[derive(Debug, clap::Subcommand)]
 pub enum Tool {
-    /// module.init/10create-user: the module's Unix user with a private home (0700, checked on
-    /// every run) and subordinate ids (`useradd`, kept when it exists), linger on.
+    /// The image of a module (EVENTS_IMAGE, from root's storage or `podman pull`), its labels and
+    /// its imageroot's signature under the node's policy (/etc/agent/signing.conf): exit 0 when
+    /// the policy accepts it. 10create-user does the same before it makes the user.
+    VerifyImage(IdArg),
+    /// module.init/10create-user: the image's signature under the node's policy (require refuses
+    /// an image not signed by a trusted key before anything of the module is made), then the
+    /// module's Unix user with a private home (0700, checked on every run) and subordinate ids
+    /// (`useradd`, kept when it exists), linger on.
     CreateUser(IdArg),
     /// module.init/20redis-user: the module's Redis ACL user (`redis-acl`) and its credentials file
     /// ~ID/.config/agent/redis.env, written by the module's user; skipped without ACL users.
@@ -130,7 +136,8 @@ pub enum Tool {
 impl Tool {
     fn id_arg(&self) -> &str {
         match self {
-            Tool::CreateUser(a)
+            Tool::VerifyImage(a)
+            | Tool::CreateUser(a)
             | Tool::RedisUser(a)
             | Tool::SecretKey(a)
             | Tool::InstallImage(a)
@@ -151,6 +158,7 @@ impl Tool {
     /// The tool's command-line name.
     pub fn name(&self) -> &'static str {
         match self {
+            Tool::VerifyImage(_) => "verify-image",
             Tool::CreateUser(_) => "create-user",
             Tool::RedisUser(_) => "redis-user",
             Tool::SecretKey(_) => "secret-key",
@@ -319,8 +327,12 @@ pub fn run(tool: &Tool, ctx: &Ctx) -> Result<()> {
         }
     }
     match tool {
+        Tool::VerifyImage(_) => image::verify_image(ctx, &id, image::Check::Strict),
         Tool::CreateUser(_) => {
             refuse_node_name(ctx, &id)?;
+            // A user of that name that is not a module's is refused before the image is looked at.
+            user::ModuleUser::lookup(&id)?;
+            image::verify_image(ctx, &id, image::Check::BeforeInstall)?;
             user::create_user(&id)
         }
         Tool::RedisUser(_) => keys::redis_user(ctx, &id),
