@@ -17,6 +17,7 @@ mod fail;
 mod journal;
 mod module;
 mod module_move;
+mod module_repo;
 mod node;
 mod output;
 mod redis_admin;
@@ -53,8 +54,10 @@ enum Cmd {
     Explain(explain::ExplainArgs),
     /// Cancel a queued or running run: the agent stops its step (SIGTERM, then SIGKILL).
     Cancel(cancel::CancelArgs),
-    /// Install (`add IMAGE`) or remove (`remove ID`) a module on a node: allocates the module id,
-    /// writes its module.env, queues module.init / module.remove on the node and follows the run.
+    /// Install (`add IMAGE` or `add NAME[:VERSION]` from a repository) or remove (`remove ID`) a
+    /// module on a node: allocates the module id, writes its module.env, queues module.init /
+    /// module.remove on the node and follows the run. Also the module repositories (`repo`,
+    /// `search`, `info`), export/import and move.
     #[command(subcommand)]
     Module(module::ModuleCmd),
     /// Redis users of the security model: set up the cluster's users; add, remove or rotate an

@@ -1,4 +1,5 @@
-//! `agentctl module add|remove`: install or remove a module on a node.
+//! `agentctl module add|remove`: install or remove a module on a node (`add NAME[:VERSION]` resolved
+//! through the module repositories: `module_repo`).
 //!
 //! `add` derives the image name from IMAGE, allocates the module id `<name><N>` from the counter
 //! `cluster/module_sequence/<name>` (`INCR`: the first module of an image is `<name>1`), writes
@@ -45,12 +46,26 @@ pub enum ModuleCmd {
     /// on NODE brings it back on its old node; an interrupted move is finished by running the same
     /// command again. Prints how long the module was down. docs/BACKUP.md, "Move".
     Move(crate::module_move::MoveArgs),
+    /// The module repositories: container registries whose images LOCATION/NAME:VERSION are
+    /// modules, cluster-wide, each with a priority (`add NAME LOCATION`, `list`, `rm NAME`).
+    #[command(subcommand)]
+    Repo(crate::module_repo::RepoCmd),
+    /// The modules the repositories offer, their newest release and description (module images
+    /// only; a name in several repositories is shown from the one of highest priority).
+    Search(crate::module_repo::SearchArgs),
+    /// One module of the repositories: its versions, image and digest, labels, the core version it
+    /// needs, what it provides, and its signature as this node's policy judges it (the image is
+    /// pulled into the node's storage for that).
+    Info(crate::module_repo::InfoArgs),
 }
 
 #[derive(Debug, clap::Args)]
 pub struct AddArgs {
-    /// The module's image: hello, localhost/hello:latest, registry.example:5000/org/hello@sha256:…,
-    /// docker://host/hello:1.2, oci-archive:/srv/hello.tar, containers-storage:localhost/hello. The
+    /// The module: NAME or NAME:VERSION from the module repositories (`agentctl module repo`;
+    /// NAME alone is its newest release), or an image: localhost/hello:latest,
+    /// registry.example:5000/org/hello@sha256:…, docker://host/hello:1.2,
+    /// oci-archive:/srv/hello.tar, containers-storage:localhost/hello (a bare NAME is an image
+    /// too while no repository is configured). The
     /// module id is the image name (last path component without tag, digest or .tar; lowercase
     /// letters and digits only; starting with a letter; at most 25 characters) plus a number.
     image: String,
@@ -89,18 +104,24 @@ pub async fn main(redis: &Redis, cmd: ModuleCmd) -> Result<i32> {
         ModuleCmd::Export(args) => crate::backup::export(redis, args).await,
         ModuleCmd::Import(args) => crate::backup::import(redis, args).await,
         ModuleCmd::Move(args) => crate::module_move::move_module(redis, args).await,
+        ModuleCmd::Repo(cmd) => crate::module_repo::repo(redis, cmd).await,
+        ModuleCmd::Search(args) => crate::module_repo::search(redis, args).await,
+        ModuleCmd::Info(args) => crate::module_repo::info(redis, args).await,
     }
 }
 
 async fn add(redis: &Redis, args: AddArgs) -> Result<i32> {
-    let name =
-        image_name(&args.image).map_err(|e| invalid(format!("image {:?}: {e}", args.image)))?;
     let env = parse_env(&args.env)?;
     let node = node_prefix(args.node.as_deref())?;
     let mut con = redis.manager().await?;
+    // NAME[:VERSION] through the module repositories, when there are any.
+    let image = crate::module_repo::resolve_for_add(&mut con, &args.image)
+        .await?
+        .unwrap_or_else(|| args.image.clone());
+    let name = image_name(&image).map_err(|e| invalid(format!("image {image:?}: {e}")))?;
     // WATCH needs a connection of our own.
     let mut tx = redis.blocking().await?;
-    let id = allocate(&mut tx, &name, &args.image, &env).await?;
+    let id = allocate(&mut tx, &name, &image, &env).await?;
     println!("{id}");
     use std::io::Write;
     let _ = std::io::stdout().flush();

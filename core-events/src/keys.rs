@@ -143,6 +143,27 @@ pub fn module_sequence(name: &str) -> String {
     format!("cluster/module_sequence/{name}")
 }
 
+/// `cluster/module-repository/<name>`: a registry modules are installed from (`agentctl module
+/// repo add`), a hash of the [`module_repository`](mod@module_repository) fields. `name` is a
+/// repository name (`[a-z][a-z0-9-]{0,31}`, checked by agentctl).
+pub fn module_repository(name: &str) -> String {
+    format!("{MODULE_REPOSITORY_PREFIX}{name}")
+}
+
+/// The prefix of [`module_repository`] keys (`SCAN MATCH cluster/module-repository/*`).
+pub const MODULE_REPOSITORY_PREFIX: &str = "cluster/module-repository/";
+
+/// The fields of a [`module_repository`](fn@module_repository) hash.
+pub mod module_repository {
+    /// Where its modules are: `host[:port][/namespace]`, a module `NAME` being the image
+    /// `<location>/NAME:<version>`.
+    pub const LOCATION: &str = "location";
+    /// Searched first when higher (an integer, default 50).
+    pub const PRIORITY: &str = "priority";
+    /// `true`: plain HTTP or an unverified certificate (a registry on loopback); `false` else.
+    pub const INSECURE: &str = "insecure";
+}
+
 /// `<kind>/*`: the pattern of every key of every agent of one kind (the node user writes all of
 /// `module/*`: it creates modules and their keys).
 pub fn kind_key_pattern(kind: AgentKind) -> String {

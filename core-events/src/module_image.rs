@@ -13,6 +13,11 @@ pub const IMAGEROOT: &str = "org.agent-system.module.imageroot";
 pub const IMAGES: &str = "org.agent-system.module.images";
 /// `true` for a module that needs rootful mode (not supported yet), `false` or absent otherwise.
 pub const ROOTFUL: &str = "org.agent-system.module.rootful";
+/// The core version the module needs: a semantic-version requirement (`>=0.1.0`, `^0.2`);
+/// `agentctl module add` refuses the module on an older core.
+pub const CORE_VERSION: &str = "org.agent-system.module.core-version";
+/// What the module provides to others, words separated by white space (`http-route ldap`).
+pub const PROVIDES: &str = "org.agent-system.module.provides";
 /// The OCI labels a published module should carry too (shown by the node's listings).
 pub const TITLE: &str = "org.opencontainers.image.title";
 pub const DESCRIPTION: &str = "org.opencontainers.image.description";

@@ -39,6 +39,15 @@ enum Command {
         #[command(subcommand)]
         tool: tools::Tool,
     },
+    /// Check a module image's imageroot signature under the node's policy
+    /// (/etc/agent/signing.conf) without installing anything: the image is pulled into root's
+    /// storage if it is not there. Prints the verdict; exit 0 when the policy accepts the image,
+    /// 65 when it refuses it (or it is no module image), 69 when it cannot be had, 78 when the
+    /// settings are wrong. `agentctl module info` runs it. Run as root.
+    ImageVerify {
+        /// The image, e.g. registry.example.org/modules/hello:1.2.0 or localhost/hello:latest.
+        reference: String,
+    },
     /// The agents of every module of this node, one at a time: list, restart onto the installed
     /// binary, stop. The Debian package's maintainer scripts run it (docs/PACKAGING.md).
     ModuleAgents {
@@ -137,6 +146,10 @@ pub fn main() -> anyhow::Result<()> {
         Some(Command::Backup { cmd }) => exit_with(
             &format!("node-agent backup {}", cmd.name()),
             tool_ctx(cli.agent).and_then(|ctx| tools::backup::run(&cmd, &ctx)),
+        ),
+        Some(Command::ImageVerify { reference }) => exit_with(
+            "node-agent image-verify",
+            tools::image::verify_any(&reference),
         ),
         Some(Command::Module { tool }) => {
             let label = tools::message_label(&tool, std::env::var(step_env::AGENT_EVENT).ok());

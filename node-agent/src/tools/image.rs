@@ -218,7 +218,7 @@ fn check_signature(
             let v = named(v);
             match &v.warning {
                 Some(_) => println!(
-                    "warning: image {reference} ({}): {v}; installed anyway (signature policy warn, {})",
+                    "warning: image {reference} ({}): {v}; accepted anyway (signature policy warn, {})",
                     short_id(&image.id),
                     signing.origin()
                 ),
@@ -252,17 +252,34 @@ pub enum Check {
 /// imageroot's signature under the node's policy.
 pub fn verify_image(ctx: &Ctx, id: &ModuleId, when: Check) -> Result<()> {
     let signing = node_signing()?;
-    let deferred = |e: ToolError| {
-        if when == Check::Strict {
-            return Err(e);
-        }
-        println!("the image's signature is checked by 40install-image: {e}");
-        Ok(())
-    };
-    let reference = match events_image(ctx, id) {
-        Ok(r) => r,
-        Err(e) => return deferred(e),
-    };
+    match events_image(ctx, id) {
+        Ok(reference) => verify_reference(&signing, &reference, &format!("of {id}"), when),
+        Err(e) => deferred(when, e),
+    }
+}
+
+/// `node-agent image-verify REFERENCE`: [`verify_reference`] of any image, strictly.
+pub fn verify_any(reference: &str) -> Result<()> {
+    check_image_ref(reference).map_err(|e| ToolError::Invalid(format!("image: {e}")))?;
+    verify_reference(&node_signing()?, reference, "", Check::Strict)
+}
+
+fn deferred(when: Check, e: ToolError) -> Result<()> {
+    if when == Check::Strict {
+        return Err(e);
+    }
+    println!("the image's signature is checked by 40install-image: {e}");
+    Ok(())
+}
+
+/// `reference` in root's storage (pulled if need be; `whose` names what needs it), its labels,
+/// and its imageroot's signature under `signing`.
+fn verify_reference(
+    signing: &NodeSigning,
+    reference: &str,
+    whose: &str,
+    when: Check,
+) -> Result<()> {
     if signing.policy == Policy::Off {
         println!(
             "image {reference}: signature not checked (signature policy off, {})",
@@ -271,17 +288,17 @@ pub fn verify_image(ctx: &Ctx, id: &ModuleId, when: Check) -> Result<()> {
         return Ok(());
     }
     let read = || -> Result<_> {
-        let image = root_image_or_pull(&reference, &format!("of {id}"))?;
-        let labels = parse_labels(&reference, &image.labels)?;
+        let image = root_image_or_pull(reference, whose)?;
+        let labels = parse_labels(reference, &image.labels)?;
         let mount = ImageMount::new(&image.id)?;
         let tree = dir_in_image(&mount.path, &labels.imageroot)?;
         Ok((image, labels, mount, tree))
     };
     match read() {
         Ok((image, labels, _mount, tree)) => {
-            check_signature(&signing, &reference, &image, &labels.imageroot, &tree)
+            check_signature(signing, reference, &image, &labels.imageroot, &tree)
         }
-        Err(e) => deferred(e),
+        Err(e) => deferred(when, e),
     }
 }
 
