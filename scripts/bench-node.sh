@@ -9,16 +9,22 @@
 #     kind: module-agents, their systemd user managers, the user's D-Bus, the container helpers
 #     (conmon, slirp4netns or pasta, catatonit, podman-init) and the container's own process, against
 #     the node's own base (systemd, journald, redis, node-agent) measured before the first install.
-# Usage: scripts/bench-node.sh [--modules N] [--samples N]
+# --signature-policy P sets the node's policy (/etc/agent/signing.conf) before the measurements:
+# `off` against `warn` (the default) is the cost of the image's signature check in phase "user".
+# Usage: scripts/bench-node.sh [--modules N] [--samples N] [--signature-policy off|warn|require]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 modules=20
 samples=5
+policy=
 while [ $# -gt 0 ]; do
   case $1 in
     --modules) modules=$2; shift 2 ;;
     --samples) samples=$2; shift 2 ;;
-    *) echo "usage: scripts/bench-node.sh [--modules N] [--samples N]" >&2; exit 2 ;;
+    --signature-policy)
+      case $2 in off|warn|require) policy=$2 ;; *) echo "bench-node.sh: --signature-policy off|warn|require" >&2; exit 2 ;; esac
+      shift 2 ;;
+    *) echo "usage: scripts/bench-node.sh [--modules N] [--samples N] [--signature-policy off|warn|require]" >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench-node.sh: must run as root (it boots a systemd-nspawn node)" >&2; exit 1; }
@@ -43,6 +49,7 @@ admin_cli() {
   in_node sh -c '. /etc/agent/admin.env && REDISCLI_AUTH=$REDIS_PASSWORD exec redis-cli --no-auth-warning --user "$REDIS_USER" "$@"' sh "$@"
 }
 in_node /usr/share/agent/examples/modules/build.sh >/dev/null
+[ -z "$policy" ] || in_node sh -c "printf 'policy = %s\n' '$policy' >/etc/agent/signing.conf"
 
 # The floor: one bare rootless container start and stop (same image, no network), as a user with
 # linger like a module's — what every module container costs at least.

@@ -56,8 +56,7 @@ fn node_signing_text(node: &Result<module_signing::NodeSigning, String>) -> Stri
         Ok(n) => {
             let store = TrustStore::load(&n.trust_dir);
             format!(
-                "
-signature policy of this node for module images: {} ({}); trusted keys: {} \
+                "\nsignature policy of this node for module images: {} ({}); trusted keys: {} \
                  certificate(s) in {}\n",
                 n.policy,
                 n.origin(),
@@ -65,10 +64,9 @@ signature policy of this node for module images: {} ({}); trusted keys: {} \
                 n.trust_dir.display()
             )
         }
-        Err(e) => format!(
-            "
-signature policy of this node: UNREADABLE, every install is refused: {e}\n"
-        ),
+        Err(e) => {
+            format!("\nsignature policy of this node: UNREADABLE, every install is refused: {e}\n")
+        }
     }
 }
 

@@ -420,6 +420,13 @@ pub async fn resolve_for_add(
     Ok(Some(reference))
 }
 
+fn no_repository() -> anyhow::Error {
+    fail(
+        core_events::exit::tool::UNAVAILABLE,
+        "no module repository: add one with `agentctl module repo add NAME LOCATION`",
+    )
+}
+
 pub async fn repo(redis: &Redis, cmd: RepoCmd) -> Result<i32> {
     let mut con = redis.manager().await?;
     match cmd {
@@ -485,10 +492,7 @@ pub async fn search(redis: &Redis, args: SearchArgs) -> Result<i32> {
     let mut con = redis.manager().await?;
     let repos = all(&mut con).await?;
     if repos.is_empty() {
-        return Err(fail(
-            core_events::exit::tool::UNAVAILABLE,
-            "no module repository: add one with `agentctl module repo add NAME LOCATION`",
-        ));
+        return Err(no_repository());
     }
     let text = args.text.as_deref().map(str::to_lowercase);
     let mut seen = std::collections::HashSet::new();
@@ -507,8 +511,12 @@ pub async fn search(redis: &Redis, args: SearchArgs) -> Result<i32> {
             if seen.contains(&name) {
                 continue;
             }
-            let Ok(all) = versions(repo, &name) else {
-                continue;
+            let all = match versions(repo, &name) {
+                Ok(all) => all,
+                Err(e) => {
+                    eprintln!("agentctl: warning: {e}");
+                    continue;
+                }
             };
             let Some((version, tag)) = all
                 .iter()
@@ -518,8 +526,12 @@ pub async fn search(redis: &Redis, args: SearchArgs) -> Result<i32> {
             else {
                 continue;
             };
-            let Ok(i) = inspect(repo, &format!("{}/{name}:{tag}", repo.location)) else {
-                continue;
+            let i = match inspect(repo, &format!("{}/{name}:{tag}", repo.location)) {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("agentctl: warning: {e}");
+                    continue;
+                }
             };
             // Only modules: images without the module labels are not listed.
             if module_image::parse_labels(&name, &i.labels).is_err() {
@@ -553,6 +565,9 @@ pub async fn info(redis: &Redis, args: InfoArgs) -> Result<i32> {
         .ok_or_else(|| invalid(format!("{:?}: write NAME or NAME:VERSION", args.module)))?;
     let mut con = redis.manager().await?;
     let repos = all(&mut con).await?;
+    if repos.is_empty() {
+        return Err(no_repository());
+    }
     let found = find(&repos, name, version)?.ok_or_else(|| {
         fail(
             core_events::exit::tool::UNAVAILABLE,
