@@ -309,9 +309,11 @@ pub fn split_module_arg(arg: &str) -> Option<(&str, Option<&str>)> {
 }
 
 /// `name` (at `version`, else its newest release) in the repository of highest priority that has
-/// it. `Ok(None)` when no repository lists it.
+/// it (a repository that lists the name without that version or any release is passed over for the
+/// next one). `Ok(None)` when no repository lists it.
 fn find(repos: &[Repository], name: &str, version: Option<&str>) -> Result<Option<Found>> {
     let mut problems = Vec::new();
+    let mut missing: Option<anyhow::Error> = None;
     for repo in repos {
         let listed = match names(repo) {
             Ok(n) => n,
@@ -335,7 +337,7 @@ fn find(repos: &[Repository], name: &str, version: Option<&str>) -> Result<Optio
         };
         let Some((v, tag)) = chosen else {
             let listed: Vec<&str> = all.iter().map(|(_, t)| t.as_str()).collect();
-            return Err(invalid(match version {
+            missing.get_or_insert(invalid(match version {
                 Some(want) => format!(
                     "module {name} has no version {want} in repository {} (its versions: {})",
                     repo.name,
@@ -347,6 +349,7 @@ fn find(repos: &[Repository], name: &str, version: Option<&str>) -> Result<Optio
                     if listed.is_empty() { "no version tags".to_string() } else { listed.join(", ") }
                 ),
             }));
+            continue;
         };
         return Ok(Some(Found {
             repo: repo.clone(),
@@ -359,7 +362,10 @@ fn find(repos: &[Repository], name: &str, version: Option<&str>) -> Result<Optio
     if !problems.is_empty() {
         eprintln!("agentctl: warning: {}", problems.join("; "));
     }
-    Ok(None)
+    match missing {
+        Some(e) => Err(e),
+        None => Ok(None),
+    }
 }
 
 /// Whether this core satisfies the module's `core-version` label (absent: yes).

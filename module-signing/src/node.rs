@@ -53,8 +53,14 @@ impl NodeSigning {
             path: path.to_path_buf(),
             cause,
         };
-        let bytes = match std::fs::symlink_metadata(path) {
+        // Absent means the defaults; a symlink is followed (configuration management often links
+        // /etc files), and one that leads nowhere is an error, not the defaults.
+        match std::fs::symlink_metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::defaults()),
+            Err(e) => return Err(io(e)),
+            Ok(_) => {}
+        }
+        let bytes = match std::fs::metadata(path) {
             Err(e) => return Err(io(e)),
             Ok(m) if !m.is_file() => {
                 return Err(config(path, 0, "not a regular file".into()));
@@ -186,6 +192,12 @@ mod tests {
         assert_eq!(s, NodeSigning::defaults());
         assert!(s.origin().contains("defaults"));
         assert!(NodeSigning::load(dir.path()).is_err());
+        let dangling = dir.path().join("dangling.conf");
+        std::os::unix::fs::symlink(dir.path().join("gone"), &dangling).unwrap();
+        assert!(
+            NodeSigning::load(&dangling).is_err(),
+            "a dangling link is no default"
+        );
         let f = dir.path().join("signing.conf");
         std::fs::write(&f, "policy = require\n").unwrap();
         let s = NodeSigning::load(&f).unwrap();
