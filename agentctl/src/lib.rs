@@ -18,6 +18,7 @@ mod journal;
 mod module;
 mod module_move;
 mod module_repo;
+mod module_update;
 mod node;
 mod output;
 mod redis_admin;

@@ -1,4 +1,4 @@
-//! `agentctl module add|remove`: install or remove a module on a node (`add NAME[:VERSION]` resolved
+//! `agentctl module add|remove` (`update`: `module_update`): install or remove a module on a node (`add NAME[:VERSION]` resolved
 //! through the module repositories: `module_repo`).
 //!
 //! `add` derives the image name from IMAGE, allocates the module id `<name><N>` from the counter
@@ -57,6 +57,13 @@ pub enum ModuleCmd {
     /// needs, what it provides, and its signature as this node's policy judges it (the image is
     /// pulled into the node's storage for that).
     Info(crate::module_repo::InfoArgs),
+    /// Upgrade a module to a newer image: the newest release of its name in the module
+    /// repositories, --to VERSION, or --to IMAGE. The node pulls and checks the image under its
+    /// signature policy, snapshots the module's data, stops it, installs the new imageroot, runs
+    /// the module's own module.update (migration) and module.init steps, then its health gate;
+    /// it commits, or rolls back image, imageroot, module.env and data by itself. --plan says
+    /// what would change and changes nothing. docs/UPGRADE.md.
+    Update(crate::module_update::UpdateArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -107,6 +114,7 @@ pub async fn main(redis: &Redis, cmd: ModuleCmd) -> Result<i32> {
         ModuleCmd::Repo(cmd) => crate::module_repo::repo(redis, cmd).await,
         ModuleCmd::Search(args) => crate::module_repo::search(redis, args).await,
         ModuleCmd::Info(args) => crate::module_repo::info(redis, args).await,
+        ModuleCmd::Update(args) => crate::module_update::update(redis, args).await,
     }
 }
 

@@ -400,6 +400,31 @@ pub async fn resolve_for_add(
     let Some((name, version)) = split_module_arg(arg) else {
         return Ok(None);
     };
+    let found = resolve(con, name, version).await?;
+    if let Some((reference, found)) = &found {
+        eprintln!(
+            "{arg}: {reference} (version {}, repository {}, {})",
+            found.version, found.repo.name, found.digest
+        );
+    }
+    Ok(found.map(|(reference, _)| reference))
+}
+
+/// A module version resolved through the repositories: where it was found, and its digest.
+pub struct Resolved {
+    pub version: semver::Version,
+    pub repo: Repository,
+    pub digest: String,
+}
+
+/// `name` at `version` (else its newest release) through the module repositories, checked to be
+/// a module image this core can run (refused when it needs a newer core): its image reference.
+/// `None` when no repository is configured.
+pub async fn resolve(
+    con: &mut redis::aio::ConnectionManager,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Option<(String, Resolved)>> {
     let repos = all(con).await?;
     if repos.is_empty() {
         return Ok(None);
@@ -419,11 +444,14 @@ pub async fn resolve_for_add(
         .map_err(|e| invalid(e.to_string()))?;
     core_requirement(&inspected.labels)
         .map_err(|e| invalid(format!("module {name} {}: {e}", found.tag)))?;
-    eprintln!(
-        "{arg}: {reference} (version {}, repository {}, {})",
-        found.version, found.repo.name, inspected.digest
-    );
-    Ok(Some(reference))
+    Ok(Some((
+        reference,
+        Resolved {
+            version: found.version,
+            repo: found.repo,
+            digest: inspected.digest,
+        },
+    )))
 }
 
 fn no_repository() -> anyhow::Error {

@@ -16,6 +16,7 @@ pub mod output;
 pub mod record;
 pub mod step;
 pub mod step_env;
+pub mod update;
 
 pub use keys::{AgentKind, Prefix};
 pub use name::{AgentName, EventName, ModuleId, NameError, RunId};

@@ -89,6 +89,14 @@ enum Command {
         #[command(subcommand)]
         cmd: tools::backup::BackupCmd,
     },
+    /// A module's upgrade, the steps of the module.update event (data `ID`) and of its rollback:
+    /// prepare, snapshot, stop, install, migrate, start, health (the gate), commit; revert (the
+    /// rollback step); plan (what an upgrade would change, nothing changed). docs/UPGRADE.md.
+    /// Exit codes as for the module tools.
+    Update {
+        #[command(subcommand)]
+        cmd: tools::update::UpdateCmd,
+    },
     /// Internal: run by module.init/20redis-user as the module's user, to write its credentials
     /// file (the text on stdin) atomically with mode 0600.
     #[command(name = tools::keys::WRITE_CREDENTIALS, hide = true)]
@@ -146,6 +154,10 @@ pub fn main() -> anyhow::Result<()> {
         Some(Command::Backup { cmd }) => exit_with(
             &format!("node-agent backup {}", cmd.name()),
             tool_ctx(cli.agent).and_then(|ctx| tools::backup::run(&cmd, &ctx)),
+        ),
+        Some(Command::Update { cmd }) => exit_with(
+            &format!("node-agent update {}", cmd.name()),
+            tool_ctx(cli.agent).and_then(|ctx| tools::update::run(&cmd, &ctx)),
         ),
         Some(Command::ImageVerify { reference }) => exit_with(
             "node-agent image-verify",

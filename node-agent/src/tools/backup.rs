@@ -193,7 +193,7 @@ fn root_dir(dir: &Path, mode: u32) -> Result<()> {
 }
 
 /// The module's staging directory, root's 0711.
-fn module_dir(id: &ModuleId) -> Result<PathBuf> {
+pub(super) fn module_dir(id: &ModuleId) -> Result<PathBuf> {
     let dir = staging_root()?.join(id.as_str());
     root_dir(&dir, 0o711)?;
     Ok(dir)
@@ -202,7 +202,7 @@ fn module_dir(id: &ModuleId) -> Result<PathBuf> {
 /// The file in the staging directory that tells `snapshot` which repository `dump` resolved.
 const REPOSITORY_FILE: &str = "repository";
 
-fn env_or(var: &str, default: &str) -> String {
+pub(super) fn env_or(var: &str, default: &str) -> String {
     std::env::var(var)
         .ok()
         .filter(|v| !v.is_empty())
@@ -297,7 +297,7 @@ fn dump(ctx: &Ctx, req: &Request) -> Result<()> {
 
 /// The uids a module's files may have: its user's, and its subordinate ranges (`/etc/subuid`: what
 /// its rootless containers write as their own users).
-fn module_uids(user: &ModuleUser) -> Vec<std::ops::Range<u64>> {
+pub(super) fn module_uids(user: &ModuleUser) -> Vec<std::ops::Range<u64>> {
     let own = u64::from(user.uid);
     let mut ranges = Vec::new();
     ranges.push(own..own + 1);
@@ -323,7 +323,10 @@ fn subuid_ranges(subuid: &str, name: &str, uid: u32) -> Vec<std::ops::Range<u64>
 
 /// Calls `f` on every entry below `dir` (not `dir` itself), a directory before what it holds;
 /// symlinks are entries of their own, never followed (`DirEntry::metadata` does not traverse them).
-fn walk(dir: &Path, mut f: impl FnMut(&Path, &std::fs::Metadata) -> Result<()>) -> Result<()> {
+pub(super) fn walk(
+    dir: &Path,
+    mut f: impl FnMut(&Path, &std::fs::Metadata) -> Result<()>,
+) -> Result<()> {
     let failed =
         |p: &Path, e: std::io::Error| ToolError::Failed(format!("reading {}: {e}", p.display()));
     let mut stack = vec![dir.to_path_buf()];
@@ -346,7 +349,7 @@ fn walk(dir: &Path, mut f: impl FnMut(&Path, &std::fs::Metadata) -> Result<()>) 
 /// another module — possible where `fs.protected_hardlinks` is off — would otherwise go into the
 /// module's snapshot, and come back to the module on a restore. Returns the regular files and
 /// their bytes, counted on the same walk.
-fn foreign_entries(dump: &Path, uids: &[std::ops::Range<u64>]) -> Result<(u64, u64)> {
+pub(super) fn foreign_entries(dump: &Path, uids: &[std::ops::Range<u64>]) -> Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     let (mut files, mut bytes) = (0, 0);
     walk(dump, |path, m| {
@@ -380,7 +383,7 @@ fn tree_size(dir: &Path) -> (u64, u64) {
     (files, bytes)
 }
 
-enum ModuleRun {
+pub(super) enum ModuleRun {
     Done,
     NoSuchEvent,
     Failed(String),
@@ -388,12 +391,31 @@ enum ModuleRun {
 
 /// Queues `event` (data: a directory) on the module's agent as run `run` — unless that run
 /// exists already (this step run again) — and waits for its end.
-fn run_module_event(
+pub(super) fn run_module_event(
     ctx: &Ctx,
     id: &ModuleId,
     event: &str,
     run: &RunId,
     data: &str,
+) -> Result<ModuleRun> {
+    run_module_event_within(
+        ctx,
+        id,
+        event,
+        run,
+        data,
+        env_secs("BACKUP_DUMP_WAIT", 3600)?,
+    )
+}
+
+/// [`run_module_event`] waiting at most `wait` (the failure then names `wait`).
+pub(super) fn run_module_event_within(
+    ctx: &Ctx,
+    id: &ModuleId,
+    event: &str,
+    run: &RunId,
+    data: &str,
+    wait: Duration,
 ) -> Result<ModuleRun> {
     let prefix = Prefix::module(id.agent_name().clone());
     let event = EventName::new(event).expect("a valid event name");
@@ -412,7 +434,6 @@ fn run_module_event(
             .arg(run.as_str())
             .query(&mut con)?;
     }
-    let wait = env_secs("BACKUP_DUMP_WAIT", 3600)?;
     let end = Instant::now() + wait;
     let mut silent_since: Option<Instant> = None;
     // Short at first (a dump of a small module ends within milliseconds: a fixed 100 ms would be
@@ -462,7 +483,7 @@ fn run_module_event(
         }
         if Instant::now() > end {
             return Ok(ModuleRun::Failed(format!(
-                "the module's {event} run {run} did not end within {}s (BACKUP_DUMP_WAIT)",
+                "the module's {event} run {run} did not end within {}s",
                 wait.as_secs()
             )));
         }
@@ -851,7 +872,7 @@ fn stage_identity(dir: &Path, sealed: Option<&str>) -> Result<()> {
 }
 
 /// Removes whatever is at `path` (nothing followed).
-fn remove_any(path: &Path) -> Result<()> {
+pub(super) fn remove_any(path: &Path) -> Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
         Ok(_) => std::fs::remove_file(path),
@@ -862,7 +883,7 @@ fn remove_any(path: &Path) -> Result<()> {
 
 /// Gives every file under `dir` (and `dir`) to `uid`, symlinks themselves and not what they
 /// point to. Runs while `dir`'s parent is root's only, so nothing moves under it.
-fn chown_tree(dir: &Path, uid: u32) -> Result<()> {
+pub(super) fn chown_tree(dir: &Path, uid: u32) -> Result<()> {
     let chown = |p: &Path| {
         std::os::unix::fs::lchown(p, Some(uid), None)
             .map_err(|e| ToolError::Failed(format!("chown {}: {e}", p.display())))

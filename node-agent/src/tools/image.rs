@@ -71,7 +71,7 @@ fn root_has(image: &str) -> Result<bool> {
 /// What root's storage knows of `image`: its id and its labels, or `None` when it does not have
 /// it. One podman call in the usual case (each costs ~45 ms on a node); `image exists` only
 /// when the inspect failed, to tell "not here" from a real error.
-fn root_image(image: &str) -> Result<Option<RootImage>> {
+pub(super) fn root_image(image: &str) -> Result<Option<RootImage>> {
     let (st, out) = quiet_stdout_of(podman().args([
         "image",
         "inspect",
@@ -102,19 +102,19 @@ const ROOTLESS_STORAGE: &str = ".local/share/containers/storage";
 /// An image in root's storage.
 pub struct RootImage {
     pub id: String,
-    labels: HashMap<String, String>,
+    pub labels: HashMap<String, String>,
 }
 
 /// An image mounted read-only by root (`podman image mount`), unmounted when dropped, also on an
 /// error path. Reading the tree from the mount costs ~60 ms where `podman create` + `podman cp` +
 /// `podman rm` cost ~335 ms (Podman 5.4, docs/BENCHMARKS.md).
-struct ImageMount {
+pub(super) struct ImageMount {
     image: String,
-    path: PathBuf,
+    pub path: PathBuf,
 }
 
 impl ImageMount {
-    fn new(image: &str) -> Result<ImageMount> {
+    pub(super) fn new(image: &str) -> Result<ImageMount> {
         let path = stdout_ok(podman().args(["image", "mount", image]))?;
         let path = PathBuf::from(path.trim());
         if !path.is_absolute() {
@@ -168,7 +168,7 @@ pub fn root_image_or_pull(reference: &str, whose: &str) -> Result<RootImage> {
 }
 
 /// EVENTS_IMAGE of module `id` (module/ID/module.env), checked to be an image reference.
-fn events_image(ctx: &Ctx, id: &ModuleId) -> Result<String> {
+pub(super) fn events_image(ctx: &Ctx, id: &ModuleId) -> Result<String> {
     let env_key = Prefix::module(id.agent_name().clone()).module_env();
     let reference: Option<String> = redis::cmd("HGET")
         .arg(&env_key)
@@ -190,7 +190,7 @@ fn events_image(ctx: &Ctx, id: &ModuleId) -> Result<String> {
 
 /// The node's signature settings ([`module_signing::NODE_CONFIG`]); a file that is wrong refuses
 /// the install (a typo must not weaken `require`).
-fn node_signing() -> Result<NodeSigning> {
+pub(super) fn node_signing() -> Result<NodeSigning> {
     NodeSigning::load(Path::new(module_signing::NODE_CONFIG)).map_err(|e| {
         ToolError::Config(format!(
             "the node's signature settings: {e}; nothing is installed until it is fixed (docs/SIGNING.md)"
@@ -418,7 +418,7 @@ fn extract(
 
 /// `imageroot` (absolute, without `..`: the labels' rule) below the image's mount point, each
 /// component checked to be a real directory of the image.
-fn dir_in_image(mount: &Path, imageroot: &str) -> Result<PathBuf> {
+pub(super) fn dir_in_image(mount: &Path, imageroot: &str) -> Result<PathBuf> {
     let mut path = mount.to_path_buf();
     for part in Path::new(imageroot).components() {
         let std::path::Component::Normal(name) = part else {

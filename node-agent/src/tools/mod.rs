@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod edge;
 pub mod image;
 pub mod keys;
+pub mod update;
 pub mod user;
 pub mod vpn;
 
