@@ -367,23 +367,24 @@ async fn repo(redis: &Redis, cmd: RepoCmd) -> Result<i32> {
 }
 
 /// The node whose `node/<name>/modules` has `id`.
+/// The nodes of the agent registry, by name.
+pub(crate) async fn nodes(con: &mut redis::aio::ConnectionManager) -> Result<Vec<Prefix>> {
+    let registry: std::collections::HashMap<String, String> =
+        con.hgetall(keys::agent_registry()).await?;
+    let mut nodes: Vec<AgentName> = registry
+        .iter()
+        .filter(|(_, kind)| AgentKind::parse(kind) == Some(AgentKind::Node))
+        .filter_map(|(n, _)| AgentName::new(n.as_str()).ok())
+        .collect();
+    nodes.sort();
+    Ok(nodes.into_iter().map(Prefix::node).collect())
+}
+
 pub(crate) async fn node_of(
     con: &mut redis::aio::ConnectionManager,
     id: &ModuleId,
 ) -> Result<Prefix> {
-    let registry: std::collections::HashMap<String, String> =
-        con.hgetall(keys::agent_registry()).await?;
-    let mut nodes: Vec<&String> = registry
-        .iter()
-        .filter(|(_, kind)| AgentKind::parse(kind) == Some(AgentKind::Node))
-        .map(|(n, _)| n)
-        .collect();
-    nodes.sort();
-    for n in nodes {
-        let Ok(name) = AgentName::new(n.as_str()) else {
-            continue;
-        };
-        let prefix = Prefix::node(name);
+    for prefix in nodes(con).await? {
         let here: bool = con.hexists(prefix.modules(), id.as_str()).await?;
         if here {
             return Ok(prefix);

@@ -21,7 +21,19 @@ use crate::run::{queue_and_follow, Follow};
 #[derive(Debug, clap::Args)]
 pub struct UpdateArgs {
     /// The module id, e.g. hello1.
-    id: String,
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    id: Option<String>,
+
+    /// Every module of the cluster that has a newer release in the module repositories, one at a
+    /// time (node by node, id by id); stops at the first that is not upgraded (rolled back or
+    /// refused) unless --keep-going. With --plan: the plan of each module of this node.
+    #[arg(long, conflicts_with = "to")]
+    all: bool,
+
+    /// With --all: go on with the next module after one that is not upgraded (the exit code is
+    /// still that of the first failure).
+    #[arg(long, requires = "all")]
+    keep_going: bool,
 
     /// What to upgrade to: a VERSION of the module in the module repositories (default: its
     /// newest release), or an image reference (anything with a `/`:
@@ -41,7 +53,11 @@ pub struct UpdateArgs {
 }
 
 pub async fn update(redis: &Redis, args: UpdateArgs) -> Result<i32> {
-    let id = ModuleId::new(&args.id).map_err(|e| invalid(format!("bad {e}")))?;
+    if args.all {
+        return update_all(redis, &args).await;
+    }
+    let id = args.id.as_deref().unwrap_or_default();
+    let id = ModuleId::new(id).map_err(|e| invalid(format!("bad {e}")))?;
     let mut con = redis.manager().await?;
     let node = crate::backup::node_of(&mut con, &id).await?;
     let current: Option<String> = con.hget(node.modules(), id.as_str()).await?;
@@ -52,21 +68,87 @@ pub async fn update(redis: &Redis, args: UpdateArgs) -> Result<i32> {
     if args.plan {
         return plan(&node, &id, &target);
     }
+    update_one(redis, &mut con, &node, &id, &current, &target, args.no_wait).await
+}
+
+/// `--all`: each module with a newer release, one at a time.
+async fn update_all(redis: &Redis, args: &UpdateArgs) -> Result<i32> {
+    let mut con = redis.manager().await?;
+    let here = crate::redis_admin::short_hostname()?;
+    let mut first_failure = 0;
+    let (mut upgraded, mut current_ones) = (0, 0);
+    for node in crate::backup::nodes(&mut con).await? {
+        if args.plan && node.agent().as_str() != here {
+            continue;
+        }
+        let installed: std::collections::BTreeMap<String, String> =
+            con.hgetall(node.modules()).await?;
+        for (id, current) in installed {
+            let Ok(id) = ModuleId::new(&id) else {
+                continue;
+            };
+            let target = match target(&mut con, &id, &current, None).await {
+                Ok(Some(t)) => t,
+                Ok(None) => {
+                    current_ones += 1;
+                    continue;
+                }
+                // A module no repository has (an image installed by reference) is not upgraded.
+                Err(e) => {
+                    eprintln!("{id}: not upgraded: {}", crate::fail::render(&e));
+                    continue;
+                }
+            };
+            let code = if args.plan {
+                plan(&node, &id, &target)?
+            } else {
+                update_one(redis, &mut con, &node, &id, &current, &target, args.no_wait).await?
+            };
+            if code == 0 {
+                upgraded += 1;
+                continue;
+            }
+            if first_failure == 0 {
+                first_failure = code;
+            }
+            if !args.keep_going {
+                eprintln!(
+                    "agentctl: stopped after {id}, which was not upgraded (--keep-going goes on)"
+                );
+                return Ok(first_failure);
+            }
+        }
+    }
+    let what = if args.plan { "planned" } else { "upgraded" };
+    eprintln!("{upgraded} modules {what}, {current_ones} at their newest release already");
+    Ok(first_failure)
+}
+
+/// Sets EVENTS_IMAGE to `target`, queues module.update on `node` and follows it.
+async fn update_one(
+    redis: &Redis,
+    con: &mut redis::aio::ConnectionManager,
+    node: &Prefix,
+    id: &ModuleId,
+    current: &str,
+    target: &str,
+    no_wait: bool,
+) -> Result<i32> {
     let env_key = Prefix::module(id.agent_name().clone()).module_env();
     let _: i64 = con
-        .hset(&env_key, module_env::EVENTS_IMAGE, &target)
+        .hset(&env_key, module_env::EVENTS_IMAGE, target)
         .await
         .with_context(|| format!("cannot write {env_key}"))?;
     eprintln!("upgrading {id} on {}: {current} -> {target}", node.agent());
     let opts = Follow {
-        no_wait: args.no_wait,
+        no_wait,
         timeout: 0,
         json: false,
         run_id_on_stdout: false,
     };
     let event = EventName::new(UPDATE_EVENT).expect("a valid event name");
-    let code = queue_and_follow(redis, &mut con, &node, &event, id.as_str(), &opts).await?;
-    if !args.no_wait {
+    let code = queue_and_follow(redis, con, node, &event, id.as_str(), &opts).await?;
+    if !no_wait {
         let now: Option<String> = con.hget(node.modules(), id.as_str()).await?;
         let now = now.unwrap_or_default();
         if code == 0 && now == target {

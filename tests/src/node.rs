@@ -389,12 +389,22 @@ impl Node {
     /// marks `/tmp/paused-EVENT` and sleeps 30 s: a moment for the test to kill the node-agent in
     /// ([`Node::kill_agent_in`]).
     pub fn pause_step(&self, event: &str) {
+        self.pause_at(event, "05pause");
+    }
+
+    /// [`Node::pause_step`] as the step `step` (a name that sorts where the pause must be, ending
+    /// in `pause`: `45pause` pauses a run between its steps 40… and 50…).
+    pub fn pause_at(&self, event: &str, step: &str) {
+        assert!(
+            step.ends_with("pause"),
+            "{step}: a pause step's name ends in pause"
+        );
         let script = format!(
-            "mkdir -p /var/local/node-events/{event} && cat > /var/local/node-events/{event}/05pause <<'EOF'\n\
+            "mkdir -p /var/local/node-events/{event} && cat > /var/local/node-events/{event}/{step} <<'EOF'\n\
              #!/bin/sh\n\
              if [ \"${{AGENT_ATTEMPT:-1}}\" = 1 ]; then touch /tmp/paused-{event}; sleep 30; fi\n\
              EOF\n\
-             chmod 755 /var/local/node-events/{event}/05pause"
+             chmod 755 /var/local/node-events/{event}/{step}"
         );
         self.ok(&["sh", "-c", &script]);
     }
@@ -413,7 +423,11 @@ impl Node {
         );
         let pid = self.ok(&["systemctl", "show", "-P", "MainPID", "node-agent"]);
         self.ok(&["kill", "-9", &pid]);
-        self.ok(&["rm", &format!("/var/local/node-events/{event}/05pause")]);
+        self.ok(&[
+            "sh",
+            "-c",
+            &format!("rm /var/local/node-events/{event}/*pause"),
+        ]);
         eprintln!("node-agent of {} killed during {event}", self.name);
     }
 

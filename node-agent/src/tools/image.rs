@@ -309,8 +309,20 @@ fn verify_reference(
 }
 
 pub fn install_image(ctx: &Ctx, id: &ModuleId) -> Result<()> {
+    install(ctx, id, true)
+}
+
+/// [`install_image`] of an image the node accepted when it installed it before, without its
+/// signature checked again: an upgrade's rollback puts back what ran, even when the node's policy
+/// has become stricter since (refusing it would leave the module on the version that failed).
+pub fn reinstall_image(ctx: &Ctx, id: &ModuleId) -> Result<()> {
+    install(ctx, id, false)
+}
+
+fn install(ctx: &Ctx, id: &ModuleId, check_signature_now: bool) -> Result<()> {
     let reference = events_image(ctx, id)?;
-    let signing = node_signing()?;
+    // Settings that cannot be read refuse an install, never the rollback's reinstall.
+    let signing = check_signature_now.then(node_signing).transpose()?;
     let user = ModuleUser::require(id)?;
 
     // 1. The image in root's storage.
@@ -330,11 +342,11 @@ pub fn install_image(ctx: &Ctx, id: &ModuleId) -> Result<()> {
                 .iter()
                 .try_for_each(|run_image| copy_to_user(&user, run_image))
         });
-        let extracted = extract(&user, &image.id, &labels.imageroot, |tree| {
-            if signing.policy == Policy::Off {
-                return Ok(());
+        let extracted = extract(&user, &image.id, &labels.imageroot, |tree| match &signing {
+            Some(signing) if signing.policy != Policy::Off => {
+                check_signature(signing, &reference, &image, &labels.imageroot, tree)
             }
-            check_signature(&signing, &reference, &image, &labels.imageroot, tree)
+            _ => Ok(()),
         });
         let copied = copies.join().unwrap_or_else(|_| {
             Err(ToolError::Failed(

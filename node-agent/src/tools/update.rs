@@ -649,7 +649,7 @@ fn revert(ctx: &Ctx, id: &ModuleId) -> Result<()> {
     super::agent::stop_units(id)?;
     let user = ModuleUser::require(id)?;
     remove_stale(&user, &state.to_image, &state.from_image)?;
-    image::install_image(ctx, id)?;
+    image::reinstall_image(ctx, id)?;
     if state.snapshot_has_data {
         restore_snapshot(ctx, id, &user)?;
     }
