@@ -24,8 +24,8 @@ pub struct UpdateArgs {
     #[arg(required_unless_present = "all", conflicts_with = "all")]
     id: Option<String>,
 
-    /// Every module of the cluster that has a newer release in the module repositories, one at a
-    /// time (node by node, id by id); stops at the first that is not upgraded (rolled back or
+    /// Every module of the cluster installed from a module repository that has a newer release
+    /// there, one at a time (node by node, id by id); stops at the first that is not upgraded (rolled back or
     /// refused) unless --keep-going. With --plan: the plan of each module of this node.
     #[arg(long, conflicts_with = "to")]
     all: bool,
@@ -75,6 +75,7 @@ pub async fn update(redis: &Redis, args: UpdateArgs) -> Result<i32> {
 async fn update_all(redis: &Redis, args: &UpdateArgs) -> Result<i32> {
     let mut con = redis.manager().await?;
     let here = crate::redis_admin::short_hostname()?;
+    let repos = crate::module_repo::all(&mut con).await?;
     let mut first_failure = 0;
     let (mut upgraded, mut current_ones) = (0, 0);
     for node in crate::backup::nodes(&mut con).await? {
@@ -87,6 +88,15 @@ async fn update_all(redis: &Redis, args: &UpdateArgs) -> Result<i32> {
             let Ok(id) = ModuleId::new(&id) else {
                 continue;
             };
+            // Only modules installed from a repository: one installed from an image of its own
+            // (localhost/hello:latest) is upgraded by naming what to, never by a name match.
+            if !repos
+                .iter()
+                .any(|r| current.starts_with(&format!("{}/", r.location)))
+            {
+                eprintln!("{id}: runs {current}, which is from no module repository: skipped (agentctl module update {id} --to …)");
+                continue;
+            }
             let target = match target(&mut con, &id, &current, None).await {
                 Ok(Some(t)) => t,
                 Ok(None) => {
