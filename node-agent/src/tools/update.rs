@@ -287,6 +287,12 @@ fn prepare(ctx: &Ctx, id: &ModuleId) -> Result<()> {
             forget(id)?;
             return Ok(());
         }
+        if from == state.from_image && to != state.to_image {
+            return Err(ToolError::Failed(format!(
+                "an unfinished upgrade of {id} to {} is in the way of this one to {to}: it is rolled back now; then run the upgrade to {to} again",
+                state.to_image
+            )));
+        }
         if from == state.from_image {
             println!(
                 "the upgrade of {id} from {} to {} carries on (it was interrupted at {:?})",
