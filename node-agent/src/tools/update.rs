@@ -214,6 +214,13 @@ fn forget(id: &ModuleId) -> Result<()> {
     backup::remove_any(&state_path(id))
 }
 
+/// Everything the node keeps of a module's upgrades, removed with the module (module.remove's
+/// delete-user): the state of one in progress, the previous image's name.
+pub fn forget_module(id: &ModuleId) -> Result<()> {
+    forget(id)?;
+    backup::remove_any(&previous_path(id))
+}
+
 /// The state of the upgrade in progress, or `None` (said on stdout) when there is none: the
 /// later steps then have nothing to do (prepare found the module at its image already).
 fn in_progress(id: &ModuleId) -> Result<Option<State>> {
@@ -814,7 +821,9 @@ fn remove_stale(user: &ModuleUser, old: &str, new: &str) -> Result<()> {
 // ---- the plan -------------------------------------------------------------------------------
 
 /// A scratch image storage (vfs, below /var/tmp) for an image root's storage does not have:
-/// reading it for a plan must not change the node's image store. Removed when dropped.
+/// reading it for a plan must not change the node's image store. vfs layers are plain directories
+/// (nothing stays mounted), so the directory's removal when dropped removes it all; never `podman
+/// system reset`, which would also remove the node's own networks.
 struct Scratch {
     dir: tempfile::TempDir,
 }
@@ -866,18 +875,6 @@ impl Scratch {
             .stderr(Stdio::null())
             .status();
         Ok((index?, labels, id))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = self
-            .podman()
-            .args(["system", "reset", "--force"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
     }
 }
 

@@ -495,6 +495,8 @@ pub fn delete_user(id: &ModuleId) -> Result<()> {
     } else {
         println!("no user {id}");
     }
+    // What the node kept of the module's upgrades (its state, the image before the last one).
+    super::update::forget_module(id)?;
     // The user is gone with all its processes: nobody can swap paths under us now, and
     // remove_dir_all does not follow symlinks.
     remove_if_exists(&Path::new("/home").join(id.as_str()))
