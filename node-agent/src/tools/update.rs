@@ -154,6 +154,10 @@ struct State {
     to_version: String,
     /// module.env as it was before the upgrade (its EVENTS_IMAGE the old image).
     module_env: BTreeMap<String, String>,
+    /// The module's routes through the edge proxy before the upgrade (module/ID/routes): the new
+    /// version's module.init may change them.
+    #[serde(default)]
+    routes: BTreeMap<String, String>,
     /// Whether the snapshot holds data of the module's own (false: it defines no backup event).
     snapshot_has_data: bool,
     phase: Phase,
@@ -240,8 +244,39 @@ fn registered_image(ctx: &Ctx, id: &ModuleId) -> Result<Option<String>> {
     Ok(image)
 }
 
+fn module_prefix(id: &ModuleId) -> Prefix {
+    Prefix::module(id.agent_name().clone())
+}
+
 fn module_env_key(id: &ModuleId) -> String {
-    Prefix::module(id.agent_name().clone()).module_env()
+    module_prefix(id).module_env()
+}
+
+/// Puts the module's routes back as they were before the upgrade, and has the edge proxy apply
+/// them (an edge.sync queued after this run) when they had changed.
+fn put_routes_back(ctx: &Ctx, id: &ModuleId, routes: &BTreeMap<String, String>) -> Result<()> {
+    let key = module_prefix(id).routes();
+    let now: BTreeMap<String, String> = redis::cmd("HGETALL").arg(&key).query(&mut ctx.con()?)?;
+    if &now == routes {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    pipe.atomic().cmd("DEL").arg(&key).ignore();
+    if !routes.is_empty() {
+        pipe.cmd("HSET").arg(&key);
+        for (k, v) in routes {
+            pipe.arg(k).arg(v);
+        }
+        pipe.ignore();
+    }
+    let () = pipe.query(&mut ctx.con()?)?;
+    println!("the routes of {id} put back as they were before the upgrade");
+    super::edge::run(
+        &super::edge::EdgeCmd::QueueSync {
+            why: format!("{}.rollback {id}", contract::UPDATE_EVENT),
+        },
+        ctx,
+    )
 }
 
 /// The version of an image root's storage has (its label, else its tag).
@@ -321,7 +356,11 @@ fn prepare(ctx: &Ctx, id: &ModuleId) -> Result<()> {
         .arg(module_env_key(id))
         .query(&mut ctx.con()?)?;
     env.insert(module_env::EVENTS_IMAGE.to_string(), from.clone());
+    let routes: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(module_prefix(id).routes())
+        .query(&mut ctx.con()?)?;
     let state = State {
+        routes,
         from_version: version_in_store(&from)?,
         to_version: version_in_store(&to)?,
         from_image: from,
@@ -659,6 +698,7 @@ fn revert(ctx: &Ctx, id: &ModuleId) -> Result<()> {
         state.to_image, state.to_version, state.from_image, state.from_version
     );
     put_env_back(&state)?;
+    put_routes_back(ctx, id, &state.routes)?;
     super::agent::stop_units(id)?;
     let user = ModuleUser::require(id)?;
     remove_stale(&user, &state.to_image, &state.from_image)?;
