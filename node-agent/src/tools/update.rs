@@ -3,18 +3,19 @@
 //! `module.update.rollback` (docs/UPGRADE.md).
 //!
 //! The flow, one step each: `prepare` (the new image pulled and checked under the node's signature
-//! policy, the old image, version and module.env recorded) → `snapshot` (the module's own `backup`
-//! dump, copied by root so that nothing the new version does reaches it) → `stop` (the module's
-//! units) → `install` (the old imageroot's files the new one lacks removed, the new one extracted,
+//! policy, the old image, version, module.env and routes recorded) → `stop` (the module's units, so
+//! that nothing is written after the snapshot) → `snapshot` (the module's own `backup` dump, copied
+//! by root so that nothing the new version does reaches it) → `install` (the old imageroot's files the new one lacks removed, the new one extracted,
 //! its images copied) → `migrate` (the module's own `module.update` event, data `FROM TO`) →
 //! `start` (the module's own `module.init` again, idempotent by contract) → `health` (the gate:
 //! the module's `health` event succeeds and none of its units failed, within the image's
 //! `health-timeout` label) → `commit` (node/NODE/modules says the new image). A failing step has
-//! the engine run `revert`, which puts back module.env, the old imageroot and images, the data of
-//! the snapshot, starts the old version and checks its health.
+//! the engine run `revert`, which puts back module.env and routes, the old imageroot and images,
+//! the data of the snapshot, starts the old version and checks its health.
 //!
 //! Crashes: the state file (`core_events::update::STATE_DIR/<id>.json`, root's) says how far an
-//! upgrade got, each step records its phase *before* it changes anything, and the engine runs an
+//! upgrade got, each step records its phase *before* it changes anything (a phase only ever goes
+//! forward: a re-run of an earlier step does not take it back), and the engine runs an
 //! interrupted event again from its first step: `prepare` then carries on with the recorded
 //! upgrade (the snapshot is never taken again over migrated data), or, when the interruption hit
 //! a rollback, fails so that the rollback runs again. The module is never left half-upgraded.
@@ -41,11 +42,12 @@ pub enum UpdateCmd {
     /// module.env to put back recorded in the upgrade's state. Nothing to do when the module runs
     /// that image already; an interrupted upgrade carries on, an interrupted rollback runs again.
     Prepare(IdArg),
-    /// module.update/20snapshot: the module's own `backup` event dumps its data, which root copies
+    /// module.update/20stop: the module's own units stopped (its agent runs on), so that nothing
+    /// is written after the snapshot.
+    Stop(IdArg),
+    /// module.update/30snapshot: the module's own `backup` event dumps its data, which root copies
     /// into /home/.agent-backup/ID/update (kept from an earlier attempt of the same upgrade).
     Snapshot(IdArg),
-    /// module.update/30stop: the module's own units stopped (its agent runs on).
-    Stop(IdArg),
     /// module.update/40install: the old imageroot's files that the new one lacks removed, the new
     /// imageroot extracted and its images copied (as module.init's install-image).
     Install(IdArg),
@@ -136,8 +138,8 @@ pub fn run(cmd: &UpdateCmd, ctx: &Ctx) -> Result<()> {
 #[serde(rename_all = "kebab-case")]
 enum Phase {
     Prepared,
-    Snapshotted,
     Stopping,
+    Snapshotted,
     Installing,
     Migrating,
     Starting,
@@ -161,6 +163,9 @@ struct State {
     /// Whether the snapshot holds data of the module's own (false: it defines no backup event).
     snapshot_has_data: bool,
     phase: Phase,
+    /// How far the upgrade had got when its rollback began (kept through a re-run of the rollback).
+    #[serde(default)]
+    rolled_back_from: Option<Phase>,
 }
 
 fn state_dir() -> PathBuf {
@@ -209,8 +214,10 @@ fn save(id: &ModuleId, state: &State) -> Result<()> {
         .map_err(|e| ToolError::Failed(format!("writing {}: {e}", path.display())))
 }
 
+/// Records that the upgrade reached `phase`; never goes back (a re-run of the steps after a crash
+/// passes earlier phases again: the snapshot must still count as taken).
 fn set_phase(id: &ModuleId, state: &mut State, phase: Phase) -> Result<()> {
-    state.phase = phase;
+    state.phase = state.phase.max(phase);
     save(id, state)
 }
 
@@ -368,6 +375,7 @@ fn prepare(ctx: &Ctx, id: &ModuleId) -> Result<()> {
         module_env: env,
         snapshot_has_data: false,
         phase: Phase::Prepared,
+        rolled_back_from: None,
     };
     save(id, &state)?;
     println!(
@@ -682,9 +690,8 @@ fn revert(ctx: &Ctx, id: &ModuleId) -> Result<()> {
         let () = pipe.query(&mut ctx.con()?)?;
         Ok(())
     };
-    if state.phase <= Phase::Snapshotted {
+    if state.phase == Phase::Prepared {
         put_env_back(&state)?;
-        backup::remove_any(&snapshot_dir(id)?)?;
         forget(id)?;
         println!(
             "the upgrade of {id} stopped before it changed anything: {} ({}) runs on",
@@ -692,6 +699,10 @@ fn revert(ctx: &Ctx, id: &ModuleId) -> Result<()> {
         );
         return Ok(());
     }
+    // From the stop on, the whole way back (each part is idempotent, and what was not changed yet
+    // is put back as it is): the state says so first, so that an interrupted rollback runs again.
+    // Without a snapshot taken (the dump failed) there is no data to restore: it was not changed.
+    let reached = *state.rolled_back_from.get_or_insert(state.phase);
     set_phase(id, &mut state, Phase::RollingBack)?;
     println!(
         "rolling {id} back from {} ({}) to {} ({})",
@@ -701,8 +712,10 @@ fn revert(ctx: &Ctx, id: &ModuleId) -> Result<()> {
     put_routes_back(ctx, id, &state.routes)?;
     super::agent::stop_units(id)?;
     let user = ModuleUser::require(id)?;
-    remove_stale(&user, &state.to_image, &state.from_image)?;
-    image::reinstall_image(ctx, id)?;
+    if reached >= Phase::Installing {
+        remove_stale(&user, &state.to_image, &state.from_image)?;
+        image::reinstall_image(ctx, id)?;
+    }
     if state.snapshot_has_data {
         restore_snapshot(ctx, id, &user)?;
     }
@@ -1102,8 +1115,8 @@ mod tests {
 
     #[test]
     fn phases_are_ordered_as_the_steps_run() {
-        assert!(Phase::Prepared < Phase::Snapshotted);
-        assert!(Phase::Snapshotted < Phase::Stopping);
+        assert!(Phase::Prepared < Phase::Stopping);
+        assert!(Phase::Stopping < Phase::Snapshotted);
         assert!(Phase::Committing < Phase::RollingBack);
         let text = serde_json::to_string(&Phase::RollingBack).unwrap();
         assert_eq!(text, "\"rolling-back\"");
