@@ -931,6 +931,15 @@ impl Scratch {
     }
 }
 
+/// The manifest digest a storage (`podman`: its command) has for image `id`, or `unknown`.
+fn digest(mut podman: Command, id: &str) -> String {
+    podman.args(["image", "inspect", "--format", "{{.Digest}}", id]);
+    match super::quiet_stdout_of(&mut podman) {
+        Ok((st, out)) if st.success() && out.starts_with("sha256:") => out,
+        _ => "unknown".to_string(),
+    }
+}
+
 /// What a jump from one version to another is, in words.
 fn jump(from: &str, to: &str) -> String {
     let parse = |v: &str| semver::Version::parse(v.trim_start_matches('v')).ok();
@@ -977,17 +986,18 @@ fn plan(ctx: &Ctx, id: &ModuleId, to: Option<&str>) -> Result<()> {
         ))
     })?;
     let old_tree = imageroot_of(&from)?.unwrap_or_default();
-    let scratch;
+    let mut scratch = None;
     let (new_tree, new_labels, new_id) = match image::root_image(&to)? {
         Some(found) => (
             imageroot_of(&to)?.unwrap_or_default(),
             found.labels,
             found.id,
         ),
-        None => {
-            scratch = Scratch::new()?;
-            scratch.read(&to)?
-        }
+        None => scratch.insert(Scratch::new()?).read(&to)?,
+    };
+    let new_digest = match &scratch {
+        Some(s) => digest(s.podman(), &new_id),
+        None => digest(Command::new("podman"), &new_id),
     };
     let version = |reference: &str, labels: &HashMap<String, String>| {
         version_of(
@@ -1004,6 +1014,10 @@ fn plan(ctx: &Ctx, id: &ModuleId, to: Option<&str>) -> Result<()> {
         "image:     {from} ({}) -> {to} ({})",
         image::short_id(&old.id),
         image::short_id(&new_id)
+    );
+    println!(
+        "digest:    {} -> {new_digest}",
+        digest(Command::new("podman"), &old.id)
     );
     println!("version:   {from_v} -> {to_v} ({})", jump(&from_v, &to_v));
     let signing = image::node_signing()?;
