@@ -47,8 +47,9 @@ pub struct UpdateArgs {
     #[arg(long)]
     plan: bool,
 
-    /// Queue module.update and exit at once.
-    #[arg(long)]
+    /// Queue module.update and exit at once (not with --all, which waits for each upgrade
+    /// before it starts the next).
+    #[arg(long, conflicts_with = "all")]
     no_wait: bool,
 }
 
