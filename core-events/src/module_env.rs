@@ -9,3 +9,11 @@ pub const EVENTS_IMAGE: &str = "EVENTS_IMAGE";
 /// `1` in a scratch module's module.env (a throwaway copy made by `agentctl backup verify`):
 /// `module-sdk route add` requests no route for it, so it never takes the original's name.
 pub const SCRATCH_MODULE: &str = "SCRATCH_MODULE";
+
+/// Written by the node's `module.update` for the length of an upgrade (removed by its commit and
+/// by its rollback, which puts the old module.env back), so that the module's own `module.update`,
+/// `module.init` and `health` steps see it: the version the module ran before, the version being
+/// installed, and the image it ran before (the new one is [`EVENTS_IMAGE`]).
+pub const UPDATE_FROM_VERSION: &str = "UPDATE_FROM_VERSION";
+pub const UPDATE_TO_VERSION: &str = "UPDATE_TO_VERSION";
+pub const UPDATE_FROM_IMAGE: &str = "UPDATE_FROM_IMAGE";

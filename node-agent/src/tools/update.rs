@@ -52,7 +52,8 @@ pub enum UpdateCmd {
     /// imageroot extracted and its images copied (as module.init's install-image).
     Install(IdArg),
     /// module.update/50migrate: the module's own `module.update` event (data `FROM TO`, the two
-    /// versions), waited for (MODULE_UPDATE_WAIT s, default 3600); none defined: nothing to migrate.
+    /// versions; also UPDATE_FROM_VERSION, UPDATE_TO_VERSION and UPDATE_FROM_IMAGE in module.env
+    /// until the commit), waited for (MODULE_UPDATE_WAIT s, default 3600); none defined: nothing to migrate.
     Migrate(IdArg),
     /// module.update/60start: the module's own `module.init` again, which configures and starts
     /// the new version (MODULE_UPDATE_WAIT s).
@@ -485,6 +486,17 @@ fn migrate(ctx: &Ctx, id: &ModuleId) -> Result<()> {
         return Ok(());
     };
     set_phase(id, &mut state, Phase::Migrating)?;
+    // The versions in the module's environment for the rest of the upgrade (its module.update,
+    // module.init and health runs); the commit removes them, the rollback's module.env has none.
+    let _: i64 = redis::cmd("HSET")
+        .arg(module_env_key(id))
+        .arg(module_env::UPDATE_FROM_VERSION)
+        .arg(&state.from_version)
+        .arg(module_env::UPDATE_TO_VERSION)
+        .arg(&state.to_version)
+        .arg(module_env::UPDATE_FROM_IMAGE)
+        .arg(&state.from_image)
+        .query(&mut ctx.con()?)?;
     let data = format!("{} {}", state.from_version, state.to_version);
     let outcome = backup::run_module_event_within(
         ctx,
@@ -614,6 +626,12 @@ fn commit(ctx: &Ctx, id: &ModuleId) -> Result<()> {
         return Ok(());
     };
     set_phase(id, &mut state, Phase::Committing)?;
+    let _: i64 = redis::cmd("HDEL")
+        .arg(module_env_key(id))
+        .arg(module_env::UPDATE_FROM_VERSION)
+        .arg(module_env::UPDATE_TO_VERSION)
+        .arg(module_env::UPDATE_FROM_IMAGE)
+        .query(&mut ctx.con()?)?;
     let _: i64 = redis::cmd("HSET")
         .arg(ctx.node_prefix().modules())
         .arg(id.as_str())
