@@ -429,7 +429,13 @@ fn hello_is_backed_up_reports_a_failure_that_stays_until_a_success_and_uses_a_re
         Duration::from_secs(60),
     );
     assert_eq!(status_field(&node, &id, "verify_state"), "");
-    node.ok(&["systemctl", "start", "agent-backup-check.service"]);
+    let started = node.exec(&["systemctl", "start", "agent-backup-check.service"]);
+    assert!(
+        started.status.success(),
+        "the verifying schedule's service failed; its journal:\n{}\nthe status: {:?}",
+        node.journal("agent-backup-check.service"),
+        status_field(&node, &id, "verify_error")
+    );
     assert_eq!(status_field(&node, &id, "verify_state"), "ok");
     assert!(!status_field(&node, &id, "verify_ended").is_empty());
     let (code, _, err) = agentctl(&node, &["backup", "schedule", "rm", "check"]);
