@@ -246,20 +246,8 @@ fn dump(ctx: &Ctx, req: &Request) -> Result<()> {
         ))
     })?;
 
-    // A fresh, empty dump directory of the module's user's.
     let dump = dir.join(contract::DUMP_DIR);
-    match std::fs::symlink_metadata(&dump) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&dump),
-        Ok(_) => std::fs::remove_file(&dump),
-        Err(_) => Ok(()),
-    }
-    .map_err(|e| ToolError::Failed(format!("emptying {}: {e}", dump.display())))?;
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dump)
-        .map_err(|e| ToolError::Failed(format!("creating {}: {e}", dump.display())))?;
-    std::os::unix::fs::chown(&dump, Some(user.uid), None)
-        .map_err(|e| ToolError::Failed(format!("chown {}: {e}", dump.display())))?;
+    fresh_user_dir(&dump, &user)?;
     println!(
         "backup of {id} to repository {repo}: the module dumps into {}",
         dump.display()
@@ -287,17 +275,36 @@ fn dump(ctx: &Ctx, req: &Request) -> Result<()> {
         }
     }
     // From here on the dump is root's: nothing of the module's user changes it under restic.
-    std::os::unix::fs::chown(&dump, Some(0), Some(0))
-        .and_then(|()| std::fs::set_permissions(&dump, std::fs::Permissions::from_mode(0o700)))
-        .map_err(|e| ToolError::Failed(format!("sealing {}: {e}", dump.display())))?;
-    let (files, bytes) = foreign_entries(&dump, &module_uids(&user))?;
+    let (files, bytes) = seal_dump(&dump, &user)?;
     println!("dump: {files} files, {bytes} bytes");
     Ok(())
 }
 
+/// A fresh, empty directory of the module's user's at `dir` (whatever was there removed), for
+/// the module to dump into; its parent is root's, so the user cannot replace it.
+pub(super) fn fresh_user_dir(dir: &Path, user: &ModuleUser) -> Result<()> {
+    remove_any(dir)?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| ToolError::Failed(format!("creating {}: {e}", dir.display())))?;
+    std::os::unix::fs::chown(dir, Some(user.uid), None)
+        .map_err(|e| ToolError::Failed(format!("chown {}: {e}", dir.display())))
+}
+
+/// A dump the module made, given to root (0700: no process of the module's user reaches into it
+/// any more) and checked to hold nothing of another owner ([`foreign_entries`]); its regular
+/// files and their bytes.
+pub(super) fn seal_dump(dump: &Path, user: &ModuleUser) -> Result<(u64, u64)> {
+    std::os::unix::fs::chown(dump, Some(0), Some(0))
+        .and_then(|()| std::fs::set_permissions(dump, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| ToolError::Failed(format!("sealing {}: {e}", dump.display())))?;
+    foreign_entries(dump, &module_uids(user))
+}
+
 /// The uids a module's files may have: its user's, and its subordinate ranges (`/etc/subuid`: what
 /// its rootless containers write as their own users).
-pub(super) fn module_uids(user: &ModuleUser) -> Vec<std::ops::Range<u64>> {
+fn module_uids(user: &ModuleUser) -> Vec<std::ops::Range<u64>> {
     let own = u64::from(user.uid);
     let mut ranges = Vec::new();
     ranges.push(own..own + 1);
@@ -349,7 +356,7 @@ pub(super) fn walk(
 /// another module — possible where `fs.protected_hardlinks` is off — would otherwise go into the
 /// module's snapshot, and come back to the module on a restore. Returns the regular files and
 /// their bytes, counted on the same walk.
-pub(super) fn foreign_entries(dump: &Path, uids: &[std::ops::Range<u64>]) -> Result<(u64, u64)> {
+fn foreign_entries(dump: &Path, uids: &[std::ops::Range<u64>]) -> Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     let (mut files, mut bytes) = (0, 0);
     walk(dump, |path, m| {
