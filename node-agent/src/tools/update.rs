@@ -20,7 +20,7 @@
 //! upgrade (the snapshot is never taken again over migrated data), or, when the interruption hit
 //! a rollback, fails so that the rollback runs again. The module is never left half-upgraded.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -31,6 +31,8 @@ use core_events::update::{self as contract, version_of};
 use core_events::{module_env, step_env, ModuleId, Prefix, RunId};
 
 use super::backup::{self, ModuleRun};
+use module_signing::NodeSigning;
+
 use super::image::{self, ImageMount};
 use super::user::ModuleUser;
 use super::{env_secs, Ctx, IdArg, Result, ToolError};
@@ -260,6 +262,21 @@ fn module_env_key(id: &ModuleId) -> String {
     module_prefix(id).module_env()
 }
 
+/// Makes the hash `key` exactly `fields`, in one transaction (none: the key removed).
+fn replace_hash(ctx: &Ctx, key: &str, fields: &BTreeMap<String, String>) -> Result<()> {
+    let mut pipe = redis::pipe();
+    pipe.atomic().cmd("DEL").arg(key).ignore();
+    if !fields.is_empty() {
+        pipe.cmd("HSET").arg(key);
+        for (k, v) in fields {
+            pipe.arg(k).arg(v);
+        }
+        pipe.ignore();
+    }
+    let () = pipe.query(&mut ctx.con()?)?;
+    Ok(())
+}
+
 /// Puts the module's routes back as they were before the upgrade, and has the edge proxy apply
 /// them (an edge.sync queued after this run) when they had changed.
 fn put_routes_back(ctx: &Ctx, id: &ModuleId, routes: &BTreeMap<String, String>) -> Result<()> {
@@ -268,16 +285,7 @@ fn put_routes_back(ctx: &Ctx, id: &ModuleId, routes: &BTreeMap<String, String>) 
     if &now == routes {
         return Ok(());
     }
-    let mut pipe = redis::pipe();
-    pipe.atomic().cmd("DEL").arg(&key).ignore();
-    if !routes.is_empty() {
-        pipe.cmd("HSET").arg(&key);
-        for (k, v) in routes {
-            pipe.arg(k).arg(v);
-        }
-        pipe.ignore();
-    }
-    let () = pipe.query(&mut ctx.con()?)?;
+    replace_hash(ctx, &key, routes)?;
     println!("the routes of {id} put back as they were before the upgrade");
     super::edge::run(
         &super::edge::EdgeCmd::QueueSync {
@@ -391,17 +399,6 @@ fn snapshot_dir(id: &ModuleId) -> Result<PathBuf> {
     Ok(backup::module_dir(id)?.join(contract::SNAPSHOT_DIR))
 }
 
-/// A fresh, empty directory of the module's user's at `dir` (whatever was there removed).
-fn fresh_user_dir(dir: &Path, user: &ModuleUser) -> Result<()> {
-    backup::remove_any(dir)?;
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| ToolError::Failed(format!("creating {}: {e}", dir.display())))?;
-    std::os::unix::fs::chown(dir, Some(user.uid), None)
-        .map_err(|e| ToolError::Failed(format!("chown {}: {e}", dir.display())))
-}
-
 /// `cp -a --reflink=auto FROM TO` as root: a copy of its own (new inodes), so that a hard link the
 /// module's dump made to its live data does not carry a later change of that data into the copy.
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
@@ -424,7 +421,7 @@ fn snapshot(ctx: &Ctx, id: &ModuleId) -> Result<()> {
     }
     let user = ModuleUser::require(id)?;
     let dump = backup::module_dir(id)?.join("update.tmp");
-    fresh_user_dir(&dump, &user)?;
+    backup::fresh_user_dir(&dump, &user)?;
     let outcome = backup::run_module_event(
         ctx,
         id,
@@ -447,10 +444,7 @@ fn snapshot(ctx: &Ctx, id: &ModuleId) -> Result<()> {
         }
     };
     // Root's from here on, checked like a backup's dump, then copied.
-    std::os::unix::fs::chown(&dump, Some(0), Some(0))
-        .and_then(|()| std::fs::set_permissions(&dump, std::fs::Permissions::from_mode(0o700)))
-        .map_err(|e| ToolError::Failed(format!("sealing {}: {e}", dump.display())))?;
-    let (files, bytes) = backup::foreign_entries(&dump, &backup::module_uids(&user))?;
+    let (files, bytes) = backup::seal_dump(&dump, &user)?;
     let snap = snapshot_dir(id)?;
     copy_tree(&dump, &snap)?;
     backup::remove_any(&dump)?;
@@ -696,18 +690,7 @@ fn revert(ctx: &Ctx, id: &ModuleId) -> Result<()> {
         return Ok(());
     };
     // The module.env as it was, in one transaction.
-    let put_env_back = |state: &State| -> Result<()> {
-        let key = module_env_key(id);
-        let mut pipe = redis::pipe();
-        pipe.atomic().cmd("DEL").arg(&key).ignore();
-        pipe.cmd("HSET").arg(&key);
-        for (k, v) in &state.module_env {
-            pipe.arg(k).arg(v);
-        }
-        pipe.ignore();
-        let () = pipe.query(&mut ctx.con()?)?;
-        Ok(())
-    };
+    let put_env_back = |state: &State| replace_hash(ctx, &module_env_key(id), &state.module_env);
     if state.phase == Phase::Prepared {
         put_env_back(&state)?;
         forget(id)?;
@@ -822,10 +805,34 @@ fn imageroot_of(reference: &str) -> Result<Option<Index>> {
     let Some(found) = image::root_image(reference)? else {
         return Ok(None);
     };
+    read_imageroot(reference, &found, None).map(|read| Some(read.tree))
+}
+
+/// An image's imageroot as a plan reads it.
+struct ReadImage {
+    tree: Index,
+    /// The node's verdict on its signature, when asked for.
+    verdict: Option<String>,
+    labels: HashMap<String, String>,
+    id: String,
+}
+
+/// The imageroot of `found` (`reference` in root's storage), indexed; with `signing`, also the
+/// node's verdict on its signature, read on the same mount.
+fn read_imageroot(
+    reference: &str,
+    found: &image::RootImage,
+    signing: Option<&NodeSigning>,
+) -> Result<ReadImage> {
     let labels = image::parse_labels(reference, &found.labels)?;
     let mount = ImageMount::new(&found.id)?;
     let tree = image::dir_in_image(&mount.path, &labels.imageroot)?;
-    tree_index(&tree).map(Some)
+    Ok(ReadImage {
+        verdict: signing.map(|s| signature_line(s, reference, &tree)),
+        tree: tree_index(&tree)?,
+        labels: found.labels.clone(),
+        id: found.id.clone(),
+    })
 }
 
 /// The differences from `old` to `new`: (added, changed, removed).
@@ -858,15 +865,12 @@ fn remove_stale(user: &ModuleUser, old: &str, new: &str) -> Result<()> {
         );
         return Ok(());
     };
-    let stale: BTreeSet<&PathBuf> = old_tree
-        .keys()
-        .filter(|p| !new_tree.contains_key(*p))
-        .collect();
+    let (_, _, stale) = compare(&old_tree, &new_tree);
     if stale.is_empty() {
         return Ok(());
     }
     let (dirs, files): (Vec<&PathBuf>, Vec<&PathBuf>) =
-        stale.iter().partition(|p| old_tree[**p] == Entry::Dir);
+        stale.iter().partition(|p| old_tree[*p] == Entry::Dir);
     if !files.is_empty() {
         let mut rm = user.command("rm");
         rm.args(["-f", "--"])
@@ -918,8 +922,9 @@ impl Scratch {
         c
     }
 
-    /// The image pulled here, its imageroot indexed and its labels.
-    fn read(&self, reference: &str) -> Result<(Index, HashMap<String, String>, String)> {
+    /// The image pulled here, its imageroot indexed, the node's verdict on its signature, its
+    /// labels and id.
+    fn read(&self, reference: &str, signing: &NodeSigning) -> Result<ReadImage> {
         let (st, out) = super::stdout_of(self.podman().args(["pull", "--quiet", reference]))?;
         let id = out.lines().last().unwrap_or("").trim().to_string();
         if !st.success() || id.is_empty() {
@@ -937,15 +942,22 @@ impl Scratch {
         let labels = image::labels_from_json(labels.trim())?;
         let parsed = image::parse_labels(reference, &labels)?;
         let mount = super::stdout_ok(self.podman().args(["image", "mount", &id]))?;
-        let tree = image::dir_in_image(Path::new(mount.trim()), &parsed.imageroot)?;
-        let index = tree_index(&tree);
+        let tree = image::dir_in_image(Path::new(mount.trim()), &parsed.imageroot);
+        let read = tree.and_then(|tree| {
+            Ok(ReadImage {
+                verdict: Some(signature_line(signing, reference, &tree)),
+                tree: tree_index(&tree)?,
+                labels,
+                id: id.clone(),
+            })
+        });
         let _ = self
             .podman()
             .args(["image", "unmount", &id])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        Ok((index?, labels, id))
+        read
     }
 }
 
@@ -1003,16 +1015,19 @@ fn plan(ctx: &Ctx, id: &ModuleId, to: Option<&str>) -> Result<()> {
             "the image {from} that {id} runs is not in the node's storage: its imageroot cannot be compared"
         ))
     })?;
-    let old_tree = imageroot_of(&from)?.unwrap_or_default();
+    let signing = image::node_signing()?;
+    let old_tree = read_imageroot(&from, &old, None)?.tree;
     let mut scratch = None;
-    let (new_tree, new_labels, new_id) = match image::root_image(&to)? {
-        Some(found) => (
-            imageroot_of(&to)?.unwrap_or_default(),
-            found.labels,
-            found.id,
-        ),
-        None => scratch.insert(Scratch::new()?).read(&to)?,
+    let new = match image::root_image(&to)? {
+        Some(found) => read_imageroot(&to, &found, Some(&signing))?,
+        None => scratch.insert(Scratch::new()?).read(&to, &signing)?,
     };
+    let ReadImage {
+        tree: new_tree,
+        verdict,
+        labels: new_labels,
+        id: new_id,
+    } = new;
     let new_digest = match &scratch {
         Some(s) => digest(s.podman(), &new_id),
         None => digest(Command::new("podman"), &new_id),
@@ -1038,8 +1053,7 @@ fn plan(ctx: &Ctx, id: &ModuleId, to: Option<&str>) -> Result<()> {
         digest(Command::new("podman"), &old.id)
     );
     println!("version:   {from_v} -> {to_v} ({})", jump(&from_v, &to_v));
-    let signing = image::node_signing()?;
-    println!("signature: {}", signature_line(&signing, &to, &new_tree)?);
+    println!("signature: {}", verdict.unwrap_or_default());
     let (added, changed, removed) = compare(&old_tree, &new_tree);
     println!(
         "imageroot: {} added, {} changed, {} removed",
@@ -1083,61 +1097,30 @@ fn plan(ctx: &Ctx, id: &ModuleId, to: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// The signature verdict of the new imageroot under the node's policy, without refusing.
-fn signature_line(
-    signing: &module_signing::NodeSigning,
-    reference: &str,
-    tree: &Index,
-) -> Result<String> {
-    use module_signing::Policy;
-    if signing.policy == Policy::Off {
-        return Ok(format!("not checked (policy off, {})", signing.origin()));
+/// The signature verdict on the imageroot `tree` (of `reference`) under the node's policy, said
+/// and never refused.
+fn signature_line(signing: &NodeSigning, reference: &str, tree: &Path) -> String {
+    if signing.policy == module_signing::Policy::Off {
+        return format!("not checked (policy off, {})", signing.origin());
     }
-    // The verdict is computed on a copy of the tree: the index holds every file.
-    let copy = tempfile::tempdir()
-        .map_err(|e| ToolError::Failed(format!("cannot make a scratch directory: {e}")))?;
-    for (path, entry) in tree {
-        let at = copy.path().join(path);
-        let made = match entry {
-            Entry::Dir => std::fs::create_dir_all(&at),
-            Entry::File(bytes) => std::fs::write(&at, bytes),
-            Entry::Link(target) => std::os::unix::fs::symlink(target, &at),
-        };
-        made.map_err(|e| ToolError::Failed(format!("copying the imageroot: {e}")))?;
-    }
-    let policy = signing.policy;
-    Ok(
-        match module_signing::verify(copy.path(), &signing.trust_dir, policy) {
-            Ok(v) => {
-                let mut v = v;
-                v.subject = PathBuf::from(reference);
-                match &v.warning {
-                    Some(_) => format!("{v}; accepted (policy warn, {})", signing.origin()),
-                    None => format!(
-                        "{v}; accepted (policy {}, {})",
-                        policy_name(policy),
-                        signing.origin()
-                    ),
-                }
-            }
-            Err(module_signing::Error::Rejected(v)) => {
-                let mut v = *v;
-                v.subject = PathBuf::from(reference);
-                format!(
-                    "{v}; REFUSED (policy require, {}): the upgrade would stop before any change",
-                    signing.origin()
-                )
-            }
-            Err(e) => format!("cannot be checked: {e}"),
-        },
-    )
-}
-
-fn policy_name(policy: module_signing::Policy) -> &'static str {
-    match policy {
-        module_signing::Policy::Require => "require",
-        module_signing::Policy::Warn => "warn",
-        module_signing::Policy::Off => "off",
+    match module_signing::verify(tree, &signing.trust_dir, signing.policy) {
+        Ok(mut v) => {
+            v.subject = PathBuf::from(reference);
+            format!(
+                "{v}; accepted (policy {}, {})",
+                signing.policy,
+                signing.origin()
+            )
+        }
+        Err(module_signing::Error::Rejected(v)) => {
+            let mut v = *v;
+            v.subject = PathBuf::from(reference);
+            format!(
+                "{v}; REFUSED (policy require, {}): the upgrade would stop before any change",
+                signing.origin()
+            )
+        }
+        Err(e) => format!("cannot be checked: {e}"),
     }
 }
 
