@@ -366,7 +366,6 @@ async fn repo(redis: &Redis, cmd: RepoCmd) -> Result<i32> {
     }
 }
 
-/// The node whose `node/<name>/modules` has `id`.
 /// The nodes of the agent registry, by name.
 pub(crate) async fn nodes(con: &mut redis::aio::ConnectionManager) -> Result<Vec<Prefix>> {
     let registry: std::collections::HashMap<String, String> =
@@ -380,6 +379,7 @@ pub(crate) async fn nodes(con: &mut redis::aio::ConnectionManager) -> Result<Vec
     Ok(nodes.into_iter().map(Prefix::node).collect())
 }
 
+/// The node whose `node/<name>/modules` has `id`.
 pub(crate) async fn node_of(
     con: &mut redis::aio::ConnectionManager,
     id: &ModuleId,
